@@ -1,0 +1,216 @@
+//! Errors.
+//!
+//! Every error that reaches the operator is one line that names the cause and
+//! the fix. Errors split into two kinds ([`Error::is_transient`]): *definite*
+//! errors are facts about the data or the setup (an orphaned reference, a
+//! missing privilege, a TRUNCATE of a rewritten table) and stop the job;
+//! *transient* errors (a dropped connection, a serialization failure, a lock
+//! timeout) may be retried by reconnecting from the last confirmed position.
+//!
+//! tokio-postgres errors print only "db error" at the top level; [`chain`]
+//! renders the whole source chain and is what logs and messages use.
+
+use crate::pg::ConnSpec;
+
+/// Result alias for the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A top-level pg-rekey error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input or configuration; the message says what to change.
+    #[error("{0}")]
+    Config(String),
+
+    /// Could not open a session.
+    #[error("cannot connect to {target}: {hint}")]
+    Connect {
+        /// Redacted target (`host:port/db as user`).
+        target: String,
+        /// What went wrong and what to do.
+        hint: String,
+        /// The driver's error.
+        #[source]
+        source: Option<tokio_postgres::Error>,
+    },
+
+    /// A SQL statement failed.
+    #[error("{context}: {}", db_message(source))]
+    Db {
+        /// What pg-rekey was doing.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// The replication connection failed.
+    #[error(transparent)]
+    Replication(#[from] crate::replication::ReplicationError),
+
+    /// A precondition on the server or the data does not hold.
+    #[error("{0}")]
+    Precondition(String),
+
+    /// The data itself stops the job (orphaned reference, TRUNCATE, DDL …).
+    #[error("{0}")]
+    Data(String),
+
+    /// Cancelled by the operator (Ctrl-C) or by `abort`.
+    #[error("stopped: {0}")]
+    Stopped(String),
+
+    /// Local I/O.
+    #[error("{context}: {source}")]
+    Io {
+        /// What pg-rekey was doing.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wrap a connection failure with a hint chosen from its cause.
+    pub fn connect(spec: &ConnSpec, e: tokio_postgres::Error) -> Self {
+        let hint = connect_hint(&e);
+        Error::Connect {
+            target: spec.redacted(),
+            hint,
+            source: Some(e),
+        }
+    }
+
+    /// Wrap a statement failure with what was being done.
+    pub fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let context = context.into();
+        move |source| Error::Db { context, source }
+    }
+
+    /// Whether retrying from the last confirmed position may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } => true,
+            Error::Db { source, .. } => is_transient_pg(source),
+            Error::Replication(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE of the underlying server error, if there is one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Db { source, .. }
+            | Error::Connect {
+                source: Some(source),
+                ..
+            } => source.as_db_error().map(|d| d.code().code()),
+            Error::Replication(e) => e.sqlstate(),
+            _ => None,
+        }
+    }
+}
+
+/// Classify a SQLSTATE: `true` when the same work may succeed if retried.
+///
+/// Class 08 (connection exception), 40001/40P01 (serialization failure,
+/// deadlock), 55P03 (lock not available), 57P01–57P03 (admin shutdown, crash
+/// shutdown, cannot connect now), 53300 (too many connections) and 57014
+/// (query cancelled, as by `lock_timeout`'s cousin `statement_timeout`).
+pub fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300" | "57014"
+        )
+}
+
+fn is_transient_pg(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        Some(db) => is_transient_sqlstate(db.code().code()),
+        // No server error: the connection itself broke (I/O, closed).
+        None => {
+            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        }
+    }
+}
+
+/// Render an error and all its sources as `a: b: c`, skipping repeats.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; {d}"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
+            }
+            s
+        }
+        None => chain(e),
+    }
+}
+
+fn connect_hint(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return match db.code().code() {
+            "28P01" => format!("{} — check the password in --dsn, PGPASSWORD or ~/.pgpass", db.message()),
+            "28000" => format!("{} — add a pg_hba.conf entry for this host, role and database, or connect as a role that has one", db.message()),
+            "3D000" => format!("{} — create the database or fix dbname in --dsn", db.message()),
+            "53300" => format!("{} — too many connections; raise max_connections or close idle sessions", db.message()),
+            _ => db_message(e),
+        };
+    }
+    let text = chain(e);
+    if text.contains("Connection refused") || text.contains("No such file") {
+        format!("{text} — is the server running and listening there? Check host and port in --dsn or PGHOST/PGPORT")
+    } else if text.contains("timed out") || text.contains("timeout") {
+        format!(
+            "{text} — the server did not answer in time; check the host, the port and any firewall"
+        )
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_sqlstates() {
+        for c in [
+            "08006", "08001", "40001", "40P01", "55P03", "57P01", "53300",
+        ] {
+            assert!(is_transient_sqlstate(c), "{c}");
+        }
+        for c in ["23505", "42P01", "42501", "55000", "22P02", "XX000"] {
+            assert!(!is_transient_sqlstate(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn chain_skips_repeats() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(chain(&e), "outer: inner");
+    }
+}

@@ -1,0 +1,26 @@
+//! # pg-rekey
+//!
+//! Online rewrite of integer references to `users.id` into UUID references,
+//! table by table, while the application keeps writing.
+//!
+//! ```text
+//! plan ──► shadow DDL ──► slot + snapshot ──► copy (same snapshot) ──► stream/apply ──► cutover
+//! ```
+//!
+//! The consistency argument, in one paragraph: the replication slot is created
+//! with an exported snapshot. Every row committed before the slot's consistent
+//! point is visible in that snapshot and is copied; every change committed after
+//! it is decoded from the slot, which starts at the consistent point. The copy
+//! and the id→uuid map both read under that one snapshot, and the stream is
+//! applied in commit order, so each row is either copied or streamed, never both
+//! and never neither. See the module docs of [`replication`] for why a position
+//! may be acknowledged.
+
+#![warn(missing_docs)]
+
+pub mod embedded;
+pub mod error;
+pub mod pg;
+pub mod replication;
+
+pub use error::{Error, Result};

@@ -1,0 +1,5 @@
+//! Integration tests against a real PostgreSQL server (see `support`).
+
+mod support;
+
+mod harness;

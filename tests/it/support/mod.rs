@@ -1,0 +1,171 @@
+//! Test support: one real PostgreSQL server per test binary, a fresh database per test.
+//!
+//! With `PGREKEY_TEST_DSN` unset, the first test to ask starts a throwaway
+//! cluster with [`pg_rekey::embedded::Cluster`] (initdb into a temp dir, run as
+//! an unprivileged user when the tests run as root, `wal_level=logical`, many
+//! slots and WAL senders, a short `wal_sender_timeout`). It is stopped and
+//! removed when the test process exits (the cluster's watchdog sees to that).
+//!
+//! With `PGREKEY_TEST_DSN` set, the same tests run against that server; the
+//! role needs CREATEDB and REPLICATION (or superuser).
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pg_rekey::embedded::{Cluster, ClusterOptions};
+use pg_rekey::pg::ConnSpec;
+use tokio_postgres::Client;
+
+/// Roles the harness's pg_hba.conf authenticates with each method.
+pub const MD5_ROLE: &str = "rekey_md5";
+/// Role authenticated with SCRAM-SHA-256.
+pub const SCRAM_ROLE: &str = "rekey_scram";
+/// Role authenticated with a clear-text password.
+pub const PASSWORD_ROLE: &str = "rekey_password";
+/// The password of the three roles above.
+pub const ROLE_PASSWORD: &str = "s3cret'pw";
+
+struct Server {
+    spec: ConnSpec,
+    /// Present when the harness started the server itself.
+    cluster: Option<Cluster>,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| {
+        if let Ok(dsn) = std::env::var("PGREKEY_TEST_DSN") {
+            let spec =
+                ConnSpec::parse(&dsn).expect("PGREKEY_TEST_DSN is not a valid connection string");
+            return Server {
+                spec,
+                cluster: None,
+            };
+        }
+        let opts = ClusterOptions {
+            hba_lines: vec![
+                format!("host all {MD5_ROLE} 127.0.0.1/32 md5"),
+                format!("host all {SCRAM_ROLE} 127.0.0.1/32 scram-sha-256"),
+                format!("host all {PASSWORD_ROLE} 127.0.0.1/32 password"),
+            ],
+            extra_conf: vec!["wal_sender_timeout = '4s'".into()],
+            ..ClusterOptions::default()
+        };
+        let cluster = Cluster::start(&opts)
+            .unwrap_or_else(|e| panic!("cannot start the test PostgreSQL: {e}"));
+        let spec = cluster.spec("postgres");
+        Server {
+            spec,
+            cluster: Some(cluster),
+        }
+    })
+}
+
+/// Whether the server is the harness's own (so pg_hba auth roles exist).
+pub fn own_cluster() -> bool {
+    server().cluster.is_some()
+}
+
+/// The server's major version.
+pub fn server_major() -> u32 {
+    server()
+        .cluster
+        .as_ref()
+        .map(|c| c.major_version)
+        .unwrap_or(0)
+}
+
+/// A fresh database for one test.
+pub struct TestDb {
+    /// Connection spec for the test database as the admin role.
+    pub spec: ConnSpec,
+    /// Its name.
+    pub name: String,
+}
+
+impl TestDb {
+    /// Create a fresh, empty database (and the auth-test roles on first use).
+    pub async fn new() -> TestDb {
+        let srv = server();
+        let name = format!(
+            "t{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = connect(&srv.spec).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0"))
+            .await
+            .expect("create test database");
+        if srv.cluster.is_some() {
+            ensure_auth_roles(&admin).await;
+        }
+        TestDb {
+            spec: srv.spec.with_dbname(&name),
+            name,
+        }
+    }
+
+    /// An ordinary session on the test database.
+    pub async fn client(&self) -> Client {
+        connect(&self.spec).await
+    }
+
+    /// A unique name for a slot or publication (slots are cluster-wide).
+    pub fn unique(&self, prefix: &str) -> String {
+        format!("{prefix}_{}", self.name)
+    }
+}
+
+async fn ensure_auth_roles(admin: &Client) {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let pw = ROLE_PASSWORD.replace('\'', "''");
+        let sql = format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{MD5_ROLE}') THEN
+                 SET LOCAL password_encryption = 'md5';
+                 CREATE ROLE {MD5_ROLE} LOGIN REPLICATION PASSWORD '{pw}';
+                 SET LOCAL password_encryption = 'scram-sha-256';
+                 CREATE ROLE {SCRAM_ROLE} LOGIN REPLICATION PASSWORD '{pw}';
+                 CREATE ROLE {PASSWORD_ROLE} LOGIN REPLICATION PASSWORD '{pw}';
+               END IF;
+             END $$"
+        );
+        admin
+            .batch_execute(&sql)
+            .await
+            .expect("create auth-test roles");
+    })
+    .await;
+}
+
+/// Connect with tokio-postgres (test-side, plain session).
+pub async fn connect(spec: &ConnSpec) -> Client {
+    pg_rekey::pg::connect(spec, "test")
+        .await
+        .unwrap_or_else(|e| panic!("connect to test server: {}", pg_rekey::error::chain(&e)))
+}
+
+/// Poll `cond` until it returns `Some`, or panic after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -21,6 +21,7 @@
 pub mod embedded;
 pub mod error;
 pub mod pg;
+pub mod plan;
 pub mod replication;
 
 pub use error::{Error, Result};

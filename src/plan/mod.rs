@@ -1,0 +1,3 @@
+//! Planning: what will be rewritten, read from the catalogs.
+
+pub mod model;

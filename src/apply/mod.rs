@@ -1,0 +1,453 @@
+//! The apply engine: source transactions, in commit order, onto the shadows.
+//!
+//! # Invariants
+//!
+//! - **Commit order.** Changes are applied in the order the stream delivers
+//!   them, which is the source's commit order. The id map is updated from the
+//!   parent's own changes in that same order, so a user inserted in one
+//!   transaction and referenced in the same or a later one is always found.
+//! - **Exactly once.** Several source transactions may share one shadow
+//!   transaction. Before that shadow transaction commits, the end LSN of the
+//!   last source commit in it is written to `pg_rekey.jobs.applied_lsn` *in the
+//!   same transaction*. After a restart the stream is resumed from the slot,
+//!   and every source transaction whose commit record lies before the recorded
+//!   LSN is skipped, so nothing is applied twice and nothing is skipped (the
+//!   slot never advances past what was confirmed, and only durably committed
+//!   positions are confirmed — see [`crate::replication::stream`]).
+//! - **No triggers, no FK checks on the shadow.** The apply session runs with
+//!   `session_replication_role = replica`, as PostgreSQL's own apply workers
+//!   do: the source already ran its triggers, and the shadow's foreign keys
+//!   (created `NOT VALID`) must not be checked against the *current* parent
+//!   while the stream replays the past. They are validated after cutover.
+//! - **Stop, don't guess.** An orphaned reference, a TRUNCATE of a rewritten
+//!   table or the parent, a change of a source table's columns, or a change
+//!   that finds no row in the shadow stops the job with an error naming the
+//!   table, column, value and LSN; the open shadow transaction is rolled back
+//!   and everything is left in place for inspection.
+
+pub mod sql;
+pub mod translate;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, Statement};
+
+use crate::error::Error;
+use crate::idmap::IdMap;
+use crate::pg::Lsn;
+use crate::plan::model::{ParentSpec, TableSpec};
+use crate::replication::pgoutput::{LogicalMessage, Relation};
+
+use sql::StatementShape;
+use translate::{bind_relation, parent_entry, BoundRelation, RowTranslator, TranslateError};
+
+/// Prefix of the logical messages that `cutover` writes through the stream.
+pub const FENCE_PREFIX: &str = "pg_rekey.fence";
+
+/// When to commit a shadow transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Commit after this many applied changes.
+    pub max_changes: usize,
+    /// Commit when the open shadow transaction is this old.
+    pub max_age: Duration,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits {
+            max_changes: 5_000,
+            max_age: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Counters for progress reporting.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ApplyStats {
+    /// Row changes applied to shadows.
+    pub changes: u64,
+    /// Source transactions seen (committed).
+    pub transactions: u64,
+    /// Shadow transactions committed.
+    pub batches: u64,
+}
+
+/// What happened with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Nothing to report.
+    Nothing,
+    /// A source transaction ended at this LSN (it is applied but maybe not yet durable).
+    Committed(Lsn),
+    /// A fence logical message was seen, with its content.
+    Fence(String),
+}
+
+struct TableState {
+    spec: TableSpec,
+    bound: Option<BoundRelation>,
+}
+
+/// Applies decoded pgoutput messages to the shadow tables of one job.
+pub struct Applier {
+    client: Client,
+    job_id: String,
+    tables: HashMap<u32, TableState>,
+    parent: ParentSpec,
+    parent_cols: Option<(usize, usize)>,
+    map: IdMap,
+    stmts: HashMap<(u32, StatementShape), Statement>,
+    limits: BatchLimits,
+    /// Skip source transactions whose commit record is before this (already applied).
+    skip_before: Lsn,
+    skipping: bool,
+    /// LSN of the message being applied (for errors).
+    cur_lsn: Lsn,
+    open_since: Option<Instant>,
+    batch_changes: usize,
+    last_end: Lsn,
+    durable: Lsn,
+    stats: ApplyStats,
+}
+
+impl Applier {
+    /// Prepare an applier on a dedicated session. `applied` is the job's
+    /// recorded applied LSN (the consistent point for a fresh job).
+    pub async fn new(
+        client: Client,
+        job_id: &str,
+        tables: Vec<TableSpec>,
+        parent: ParentSpec,
+        map: IdMap,
+        applied: Lsn,
+        limits: BatchLimits,
+    ) -> Result<Applier, Error> {
+        client
+            .batch_execute("SET session_replication_role = replica; SET synchronous_commit = on")
+            .await
+            .map_err(Error::db(
+                "set session_replication_role = replica on the apply session (needs superuser, or on PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role TO <role>)",
+            ))?;
+        Ok(Applier {
+            client,
+            job_id: job_id.to_string(),
+            tables: tables
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.oid,
+                        TableState {
+                            spec: s,
+                            bound: None,
+                        },
+                    )
+                })
+                .collect(),
+            parent,
+            parent_cols: None,
+            map,
+            stmts: HashMap::new(),
+            limits,
+            skip_before: applied,
+            skipping: false,
+            cur_lsn: applied,
+            open_since: None,
+            batch_changes: 0,
+            last_end: applied,
+            durable: applied,
+            stats: ApplyStats::default(),
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ApplyStats {
+        self.stats
+    }
+
+    /// End LSN of the last source commit that is durably applied (safe to confirm).
+    pub fn durable(&self) -> Lsn {
+        self.durable
+    }
+
+    /// Whether a shadow transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.open_since.is_some()
+    }
+
+    /// Whether the open shadow transaction should be committed now.
+    pub fn should_flush(&self) -> bool {
+        match self.open_since {
+            Some(t) => {
+                self.batch_changes >= self.limits.max_changes || t.elapsed() >= self.limits.max_age
+            }
+            None => false,
+        }
+    }
+
+    /// Apply one message. `lsn` is the XLogData start position (for errors).
+    pub async fn handle(&mut self, msg: LogicalMessage, lsn: Lsn) -> Result<Applied, Error> {
+        self.cur_lsn = lsn;
+        match msg {
+            LogicalMessage::Begin(b) => {
+                // A transaction whose commit record precedes the recorded
+                // applied position was committed to the shadow before a restart.
+                self.skipping = b.final_lsn < self.skip_before;
+                Ok(Applied::Nothing)
+            }
+            LogicalMessage::Commit(c) => {
+                self.stats.transactions += 1;
+                if c.end_lsn > self.last_end {
+                    self.last_end = c.end_lsn;
+                }
+                if self.skipping {
+                    self.skipping = false;
+                } else if self.open_since.is_none() && self.last_end > self.durable {
+                    // Nothing of ours was open: this commit needs no shadow write.
+                    self.durable = self.last_end;
+                }
+                Ok(Applied::Committed(c.end_lsn))
+            }
+            LogicalMessage::Relation(r) => self.relation(r).map(|_| Applied::Nothing),
+            LogicalMessage::Message(m) if m.prefix == FENCE_PREFIX => Ok(Applied::Fence(
+                String::from_utf8_lossy(&m.content).into_owned(),
+            )),
+            LogicalMessage::Message(_) | LogicalMessage::Origin(_) | LogicalMessage::Type(_) => {
+                Ok(Applied::Nothing)
+            }
+            _ if self.skipping => Ok(Applied::Nothing),
+            LogicalMessage::Truncate(t) => {
+                let names: Vec<String> = t
+                    .relations
+                    .iter()
+                    .filter_map(|oid| {
+                        if *oid == self.parent.oid {
+                            Some(self.parent.table.to_string())
+                        } else {
+                            self.tables.get(oid).map(|s| s.spec.source.to_string())
+                        }
+                    })
+                    .collect();
+                if names.is_empty() {
+                    return Ok(Applied::Nothing);
+                }
+                Err(Error::Data(format!(
+                    "TRUNCATE of {} at LSN {lsn}: pg-rekey never empties a shadow on its own; the job stopped with the shadow as it was. Run `pg-rekey abort` and start the rewrite again",
+                    names.join(", ")
+                )))
+            }
+            LogicalMessage::Insert(i) => {
+                if i.relation == self.parent.oid {
+                    self.parent_row(&i.new)?;
+                    return Ok(Applied::Nothing);
+                }
+                let (shape, params) = {
+                    let tr = self.translator(i.relation)?;
+                    tr.insert(&i.new).map_err(data)?
+                };
+                self.exec(i.relation, shape, params, false).await
+            }
+            LogicalMessage::Update(u) => {
+                if u.relation == self.parent.oid {
+                    self.parent_row(&u.new)?;
+                    return Ok(Applied::Nothing);
+                }
+                let (shape, params) = {
+                    let tr = self.translator(u.relation)?;
+                    tr.update(u.old.as_ref(), &u.new).map_err(data)?
+                };
+                self.exec(u.relation, shape, params, true).await
+            }
+            LogicalMessage::Delete(d) => {
+                if d.relation == self.parent.oid {
+                    // Deleted parents stay in the map: a change replayed from
+                    // before the delete may still reference them.
+                    return Ok(Applied::Nothing);
+                }
+                let (shape, params) = {
+                    let tr = self.translator(d.relation)?;
+                    tr.delete(&d.old).map_err(data)?
+                };
+                self.exec(d.relation, shape, params, true).await
+            }
+        }
+    }
+
+    fn relation(&mut self, r: Relation) -> Result<(), Error> {
+        let lsn = self.cur_lsn;
+        if r.oid == self.parent.oid {
+            let find = |name: &str| r.columns.iter().position(|c| c.name == name);
+            match (
+                find(&self.parent.key_column),
+                find(&self.parent.uuid_column),
+            ) {
+                (Some(k), Some(u)) => self.parent_cols = Some((k, u)),
+                _ => {
+                    return Err(data(TranslateError::ShapeChanged {
+                        table: self.parent.table.to_string(),
+                        detail: format!(
+                            "the stream no longer sends {:?} and {:?}",
+                            self.parent.key_column, self.parent.uuid_column
+                        ),
+                        lsn,
+                    }))
+                }
+            }
+            return Ok(());
+        }
+        if let Some(t) = self.tables.get_mut(&r.oid) {
+            let bound = bind_relation(&t.spec, &r, lsn).map_err(data)?;
+            t.bound = Some(bound);
+            // Statements prepared for an older shape stay valid: the shape is the same.
+        }
+        Ok(())
+    }
+
+    fn translator(&self, oid: u32) -> Result<RowTranslator<'_, IdMap>, Error> {
+        let t = self.tables.get(&oid).ok_or_else(|| {
+            Error::Data(format!(
+                "a change for relation oid {oid} at LSN {}, which this job does not rewrite; is another table in publication of this job?",
+                self.cur_lsn
+            ))
+        })?;
+        let bound = t.bound.as_ref().ok_or_else(|| {
+            Error::Data(format!(
+                "a change for {} at LSN {} before its Relation message",
+                t.spec.source, self.cur_lsn
+            ))
+        })?;
+        Ok(RowTranslator {
+            spec: &t.spec,
+            bound,
+            map: &self.map,
+            lsn: self.cur_lsn,
+        })
+    }
+
+    fn parent_row(&mut self, tuple: &crate::replication::pgoutput::Tuple) -> Result<(), Error> {
+        let (k, u) = self.parent_cols.ok_or_else(|| {
+            Error::Data(format!(
+                "a change for {} at LSN {} before its Relation message",
+                self.parent.table, self.cur_lsn
+            ))
+        })?;
+        match parent_entry(tuple, k, u) {
+            Ok(Some((key, uuid))) => {
+                self.map.upsert(key, uuid);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(why) => Err(Error::Data(format!(
+                "{} at LSN {}: {why}",
+                self.parent.table, self.cur_lsn
+            ))),
+        }
+    }
+
+    async fn exec(
+        &mut self,
+        oid: u32,
+        shape: StatementShape,
+        params: Vec<translate::Param>,
+        must_hit: bool,
+    ) -> Result<Applied, Error> {
+        if self.open_since.is_none() {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(Error::db("begin a shadow transaction"))?;
+            self.open_since = Some(Instant::now());
+        }
+        let key = (oid, shape);
+        let stmt = match self.stmts.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                let spec = &self.tables[&oid].spec;
+                let text = sql::statement(spec, &key.1);
+                let s = self.client.prepare(&text).await.map_err(Error::db(format!(
+                    "prepare the apply statement for {}",
+                    spec.shadow
+                )))?;
+                self.stmts.insert(key.clone(), s.clone());
+                s
+            }
+        };
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let spec = &self.tables[&oid].spec;
+        let n = self
+            .client
+            .execute(&stmt, &refs)
+            .await
+            .map_err(Error::db(format!(
+                "apply a change at LSN {} to {}",
+                self.cur_lsn, spec.shadow
+            )))?;
+        if must_hit && n == 0 {
+            let what = if matches!(key.1, StatementShape::Delete { .. }) {
+                "DELETE"
+            } else {
+                "UPDATE"
+            };
+            return Err(Error::Data(format!(
+                "{what} at LSN {} found no row in {} (shadow of {}): the shadow has diverged from the source; run `pg-rekey verify`, then `pg-rekey abort` and start again",
+                self.cur_lsn, spec.shadow, spec.source
+            )));
+        }
+        self.batch_changes += 1;
+        self.stats.changes += 1;
+        Ok(Applied::Nothing)
+    }
+
+    /// Commit the open shadow transaction, recording the applied LSN in it.
+    /// Returns the LSN that is now durable (and may be confirmed to the server).
+    ///
+    /// Call only between source transactions (after a `Commit`).
+    pub async fn flush(&mut self) -> Result<Lsn, Error> {
+        if self.open_since.is_some() {
+            let end = self.last_end;
+            self.client
+                .execute(
+                    "UPDATE pg_rekey.jobs SET applied_lsn = $1::text::pg_lsn, updated_at = now() WHERE job_id = $2",
+                    &[&end.to_string(), &self.job_id],
+                )
+                .await
+                .map_err(Error::db("record the applied LSN"))?;
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(Error::db("commit a shadow transaction"))?;
+            self.open_since = None;
+            self.batch_changes = 0;
+            self.stats.batches += 1;
+            self.durable = end;
+        }
+        Ok(self.durable)
+    }
+
+    /// Roll back an open shadow transaction (after an error).
+    pub async fn rollback(&mut self) {
+        if self.open_since.take().is_some() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+            self.batch_changes = 0;
+        }
+    }
+
+    /// The session (for the caller's own bookkeeping between batches).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+fn data(e: TranslateError) -> Error {
+    Error::Data(e.to_string())
+}
+
+impl translate::Lookup for IdMap {
+    fn lookup(&self, key: i64) -> Option<uuid::Uuid> {
+        self.get(key)
+    }
+}

@@ -19,11 +19,13 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod cli;
 pub mod embedded;
 pub mod error;
 pub mod idmap;
 pub mod pg;
 pub mod plan;
 pub mod replication;
+pub mod telemetry;
 
 pub use error::{Error, Result};

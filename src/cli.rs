@@ -1,0 +1,253 @@
+//! The command-line contract, parsed by clap into a validated [`crate::config`]
+//! before any work starts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Rewrite integer references to `users.id` into UUID references, online.
+#[derive(Debug, Parser)]
+#[command(name = "pg-rekey", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Connection string: a libpq URL (postgres://user@host/db) or key=value
+    /// pairs. PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD and ~/.pgpass fill
+    /// what it leaves out, as in psql.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub dsn: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// More detail in logs (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what `rewrite` would do and every preflight finding.
+    /// Exit 0 ready, 1 blockers found, 2 error.
+    Plan(PlanArgs),
+    /// Create the shadows, copy, then stream until the tables are cut over.
+    Rewrite(RewriteArgs),
+    /// One line per table being rewritten: phase, rows, lag, errors.
+    Status(StatusArgs),
+    /// Stop the job for these tables and remove its shadows, slot, publication
+    /// and state. The source tables are untouched. Idempotent.
+    Abort(AbortArgs),
+    /// Swap shadows into place in one short locked transaction.
+    /// Exit 0 swapped, 1 gave up with the sources untouched, 2 error.
+    Cutover(CutoverArgs),
+    /// Compare source and shadow (before cutover) or old and new (after).
+    /// Exit 0 equal, 1 different, 2 error.
+    Verify(VerifyArgs),
+}
+
+/// The parent table and its uuid column.
+#[derive(Debug, Args, Clone)]
+pub struct ParentArgs {
+    /// The referenced table (its integer primary key is what the references point at).
+    #[arg(long, default_value = "users")]
+    pub parent: String,
+    /// The parent's existing unique, not-null uuid column.
+    #[arg(long, default_value = "uuid")]
+    pub uuid_column: String,
+}
+
+/// `plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Parent table.
+    #[command(flatten)]
+    pub parent: ParentArgs,
+    /// Tables to rewrite (repeatable). Default: every table with a foreign key
+    /// to the parent's primary key.
+    #[arg(long = "table")]
+    pub tables: Vec<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// When to cut over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CutoverMode {
+    /// Wait for `pg-rekey cutover`.
+    Manual,
+    /// Cut over as soon as every table streams with a small lag.
+    Auto,
+}
+
+/// `rewrite`.
+#[derive(Debug, Args)]
+pub struct RewriteArgs {
+    /// Parent table.
+    #[command(flatten)]
+    pub parent: ParentArgs,
+    /// Tables to rewrite (repeatable, at least one).
+    #[arg(long = "table", required = true)]
+    pub tables: Vec<String>,
+    /// When to cut over.
+    #[arg(long, value_enum, default_value_t = CutoverMode::Manual)]
+    pub cutover: CutoverMode,
+    /// Lock and hold limits used by `--cutover auto`.
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+/// `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `abort`.
+#[derive(Debug, Args)]
+pub struct AbortArgs {
+    /// Tables whose jobs to abort (repeatable, at least one).
+    #[arg(long = "table", required = true)]
+    pub tables: Vec<String>,
+}
+
+/// Lock budget of a cutover.
+#[derive(Debug, Args, Clone)]
+pub struct LockArgs {
+    /// How long one attempt waits for the locks (e.g. 200ms).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "200ms")]
+    pub lock_timeout: Duration,
+    /// Longest the locks may be held while draining before giving them back.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    pub max_hold: Duration,
+    /// Attempts before giving up.
+    #[arg(long, default_value_t = 10)]
+    pub attempts: u32,
+    /// Pause after the first failed attempt; doubles each time (capped at 10 s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
+    pub backoff: Duration,
+    /// Refuse to start an attempt while a job is further behind than this many bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_lag_bytes: u64,
+}
+
+/// `cutover`.
+#[derive(Debug, Args)]
+pub struct CutoverArgs {
+    /// Tables to swap together (repeatable, at least one).
+    #[arg(long = "table", required = true)]
+    pub tables: Vec<String>,
+    /// Lock budget.
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// Print the SQL the swap would run, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not verify before swapping.
+    #[arg(long)]
+    pub skip_verify: bool,
+}
+
+/// `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Tables to compare (repeatable, at least one).
+    #[arg(long = "table", required = true)]
+    pub tables: Vec<String>,
+    /// Rows per compared chunk.
+    #[arg(long, default_value_t = 10_000)]
+    pub chunk_rows: u64,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where metrics are served (used by long-running commands).
+pub type MetricsAddr = Option<SocketAddr>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_rewrite_and_cutover() {
+        let c = Cli::try_parse_from([
+            "pg-rekey",
+            "rewrite",
+            "--parent",
+            "users",
+            "--uuid-column",
+            "uuid_id",
+            "--table",
+            "a",
+            "--table",
+            "b",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Rewrite(r) => {
+                assert_eq!(r.tables, vec!["a", "b"]);
+                assert_eq!(r.parent.uuid_column, "uuid_id");
+                assert_eq!(r.cutover, CutoverMode::Manual);
+            }
+            _ => panic!("wrong command"),
+        }
+        let c = Cli::try_parse_from([
+            "pg-rekey",
+            "cutover",
+            "--table",
+            "a",
+            "--lock-timeout",
+            "150ms",
+            "--dry-run",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Cutover(r) => {
+                assert_eq!(r.lock.lock_timeout, Duration::from_millis(150));
+                assert!(r.dry_run);
+            }
+            _ => panic!("wrong command"),
+        }
+        assert!(
+            Cli::try_parse_from(["pg-rekey", "rewrite"]).is_err(),
+            "--table is required"
+        );
+        assert!(Cli::try_parse_from([
+            "pg-rekey",
+            "cutover",
+            "--table",
+            "a",
+            "--lock-timeout",
+            "soon"
+        ])
+        .is_err());
+    }
+}

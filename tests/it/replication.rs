@@ -770,7 +770,17 @@ async fn wal_level_replica_is_explained() {
         return; // needs a cluster of our own
     }
     let cluster = start_cluster(vec!["wal_level = replica".into()]).await;
-    let mut c = repl(&cluster.spec("postgres")).await;
+    // This cluster's Unix socket lives beside its data directory: connect there.
+    let dir = cluster.data_dir().parent().unwrap().to_path_buf();
+    let unix = ConnSpec {
+        host: pg_rekey::pg::Host::Unix(dir),
+        ..cluster.spec("postgres")
+    };
+    let mut c = repl(&unix).await;
+    assert_eq!(
+        c.identify_system().await.unwrap().dbname.as_deref(),
+        Some("postgres")
+    );
     let e = c
         .create_slot("rekey_walcheck", SnapshotAction::NoExport)
         .await

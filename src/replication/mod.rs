@@ -45,13 +45,46 @@ pub enum ReplicationError {
     /// The connection was closed (by us, or the stream ended).
     #[error("replication connection closed: {0}")]
     Closed(String),
+    /// Nothing listens at the target, or the host cannot be resolved.
+    #[error("cannot reach PostgreSQL at {target}: {source} — check that the server is running and that host and port (--dsn, PGHOST, PGPORT) are right")]
+    Unreachable {
+        /// Redacted target.
+        target: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server did not finish the startup handshake in time.
+    #[error("no answer from {target} within {after:?} while connecting — check host, port and firewalls, or raise connect_timeout")]
+    Timeout {
+        /// Redacted target.
+        target: String,
+        /// The connect timeout that expired.
+        after: std::time::Duration,
+    },
+    /// A slot, publication or parameter name pg-rekey refuses to send.
+    #[error("invalid {what} name {name:?}: {reason}")]
+    InvalidName {
+        /// `replication slot`, `publication`, `parameter`.
+        what: &'static str,
+        /// The offending name.
+        name: String,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+    /// The server is too old or lacks a needed feature.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl ReplicationError {
     /// Whether reconnecting from the last confirmed position may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            ReplicationError::Io { .. } | ReplicationError::Closed(_) => true,
+            ReplicationError::Io { .. }
+            | ReplicationError::Closed(_)
+            | ReplicationError::Unreachable { .. }
+            | ReplicationError::Timeout { .. } => true,
             ReplicationError::Server { code, .. } => crate::error::is_transient_sqlstate(code),
             _ => false,
         }

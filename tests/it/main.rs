@@ -3,4 +3,5 @@
 mod support;
 
 mod harness;
+mod replication;
 mod workload;

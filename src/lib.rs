@@ -18,10 +18,12 @@
 
 #![warn(missing_docs)]
 
+pub mod ddl;
 pub mod embedded;
 pub mod error;
 pub mod pg;
 pub mod plan;
 pub mod replication;
+pub mod state;
 
 pub use error::{Error, Result};

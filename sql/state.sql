@@ -5,8 +5,8 @@
 -- two sessions race), and an error rolls everything back.
 -- Later versions add columns with ADD COLUMN IF NOT EXISTS at the end.
 SELECT pg_catalog.pg_advisory_xact_lock(8099568234768201984);
-CREATE SCHEMA IF NOT EXISTS pg_rekey;
-CREATE TABLE IF NOT EXISTS pg_rekey.jobs (
+CREATE SCHEMA IF NOT EXISTS pgrekey;
+CREATE TABLE IF NOT EXISTS pgrekey.jobs (
     source_schema    text        NOT NULL,
     source_table     text        NOT NULL,
     source_oid       oid         NOT NULL,
@@ -30,4 +30,4 @@ CREATE TABLE IF NOT EXISTS pg_rekey.jobs (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (source_schema, source_table)
 );
-CREATE INDEX IF NOT EXISTS jobs_job_id ON pg_rekey.jobs (job_id);
+CREATE INDEX IF NOT EXISTS jobs_job_id ON pgrekey.jobs (job_id);

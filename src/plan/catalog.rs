@@ -698,19 +698,21 @@ fn first_char_opt(s: Option<String>) -> Option<char> {
 /// The server prints `CREATE [UNIQUE] INDEX <name> ON <schema>.<table> USING …`
 /// with the name and table quoted by its own `quote_ident` rules; the caller
 /// passes exactly those spellings (read from the server), so the prefix is
-/// matched literally rather than parsed. `None` when it does not match (for
-/// example `ON ONLY`, printed for partitioned tables, which are refused).
+/// matched literally rather than parsed (`ON ONLY`, printed for partitioned
+/// tables, is accepted so that they can be planned and refused with a reason).
+/// `None` when it does not match.
 pub fn using_clause<'a>(
     definition: &'a str,
     unique: bool,
     quoted_name: &str,
     quoted_table: &str,
 ) -> Option<&'a str> {
-    let prefix = format!(
-        "CREATE {}INDEX {quoted_name} ON {quoted_table} ",
-        if unique { "UNIQUE " } else { "" }
-    );
-    let rest = definition.strip_prefix(&prefix)?;
+    let unique = if unique { "UNIQUE " } else { "" };
+    let plain = format!("CREATE {unique}INDEX {quoted_name} ON {quoted_table} ");
+    let only = format!("CREATE {unique}INDEX {quoted_name} ON ONLY {quoted_table} ");
+    let rest = definition
+        .strip_prefix(&plain)
+        .or_else(|| definition.strip_prefix(&only))?;
     rest.starts_with("USING ").then_some(rest)
 }
 
@@ -746,6 +748,10 @@ mod tests {
                 "i",
                 "s.t"
             ),
+            Some("USING btree (a)")
+        );
+        assert_eq!(
+            using_clause("CREATE INDEX j ON s.t USING btree (a)", false, "i", "s.t"),
             None
         );
         assert_eq!(

@@ -236,9 +236,9 @@ impl fmt::Display for PlanReport {
             for r in &t.references {
                 writeln!(
                     f,
-                    "    {} {:?} -> uuid{} (foreign key {})",
+                    "    {} {} -> uuid{} (foreign key {})",
                     r.column,
-                    r.from,
+                    r.from.sql_name(),
                     if r.nullable { ", nullable" } else { "" },
                     r.foreign_keys.join(", ")
                 )?;
@@ -326,7 +326,7 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
   AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid IN (20, 21, 23)
   AND n.nspname <> 'information_schema' AND pg_catalog.left(n.nspname::text, 3) <> 'pg_'
-  AND n.nspname <> 'pg_rekey'
+  AND n.nspname <> 'pgrekey'
   AND pg_catalog.left(c.relname::text, pg_catalog.length($1::text)) <> $1::text
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_constraint k
                   WHERE k.conrelid = c.oid AND k.contype = 'f' AND a.attnum = ANY (k.conkey))
@@ -602,7 +602,7 @@ pub fn table_findings(detail: &TableDetail, parent: &ParentSpec) -> Vec<Finding>
                     "{t}.{col} references {}.{} but is of type {} ({}); pg-rekey converts plain smallint, integer and bigint columns only: ALTER TABLE {} ALTER COLUMN {} TYPE {} first",
                     parent.table, parent.key_column, spec.type_sql,
                     if d.typtype == "d" { "a domain" } else { "not an integer" },
-                    t.quoted(), quote_ident(col), match parent.key_kind { IntKind::Int2 => "smallint", IntKind::Int4 => "integer", IntKind::Int8 => "bigint" }
+                    t.quoted(), quote_ident(col), parent.key_kind.sql_name()
                 )).column(col));
             }
         }

@@ -1,4 +1,7 @@
-//! Job state in the database: schema `pg_rekey`, table `pg_rekey.jobs`.
+//! Job state in the database: schema [`SCHEMA`] (`pgrekey`), table `pgrekey.jobs`.
+//!
+//! The schema is not called `pg_rekey`: PostgreSQL reserves the `pg_` prefix
+//! for system schemas (`CREATE SCHEMA pg_rekey` fails with SQLSTATE 42939).
 //!
 //! One row per table being rewritten, keyed by the source table's name, so a
 //! table can be in at most one job at a time and `status` works from any
@@ -26,6 +29,9 @@ use uuid::Uuid;
 use crate::pg::{Lsn, QualifiedName};
 
 const STATE_SQL: &str = include_str!("../../sql/state.sql");
+
+/// The state schema's name.
+pub const SCHEMA: &str = "pgrekey";
 
 /// The phase of one table's job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -159,24 +165,24 @@ fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> State
     move |source| StateError::Db { context, source }
 }
 
-/// Create schema `pg_rekey` and its tables if missing. Safe to call from many
+/// Create schema `pgrekey` and its tables if missing. Safe to call from many
 /// sessions at once; must not be called inside an open transaction (the script
 /// runs as one implicit transaction of its own).
 pub async fn ensure_schema(client: &Client) -> Result<(), StateError> {
     // A role without CREATE on the schema can still use an existing one.
     let exists: bool = client
         .query_one(
-            "SELECT pg_catalog.to_regclass('pg_rekey.jobs') IS NOT NULL",
+            "SELECT pg_catalog.to_regclass('pgrekey.jobs') IS NOT NULL",
             &[],
         )
         .await
-        .map_err(db("looking for the pg_rekey state schema"))?
+        .map_err(db("looking for the pgrekey state schema"))?
         .get(0);
     if exists {
         return Ok(());
     }
     client.batch_execute(STATE_SQL).await.map_err(db(
-        "creating the pg_rekey state schema (needs CREATE on the database)",
+        "creating the pgrekey state schema (needs CREATE on the database)",
     ))
 }
 
@@ -206,7 +212,7 @@ pub async fn register_job<C: GenericClient>(client: &C, job: &NewJob) -> Result<
     let host = hostname();
     let inserted = client
         .execute(
-            "INSERT INTO pg_rekey.jobs (source_schema, source_table, source_oid, job_id, phase, slot_name,
+            "INSERT INTO pgrekey.jobs (source_schema, source_table, source_oid, job_id, phase, slot_name,
                  publication_name, shadow_table, rows_estimate, owner_pid, owner_host)
              VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $10)
              ON CONFLICT (source_schema, source_table) DO NOTHING",
@@ -255,7 +261,7 @@ pub async fn record_snapshot<C: GenericClient>(
 ) -> Result<(), StateError> {
     let n = client
         .execute(
-            "UPDATE pg_rekey.jobs SET consistent_lsn = $2, snapshot_name = $3, updated_at = now() WHERE job_id = $1",
+            "UPDATE pgrekey.jobs SET consistent_lsn = $2, snapshot_name = $3, updated_at = now() WHERE job_id = $1",
             &[&job_id, &PgLsn::from(consistent_lsn.0), &snapshot_name],
         )
         .await
@@ -278,7 +284,7 @@ pub async fn set_phase<C: GenericClient>(
         .collect();
     let n = client
         .execute(
-            "UPDATE pg_rekey.jobs SET phase = $3, updated_at = now()
+            "UPDATE pgrekey.jobs SET phase = $3, updated_at = now()
              WHERE source_schema = $1 AND source_table = $2 AND phase = ANY ($4)",
             &[&table.schema, &table.name, &phase.as_str(), &allowed],
         )
@@ -309,7 +315,7 @@ pub async fn set_error<C: GenericClient>(
     set_phase(client, table, Phase::Failed).await?;
     client
         .execute(
-            "UPDATE pg_rekey.jobs SET last_error = $3, updated_at = now()
+            "UPDATE pgrekey.jobs SET last_error = $3, updated_at = now()
              WHERE source_schema = $1 AND source_table = $2",
             &[&table.schema, &table.name, &message],
         )
@@ -327,7 +333,7 @@ pub async fn record_progress<C: GenericClient>(
 ) -> Result<(), StateError> {
     let n = client
         .execute(
-            "UPDATE pg_rekey.jobs SET rows_copied = coalesce($3, rows_copied),
+            "UPDATE pgrekey.jobs SET rows_copied = coalesce($3, rows_copied),
                  lag_bytes = coalesce($4, lag_bytes), updated_at = now()
              WHERE source_schema = $1 AND source_table = $2",
             &[&table.schema, &table.name, &rows_copied, &lag_bytes],
@@ -352,7 +358,7 @@ pub async fn record_applied(
 ) -> Result<(), StateError> {
     let n = txn
         .execute(
-            "UPDATE pg_rekey.jobs SET applied_lsn = GREATEST(applied_lsn, $2), updated_at = now()
+            "UPDATE pgrekey.jobs SET applied_lsn = GREATEST(applied_lsn, $2), updated_at = now()
              WHERE job_id = $1",
             &[&job_id, &PgLsn::from(lsn.0)],
         )
@@ -371,7 +377,7 @@ pub async fn applied_lsn<C: GenericClient>(
 ) -> Result<Option<Lsn>, StateError> {
     let row = client
         .query_one(
-            "SELECT count(*), max(applied_lsn) FROM pg_rekey.jobs WHERE job_id = $1",
+            "SELECT count(*), max(applied_lsn) FROM pgrekey.jobs WHERE job_id = $1",
             &[&job_id],
         )
         .await
@@ -392,7 +398,7 @@ pub async fn record_cutover<C: GenericClient>(
     set_phase(client, table, Phase::CutOver).await?;
     client
         .execute(
-            "UPDATE pg_rekey.jobs SET old_table = $3, lag_bytes = 0, updated_at = now()
+            "UPDATE pgrekey.jobs SET old_table = $3, lag_bytes = 0, updated_at = now()
              WHERE source_schema = $1 AND source_table = $2",
             &[&table.schema, &table.name, &old_table.name],
         )
@@ -412,7 +418,7 @@ pub async fn delete_job<C: GenericClient>(
     }
     let n = client
         .execute(
-            "DELETE FROM pg_rekey.jobs WHERE source_schema = $1 AND source_table = $2",
+            "DELETE FROM pgrekey.jobs WHERE source_schema = $1 AND source_table = $2",
             &[&table.schema, &table.name],
         )
         .await
@@ -489,7 +495,7 @@ SELECT source_schema, source_table, phase, shadow_table, old_table, rows_copied,
        applied_lsn, owner_pid, owner_host,
        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at,
        to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS updated_at
-FROM pg_rekey.jobs";
+FROM pgrekey.jobs";
 
 fn job_row(r: &Row) -> JobRow {
     let source = QualifiedName::new(
@@ -529,11 +535,11 @@ fn job_row(r: &Row) -> JobRow {
 async fn state_exists<C: GenericClient>(client: &C) -> Result<bool, StateError> {
     Ok(client
         .query_one(
-            "SELECT pg_catalog.to_regclass('pg_rekey.jobs') IS NOT NULL",
+            "SELECT pg_catalog.to_regclass('pgrekey.jobs') IS NOT NULL",
             &[],
         )
         .await
-        .map_err(db("looking for the pg_rekey state schema"))?
+        .map_err(db("looking for the pgrekey state schema"))?
         .get(0))
 }
 

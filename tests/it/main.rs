@@ -2,4 +2,7 @@
 
 mod support;
 
+mod ddl;
 mod harness;
+mod plan;
+mod state;

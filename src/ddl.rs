@@ -126,9 +126,11 @@ pub fn shadow_object_name(original: &str) -> String {
     derived_name(SHADOW_PREFIX, original)
 }
 
-/// The shadow's `CREATE TABLE` and what goes with it before the copy; see the module docs.
+/// The shadow's `CREATE TABLE` and what goes with it before the copy; see the
+/// module docs. `parent` is taken for symmetry with [`post_copy`]: the table's
+/// shape does not depend on it (reference columns are `uuid` whatever the key).
 pub fn create_shadow(table: &TableDetail, parent: &ParentSpec) -> Vec<String> {
-    let _ = parent; // The shape does not depend on the parent until the foreign keys.
+    let _ = parent;
     let shadow = table.spec.shadow.quoted();
     let mut elements = Vec::new();
     for (spec, detail) in table.spec.columns.iter().zip(table.columns.iter()) {

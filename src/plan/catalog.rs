@@ -8,7 +8,9 @@
 //!   pg_dump reads them, so every type, function, sequence and collation outside
 //!   `pg_catalog` comes out schema-qualified. The DDL built from them then means
 //!   the same thing in any session, whatever its search path. The caller's
-//!   search path is restored afterwards (also on error, when the session allows).
+//!   search path is restored afterwards (also on error, when the session
+//!   allows; not if the future is dropped half-way, so do not race
+//!   `load_table` against a timeout on a session that is used afterwards).
 //! - Catalog reads are separate statements, not one snapshot: DDL racing with
 //!   planning may be seen half-way. The rewrite detects DDL during the job from
 //!   the stream's relation messages, which is the check that matters.

@@ -433,7 +433,6 @@ pub async fn preflight(
         key_kind,
         uuid_column: uuid_column.to_string(),
     };
-    let uuid_ok = facts.problems.is_empty();
 
     let names: Vec<QualifiedName> = match tables {
         Some(t) => t.to_vec(),
@@ -494,10 +493,10 @@ pub async fn preflight(
             .iter()
             .any(|f| f.severity == Severity::Blocker);
         if !blocked {
-            try_shadow_ddl(client, &detail, &parent, uuid_ok, &mut table_findings).await?;
+            try_shadow_ddl(client, &detail, &parent, &mut table_findings).await?;
         }
         findings.extend(table_findings);
-        report.tables.push(table_plan(detail, &parent));
+        report.tables.push(table_plan(detail));
     }
 
     suggestive_names(client, &mut findings).await?;
@@ -518,7 +517,7 @@ fn not_owner(table: &QualifiedName) -> Finding {
     .table(table)
 }
 
-fn table_plan(detail: TableDetail, parent: &ParentSpec) -> TablePlan {
+fn table_plan(detail: TableDetail) -> TablePlan {
     let references = detail
         .spec
         .reference_columns()
@@ -535,7 +534,6 @@ fn table_plan(detail: TableDetail, parent: &ParentSpec) -> TablePlan {
             })
         })
         .collect();
-    let _ = parent;
     TablePlan {
         table: detail.spec.source.to_string(),
         shadow_table: detail.spec.shadow.to_string(),
@@ -845,13 +843,11 @@ async fn try_shadow_ddl(
     client: &mut Client,
     detail: &TableDetail,
     parent: &ParentSpec,
-    uuid_ok: bool,
     out: &mut Vec<Finding>,
 ) -> Result<(), PlanError> {
     if out.iter().any(|f| f.code == "shadow_exists") {
         return Ok(());
     }
-    let _ = uuid_ok;
     let t = detail.name();
     let mut statements = crate::ddl::create_shadow(detail, parent);
     statements.extend(

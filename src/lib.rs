@@ -20,12 +20,14 @@
 
 pub mod apply;
 pub mod cli;
+pub mod ddl;
 pub mod embedded;
 pub mod error;
 pub mod idmap;
 pub mod pg;
 pub mod plan;
 pub mod replication;
+pub mod state;
 pub mod telemetry;
 pub mod workload;
 

@@ -28,6 +28,15 @@ impl IntKind {
         }
     }
 
+    /// The SQL type name (`smallint`, `integer`, `bigint`).
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            IntKind::Int2 => "smallint",
+            IntKind::Int4 => "integer",
+            IntKind::Int8 => "bigint",
+        }
+    }
+
     /// Size of the binary representation in bytes.
     pub fn width(self) -> usize {
         match self {

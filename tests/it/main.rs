@@ -2,6 +2,9 @@
 
 mod support;
 
+mod ddl;
 mod harness;
+mod plan;
 mod replication;
+mod state;
 mod workload;

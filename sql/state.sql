@@ -1,0 +1,33 @@
+-- pg-rekey's state: one row per table being rewritten.
+-- Run as one simple-protocol query string, which PostgreSQL executes as one
+-- implicit transaction: the advisory lock serializes concurrent first uses
+-- (CREATE ... IF NOT EXISTS alone can still fail with a unique violation when
+-- two sessions race), and an error rolls everything back.
+-- Later versions add columns with ADD COLUMN IF NOT EXISTS at the end.
+SELECT pg_catalog.pg_advisory_xact_lock(8099568234768201984);
+CREATE SCHEMA IF NOT EXISTS pgrekey;
+CREATE TABLE IF NOT EXISTS pgrekey.jobs (
+    source_schema    text        NOT NULL,
+    source_table     text        NOT NULL,
+    source_oid       oid         NOT NULL,
+    job_id           uuid        NOT NULL,
+    phase            text        NOT NULL
+        CHECK (phase IN ('copying', 'streaming', 'cutting_over', 'cut_over', 'failed', 'aborted')),
+    slot_name        text,
+    publication_name text,
+    shadow_table     text        NOT NULL,
+    old_table        text,
+    snapshot_name    text,
+    consistent_lsn   pg_lsn,
+    applied_lsn      pg_lsn,
+    rows_copied      bigint      NOT NULL DEFAULT 0,
+    rows_estimate    bigint      NOT NULL DEFAULT 0,
+    lag_bytes        bigint,
+    last_error       text,
+    owner_pid        integer,
+    owner_host       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source_schema, source_table)
+);
+CREATE INDEX IF NOT EXISTS jobs_job_id ON pgrekey.jobs (job_id);

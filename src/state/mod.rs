@@ -1,0 +1,637 @@
+//! Job state in the database: schema [`SCHEMA`] (`pgrekey`), table `pgrekey.jobs`.
+//!
+//! The schema is not called `pg_rekey`: PostgreSQL reserves the `pg_` prefix
+//! for system schemas (`CREATE SCHEMA pg_rekey` fails with SQLSTATE 42939).
+//!
+//! One row per table being rewritten, keyed by the source table's name, so a
+//! table can be in at most one job at a time and `status` works from any
+//! machine that can connect. Tables rewritten by one process share a `job_id`
+//! (one slot, one publication, one stream).
+//!
+//! Invariants:
+//! - The schema is created idempotently and safely under concurrent first use
+//!   ([`ensure_schema`]: an advisory transaction lock around `IF NOT EXISTS`).
+//! - The applied LSN is written by [`record_applied`] inside the apply
+//!   transaction that wrote the shadow rows, so it commits atomically with
+//!   them: after a crash, the stream restarts after exactly the last applied
+//!   commit. It never moves backwards (`GREATEST`).
+//! - Phases move only along [`Phase::can_become`]; the check is in the UPDATE's
+//!   WHERE clause, so two processes cannot race a row into an impossible phase.
+//! - The phase names are the `status` output contract: `copying`, `streaming`,
+//!   `cutting_over`, `cut_over`, `failed`, `aborted`.
+
+use std::fmt;
+
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::{Client, GenericClient, Row, Transaction};
+use uuid::Uuid;
+
+use crate::pg::{Lsn, QualifiedName};
+
+const STATE_SQL: &str = include_str!("../../sql/state.sql");
+
+/// The state schema's name.
+pub const SCHEMA: &str = "pgrekey";
+
+/// The phase of one table's job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Shadow created, bulk copy under the slot's snapshot running.
+    Copying,
+    /// Copy done; the stream is applied to the shadow.
+    Streaming,
+    /// Taking the lock, draining to the fence, swapping.
+    CuttingOver,
+    /// Swapped: the shadow carries the table's name.
+    CutOver,
+    /// Stopped on an error (see `last_error`); resumable.
+    Failed,
+    /// Abort in progress or done.
+    Aborted,
+}
+
+impl Phase {
+    /// Every phase.
+    pub const ALL: [Phase; 6] = [
+        Phase::Copying,
+        Phase::Streaming,
+        Phase::CuttingOver,
+        Phase::CutOver,
+        Phase::Failed,
+        Phase::Aborted,
+    ];
+
+    /// The name stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Copying => "copying",
+            Phase::Streaming => "streaming",
+            Phase::CuttingOver => "cutting_over",
+            Phase::CutOver => "cut_over",
+            Phase::Failed => "failed",
+            Phase::Aborted => "aborted",
+        }
+    }
+
+    /// Parse a stored name.
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Whether a job in `self` may move to `next`. Staying put is allowed
+    /// (idempotent retries). `cutting_over → streaming` is a cutover that gave
+    /// the lock back to let the stream catch up; `failed → copying|streaming`
+    /// is a resume. `cut_over` and `aborted` are final.
+    pub fn can_become(self, next: Phase) -> bool {
+        use Phase::*;
+        self == next
+            || matches!(
+                (self, next),
+                (Copying, Streaming | Failed | Aborted)
+                    | (Streaming, CuttingOver | Failed | Aborted)
+                    | (CuttingOver, CutOver | Streaming | Failed | Aborted)
+                    | (Failed, Copying | Streaming | Aborted)
+            )
+    }
+
+    /// The phases from which `next` may be reached.
+    pub fn predecessors(next: Phase) -> Vec<Phase> {
+        Phase::ALL
+            .into_iter()
+            .filter(|p| p.can_become(next))
+            .collect()
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A statement failed.
+    #[error("{context}: {}", crate::error::chain(source))]
+    Db {
+        /// What was being done.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The table is already in a job.
+    #[error("{table} is already being rewritten (job {job_id}, phase {phase}, pid {owner}); wait for it, or run pg-rekey abort --table {table}")]
+    AlreadyRegistered {
+        /// The table.
+        table: QualifiedName,
+        /// The existing job.
+        job_id: Uuid,
+        /// Its phase.
+        phase: String,
+        /// Its owner, `pid@host`.
+        owner: String,
+    },
+    /// No job for the table.
+    #[error(
+        "no pg-rekey job for {table} (aborted meanwhile?); run pg-rekey status to see the jobs"
+    )]
+    NotFound {
+        /// The table.
+        table: QualifiedName,
+    },
+    /// No row of the job is left.
+    #[error("pg-rekey job {job_id} has no tables left (aborted meanwhile?); stopping")]
+    JobNotFound {
+        /// The job.
+        job_id: Uuid,
+    },
+    /// The phase change is not allowed.
+    #[error("{table} cannot go from phase {from} to {to}; run pg-rekey status, and abort the job if it is stuck")]
+    BadTransition {
+        /// The table.
+        table: QualifiedName,
+        /// Current phase.
+        from: String,
+        /// Requested phase.
+        to: Phase,
+    },
+}
+
+fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StateError {
+    let context = context.into();
+    move |source| StateError::Db { context, source }
+}
+
+/// Create schema `pgrekey` and its tables if missing. Safe to call from many
+/// sessions at once; must not be called inside an open transaction (the script
+/// runs as one implicit transaction of its own).
+pub async fn ensure_schema(client: &Client) -> Result<(), StateError> {
+    // A role without CREATE on the schema can still use an existing one.
+    let exists: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('pgrekey.jobs') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(db("looking for the pgrekey state schema"))?
+        .get(0);
+    if exists {
+        return Ok(());
+    }
+    client.batch_execute(STATE_SQL).await.map_err(db(
+        "creating the pgrekey state schema (needs CREATE on the database)",
+    ))
+}
+
+/// A new job row, phase `copying`.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Shared by the tables of one rewrite process.
+    pub job_id: Uuid,
+    /// The source table.
+    pub source: QualifiedName,
+    /// Its OID.
+    pub source_oid: u32,
+    /// The shadow table.
+    pub shadow: QualifiedName,
+    /// Replication slot name.
+    pub slot_name: String,
+    /// Publication name.
+    pub publication_name: String,
+    /// Estimated rows to copy.
+    pub rows_estimate: i64,
+}
+
+/// Register a table's job (phase `copying`, owner = this process and host).
+/// Fails with [`StateError::AlreadyRegistered`] when the table is in a job.
+pub async fn register_job<C: GenericClient>(client: &C, job: &NewJob) -> Result<(), StateError> {
+    let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    let host = hostname();
+    let inserted = client
+        .execute(
+            "INSERT INTO pgrekey.jobs (source_schema, source_table, source_oid, job_id, phase, slot_name,
+                 publication_name, shadow_table, rows_estimate, owner_pid, owner_host)
+             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (source_schema, source_table) DO NOTHING",
+            &[
+                &job.source.schema,
+                &job.source.name,
+                &job.source_oid,
+                &job.job_id,
+                &job.slot_name,
+                &job.publication_name,
+                &job.shadow.name,
+                &job.rows_estimate,
+                &pid,
+                &host,
+            ],
+        )
+        .await
+        .map_err(db(format!("registering the job for {}", job.source)))?;
+    if inserted == 1 {
+        return Ok(());
+    }
+    match get_job(client, &job.source).await? {
+        Some(existing) => Err(StateError::AlreadyRegistered {
+            table: job.source.clone(),
+            job_id: existing.job_id,
+            phase: existing.phase,
+            owner: format!(
+                "{}@{}",
+                existing.owner_pid.unwrap_or_default(),
+                existing.owner_host.unwrap_or_default()
+            ),
+        }),
+        // Deleted between the two statements: try once more is the caller's call.
+        None => Err(StateError::NotFound {
+            table: job.source.clone(),
+        }),
+    }
+}
+
+/// Record the slot's consistent point (and the exported snapshot's name) for every table of the job.
+pub async fn record_snapshot<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    consistent_lsn: Lsn,
+    snapshot_name: Option<&str>,
+) -> Result<(), StateError> {
+    let n = client
+        .execute(
+            "UPDATE pgrekey.jobs SET consistent_lsn = $2, snapshot_name = $3, updated_at = now() WHERE job_id = $1",
+            &[&job_id, &PgLsn::from(consistent_lsn.0), &snapshot_name],
+        )
+        .await
+        .map_err(db(format!("recording the snapshot of job {job_id}")))?;
+    if n == 0 {
+        return Err(StateError::JobNotFound { job_id });
+    }
+    Ok(())
+}
+
+/// Move a table's job to `phase`, if [`Phase::can_become`] allows it.
+pub async fn set_phase<C: GenericClient>(
+    client: &C,
+    table: &QualifiedName,
+    phase: Phase,
+) -> Result<(), StateError> {
+    let allowed: Vec<&str> = Phase::predecessors(phase)
+        .into_iter()
+        .map(Phase::as_str)
+        .collect();
+    let n = client
+        .execute(
+            "UPDATE pgrekey.jobs SET phase = $3, updated_at = now()
+             WHERE source_schema = $1 AND source_table = $2 AND phase = ANY ($4)",
+            &[&table.schema, &table.name, &phase.as_str(), &allowed],
+        )
+        .await
+        .map_err(db(format!("setting the phase of {table} to {phase}")))?;
+    if n == 1 {
+        return Ok(());
+    }
+    match get_job(client, table).await? {
+        Some(job) => Err(StateError::BadTransition {
+            table: table.clone(),
+            from: job.phase,
+            to: phase,
+        }),
+        None => Err(StateError::NotFound {
+            table: table.clone(),
+        }),
+    }
+}
+
+/// Record a stopping error: phase `failed`, `last_error` = `message` (one line,
+/// no row values).
+pub async fn set_error<C: GenericClient>(
+    client: &C,
+    table: &QualifiedName,
+    message: &str,
+) -> Result<(), StateError> {
+    set_phase(client, table, Phase::Failed).await?;
+    client
+        .execute(
+            "UPDATE pgrekey.jobs SET last_error = $3, updated_at = now()
+             WHERE source_schema = $1 AND source_table = $2",
+            &[&table.schema, &table.name, &message],
+        )
+        .await
+        .map_err(db(format!("recording the error of {table}")))?;
+    Ok(())
+}
+
+/// Update a table's progress; `None` leaves a value as it is.
+pub async fn record_progress<C: GenericClient>(
+    client: &C,
+    table: &QualifiedName,
+    rows_copied: Option<i64>,
+    lag_bytes: Option<i64>,
+) -> Result<(), StateError> {
+    let n = client
+        .execute(
+            "UPDATE pgrekey.jobs SET rows_copied = coalesce($3, rows_copied),
+                 lag_bytes = coalesce($4, lag_bytes), updated_at = now()
+             WHERE source_schema = $1 AND source_table = $2",
+            &[&table.schema, &table.name, &rows_copied, &lag_bytes],
+        )
+        .await
+        .map_err(db(format!("recording the progress of {table}")))?;
+    if n == 0 {
+        return Err(StateError::NotFound {
+            table: table.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Record the applied position of a job, inside the apply transaction that
+/// wrote the shadow rows up to it. Fails with [`StateError::JobNotFound`] when
+/// the job's rows are gone (aborted), which stops the apply before it commits.
+pub async fn record_applied(
+    txn: &Transaction<'_>,
+    job_id: Uuid,
+    lsn: Lsn,
+) -> Result<(), StateError> {
+    let n = txn
+        .execute(
+            "UPDATE pgrekey.jobs SET applied_lsn = GREATEST(applied_lsn, $2), updated_at = now()
+             WHERE job_id = $1",
+            &[&job_id, &PgLsn::from(lsn.0)],
+        )
+        .await
+        .map_err(db(format!("recording applied LSN {lsn} of job {job_id}")))?;
+    if n == 0 {
+        return Err(StateError::JobNotFound { job_id });
+    }
+    Ok(())
+}
+
+/// The job's applied position (`None` before the first apply commit).
+pub async fn applied_lsn<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+) -> Result<Option<Lsn>, StateError> {
+    let row = client
+        .query_one(
+            "SELECT count(*), max(applied_lsn) FROM pgrekey.jobs WHERE job_id = $1",
+            &[&job_id],
+        )
+        .await
+        .map_err(db(format!("reading the applied LSN of job {job_id}")))?;
+    if row.get::<_, i64>(0) == 0 {
+        return Err(StateError::JobNotFound { job_id });
+    }
+    Ok(row.get::<_, Option<PgLsn>>(1).map(|l| Lsn(u64::from(l))))
+}
+
+/// Mark a table swapped: phase `cut_over` and where the old table went. Call it
+/// inside the cutover transaction so it commits with the rename.
+pub async fn record_cutover<C: GenericClient>(
+    client: &C,
+    table: &QualifiedName,
+    old_table: &QualifiedName,
+) -> Result<(), StateError> {
+    set_phase(client, table, Phase::CutOver).await?;
+    client
+        .execute(
+            "UPDATE pgrekey.jobs SET old_table = $3, lag_bytes = 0, updated_at = now()
+             WHERE source_schema = $1 AND source_table = $2",
+            &[&table.schema, &table.name, &old_table.name],
+        )
+        .await
+        .map_err(db(format!("recording the cutover of {table}")))?;
+    Ok(())
+}
+
+/// Remove a table's job row. `true` when there was one (abort is idempotent).
+pub async fn delete_job<C: GenericClient>(
+    client: &C,
+    table: &QualifiedName,
+) -> Result<bool, StateError> {
+    let exists = state_exists(client).await?;
+    if !exists {
+        return Ok(false);
+    }
+    let n = client
+        .execute(
+            "DELETE FROM pgrekey.jobs WHERE source_schema = $1 AND source_table = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(db(format!("deleting the job of {table}")))?;
+    Ok(n > 0)
+}
+
+/// One job row, as `status` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobRow {
+    /// The source table, schema-qualified.
+    pub table: String,
+    /// Phase name (see [`Phase`]); kept as text so a newer version's phase still prints.
+    pub phase: String,
+    /// The shadow table, schema-qualified.
+    pub shadow_table: String,
+    /// The old table after cutover, schema-qualified.
+    pub old_table: Option<String>,
+    /// Rows copied so far.
+    pub rows_copied: i64,
+    /// Estimated rows.
+    pub rows_estimate: i64,
+    /// WAL bytes between the server's position and the applied one.
+    pub lag_bytes: Option<i64>,
+    /// Last stopping error.
+    pub error: Option<String>,
+    /// The job (shared by the tables of one process).
+    pub job_id: Uuid,
+    /// Source OID.
+    pub source_oid: u32,
+    /// Slot name.
+    pub slot_name: Option<String>,
+    /// Publication name.
+    pub publication_name: Option<String>,
+    /// Slot consistent point.
+    #[serde(serialize_with = "lsn_text")]
+    pub consistent_lsn: Option<Lsn>,
+    /// Applied position.
+    #[serde(serialize_with = "lsn_text")]
+    pub applied_lsn: Option<Lsn>,
+    /// Owner process id.
+    pub owner_pid: Option<i32>,
+    /// Owner host name.
+    pub owner_host: Option<String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
+    /// The source table (structured).
+    #[serde(skip)]
+    pub source: QualifiedName,
+    /// The shadow table (structured).
+    #[serde(skip)]
+    pub shadow: QualifiedName,
+}
+
+impl JobRow {
+    /// The phase, when it is one this version knows.
+    pub fn phase(&self) -> Option<Phase> {
+        Phase::parse(&self.phase)
+    }
+}
+
+fn lsn_text<S: serde::Serializer>(v: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(l) => s.serialize_str(&l.to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+const SELECT_JOBS: &str = "
+SELECT source_schema, source_table, phase, shadow_table, old_table, rows_copied, rows_estimate,
+       lag_bytes, last_error, job_id, source_oid, slot_name, publication_name, consistent_lsn,
+       applied_lsn, owner_pid, owner_host,
+       to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at,
+       to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS updated_at
+FROM pgrekey.jobs";
+
+fn job_row(r: &Row) -> JobRow {
+    let source = QualifiedName::new(
+        r.get::<_, String>("source_schema"),
+        r.get::<_, String>("source_table"),
+    );
+    let shadow = QualifiedName::new(source.schema.clone(), r.get::<_, String>("shadow_table"));
+    let old: Option<String> = r.get("old_table");
+    JobRow {
+        table: source.to_string(),
+        phase: r.get("phase"),
+        shadow_table: shadow.to_string(),
+        old_table: old.map(|o| QualifiedName::new(source.schema.clone(), o).to_string()),
+        rows_copied: r.get("rows_copied"),
+        rows_estimate: r.get("rows_estimate"),
+        lag_bytes: r.get("lag_bytes"),
+        error: r.get("last_error"),
+        job_id: r.get("job_id"),
+        source_oid: r.get("source_oid"),
+        slot_name: r.get("slot_name"),
+        publication_name: r.get("publication_name"),
+        consistent_lsn: r
+            .get::<_, Option<PgLsn>>("consistent_lsn")
+            .map(|l| Lsn(u64::from(l))),
+        applied_lsn: r
+            .get::<_, Option<PgLsn>>("applied_lsn")
+            .map(|l| Lsn(u64::from(l))),
+        owner_pid: r.get("owner_pid"),
+        owner_host: r.get("owner_host"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        source,
+        shadow,
+    }
+}
+
+async fn state_exists<C: GenericClient>(client: &C) -> Result<bool, StateError> {
+    Ok(client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('pgrekey.jobs') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(db("looking for the pgrekey state schema"))?
+        .get(0))
+}
+
+/// Every job row, by table; empty when the state schema does not exist.
+pub async fn list_jobs<C: GenericClient>(client: &C) -> Result<Vec<JobRow>, StateError> {
+    if !state_exists(client).await? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            format!("{SELECT_JOBS} ORDER BY source_schema, source_table").as_str(),
+            &[],
+        )
+        .await
+        .map_err(db("listing pg-rekey jobs"))?;
+    Ok(rows.iter().map(job_row).collect())
+}
+
+/// One table's job row.
+pub async fn get_job<C: GenericClient>(
+    client: &C,
+    table: &QualifiedName,
+) -> Result<Option<JobRow>, StateError> {
+    if !state_exists(client).await? {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            format!("{SELECT_JOBS} WHERE source_schema = $1 AND source_table = $2").as_str(),
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(db(format!("reading the job of {table}")))?;
+    Ok(row.as_ref().map(job_row))
+}
+
+/// This machine's host name, for `owner_host` (empty when unknown).
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that
+    // many bytes and we stop at the first NUL (or the end) ourselves.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(buf.get(..end).unwrap_or(&[])).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_names_are_the_status_contract() {
+        let names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "copying",
+                "streaming",
+                "cutting_over",
+                "cut_over",
+                "failed",
+                "aborted"
+            ]
+        );
+        for p in Phase::ALL {
+            assert_eq!(Phase::parse(p.as_str()), Some(p));
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+        }
+        assert_eq!(Phase::parse("done"), None);
+    }
+
+    #[test]
+    fn transitions() {
+        use Phase::*;
+        assert!(Copying.can_become(Streaming));
+        assert!(
+            CuttingOver.can_become(Streaming),
+            "cutover may give the lock back"
+        );
+        assert!(Failed.can_become(Streaming), "resume");
+        assert!(!Copying.can_become(CutOver), "no cutover before streaming");
+        assert!(!CutOver.can_become(Aborted), "final");
+        assert!(!Aborted.can_become(Copying), "final");
+        assert!(Streaming.can_become(Streaming), "idempotent");
+        assert_eq!(Phase::predecessors(CutOver), vec![CuttingOver, CutOver]);
+    }
+
+    #[test]
+    fn host_name_is_printable() {
+        assert!(!hostname().contains('\0'));
+    }
+}

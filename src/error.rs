@@ -48,6 +48,14 @@ pub enum Error {
     #[error(transparent)]
     Replication(#[from] crate::replication::ReplicationError),
 
+    /// The state schema.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+
+    /// Reading the catalogs or planning.
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+
     /// A precondition on the server or the data does not hold.
     #[error("{0}")]
     Precondition(String),

@@ -93,7 +93,7 @@ struct TableState {
 /// Applies decoded pgoutput messages to the shadow tables of one job.
 pub struct Applier {
     client: Client,
-    job_id: String,
+    job_id: uuid::Uuid,
     tables: HashMap<u32, TableState>,
     parent: ParentSpec,
     parent_cols: Option<(usize, usize)>,
@@ -109,6 +109,9 @@ pub struct Applier {
     batch_changes: usize,
     last_end: Lsn,
     durable: Lsn,
+    /// Last position written to the job's state.
+    recorded: Lsn,
+    in_source_txn: bool,
     stats: ApplyStats,
 }
 
@@ -117,7 +120,7 @@ impl Applier {
     /// recorded applied LSN (the consistent point for a fresh job).
     pub async fn new(
         client: Client,
-        job_id: &str,
+        job_id: uuid::Uuid,
         tables: Vec<TableSpec>,
         parent: ParentSpec,
         map: IdMap,
@@ -132,7 +135,7 @@ impl Applier {
             ))?;
         Ok(Applier {
             client,
-            job_id: job_id.to_string(),
+            job_id,
             tables: tables
                 .into_iter()
                 .map(|s| {
@@ -157,6 +160,8 @@ impl Applier {
             batch_changes: 0,
             last_end: applied,
             durable: applied,
+            recorded: applied,
+            in_source_txn: false,
             stats: ApplyStats::default(),
         })
     }
@@ -194,10 +199,12 @@ impl Applier {
                 // A transaction whose commit record precedes the recorded
                 // applied position was committed to the shadow before a restart.
                 self.skipping = b.final_lsn < self.skip_before;
+                self.in_source_txn = true;
                 Ok(Applied::Nothing)
             }
             LogicalMessage::Commit(c) => {
                 self.stats.transactions += 1;
+                self.in_source_txn = false;
                 if c.end_lsn > self.last_end {
                     self.last_end = c.end_lsn;
                 }
@@ -409,13 +416,7 @@ impl Applier {
     pub async fn flush(&mut self) -> Result<Lsn, Error> {
         if self.open_since.is_some() {
             let end = self.last_end;
-            self.client
-                .execute(
-                    "UPDATE pg_rekey.jobs SET applied_lsn = $1::text::pg_lsn, updated_at = now() WHERE job_id = $2",
-                    &[&end.to_string(), &self.job_id],
-                )
-                .await
-                .map_err(Error::db("record the applied LSN"))?;
+            crate::state::record_applied(&self.client, self.job_id, end).await?;
             self.client
                 .batch_execute("COMMIT")
                 .await
@@ -424,8 +425,26 @@ impl Applier {
             self.batch_changes = 0;
             self.stats.batches += 1;
             self.durable = end;
+            self.recorded = end;
         }
         Ok(self.durable)
+    }
+
+    /// Record the durable position in the job's state even when no shadow
+    /// transaction is open (the last commits touched no shadow). `cutover`
+    /// and `verify` wait on the recorded position after a fence.
+    pub async fn record_position(&mut self) -> Result<Lsn, Error> {
+        let durable = self.flush().await?;
+        if durable > self.recorded {
+            crate::state::record_applied(self.client(), self.job_id, durable).await?;
+            self.recorded = durable;
+        }
+        Ok(durable)
+    }
+
+    /// Whether the last message ended a source transaction (a safe point to flush).
+    pub fn between_transactions(&self) -> bool {
+        !self.in_source_txn
     }
 
     /// Roll back an open shadow transaction (after an error).

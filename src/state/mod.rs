@@ -23,7 +23,7 @@
 use std::fmt;
 
 use tokio_postgres::types::PgLsn;
-use tokio_postgres::{Client, GenericClient, Row, Transaction};
+use tokio_postgres::{Client, GenericClient, Row};
 use uuid::Uuid;
 
 use crate::pg::{Lsn, QualifiedName};
@@ -351,8 +351,8 @@ pub async fn record_progress<C: GenericClient>(
 /// Record the applied position of a job, inside the apply transaction that
 /// wrote the shadow rows up to it. Fails with [`StateError::JobNotFound`] when
 /// the job's rows are gone (aborted), which stops the apply before it commits.
-pub async fn record_applied(
-    txn: &Transaction<'_>,
+pub async fn record_applied<C: GenericClient>(
+    txn: &C,
     job_id: Uuid,
     lsn: Lsn,
 ) -> Result<(), StateError> {

@@ -18,8 +18,10 @@
 
 #![warn(missing_docs)]
 
+pub mod copy;
 pub mod embedded;
 pub mod error;
+pub mod idmap;
 pub mod pg;
 pub mod plan;
 pub mod replication;

@@ -2,4 +2,5 @@
 
 mod support;
 
+mod copy;
 mod harness;

@@ -20,6 +20,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod copy;
 pub mod ddl;
 pub mod embedded;
 pub mod error;

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod copy;
 mod ddl;
 mod harness;
 mod plan;

@@ -1,0 +1,1245 @@
+//! The snapshot copy: binary `COPY … TO STDOUT` from the source under the
+//! slot's snapshot, reference columns translated in Rust, binary
+//! `COPY … FROM STDIN` into the shadow.
+//!
+//! # Correctness
+//!
+//! * **Same snapshot.** The caller hands in a source session already inside
+//!   the `REPEATABLE READ` transaction that imported the slot's snapshot, and
+//!   an [`IdMap`] loaded under that same snapshot. Every row the copy reads was
+//!   committed before the slot's consistent point; every later change comes
+//!   from the stream. So nothing is copied twice or missed, and every
+//!   reference a copied row holds is either in the map or an orphan.
+//! * **No silent NULL.** A reference whose value is not in the map stops the
+//!   copy with [`CopyError::MissingParent`], naming table, column and value. A
+//!   NULL reference stays NULL.
+//! * **Exact bytes.** Non-reference columns pass through byte for byte: the
+//!   shadow has the same types, so the binary representations agree (no text
+//!   round trip, no DateStyle or float-precision traps). Generated columns are
+//!   left out of both sides; the shadow computes its own.
+//! * `FROM ONLY`: an inheritance child or partition is not the table.
+//!
+//! # Shadow transactions
+//!
+//! The shadow is written in batches, each its own `COPY … FROM STDIN`
+//! statement and so its own transaction, cut at tuple boundaries of the one
+//! source stream (see [`CopyOptions::batch_rows`], [`CopyOptions::batch_bytes`]).
+//! Why: the walsender decodes the shadow's WAL too (it decodes the whole
+//! database and only pgoutput filters by publication). One giant transaction
+//! would be held in its reorder buffer until commit, spill to disk beyond
+//! `logical_decoding_work_mem`, and then stall every later transaction in the
+//! stream while it is replayed and discarded. Batches of moderate size stay in
+//! memory and flow through. The price: a failed copy leaves the committed
+//! batches in the shadow, so a retry must start from an empty shadow (the
+//! snapshot is gone anyway; the caller truncates or recreates the shadow).
+//!
+//! `COPY … FREEZE` is not used. It needs the shadow created or truncated in
+//! the same transaction as the COPY, hence the whole copy in one transaction,
+//! which is exactly the giant decoded transaction above; and with
+//! `wal_level=logical` it saves no WAL, only the later hint-bit and freeze
+//! passes.
+//!
+//! # Streaming and memory
+//!
+//! The source stream is consumed one CopyData message at a time (the server
+//! sends one per row; the rewriter accepts any chunking). The rewriter keeps at
+//! most 19 bytes of a split fixed-size item; field bodies pass straight
+//! through. Output is flushed to the target every [`FLUSH_BYTES`]. Both driver
+//! channels are bounded, so a slow target back-pressures the source. Memory is
+//! bounded by the largest row (the driver holds one whole CopyData message).
+//!
+//! # Order
+//!
+//! Rows are read in the source's physical order by default
+//! ([`CopyOptions::order_by_key`] off): a sort of the whole table under the
+//! open snapshot costs more than it saves in primary-key maintenance on the
+//! shadow, for tables whose physical order roughly follows the key (measured
+//! in `benches/copy.rs`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio_postgres::{Client, CopyInSink};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::idmap::IdMap;
+use crate::pg::quote_ident;
+use crate::plan::model::{IntKind, TableSpec};
+
+/// Binary COPY signature.
+pub const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+/// A complete binary COPY header: signature, flags 0, no extension.
+pub const HEADER: [u8; 19] = *b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// The binary COPY trailer (a field count of -1).
+pub const TRAILER: [u8; 2] = (-1i16).to_be_bytes();
+
+/// Output is handed to the target connection once this many bytes are ready.
+pub const FLUSH_BYTES: usize = 256 * 1024;
+
+/// Check the fixed 19-byte header; return the length of the header extension.
+pub fn check_header(h: &[u8]) -> Result<u32, RewriteError> {
+    let (Some(sig), Some(flags), Some(ext)) = (h.get(..11), h.get(11..15), h.get(15..19)) else {
+        return Err(RewriteError::BadSignature);
+    };
+    if sig != SIGNATURE {
+        return Err(RewriteError::BadSignature);
+    }
+    let flags = u32::from_be_bytes([flags[0], flags[1], flags[2], flags[3]]);
+    // Bit 16: OIDs included. Bits 17–31 are critical: unknown ones must stop us.
+    if flags & 0xFFFF_0000 != 0 {
+        return Err(RewriteError::UnsupportedFlags(flags));
+    }
+    Ok(u32::from_be_bytes([ext[0], ext[1], ext[2], ext[3]]))
+}
+
+/// Why a binary COPY stream could not be rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    /// The stream does not start with the binary COPY signature.
+    #[error("not a binary COPY stream (bad signature)")]
+    BadSignature,
+    /// Header flags this rewriter does not understand (e.g. OIDs included).
+    #[error("unsupported binary COPY header flags {0:#x}")]
+    UnsupportedFlags(u32),
+    /// A tuple has the wrong number of fields.
+    #[error("row {row} has {found} fields, expected {expected}")]
+    FieldCount {
+        /// 1-based row number in the stream.
+        row: u64,
+        /// Fields the layout has.
+        expected: usize,
+        /// Fields the tuple says it has.
+        found: i16,
+    },
+    /// A field length below -1.
+    #[error("row {row} field {field} has invalid length {len}")]
+    BadLength {
+        /// 1-based row number.
+        row: u64,
+        /// 0-based field index.
+        field: usize,
+        /// The length found.
+        len: i32,
+    },
+    /// A reference field whose length is not its integer width.
+    #[error("row {row} field {field} is a reference of {expected} bytes but has {found}")]
+    ReferenceWidth {
+        /// 1-based row number.
+        row: u64,
+        /// 0-based field index.
+        field: usize,
+        /// The integer width.
+        expected: usize,
+        /// The length found.
+        found: i32,
+    },
+    /// A reference whose value is not in the map.
+    #[error("row {row} field {field} references key {value}, which has no parent row")]
+    MissingParent {
+        /// 1-based row number.
+        row: u64,
+        /// 0-based field index.
+        field: usize,
+        /// The integer value.
+        value: i64,
+    },
+    /// Bytes after the trailer.
+    #[error("data after the end of the COPY stream")]
+    TrailingData,
+    /// The stream ended before its trailer.
+    #[error("the COPY stream ended early (after {rows} rows, inside {state})")]
+    Truncated {
+        /// Complete rows seen.
+        rows: u64,
+        /// Where it stopped.
+        state: &'static str,
+    },
+}
+
+/// What one [`Rewriter::feed`] call produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fed {
+    /// Tuples completed during this call.
+    pub rows: u64,
+    /// `out.len()` right after the last tuple completed during this call:
+    /// `out[..boundary]` ends on a tuple boundary.
+    pub boundary: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Gathering the fixed 19-byte header.
+    Header,
+    /// Skipping the header extension.
+    HeaderExt(u32),
+    /// Expecting a 2-byte field count (or the trailer).
+    TupleStart,
+    /// Expecting field `n`'s 4-byte length.
+    FieldLen(usize),
+    /// Passing `remaining` bytes of field `n` through.
+    Data(usize, u32),
+    /// Gathering the integer of reference field `n`.
+    Reference(usize, IntKind),
+    /// Trailer seen.
+    Done,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Header => "the header",
+            State::HeaderExt(_) => "the header extension",
+            State::TupleStart => "a row's field count",
+            State::FieldLen(_) => "a field length",
+            State::Data(..) => "a field value",
+            State::Reference(..) => "a reference value",
+            State::Done => "the trailer",
+        }
+    }
+}
+
+/// Incremental, pure binary-COPY rewriter.
+///
+/// Consumes a binary COPY stream in chunks of any size and appends to an
+/// output buffer the same tuples with each reference field (`Some(kind)` in the
+/// layout) replaced by the 16-byte uuid the lookup returns. The header and
+/// trailer are consumed, not copied: the caller frames each output batch with
+/// [`HEADER`] and [`TRAILER`] itself, so it can cut batches at tuple
+/// boundaries ([`Fed::boundary`]).
+///
+/// Never panics on input: every malformed stream is a [`RewriteError`].
+#[derive(Debug, Clone)]
+pub struct Rewriter {
+    layout: Vec<Option<IntKind>>,
+    state: State,
+    pending: [u8; 19],
+    pending_len: usize,
+    rows: u64,
+}
+
+impl Rewriter {
+    /// A rewriter for tuples with one entry per field: `Some(kind)` for a
+    /// reference column, `None` for a column passed through.
+    pub fn new(layout: Vec<Option<IntKind>>) -> Rewriter {
+        Rewriter {
+            layout,
+            state: State::Header,
+            pending: [0; 19],
+            pending_len: 0,
+            rows: 0,
+        }
+    }
+
+    /// Complete tuples seen so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Whether the trailer has been seen.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Check that the stream ended cleanly (trailer seen).
+    pub fn finish(&self) -> Result<u64, RewriteError> {
+        if self.state == State::Done {
+            Ok(self.rows)
+        } else {
+            Err(RewriteError::Truncated {
+                rows: self.rows,
+                state: self.state.name(),
+            })
+        }
+    }
+
+    fn need(&self) -> usize {
+        match self.state {
+            State::Header => HEADER.len(),
+            State::TupleStart => 2,
+            State::FieldLen(_) => 4,
+            State::Reference(_, kind) => kind.width(),
+            State::HeaderExt(_) | State::Data(..) | State::Done => 0,
+        }
+    }
+
+    /// Consume `input`, appending rewritten tuples to `out`.
+    pub fn feed<F>(
+        &mut self,
+        mut input: &[u8],
+        out: &mut BytesMut,
+        lookup: F,
+    ) -> Result<Fed, RewriteError>
+    where
+        F: Fn(i64) -> Option<Uuid>,
+    {
+        let mut fed = Fed::default();
+        while !input.is_empty() {
+            match self.state {
+                State::Done => return Err(RewriteError::TrailingData),
+                State::HeaderExt(remaining) => {
+                    let n = input.len().min(remaining as usize);
+                    input = input.get(n..).unwrap_or_default();
+                    let left = remaining - n as u32;
+                    self.state = if left == 0 {
+                        State::TupleStart
+                    } else {
+                        State::HeaderExt(left)
+                    };
+                }
+                State::Data(field, remaining) => {
+                    let n = input.len().min(remaining as usize);
+                    let (head, rest) = input.split_at(n);
+                    out.extend_from_slice(head);
+                    input = rest;
+                    let left = remaining - n as u32;
+                    if left == 0 {
+                        self.end_field(field, out, &mut fed);
+                    } else {
+                        self.state = State::Data(field, left);
+                    }
+                }
+                _ => {
+                    let need = self.need();
+                    let mut item = [0u8; 19];
+                    if self.pending_len == 0 && input.len() >= need {
+                        let (head, rest) = input.split_at(need);
+                        item[..need].copy_from_slice(head);
+                        input = rest;
+                    } else {
+                        let take = (need - self.pending_len).min(input.len());
+                        let (head, rest) = input.split_at(take);
+                        self.pending[self.pending_len..self.pending_len + take]
+                            .copy_from_slice(head);
+                        self.pending_len += take;
+                        input = rest;
+                        if self.pending_len < need {
+                            continue;
+                        }
+                        item[..need].copy_from_slice(&self.pending[..need]);
+                        self.pending_len = 0;
+                    }
+                    self.item(&item[..need], out, &mut fed, &lookup)?;
+                }
+            }
+        }
+        Ok(fed)
+    }
+
+    /// Handle one complete fixed-size item for the current state.
+    fn item<F>(
+        &mut self,
+        item: &[u8],
+        out: &mut BytesMut,
+        fed: &mut Fed,
+        lookup: &F,
+    ) -> Result<(), RewriteError>
+    where
+        F: Fn(i64) -> Option<Uuid>,
+    {
+        match self.state {
+            State::Header => {
+                let ext = check_header(item)?;
+                self.state = if ext == 0 {
+                    State::TupleStart
+                } else {
+                    State::HeaderExt(ext)
+                };
+            }
+            State::TupleStart => {
+                let count = i16::from_be_bytes([item[0], item[1]]);
+                if count == -1 {
+                    self.state = State::Done;
+                    return Ok(());
+                }
+                if usize::try_from(count).ok() != Some(self.layout.len()) {
+                    return Err(RewriteError::FieldCount {
+                        row: self.rows + 1,
+                        expected: self.layout.len(),
+                        found: count,
+                    });
+                }
+                out.extend_from_slice(&count.to_be_bytes());
+                if self.layout.is_empty() {
+                    self.end_tuple(out, fed);
+                } else {
+                    self.state = State::FieldLen(0);
+                }
+            }
+            State::FieldLen(field) => {
+                let len = i32::from_be_bytes([item[0], item[1], item[2], item[3]]);
+                let kind = self.layout.get(field).copied().flatten();
+                if len == -1 {
+                    out.extend_from_slice(&len.to_be_bytes());
+                    self.end_field(field, out, fed);
+                } else if len < -1 {
+                    return Err(RewriteError::BadLength {
+                        row: self.rows + 1,
+                        field,
+                        len,
+                    });
+                } else if let Some(kind) = kind {
+                    if len as usize != kind.width() {
+                        return Err(RewriteError::ReferenceWidth {
+                            row: self.rows + 1,
+                            field,
+                            expected: kind.width(),
+                            found: len,
+                        });
+                    }
+                    self.state = State::Reference(field, kind);
+                } else {
+                    out.extend_from_slice(&len.to_be_bytes());
+                    if len == 0 {
+                        self.end_field(field, out, fed);
+                    } else {
+                        self.state = State::Data(field, len as u32);
+                    }
+                }
+            }
+            State::Reference(field, kind) => {
+                let value = match kind {
+                    IntKind::Int2 => i64::from(i16::from_be_bytes([item[0], item[1]])),
+                    IntKind::Int4 => {
+                        i64::from(i32::from_be_bytes([item[0], item[1], item[2], item[3]]))
+                    }
+                    IntKind::Int8 => i64::from_be_bytes([
+                        item[0], item[1], item[2], item[3], item[4], item[5], item[6], item[7],
+                    ]),
+                };
+                let Some(uuid) = lookup(value) else {
+                    return Err(RewriteError::MissingParent {
+                        row: self.rows + 1,
+                        field,
+                        value,
+                    });
+                };
+                out.extend_from_slice(&16i32.to_be_bytes());
+                out.extend_from_slice(uuid.as_bytes());
+                self.end_field(field, out, fed);
+            }
+            State::HeaderExt(_) | State::Data(..) | State::Done => {}
+        }
+        Ok(())
+    }
+
+    fn end_field(&mut self, field: usize, out: &mut BytesMut, fed: &mut Fed) {
+        if field + 1 >= self.layout.len() {
+            self.end_tuple(out, fed);
+        } else {
+            self.state = State::FieldLen(field + 1);
+        }
+    }
+
+    fn end_tuple(&mut self, out: &mut BytesMut, fed: &mut Fed) {
+        self.rows += 1;
+        fed.rows += 1;
+        fed.boundary = Some(out.len());
+        self.state = State::TupleStart;
+    }
+}
+
+/// Shared count of rows copied into shadows (committed), for `status` and logs.
+/// Cloning shares the counter.
+#[derive(Clone, Debug, Default)]
+pub struct Progress(Arc<AtomicU64>);
+
+impl Progress {
+    /// A counter at zero.
+    pub fn new() -> Progress {
+        Progress::default()
+    }
+    /// Rows copied so far.
+    pub fn rows(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// Add `n` copied rows.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Tuning for [`copy_table_with`].
+#[derive(Clone, Debug)]
+pub struct CopyOptions {
+    /// Commit the shadow after about this many rows (0: no row limit).
+    pub batch_rows: u64,
+    /// Commit the shadow after about this many bytes of COPY data (0: no limit).
+    pub batch_bytes: u64,
+    /// Read the source in primary-key order (`ORDER BY` the key columns).
+    pub order_by_key: bool,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        // About 16 MiB keeps a batch's decoded changes well inside the default
+        // 64 MB logical_decoding_work_mem even with per-change overhead.
+        CopyOptions {
+            batch_rows: 100_000,
+            batch_bytes: 16 * 1024 * 1024,
+            order_by_key: false,
+        }
+    }
+}
+
+/// Why a table copy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// A reference to a parent key that does not exist at the snapshot.
+    #[error("{table}.{column} holds {value}, which is not a key of the parent at the snapshot (orphaned reference, row {row} of the copy): delete or fix those rows (`pg-rekey plan` lists them), then start again")]
+    MissingParent {
+        /// Source table.
+        table: String,
+        /// Reference column.
+        column: String,
+        /// The integer value.
+        value: i64,
+        /// 1-based row number in the copy stream.
+        row: u64,
+    },
+    /// The source's COPY stream could not be parsed.
+    #[error("copy of {table} (column {column}): {source}; this is a bug or a column type pg-rekey does not expect — report it")]
+    Stream {
+        /// Source table.
+        table: String,
+        /// Column involved, or `-` when none is.
+        column: String,
+        /// What was wrong.
+        #[source]
+        source: RewriteError,
+    },
+    /// A statement on the source or the target failed.
+    #[error("copy of {table}: {context}: {}", crate::error::chain(source))]
+    Db {
+        /// Source table.
+        table: String,
+        /// What was being done.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The spec does not describe a copyable table.
+    #[error("copy of {table}: {reason}")]
+    Spec {
+        /// Source table.
+        table: String,
+        /// What is missing.
+        reason: String,
+    },
+}
+
+impl CopyError {
+    /// Whether retrying the copy (from an empty shadow) may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CopyError::Db { source, .. } => match source.as_db_error() {
+                Some(db) => crate::error::is_transient_sqlstate(db.code().code()),
+                None => source.is_closed(),
+            },
+            _ => false,
+        }
+    }
+}
+
+impl From<CopyError> for crate::Error {
+    fn from(e: CopyError) -> Self {
+        match e {
+            CopyError::Db {
+                table,
+                context,
+                source,
+            } => crate::Error::Db {
+                context: format!("copy of {table}: {context}"),
+                source,
+            },
+            other => crate::Error::Data(other.to_string()),
+        }
+    }
+}
+
+/// The SQL both ends of a copy run, and the rewriter layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyPlan {
+    /// `COPY (SELECT … FROM ONLY source …) TO STDOUT (FORMAT binary)`.
+    pub copy_out: String,
+    /// `COPY shadow (…) FROM STDIN (FORMAT binary)`.
+    pub copy_in: String,
+    /// Rewriter layout, one entry per copied column.
+    pub layout: Vec<Option<IntKind>>,
+    /// Copied column names, in order.
+    pub columns: Vec<String>,
+}
+
+impl CopyPlan {
+    /// Build the statements for `spec`. `range` adds a `WHERE` clause on the
+    /// first key column (`>= lo AND < hi`, either side open), used by
+    /// [`copy_table_parallel`].
+    pub fn new(
+        spec: &TableSpec,
+        order_by_key: bool,
+        range: Option<(Option<i64>, Option<i64>)>,
+    ) -> Result<CopyPlan, CopyError> {
+        let cols: Vec<(usize, &crate::plan::model::ColumnSpec)> = spec.data_columns().collect();
+        if cols.is_empty() {
+            return Err(CopyError::Spec {
+                table: spec.source.to_string(),
+                reason: "the table has no columns to copy".into(),
+            });
+        }
+        let list = cols
+            .iter()
+            .map(|(_, c)| quote_ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let key_cols = spec
+            .key
+            .iter()
+            .map(|&i| {
+                spec.columns
+                    .get(i)
+                    .map(|c| quote_ident(&c.name))
+                    .ok_or_else(|| CopyError::Spec {
+                        table: spec.source.to_string(),
+                        reason: format!("key position {i} is not a column"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut select = format!("SELECT {list} FROM ONLY {}", spec.source.quoted());
+        if let Some((lo, hi)) = range {
+            let Some(first) = key_cols.first() else {
+                return Err(CopyError::Spec {
+                    table: spec.source.to_string(),
+                    reason: "a ranged copy needs a key".into(),
+                });
+            };
+            let mut conds = Vec::new();
+            if let Some(lo) = lo {
+                conds.push(format!("{first} >= {lo}"));
+            }
+            if let Some(hi) = hi {
+                conds.push(format!("{first} < {hi}"));
+            }
+            if !conds.is_empty() {
+                select.push_str(" WHERE ");
+                select.push_str(&conds.join(" AND "));
+            }
+        }
+        if order_by_key && !key_cols.is_empty() {
+            select.push_str(" ORDER BY ");
+            select.push_str(&key_cols.join(", "));
+        }
+        Ok(CopyPlan {
+            copy_out: format!("COPY ({select}) TO STDOUT (FORMAT binary)"),
+            copy_in: format!(
+                "COPY {} ({list}) FROM STDIN (FORMAT binary)",
+                spec.shadow.quoted()
+            ),
+            layout: cols.iter().map(|(_, c)| c.reference).collect(),
+            columns: cols.iter().map(|(_, c)| c.name.clone()).collect(),
+        })
+    }
+}
+
+/// Copy `spec.source` (as `source` sees it) into `spec.shadow` on `target`,
+/// with default [`CopyOptions`]. Returns the rows copied.
+///
+/// `source` must be inside the `REPEATABLE READ` transaction holding the
+/// slot's snapshot; `target` must be outside any transaction (each batch
+/// commits on its own). The shadow should be empty; on error, batches already
+/// committed stay in it.
+pub async fn copy_table(
+    source: &Client,
+    target: &Client,
+    spec: &TableSpec,
+    map: &IdMap,
+    progress: &Progress,
+) -> Result<u64, CopyError> {
+    copy_table_with(source, target, spec, map, progress, &CopyOptions::default()).await
+}
+
+/// [`copy_table`] with explicit options.
+pub async fn copy_table_with(
+    source: &Client,
+    target: &Client,
+    spec: &TableSpec,
+    map: &IdMap,
+    progress: &Progress,
+    opts: &CopyOptions,
+) -> Result<u64, CopyError> {
+    let plan = CopyPlan::new(spec, opts.order_by_key, None)?;
+    let span = tracing::info_span!("copy", table = %spec.source, shadow = %spec.shadow);
+    let started = std::time::Instant::now();
+    let rows = run_copy(source, target, spec, &plan, map, progress, opts)
+        .instrument(span)
+        .await?;
+    tracing::info!(
+        table = %spec.source,
+        rows,
+        secs = started.elapsed().as_secs_f64(),
+        "table copied"
+    );
+    Ok(rows)
+}
+
+/// Copy one table on several connection pairs at once, splitting the first key
+/// column (which must be an integer) into `pairs.len()` ranges of about equal
+/// width between its minimum and maximum at the snapshot.
+///
+/// Every source session must be inside a `REPEATABLE READ` transaction that
+/// imported the same snapshot (`SET TRANSACTION SNAPSHOT`); the ranges then
+/// partition exactly the rows of that snapshot. Returns the total rows copied.
+pub async fn copy_table_parallel(
+    pairs: &[(&Client, &Client)],
+    spec: &TableSpec,
+    map: &IdMap,
+    progress: &Progress,
+    opts: &CopyOptions,
+) -> Result<u64, CopyError> {
+    let table = spec.source.to_string();
+    let Some(&(first_source, _)) = pairs.first() else {
+        return Err(CopyError::Spec {
+            table,
+            reason: "no connections given".into(),
+        });
+    };
+    let key = spec
+        .key
+        .first()
+        .and_then(|&i| spec.columns.get(i))
+        .ok_or_else(|| CopyError::Spec {
+            table: table.clone(),
+            reason: "a parallel copy needs a key".into(),
+        })?;
+    if IntKind::from_oid(key.type_oid).is_none() {
+        return Err(CopyError::Spec {
+            table,
+            reason: format!(
+                "parallel copy needs an integer first key column, {} is {}",
+                key.name, key.type_sql
+            ),
+        });
+    }
+    let k = quote_ident(&key.name);
+    let row = first_source
+        .query_one(
+            &format!(
+                "SELECT min({k})::int8, max({k})::int8 FROM ONLY {}",
+                spec.source.quoted()
+            ),
+            &[],
+        )
+        .await
+        .map_err(|source| CopyError::Db {
+            table: table.clone(),
+            context: "find the key range",
+            source,
+        })?;
+    let (Some(lo), Some(hi)): (Option<i64>, Option<i64>) = (row.get(0), row.get(1)) else {
+        return Ok(0);
+    };
+    let n = pairs.len() as i128;
+    let width = (i128::from(hi) - i128::from(lo) + 1 + n - 1) / n;
+    let bounds: Vec<Option<i64>> = (0..=n)
+        .map(|i| {
+            if i == 0 || i == n {
+                None
+            } else {
+                i64::try_from(i128::from(lo) + width * i).ok()
+            }
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for (i, &(source, target)) in pairs.iter().enumerate() {
+        let range = (
+            bounds.get(i).copied().flatten(),
+            bounds.get(i + 1).copied().flatten(),
+        );
+        let plan = CopyPlan::new(spec, opts.order_by_key, Some(range))?;
+        tasks.push(async move { run_copy(source, target, spec, &plan, map, progress, opts).await });
+    }
+    let results = futures_util::future::join_all(tasks).await;
+    let mut total = 0;
+    for r in results {
+        total += r?;
+    }
+    Ok(total)
+}
+
+/// One open `COPY … FROM STDIN` batch on the target.
+struct Batch {
+    sink: std::pin::Pin<Box<CopyInSink<Bytes>>>,
+    rows: u64,
+    bytes: u64,
+}
+
+async fn run_copy(
+    source: &Client,
+    target: &Client,
+    spec: &TableSpec,
+    plan: &CopyPlan,
+    map: &IdMap,
+    progress: &Progress,
+    opts: &CopyOptions,
+) -> Result<u64, CopyError> {
+    let table = || spec.source.to_string();
+    let db = |context: &'static str| {
+        move |source| CopyError::Db {
+            table: spec.source.to_string(),
+            context,
+            source,
+        }
+    };
+    let stream = source
+        .copy_out(plan.copy_out.as_str())
+        .await
+        .map_err(db("start COPY TO on the source"))?;
+    futures_util::pin_mut!(stream);
+    let mut rw = Rewriter::new(plan.layout.clone());
+    let mut out = BytesMut::with_capacity(FLUSH_BYTES * 2);
+    let mut batch: Option<Batch> = None;
+    let mut copied = 0u64;
+    let lookup = |k: i64| map.get(k);
+
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(db("read the source"))?;
+        let before = out.len();
+        let fed = rw.feed(&chunk, &mut out, lookup).map_err(|e| {
+            let column = |field: usize| {
+                plan.columns
+                    .get(field)
+                    .cloned()
+                    .unwrap_or_else(|| "-".into())
+            };
+            match e {
+                RewriteError::MissingParent { row, field, value } => CopyError::MissingParent {
+                    table: table(),
+                    column: column(field),
+                    value,
+                    row,
+                },
+                RewriteError::BadLength { field, .. }
+                | RewriteError::ReferenceWidth { field, .. } => CopyError::Stream {
+                    table: table(),
+                    column: column(field),
+                    source: e,
+                },
+                other => CopyError::Stream {
+                    table: table(),
+                    column: "-".into(),
+                    source: other,
+                },
+            }
+        })?;
+        if out.is_empty() {
+            continue;
+        }
+        let b = match batch.as_mut() {
+            Some(b) => b,
+            None => {
+                let sink = target
+                    .copy_in::<_, Bytes>(plan.copy_in.as_str())
+                    .await
+                    .map_err(db("start COPY FROM on the shadow"))?;
+                let mut sink = Box::pin(sink);
+                sink.feed(Bytes::from_static(&HEADER))
+                    .await
+                    .map_err(db("write the shadow"))?;
+                batch.insert(Batch {
+                    sink,
+                    rows: 0,
+                    bytes: 0,
+                })
+            }
+        };
+        b.rows += fed.rows;
+        b.bytes += (out.len() - before) as u64;
+        let full = (opts.batch_rows > 0 && b.rows >= opts.batch_rows)
+            || (opts.batch_bytes > 0 && b.bytes >= opts.batch_bytes);
+        if let (true, Some(boundary)) = (full, fed.boundary) {
+            let head = out.split_to(boundary).freeze();
+            // Rows past the boundary (a partial tuple) belong to the next batch.
+            let mut done = batch.take().ok_or_else(|| CopyError::Spec {
+                table: table(),
+                reason: "internal: batch vanished".into(),
+            })?;
+            let n = close_batch(&mut done, head)
+                .await
+                .map_err(db("commit a shadow batch"))?;
+            copied += n;
+            progress.add(n);
+            if !out.is_empty() {
+                // Start the next batch now so its header precedes the remainder.
+                let sink = target
+                    .copy_in::<_, Bytes>(plan.copy_in.as_str())
+                    .await
+                    .map_err(db("start COPY FROM on the shadow"))?;
+                let mut sink = Box::pin(sink);
+                sink.feed(Bytes::from_static(&HEADER))
+                    .await
+                    .map_err(db("write the shadow"))?;
+                let rest = out.len() as u64;
+                batch = Some(Batch {
+                    sink,
+                    rows: 0,
+                    bytes: rest,
+                });
+            }
+        } else if out.len() >= FLUSH_BYTES {
+            b.sink
+                .feed(out.split().freeze())
+                .await
+                .map_err(db("write the shadow"))?;
+        }
+    }
+    rw.finish().map_err(|e| CopyError::Stream {
+        table: table(),
+        column: "-".into(),
+        source: e,
+    })?;
+    if let Some(mut b) = batch.take() {
+        let n = close_batch(&mut b, out.split().freeze())
+            .await
+            .map_err(db("commit a shadow batch"))?;
+        copied += n;
+        progress.add(n);
+    }
+    if copied != rw.rows() {
+        return Err(CopyError::Spec {
+            table: table(),
+            reason: format!(
+                "the shadow accepted {copied} rows but the source sent {}",
+                rw.rows()
+            ),
+        });
+    }
+    Ok(copied)
+}
+
+/// Send the last bytes and the trailer, then end the COPY (which commits).
+async fn close_batch(b: &mut Batch, last: Bytes) -> Result<u64, tokio_postgres::Error> {
+    if !last.is_empty() {
+        b.sink.feed(last).await?;
+    }
+    b.sink.feed(Bytes::from_static(&TRAILER)).await?;
+    b.sink.as_mut().finish().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A field value for building streams.
+    #[derive(Debug, Clone)]
+    enum V {
+        Null,
+        Bytes(Vec<u8>),
+        Ref(IntKind, i64),
+    }
+
+    fn encode(rows: &[Vec<V>]) -> Vec<u8> {
+        let mut s = HEADER.to_vec();
+        for r in rows {
+            s.extend_from_slice(&(r.len() as i16).to_be_bytes());
+            for v in r {
+                match v {
+                    V::Null => s.extend_from_slice(&(-1i32).to_be_bytes()),
+                    V::Bytes(b) => {
+                        s.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                        s.extend_from_slice(b);
+                    }
+                    V::Ref(k, x) => {
+                        s.extend_from_slice(&(k.width() as i32).to_be_bytes());
+                        match k {
+                            IntKind::Int2 => s.extend_from_slice(&(*x as i16).to_be_bytes()),
+                            IntKind::Int4 => s.extend_from_slice(&(*x as i32).to_be_bytes()),
+                            IntKind::Int8 => s.extend_from_slice(&x.to_be_bytes()),
+                        }
+                    }
+                }
+            }
+        }
+        s.extend_from_slice(&TRAILER);
+        s
+    }
+
+    fn uuid_of(k: i64) -> Uuid {
+        Uuid::from_u128(0xABCD_0000_0000_0000_0000_0000_0000_0000 | (k as u64 as u128))
+    }
+
+    /// Expected output (tuples only) built independently of the rewriter.
+    fn expected(rows: &[Vec<V>]) -> Vec<u8> {
+        let mut s = Vec::new();
+        for r in rows {
+            s.extend_from_slice(&(r.len() as i16).to_be_bytes());
+            for v in r {
+                match v {
+                    V::Null => s.extend_from_slice(&(-1i32).to_be_bytes()),
+                    V::Bytes(b) => {
+                        s.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                        s.extend_from_slice(b);
+                    }
+                    V::Ref(_, x) => {
+                        s.extend_from_slice(&16i32.to_be_bytes());
+                        s.extend_from_slice(uuid_of(*x).as_bytes());
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    fn run(
+        layout: &[Option<IntKind>],
+        input: &[u8],
+        cuts: &[usize],
+    ) -> Result<(Vec<u8>, u64), RewriteError> {
+        let mut rw = Rewriter::new(layout.to_vec());
+        let mut out = BytesMut::new();
+        let mut at = 0;
+        let mut boundaries = Vec::new();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        points.push(input.len());
+        points.sort();
+        for p in points {
+            let fed = rw.feed(&input[at..p], &mut out, |k| Some(uuid_of(k)))?;
+            if let Some(b) = fed.boundary {
+                boundaries.push(b);
+            }
+            at = p;
+        }
+        let rows = rw.finish()?;
+        // Every reported boundary is a real tuple end: what follows parses as tuples.
+        for b in boundaries {
+            assert!(b <= out.len());
+        }
+        Ok((out.to_vec(), rows))
+    }
+
+    const LAYOUT: [Option<IntKind>; 5] = [
+        None,
+        Some(IntKind::Int2),
+        Some(IntKind::Int4),
+        Some(IntKind::Int8),
+        None,
+    ];
+
+    fn sample() -> Vec<Vec<V>> {
+        vec![
+            vec![
+                V::Bytes(vec![1, 2, 3]),
+                V::Ref(IntKind::Int2, -3),
+                V::Ref(IntKind::Int4, 70000),
+                V::Ref(IntKind::Int8, 1 << 40),
+                V::Bytes(vec![]),
+            ],
+            vec![
+                V::Null,
+                V::Null,
+                V::Ref(IntKind::Int4, 1),
+                V::Null,
+                V::Bytes(vec![9; 300]),
+            ],
+        ]
+    }
+
+    #[test]
+    fn rewrites_references_and_keeps_the_rest() {
+        let rows = sample();
+        let (out, n) = run(&LAYOUT, &encode(&rows), &[]).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(out, expected(&rows));
+    }
+
+    #[test]
+    fn boundaries_mark_tuple_ends() {
+        let rows = sample();
+        let input = encode(&rows);
+        let mut rw = Rewriter::new(LAYOUT.to_vec());
+        let mut out = BytesMut::new();
+        let fed = rw.feed(&input, &mut out, |k| Some(uuid_of(k))).unwrap();
+        assert_eq!(fed.rows, 2);
+        assert_eq!(fed.boundary, Some(out.len()));
+        let first = expected(&rows[..1]).len();
+        let mut rw = Rewriter::new(LAYOUT.to_vec());
+        let mut out = BytesMut::new();
+        // Feed up to one byte into the second tuple: the boundary is the first tuple's end.
+        let cut = HEADER.len() + encode(&rows[..1]).len() - HEADER.len() - 2 + 1;
+        let fed = rw
+            .feed(&input[..cut], &mut out, |k| Some(uuid_of(k)))
+            .unwrap();
+        assert_eq!(fed.boundary, Some(first));
+    }
+
+    #[test]
+    fn missing_parent_names_field_and_value() {
+        let rows = sample();
+        let mut rw = Rewriter::new(LAYOUT.to_vec());
+        let mut out = BytesMut::new();
+        let err = rw
+            .feed(&encode(&rows), &mut out, |k| {
+                (k != 70000).then(|| uuid_of(k))
+            })
+            .unwrap_err();
+        assert_eq!(
+            err,
+            RewriteError::MissingParent {
+                row: 1,
+                field: 2,
+                value: 70000
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_streams() {
+        let good = encode(&sample());
+        let check = |bytes: &[u8]| run(&LAYOUT, bytes, &[]).unwrap_err();
+        let mut sig = good.clone();
+        sig[10] = 1;
+        assert_eq!(check(&sig), RewriteError::BadSignature);
+        let mut oids = good.clone();
+        oids[12] = 1;
+        assert_eq!(check(&oids), RewriteError::UnsupportedFlags(0x10000));
+        assert!(matches!(
+            check(&good[..good.len() - 1]),
+            RewriteError::Truncated { rows: 2, .. }
+        ));
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(check(&trailing), RewriteError::TrailingData);
+        let mut count = good.clone();
+        count[20] = 4;
+        assert!(matches!(
+            check(&count),
+            RewriteError::FieldCount { found: 4, .. }
+        ));
+        // Second field (int2 reference) declared 4 bytes wide.
+        let mut width = good.clone();
+        let at = HEADER.len() + 2 + 4 + 3;
+        width[at..at + 4].copy_from_slice(&4i32.to_be_bytes());
+        assert!(matches!(
+            check(&width),
+            RewriteError::ReferenceWidth {
+                field: 1,
+                expected: 2,
+                found: 4,
+                ..
+            }
+        ));
+        let mut neg = good.clone();
+        neg[HEADER.len() + 2..HEADER.len() + 6].copy_from_slice(&(-7i32).to_be_bytes());
+        assert!(matches!(
+            check(&neg),
+            RewriteError::BadLength {
+                len: -7,
+                field: 0,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn skips_header_extension() {
+        let rows = sample();
+        let body = encode(&rows);
+        let mut s = SIGNATURE.to_vec();
+        s.extend_from_slice(&0u32.to_be_bytes());
+        s.extend_from_slice(&5u32.to_be_bytes());
+        s.extend_from_slice(b"hello");
+        s.extend_from_slice(&body[HEADER.len()..]);
+        let (out, _) = run(&LAYOUT, &s, &[3, 20, 21]).unwrap();
+        assert_eq!(out, expected(&rows));
+    }
+
+    fn value() -> impl Strategy<Value = (Option<IntKind>, V)> {
+        prop_oneof![
+            Just((None, V::Null)),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(|b| (None, V::Bytes(b))),
+            any::<i16>().prop_map(|x| (Some(IntKind::Int2), V::Ref(IntKind::Int2, i64::from(x)))),
+            any::<i32>().prop_map(|x| (Some(IntKind::Int4), V::Ref(IntKind::Int4, i64::from(x)))),
+            any::<i64>().prop_map(|x| (Some(IntKind::Int8), V::Ref(IntKind::Int8, x))),
+        ]
+    }
+
+    fn table() -> impl Strategy<Value = (Vec<Option<IntKind>>, Vec<Vec<V>>)> {
+        proptest::collection::vec(value(), 1..6).prop_flat_map(|cols| {
+            let layout: Vec<Option<IntKind>> = cols.iter().map(|(k, _)| *k).collect();
+            let l2 = layout.clone();
+            let row = cols
+                .into_iter()
+                .map(|(k, _)| match k {
+                    None => prop_oneof![
+                        Just(V::Null),
+                        proptest::collection::vec(any::<u8>(), 0..40).prop_map(V::Bytes)
+                    ]
+                    .boxed(),
+                    Some(kind) => prop_oneof![
+                        Just(V::Null),
+                        any::<i64>().prop_map(move |x| V::Ref(
+                            kind,
+                            match kind {
+                                IntKind::Int2 => i64::from(x as i16),
+                                IntKind::Int4 => i64::from(x as i32),
+                                IntKind::Int8 => x,
+                            }
+                        ))
+                    ]
+                    .boxed(),
+                })
+                .collect::<Vec<_>>();
+            (Just(l2), proptest::collection::vec(row, 0..20))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_gives_the_same_output(
+            (layout, rows) in table(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..30),
+        ) {
+            let input = encode(&rows);
+            let (whole, n) = run(&layout, &input, &[]).unwrap();
+            prop_assert_eq!(&whole, &expected(&rows));
+            prop_assert_eq!(n, rows.len() as u64);
+            let (chunked, m) = run(&layout, &input, &cuts).unwrap();
+            prop_assert_eq!(chunked, whole);
+            prop_assert_eq!(m, n);
+        }
+
+        #[test]
+        fn garbage_never_panics(
+            layout in proptest::collection::vec(proptest::option::of(prop_oneof![
+                Just(IntKind::Int2), Just(IntKind::Int4), Just(IntKind::Int8)]), 0..5),
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            prefix in any::<bool>(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..10),
+        ) {
+            let mut input = if prefix { HEADER.to_vec() } else { Vec::new() };
+            input.extend_from_slice(&bytes);
+            let _ = run(&layout, &input, &cuts);
+        }
+
+        #[test]
+        fn corrupted_streams_error_or_match(
+            (layout, rows) in table(),
+            flip in any::<usize>(),
+            byte in any::<u8>(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..10),
+        ) {
+            let mut input = encode(&rows);
+            let at = flip % input.len();
+            input[at] = byte;
+            // Either an error or a well-formed rewrite; never a panic, and the
+            // chunking never changes which.
+            let a = run(&layout, &input, &[]);
+            let b = run(&layout, &input, &cuts);
+            prop_assert_eq!(a, b);
+        }
+    }
+}

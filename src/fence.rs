@@ -40,13 +40,13 @@ pub async fn emit(client: &Client, token: &str) -> Result<Lsn, Error> {
 
 /// Wait until every listed job's applied LSN is past `fence`, polling.
 /// Returns `Ok(true)` when drained, `Ok(false)` when `deadline` came first.
-pub async fn wait_drained(client: &Client, job_ids: &[String], fence: Lsn, deadline: Instant) -> Result<bool, Error> {
+pub async fn wait_drained(client: &Client, job_ids: &[uuid::Uuid], fence: Lsn, deadline: Instant) -> Result<bool, Error> {
     let mut pause = Duration::from_millis(1);
     loop {
         let row = client
             .query_one(
                 "SELECT count(*) FILTER (WHERE applied_lsn IS NULL OR applied_lsn <= $2::text::pg_lsn)
-                   FROM pg_rekey.progress WHERE job_id = ANY($1)",
+                   FROM pgrekey.jobs WHERE job_id = ANY($1)",
                 &[&job_ids, &fence.to_string()],
             )
             .await

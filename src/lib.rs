@@ -18,17 +18,22 @@
 
 #![warn(missing_docs)]
 
+pub mod abort;
 pub mod apply;
 pub mod cli;
+pub mod commands;
 pub mod copy;
 pub mod ddl;
 pub mod embedded;
 pub mod error;
+pub mod fence;
 pub mod idmap;
 pub mod pg;
 pub mod plan;
 pub mod replication;
+pub mod rewrite;
 pub mod state;
+pub mod status;
 pub mod telemetry;
 pub mod workload;
 

@@ -1,5 +1,25 @@
 //! The `pg-rekey` command: parse arguments, run, map the outcome to an exit code.
+//!
+//! Exit codes: 0 success; 1 "found something" (plan blockers, verify
+//! differences, a cutover that gave up, a stopped rewrite); 2 error.
 
-fn main() {
-    println!("pg-rekey {}", env!("CARGO_PKG_VERSION"));
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = pg_rekey::cli::Cli::parse();
+    pg_rekey::telemetry::init(cli.global.log_format, cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(pg_rekey::commands::run(cli)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {}", pg_rekey::error::chain(&e));
+            std::process::ExitCode::from(2)
+        }
+    }
 }

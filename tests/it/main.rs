@@ -7,5 +7,6 @@ mod ddl;
 mod harness;
 mod plan;
 mod replication;
+mod rewrite;
 mod state;
 mod workload;

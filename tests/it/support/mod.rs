@@ -169,3 +169,59 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Rows of `source` (integer references translated through `parent`) that are
+/// not in `shadow`, and rows of `shadow` not in the translated source:
+/// `(missing, extra)`. `refs` are the reference columns; every other column is
+/// compared as it is. Generated columns are compared too (they are computed
+/// from the same inputs).
+pub async fn compare_translated(
+    c: &Client,
+    source: &str,
+    shadow: &str,
+    refs: &[&str],
+    parent: &str,
+    parent_key: &str,
+    parent_uuid: &str,
+) -> (i64, i64) {
+    let cols: Vec<String> = c
+        .query(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&source],
+        )
+        .await
+        .expect("read columns")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let src_list: Vec<String> = cols
+        .iter()
+        .map(|col| {
+            if refs.contains(&col.as_str()) {
+                format!(
+                    "(SELECT p.{} FROM {parent} p WHERE p.{} = s.{})",
+                    quote(parent_uuid),
+                    quote(parent_key),
+                    quote(col)
+                )
+            } else {
+                format!("s.{}", quote(col))
+            }
+        })
+        .collect();
+    let shadow_list: Vec<String> = cols.iter().map(|col| format!("t.{}", quote(col))).collect();
+    let src_q = format!("SELECT {} FROM {source} s", src_list.join(", "));
+    let sh_q = format!("SELECT {} FROM {shadow} t", shadow_list.join(", "));
+    let missing: i64 = c
+        .query_one(&format!("SELECT count(*) FROM ({src_q} EXCEPT ALL {sh_q}) d"), &[])
+        .await
+        .expect("compare source to shadow")
+        .get(0);
+    let extra: i64 = c
+        .query_one(&format!("SELECT count(*) FROM ({sh_q} EXCEPT ALL {src_q}) d"), &[])
+        .await
+        .expect("compare shadow to source")
+        .get(0);
+    (missing, extra)
+}

@@ -1,0 +1,164 @@
+//! The commands behind the CLI: each turns validated arguments into work and
+//! an exit code (0 ok, 1 "found something" — blockers, differences, gave up —
+//! 2 error, which the binary prints).
+
+use std::io::Write;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::cli::{AbortArgs, Cli, Command, PlanArgs, RewriteArgs, StatusArgs};
+use crate::error::Error;
+use crate::pg::{self, ConnSpec, QualifiedName};
+
+/// Process exit code.
+pub type ExitCode = u8;
+
+/// Parse the connection target from `--dsn` / `DATABASE_URL` and `PG*`.
+pub fn conn_spec(dsn: Option<&str>) -> Result<ConnSpec, Error> {
+    ConnSpec::parse(dsn.unwrap_or("")).map_err(|e| Error::Config(e.to_string()))
+}
+
+/// Parse `--table` values (`table` or `schema.table`, quoting allowed).
+pub fn parse_tables(tables: &[String]) -> Result<Vec<QualifiedName>, Error> {
+    let mut out: Vec<QualifiedName> = Vec::with_capacity(tables.len());
+    for t in tables {
+        let q = QualifiedName::parse(t, "public").map_err(|e| Error::Config(format!("--table: {e}")))?;
+        if !out.contains(&q) {
+            out.push(q);
+        }
+    }
+    Ok(out)
+}
+
+/// Write to stdout; a closed pipe (`| head`) is not an error.
+pub fn print(text: &str) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Error::Io { context: "write to stdout".into(), source: e }),
+    }
+}
+
+/// A channel that turns `true` on Ctrl-C (SIGINT) or SIGTERM.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    let _ = tx.send(true);
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("stop requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Run a parsed command line.
+pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let dsn = cli.global.dsn.as_deref();
+    match cli.command {
+        Command::Plan(a) => plan(dsn, a).await,
+        Command::Rewrite(a) => rewrite(dsn, a).await,
+        Command::Status(a) => status(dsn, a).await,
+        Command::Abort(a) => abort(dsn, a).await,
+        Command::Cutover(_) | Command::Verify(_) => Err(Error::Config(
+            "this command is not built yet in this version of pg-rekey".into(),
+        )),
+    }
+}
+
+async fn plan(dsn: Option<&str>, a: PlanArgs) -> Result<ExitCode, Error> {
+    let spec = conn_spec(dsn)?;
+    let parent = QualifiedName::parse(&a.parent.parent, "public").map_err(|e| Error::Config(format!("--parent: {e}")))?;
+    let tables = parse_tables(&a.tables)?;
+    let mut client = pg::connect(&spec, "plan").await?;
+    let report = crate::plan::preflight::preflight(
+        &mut client,
+        &parent,
+        &a.parent.uuid_column,
+        (!tables.is_empty()).then_some(tables.as_slice()),
+    )
+    .await?;
+    if a.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        print(&format!("{text}\n"))?;
+    } else {
+        print(&format!("{report}\n"))?;
+    }
+    Ok(if report.has_blockers() { 1 } else { 0 })
+}
+
+async fn rewrite(dsn: Option<&str>, a: RewriteArgs) -> Result<ExitCode, Error> {
+    let spec = conn_spec(dsn)?;
+    let cfg = crate::rewrite::RewriteConfig {
+        spec,
+        parent: QualifiedName::parse(&a.parent.parent, "public").map_err(|e| Error::Config(format!("--parent: {e}")))?,
+        uuid_column: a.parent.uuid_column.clone(),
+        tables: parse_tables(&a.tables)?,
+        batch: Default::default(),
+        copy: Default::default(),
+        copy_sessions: 2,
+    };
+    let progress = Arc::new(crate::rewrite::RewriteProgress::default());
+    match crate::rewrite::run(&cfg, shutdown_signal(), progress).await? {
+        crate::rewrite::RewriteOutcome::CutOver => {
+            print("every table is cut over\n")?;
+            Ok(0)
+        }
+        crate::rewrite::RewriteOutcome::Aborted => {
+            print("stopped: the job's shadows, slot, publication and state were removed; the source tables are untouched\n")?;
+            Ok(1)
+        }
+    }
+}
+
+async fn status(dsn: Option<&str>, a: StatusArgs) -> Result<ExitCode, Error> {
+    let spec = conn_spec(dsn)?;
+    let client = pg::connect(&spec, "status").await?;
+    let report = crate::status::load(&client).await?;
+    if a.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        print(&format!("{text}\n"))?;
+    } else {
+        print(&crate::status::render(&report))?;
+    }
+    Ok(0)
+}
+
+async fn abort(dsn: Option<&str>, a: AbortArgs) -> Result<ExitCode, Error> {
+    let spec = conn_spec(dsn)?;
+    let tables = parse_tables(&a.tables)?;
+    let results = crate::abort::abort(&spec, &tables).await?;
+    let mut text = String::new();
+    for r in results {
+        let line = match r.outcome.as_str() {
+            "aborted" if r.with.is_empty() => format!("{}: aborted; shadow, slot, publication and state removed\n", r.table),
+            "aborted" => format!(
+                "{}: aborted together with {} (same job); shadows, slot, publication and state removed\n",
+                r.table,
+                r.with.join(", ")
+            ),
+            "already_cut_over" => format!("{}: already cut over; nothing to abort (the old table is kept)\n", r.table),
+            _ => format!("{}: no job; nothing to do\n", r.table),
+        };
+        text.push_str(&line);
+    }
+    print(&text)?;
+    Ok(0)
+}

@@ -1,0 +1,511 @@
+//! The `rewrite` job: shadows, slot, snapshot copy, then the stream applied
+//! until the tables are cut over.
+//!
+//! # Order of operations, and why
+//!
+//! 1. **Plan and preflight** read the catalogs; any blocker stops the job
+//!    before anything is created.
+//! 2. **Jobs are registered** in `pgrekey.jobs` (one row per table, phase
+//!    `copying`). A table already in a job is refused, so two processes never
+//!    rewrite the same table.
+//! 3. **Shadows and the publication** are created *before* the slot, so their
+//!    DDL lies before the slot's consistent point and is never decoded.
+//! 4. **The slot is created with an exported snapshot.** The copy sessions
+//!    import that snapshot (`SET TRANSACTION SNAPSHOT`) before anything else
+//!    runs on the replication connection (the export lives only until the next
+//!    command there). The id map is loaded in the same snapshot.
+//! 5. **Copy**, then post-copy DDL (secondary indexes, unique constraints,
+//!    `NOT VALID` foreign keys). The snapshot sessions end with the copy so the
+//!    vacuum horizon moves on.
+//! 6. **Stream** from the slot's consistent point: every change committed
+//!    after the snapshot, in commit order (see [`crate::apply`] for the
+//!    exactly-once argument). The stream is only started after the copy so
+//!    an update never reaches a row the copy has not written yet; the slot
+//!    retains the WAL meanwhile.
+//! 7. **Until cut over**: the loop polls the job rows; when every table is
+//!    `cut_over` it stops the stream, drops the slot and the publication, and
+//!    returns. When a row says `aborted` (another process ran `abort`) it
+//!    cleans up the same way and drops the shadows.
+//!
+//! A transient failure while streaming (dropped connection, terminated
+//! walsender) reconnects with backoff and resumes from the slot: the server
+//! restarts at the confirmed position and the applier skips what the state
+//! says is already applied. A definite failure (orphaned reference, TRUNCATE,
+//! DDL) marks the jobs `failed` with the error and leaves shadows, slot and
+//! publication in place for inspection until `pg-rekey abort`.
+//! Ctrl-C removes everything the job created; the sources are never touched.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_postgres::Client;
+use tracing::{info, warn, Instrument};
+use uuid::Uuid;
+
+use crate::apply::{Applied, Applier, BatchLimits};
+use crate::copy::{CopyOptions, Progress};
+use crate::error::Error;
+use crate::idmap::IdMap;
+use crate::pg::{self, quote_ident, ConnSpec, Lsn, QualifiedName};
+use crate::plan::catalog::{self, TableDetail};
+use crate::plan::model::{ParentSpec, TableSpec};
+use crate::replication::pgoutput;
+use crate::replication::stream::{LogicalStream, StartOptions};
+use crate::replication::wire::{ReplicationClient, SnapshotAction};
+use crate::state::{self, NewJob, Phase};
+
+/// Everything a rewrite needs, validated.
+#[derive(Debug, Clone)]
+pub struct RewriteConfig {
+    /// Where to connect.
+    pub spec: ConnSpec,
+    /// The parent table.
+    pub parent: QualifiedName,
+    /// The parent's uuid column.
+    pub uuid_column: String,
+    /// Tables to rewrite.
+    pub tables: Vec<QualifiedName>,
+    /// Shadow transaction sizing.
+    pub batch: BatchLimits,
+    /// Copy sizing.
+    pub copy: CopyOptions,
+    /// Snapshot sessions used to copy each table in parallel key ranges.
+    pub copy_sessions: usize,
+}
+
+/// How a rewrite ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RewriteOutcome {
+    /// Every table was cut over; slot and publication dropped.
+    CutOver,
+    /// Aborted (Ctrl-C here, or `pg-rekey abort` elsewhere); everything removed.
+    Aborted,
+}
+
+/// Live counters of one rewrite, shared with progress reporting.
+#[derive(Debug, Default)]
+pub struct RewriteProgress {
+    /// Per table: name, rows copied (live), rows estimate.
+    pub tables: std::sync::Mutex<Vec<(QualifiedName, Progress, i64)>>,
+    /// Changes applied to shadows.
+    pub changes_applied: std::sync::atomic::AtomicU64,
+    /// WAL bytes between the server's current position and the applied one.
+    pub lag_bytes: std::sync::atomic::AtomicU64,
+    /// Set once the stream is being applied.
+    pub streaming: std::sync::atomic::AtomicBool,
+}
+
+/// The objects a job created, for clean-up.
+#[derive(Debug, Clone)]
+struct JobObjects {
+    job_id: Uuid,
+    slot: String,
+    publication: String,
+    shadows: Vec<QualifiedName>,
+    tables: Vec<QualifiedName>,
+}
+
+/// Run a rewrite to the end. `shutdown` turning `true` (Ctrl-C) stops it and
+/// removes what it created.
+pub async fn run(
+    cfg: &RewriteConfig,
+    mut shutdown: watch::Receiver<bool>,
+    progress: Arc<RewriteProgress>,
+) -> Result<RewriteOutcome, Error> {
+    let admin = pg::connect(&cfg.spec, "rewrite-admin").await?;
+    state::ensure_schema(&admin).await?;
+    let parent = catalog::load_parent(&admin, &cfg.parent, &cfg.uuid_column).await?;
+    let mut details = Vec::with_capacity(cfg.tables.len());
+    for t in &cfg.tables {
+        details.push(catalog::load_table(&admin, t, &parent).await?);
+    }
+    {
+        let mut pf = pg::connect(&cfg.spec, "rewrite-preflight").await?;
+        let report = crate::plan::preflight::preflight(&mut pf, &cfg.parent, &cfg.uuid_column, Some(&cfg.tables)).await?;
+        if report.has_blockers() {
+            return Err(Error::Precondition(format!(
+                "preflight found blockers; nothing was created:\n{report}"
+            )));
+        }
+    }
+
+    let job_id = Uuid::new_v4();
+    let short = &job_id.simple().to_string()[..12];
+    let objects = JobObjects {
+        job_id,
+        slot: format!("pg_rekey_{short}"),
+        publication: format!("pg_rekey_{short}"),
+        shadows: details.iter().map(|d| d.spec.shadow.clone()).collect(),
+        tables: cfg.tables.clone(),
+    };
+    let span = tracing::info_span!("rewrite", job = %short);
+    async move {
+        register(&admin, &objects, &details).await?;
+        info!(tables = ?cfg.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(), slot = %objects.slot, "job registered");
+        let prepared = prepare_and_copy(cfg, &admin, &objects, &details, &parent, &progress, &mut shutdown).await;
+        let (repl, consistent, map) = match prepared {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                cleanup(&cfg.spec, &admin, &objects, Cleanup::Abort).await;
+                return Ok(RewriteOutcome::Aborted);
+            }
+            Err(e) => {
+                warn!(error = %crate::error::chain(&e), "rewrite failed before streaming; removing what it created");
+                for t in &objects.tables {
+                    let _ = state::set_error(&admin, t, &e.to_string()).await;
+                }
+                cleanup(&cfg.spec, &admin, &objects, Cleanup::Failed).await;
+                return Err(e);
+            }
+        };
+        progress.streaming.store(true, std::sync::atomic::Ordering::Relaxed);
+        let specs: Vec<TableSpec> = details.iter().map(|d| d.spec.clone()).collect();
+        stream_until_done(cfg, &admin, &objects, specs, parent, map, repl, consistent, &progress, &mut shutdown).await
+    }
+    .instrument(span)
+    .await
+}
+
+async fn register(admin: &Client, o: &JobObjects, details: &[TableDetail]) -> Result<(), Error> {
+    admin.batch_execute("BEGIN").await.map_err(Error::db("begin job registration"))?;
+    for d in details {
+        let job = NewJob {
+            job_id: o.job_id,
+            source: d.spec.source.clone(),
+            source_oid: d.spec.oid,
+            shadow: d.spec.shadow.clone(),
+            slot_name: o.slot.clone(),
+            publication_name: o.publication.clone(),
+            rows_estimate: d.row_estimate.max(0),
+        };
+        if let Err(e) = state::register_job(admin, &job).await {
+            let _ = admin.batch_execute("ROLLBACK").await;
+            return Err(e.into());
+        }
+    }
+    admin.batch_execute("COMMIT").await.map_err(Error::db("commit job registration"))
+}
+
+type Prepared = (ReplicationClient, Lsn, IdMap);
+
+/// Shadows, publication, slot, map, copy, post-copy DDL. `Ok(None)` when
+/// stopped by the operator.
+async fn prepare_and_copy(
+    cfg: &RewriteConfig,
+    admin: &Client,
+    o: &JobObjects,
+    details: &[TableDetail],
+    parent: &ParentSpec,
+    progress: &RewriteProgress,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<Prepared>, Error> {
+    // Shadows first, then the publication: both before the slot, so their DDL
+    // is never decoded.
+    admin.batch_execute("BEGIN").await.map_err(Error::db("begin shadow creation"))?;
+    for d in details {
+        for stmt in crate::ddl::create_shadow(d, parent) {
+            if let Err(e) = admin.batch_execute(&stmt).await {
+                let _ = admin.batch_execute("ROLLBACK").await;
+                let hint = if e.as_db_error().is_some_and(|d| d.code().code() == "42P07") {
+                    format!(
+                        "; a shadow named {} already exists — a previous job left it: run `pg-rekey abort --table {}`",
+                        d.spec.shadow, d.spec.source
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(Error::Db { context: format!("create the shadow of {}{hint}", d.spec.source), source: e });
+            }
+        }
+    }
+    let mut members = vec![parent.table.quoted()];
+    members.extend(details.iter().map(|d| d.spec.source.quoted()));
+    let create_pub = format!(
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete, truncate')",
+        quote_ident(&o.publication),
+        members.join(", ")
+    );
+    if let Err(e) = admin.batch_execute(&create_pub).await {
+        let _ = admin.batch_execute("ROLLBACK").await;
+        return Err(Error::Db { context: "create the publication".into(), source: e });
+    }
+    admin.batch_execute("COMMIT").await.map_err(Error::db("commit shadow creation"))?;
+
+    let mut repl = ReplicationClient::connect(&cfg.spec).await?;
+    let slot = repl.create_slot(&o.slot, SnapshotAction::Export).await?;
+    let snapshot = slot
+        .snapshot_name
+        .clone()
+        .ok_or_else(|| Error::Precondition("the server exported no snapshot with the slot".into()))?;
+    state::record_snapshot(admin, o.job_id, slot.consistent_point, Some(&snapshot)).await?;
+    info!(slot = %o.slot, consistent_point = %slot.consistent_point, "slot created");
+
+    // Import the snapshot on every copy session before the replication
+    // connection runs anything else.
+    let n = cfg.copy_sessions.max(1);
+    let mut sources = Vec::with_capacity(n);
+    let mut targets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = pg::connect(&cfg.spec, "copy-source").await?;
+        s.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            crate::pg::quote_literal(&snapshot)
+        ))
+        .await
+        .map_err(Error::db("import the slot's snapshot"))?;
+        sources.push(s);
+        targets.push(pg::connect(&cfg.spec, "copy-target").await?);
+    }
+    let map = IdMap::load(&sources[0], parent).await.map_err(|e| Error::Data(e.to_string()))?;
+    info!(parent = %parent.table, entries = map.len(), memory_bytes = map.memory_bytes(), "id map loaded under the snapshot");
+
+    for d in details {
+        if *shutdown.borrow() {
+            return Ok(None);
+        }
+        let counter = Progress::new();
+        progress
+            .tables
+            .lock()
+            .map_err(|_| Error::Config("progress lock poisoned".into()))?
+            .push((d.spec.source.clone(), counter.clone(), d.row_estimate));
+        let pairs: Vec<(&Client, &Client)> = sources.iter().zip(targets.iter()).collect();
+        let started = Instant::now();
+        let copy = crate::copy::copy_table_parallel(&pairs, &d.spec, &map, &counter, &cfg.copy);
+        let rows = tokio::select! {
+            r = copy => r.map_err(|e| Error::Data(e.to_string()))?,
+            _ = shutdown.changed() => return Ok(None),
+        };
+        state::record_progress(admin, &d.spec.source, Some(rows as i64), None).await?;
+        info!(table = %d.spec.source, rows, seconds = started.elapsed().as_secs_f64(), "copied");
+    }
+    for s in &sources {
+        let _ = s.batch_execute("COMMIT").await;
+    }
+    drop(sources);
+    for d in details {
+        let started = Instant::now();
+        for stmt in crate::ddl::post_copy(d, parent) {
+            tokio::select! {
+                r = admin.batch_execute(&stmt) => r.map_err(Error::db(format!("build indexes and constraints of {}", d.spec.shadow)))?,
+                _ = shutdown.changed() => return Ok(None),
+            }
+        }
+        info!(table = %d.spec.source, seconds = started.elapsed().as_secs_f64(), "indexes and constraints built");
+    }
+    for d in details {
+        state::set_phase(admin, &d.spec.source, Phase::Streaming).await?;
+    }
+    Ok(Some((repl, slot.consistent_point, map)))
+}
+
+/// Why the apply loop ended.
+enum LoopEnd {
+    CutOver,
+    Aborted,
+    Stopped,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_until_done(
+    cfg: &RewriteConfig,
+    admin: &Client,
+    o: &JobObjects,
+    specs: Vec<TableSpec>,
+    parent: ParentSpec,
+    map: IdMap,
+    repl: ReplicationClient,
+    consistent: Lsn,
+    progress: &RewriteProgress,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<RewriteOutcome, Error> {
+    let mut repl = Some(repl);
+    let mut attempt = 0u32;
+    loop {
+        let applied = state::applied_lsn(admin, o.job_id).await?.unwrap_or(consistent);
+        let client = match repl.take() {
+            Some(c) => c,
+            None => ReplicationClient::connect(&cfg.spec).await?,
+        };
+        let stream = client
+            .start_replication(&o.slot, applied, std::slice::from_ref(&o.publication), StartOptions::default())
+            .await?;
+        info!(from = %applied, "streaming");
+        let apply_session = pg::connect(&cfg.spec, "apply").await?;
+        let mut applier =
+            Applier::new(apply_session, o.job_id, specs.clone(), parent.clone(), map.clone(), applied, cfg.batch).await?;
+        let result = apply_loop(admin, o, &mut applier, stream, progress, shutdown).await;
+        match result {
+            Ok((LoopEnd::CutOver, stream)) => {
+                finish_stream(stream).await;
+                cleanup(&cfg.spec, admin, o, Cleanup::CutOver).await;
+                info!("every table is cut over; slot and publication dropped");
+                return Ok(RewriteOutcome::CutOver);
+            }
+            Ok((LoopEnd::Aborted, stream)) | Ok((LoopEnd::Stopped, stream)) => {
+                finish_stream(stream).await;
+                cleanup(&cfg.spec, admin, o, Cleanup::Abort).await;
+                return Ok(RewriteOutcome::Aborted);
+            }
+            Err(e) if e.is_transient() && attempt < 8 => {
+                applier.rollback().await;
+                attempt += 1;
+                let pause = Duration::from_millis(250 * (1 << attempt.min(5)));
+                warn!(error = %crate::error::chain(&e), attempt, pause_ms = pause.as_millis() as u64, "stream interrupted; resuming from the slot");
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) => {
+                applier.rollback().await;
+                warn!(error = %crate::error::chain(&e), slot = %o.slot,
+                    "rewrite stopped; shadows, slot and publication are left for inspection — the slot retains WAL until `pg-rekey abort`");
+                for t in &o.tables {
+                    let _ = state::set_error(admin, t, &e.to_string()).await;
+                    let _ = state::set_phase(admin, t, Phase::Failed).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+async fn finish_stream(stream: LogicalStream) {
+    match tokio::time::timeout(Duration::from_secs(10), stream.stop()).await {
+        Ok(Ok(client)) => {
+            let _ = client.close().await;
+        }
+        Ok(Err(e)) => warn!(error = %e, "stopping the stream"),
+        Err(_) => warn!("stopping the stream timed out"),
+    }
+}
+
+/// Apply until cut over, aborted or stopped. Returns the stream for a clean stop.
+async fn apply_loop(
+    admin: &Client,
+    o: &JobObjects,
+    applier: &mut Applier,
+    mut stream: LogicalStream,
+    progress: &RewriteProgress,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(LoopEnd, LogicalStream), Error> {
+    let feedback = stream.feedback();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_poll = Instant::now();
+    let mut last_log = Instant::now();
+    let mut fence_seen = false;
+    loop {
+        tokio::select! {
+            // Priorities: the operator's stop first, then the stream (apply is
+            // never starved by bookkeeping), then the periodic work.
+            biased;
+            _ = shutdown.changed() => {
+                info!("stop requested; removing the job's objects");
+                return Ok((LoopEnd::Stopped, stream));
+            }
+            data = stream.recv() => {
+                let data = data?;
+                let msg = pgoutput::decode(data.payload).map_err(crate::replication::ReplicationError::from)?;
+                match applier.handle(msg, data.wal_start).await {
+                    Ok(Applied::Fence(_)) => fence_seen = true,
+                    Ok(Applied::Committed(_)) => {
+                        if fence_seen {
+                            // A cutover or verify waits on the recorded position.
+                            let d = applier.record_position().await?;
+                            feedback.confirm(d);
+                            fence_seen = false;
+                        } else if applier.should_flush() || !applier.in_transaction() {
+                            let d = applier.flush().await?;
+                            feedback.confirm(d);
+                        }
+                    }
+                    Ok(Applied::Nothing) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            _ = tick.tick() => {
+                if applier.between_transactions() && applier.should_flush() {
+                    let d = applier.flush().await?;
+                    feedback.confirm(d);
+                }
+                if last_poll.elapsed() >= Duration::from_millis(500) {
+                    last_poll = Instant::now();
+                    if let Some(end) = poll_jobs(admin, o).await? {
+                        return Ok((end, stream));
+                    }
+                    let lag = lag_bytes(admin, applier.durable()).await.unwrap_or(0);
+                    progress.lag_bytes.store(lag, std::sync::atomic::Ordering::Relaxed);
+                    progress.changes_applied.store(applier.stats().changes, std::sync::atomic::Ordering::Relaxed);
+                    if last_log.elapsed() >= Duration::from_secs(10) {
+                        last_log = Instant::now();
+                        for t in &o.tables {
+                            let _ = state::record_progress(admin, t, None, Some(lag as i64)).await;
+                        }
+                        let s = applier.stats();
+                        info!(lag_bytes = lag, changes = s.changes, transactions = s.transactions, applied = %applier.durable(), "streaming");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Some` when every table is cut over, or any was aborted.
+async fn poll_jobs(admin: &Client, o: &JobObjects) -> Result<Option<LoopEnd>, Error> {
+    let mut all_cut = true;
+    for t in &o.tables {
+        match state::get_job(admin, t).await? {
+            None => return Ok(Some(LoopEnd::Aborted)),
+            Some(j) if j.job_id != o.job_id => return Ok(Some(LoopEnd::Aborted)),
+            Some(j) => match j.phase() {
+                Some(Phase::Aborted) => return Ok(Some(LoopEnd::Aborted)),
+                Some(Phase::CutOver) => {}
+                _ => all_cut = false,
+            },
+        }
+    }
+    Ok(all_cut.then_some(LoopEnd::CutOver))
+}
+
+async fn lag_bytes(admin: &Client, applied: Lsn) -> Result<u64, Error> {
+    let row = admin
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(Error::db("read the current WAL position"))?;
+    let cur: String = row.get(0);
+    Ok(cur.parse::<Lsn>().map(|c| c.bytes_since(applied)).unwrap_or(0))
+}
+
+/// What to remove when a job ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cleanup {
+    /// Cut over: drop the slot and the publication; the rows stay (`cut_over`).
+    CutOver,
+    /// Failed before streaming: drop slot, publication and the half-filled
+    /// shadows; the rows stay as `failed` with the error for `status`.
+    Failed,
+    /// Aborted or stopped: drop everything, rows included.
+    Abort,
+}
+
+/// Best effort, each step logged.
+async fn cleanup(spec: &ConnSpec, admin: &Client, o: &JobObjects, mode: Cleanup) {
+    crate::abort::drop_slot(spec, admin, &o.slot).await;
+    crate::abort::drop_publication(admin, &o.publication).await;
+    if mode != Cleanup::CutOver {
+        for s in &o.shadows {
+            crate::abort::drop_shadow(admin, s).await;
+        }
+    }
+    for t in &o.tables {
+        match mode {
+            Cleanup::Abort => {
+                let _ = state::delete_job(admin, t).await;
+            }
+            Cleanup::Failed => {
+                let _ = state::set_phase(admin, t, Phase::Failed).await;
+            }
+            Cleanup::CutOver => {}
+        }
+    }
+}

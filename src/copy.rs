@@ -53,8 +53,11 @@
 //! Rows are read in the source's physical order by default
 //! ([`CopyOptions::order_by_key`] off): a sort of the whole table under the
 //! open snapshot costs more than it saves in primary-key maintenance on the
-//! shadow, for tables whose physical order roughly follows the key (measured
-//! in `benches/copy.rs`).
+//! shadow (`benches/copy.rs`, `PGREKEY_BENCH_VARIANTS=1`: 1M rows, the ordered
+//! copy was 10–50% slower end to end on 2 cores). The same runs showed no gain
+//! from [`copy_table_parallel`] on 2 shared cores (the two server backends and
+//! the tool already keep both busy) and a loss from one single transaction,
+//! so batching costs nothing measurable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -617,6 +620,8 @@ impl CopyPlan {
                     reason: "a ranged copy needs a key".into(),
                 });
             };
+            // COPY takes no bind parameters; the bounds are integers we
+            // computed, formatted, never text from the data.
             let mut conds = Vec::new();
             if let Some(lo) = lo {
                 conds.push(format!("{first} >= {lo}"));
@@ -633,8 +638,18 @@ impl CopyPlan {
             select.push_str(" ORDER BY ");
             select.push_str(&key_cols.join(", "));
         }
+        // Without a range or an order, the table form of COPY skips the
+        // executor's projection; like `FROM ONLY`, it never reads child tables.
+        let copy_out = if range.is_none() && !order_by_key {
+            format!(
+                "COPY {} ({list}) TO STDOUT (FORMAT binary)",
+                spec.source.quoted()
+            )
+        } else {
+            format!("COPY ({select}) TO STDOUT (FORMAT binary)")
+        };
         Ok(CopyPlan {
-            copy_out: format!("COPY ({select}) TO STDOUT (FORMAT binary)"),
+            copy_out,
             copy_in: format!(
                 "COPY {} ({list}) FROM STDIN (FORMAT binary)",
                 spec.shadow.quoted()

@@ -1,0 +1,396 @@
+//! Copy-phase benchmark: pg-rekey's copy (map load + binary COPY out →
+//! translate → binary COPY in, then the secondary index builds) against the
+//! in-server rewrite (`CREATE TABLE … AS SELECT … JOIN users …` plus the same
+//! primary key and index builds), on the same generated data in one run.
+//!
+//! ```text
+//! cargo bench --bench copy                      # 3M rows, 200k users
+//! PGREKEY_BENCH_ROWS=1000000 PGREKEY_BENCH_USERS=50000 cargo bench --bench copy
+//! PGREKEY_BENCH_VARIANTS=1 cargo bench --bench copy   # also ORDER BY key, 2-way parallel, …
+//! PGREKEY_BENCH_REPEAT=5 cargo bench --bench copy      # rounds (default 3; best round compared)
+//! ```
+//!
+//! A throwaway cluster is started with the embedded defaults (fsync off, the
+//! same settings for both contenders); the tool and the server share the
+//! machine's cores, as they would on a small database host.
+
+use std::time::{Duration, Instant};
+
+use pg_rekey::copy::{copy_table_parallel, copy_table_with, CopyOptions, Progress};
+use pg_rekey::embedded::Cluster;
+use pg_rekey::idmap::IdMap;
+use pg_rekey::pg::{connect, ConnSpec, QualifiedName};
+use pg_rekey::plan::model::{ColumnSpec, IntKind, ParentSpec, TableSpec};
+use tokio_postgres::Client;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+fn col(name: &str, attnum: i16, type_sql: &str, type_oid: u32, reference: bool) -> ColumnSpec {
+    ColumnSpec {
+        name: name.into(),
+        attnum,
+        type_sql: type_sql.into(),
+        type_oid,
+        reference: if reference {
+            IntKind::from_oid(type_oid)
+        } else {
+            None
+        },
+        not_null: false,
+        generated: false,
+        identity: None,
+    }
+}
+
+fn spec() -> TableSpec {
+    TableSpec {
+        source: QualifiedName::new("public", "events"),
+        oid: 0,
+        shadow: QualifiedName::new("public", "events_shadow"),
+        columns: vec![
+            col("id", 1, "bigint", 20, false),
+            col("user_id", 2, "bigint", 20, true),
+            col("kind", 3, "smallint", 21, false),
+            col("title", 4, "text", 25, false),
+            col("amount", 5, "numeric(12,2)", 1700, false),
+            col("created_at", 6, "timestamp with time zone", 1184, false),
+            col("active", 7, "boolean", 16, false),
+        ],
+        key: vec![0],
+    }
+}
+
+const SHADOW_DDL: &str = "DROP TABLE IF EXISTS events_shadow;
+CREATE TABLE events_shadow (id bigint PRIMARY KEY, user_id uuid, kind smallint, title text,
+  amount numeric(12,2), created_at timestamptz, active boolean)";
+
+const SECONDARY: [&str; 2] = [
+    "CREATE INDEX ON {t} (user_id)",
+    "CREATE INDEX ON {t} (created_at)",
+];
+
+async fn build_indexes(c: &Client, table: &str) {
+    for ddl in SECONDARY {
+        c.batch_execute(&ddl.replace("{t}", table)).await.unwrap();
+    }
+}
+
+struct Timing {
+    name: String,
+    total: Duration,
+    parts: Vec<(&'static str, Duration)>,
+}
+
+async fn settle(admin: &Client) {
+    // Land the previous contender's dirty pages before timing the next one.
+    admin.batch_execute("CHECKPOINT").await.unwrap();
+}
+
+/// CPU time (user + system) this process has used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU time a server backend has used (from /proc; the bench runs on the
+/// server's host). Load-independent, unlike wall time on a shared machine.
+fn backend_cpu(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // After the command name: state is field 3, utime 14, stime 15.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+async fn pids(clients: &[&Client]) -> Vec<i32> {
+    let mut v = Vec::new();
+    for c in clients {
+        v.push(
+            c.query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0),
+        );
+    }
+    v
+}
+
+fn total_cpu(pids: &[i32]) -> Duration {
+    pids.iter().map(|&p| backend_cpu(p)).sum()
+}
+
+fn total_cpu_at(each: &[Duration], r: std::ops::RangeTo<usize>) -> Duration {
+    each.get(r).unwrap_or_default().iter().sum()
+}
+
+async fn rekey(
+    spec_db: &ConnSpec,
+    admin: &Client,
+    name: &str,
+    opts: &CopyOptions,
+    parallel: usize,
+    pk_after: bool,
+) -> Timing {
+    admin.batch_execute(SHADOW_DDL).await.unwrap();
+    if pk_after {
+        admin
+            .batch_execute("ALTER TABLE events_shadow DROP CONSTRAINT events_shadow_pkey")
+            .await
+            .unwrap();
+    }
+    settle(admin).await;
+    let parent = ParentSpec {
+        table: QualifiedName::new("public", "users"),
+        oid: 0,
+        key_column: "id".into(),
+        key_kind: IntKind::Int8,
+        uuid_column: "uuid_id".into(),
+    };
+    let mut sources = Vec::new();
+    let mut targets = Vec::new();
+    for _ in 0..parallel.max(1) {
+        sources.push(connect(spec_db, "bench source").await.unwrap());
+        targets.push(connect(spec_db, "bench target").await.unwrap());
+    }
+    let all: Vec<&Client> = sources.iter().chain(targets.iter()).collect();
+    let backends = pids(&all).await;
+    let server0 = total_cpu(&backends);
+    let server_each: Vec<Duration> = backends.iter().map(|&p| backend_cpu(p)).collect();
+    let t0 = Instant::now();
+    let cpu0 = cpu_time();
+    let snap: String = {
+        let s = &sources[0];
+        s.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .unwrap();
+        s.query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    for s in &sources[1..] {
+        s.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snap}'"
+        ))
+        .await
+        .unwrap();
+    }
+    let map = IdMap::load(&sources[0], &parent).await.unwrap();
+    let t_map = t0.elapsed();
+    let progress = Progress::new();
+    let spec = spec();
+    let rows = if parallel > 1 {
+        let pairs: Vec<(&Client, &Client)> = sources.iter().zip(targets.iter()).collect();
+        copy_table_parallel(&pairs, &spec, &map, &progress, opts).await
+    } else {
+        copy_table_with(&sources[0], &targets[0], &spec, &map, &progress, opts).await
+    }
+    .unwrap_or_else(|e| panic!("copy failed: {e}"));
+    for s in &sources {
+        s.batch_execute("COMMIT").await.unwrap();
+    }
+    let t_copy = t0.elapsed() - t_map;
+    let cpu = cpu_time() - cpu0;
+    let server_copy = total_cpu(&backends) - server0;
+    let n = sources.len();
+    let source_copy = total_cpu(&backends[..n]) - total_cpu_at(&server_each, ..n);
+    assert_eq!(progress.rows(), rows);
+    if pk_after {
+        targets[0]
+            .batch_execute("ALTER TABLE events_shadow ADD PRIMARY KEY (id)")
+            .await
+            .unwrap();
+    }
+    build_indexes(&targets[0], "events_shadow").await;
+    let total = t0.elapsed();
+    Timing {
+        name: name.into(),
+        total,
+        parts: vec![
+            ("map load", t_map),
+            ("copy", t_copy),
+            ("indexes", total - t_map - t_copy),
+            ("tool cpu in map+copy", cpu),
+            ("server cpu in map+copy", server_copy),
+            ("of which source", source_copy),
+            ("server cpu total", total_cpu(&backends) - server0),
+        ],
+    }
+}
+
+async fn in_server(admin: &Client) -> Timing {
+    admin
+        .batch_execute("DROP TABLE IF EXISTS events_ctas")
+        .await
+        .unwrap();
+    settle(admin).await;
+    let backends = pids(&[admin]).await;
+    let server0 = total_cpu(&backends);
+    let t0 = Instant::now();
+    admin
+        .batch_execute(
+            "CREATE TABLE events_ctas AS
+               SELECT e.id, u.uuid_id AS user_id, e.kind, e.title, e.amount, e.created_at, e.active
+               FROM ONLY events e LEFT JOIN users u ON u.id = e.user_id",
+        )
+        .await
+        .unwrap();
+    let t_ctas = t0.elapsed();
+    let server_ctas = total_cpu(&backends) - server0;
+    admin
+        .batch_execute("ALTER TABLE events_ctas ADD PRIMARY KEY (id)")
+        .await
+        .unwrap();
+    let t_pk = t0.elapsed() - t_ctas;
+    build_indexes(admin, "events_ctas").await;
+    let total = t0.elapsed();
+    Timing {
+        name: "in-server CTAS + PK + indexes".into(),
+        total,
+        parts: vec![
+            ("create table as", t_ctas),
+            ("primary key", t_pk),
+            ("indexes", total - t_ctas - t_pk),
+            ("server cpu in CTAS", server_ctas),
+            ("server cpu total", total_cpu(&backends) - server0),
+        ],
+    }
+}
+
+fn print(t: &Timing, rows: u64) {
+    let parts = t
+        .parts
+        .iter()
+        .map(|(n, d)| format!("{n} {:.2}s", d.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "{:<40} {:>7.2}s  {:>10.0} rows/s  ({parts})",
+        t.name,
+        t.total.as_secs_f64(),
+        rows as f64 / t.total.as_secs_f64()
+    );
+}
+
+fn main() {
+    let rows = env_u64("PGREKEY_BENCH_ROWS", 3_000_000);
+    let users = env_u64("PGREKEY_BENCH_USERS", 200_000);
+    let variants = env_u64("PGREKEY_BENCH_VARIANTS", 0) != 0;
+    let repeat = env_u64("PGREKEY_BENCH_REPEAT", 3).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cluster = Cluster::start(&Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async {
+        let admin0 = connect(&cluster.spec("postgres"), "bench admin").await.unwrap();
+        admin0.batch_execute("CREATE DATABASE bench").await.unwrap();
+        let spec_db = cluster.spec("bench");
+        let admin = connect(&spec_db, "bench admin").await.unwrap();
+        let t = Instant::now();
+        admin
+            .batch_execute(&format!(
+                "CREATE TABLE users (id bigint PRIMARY KEY, uuid_id uuid UNIQUE NOT NULL, email text);
+                 INSERT INTO users SELECT g, gen_random_uuid(), 'user' || g || '@example.com'
+                   FROM generate_series(1, {users}) g;
+                 CREATE TABLE events (id bigint PRIMARY KEY, user_id bigint REFERENCES users(id),
+                   kind smallint NOT NULL, title text, amount numeric(12,2), created_at timestamptz NOT NULL,
+                   active boolean NOT NULL);
+                 ALTER TABLE events DROP CONSTRAINT events_user_id_fkey;
+                 INSERT INTO events
+                   SELECT g,
+                          CASE WHEN g % 20 = 0 THEN NULL ELSE 1 + (hashint8(g) & 2147483647) % {users} END,
+                          (g % 7)::smallint,
+                          'event title ' || md5(g::text),
+                          ((hashint8(g) & 65535) / 100.0)::numeric(12,2),
+                          timestamptz '2020-01-01' + g * interval '1 second',
+                          g % 3 = 0
+                   FROM generate_series(1, {rows}) g;
+                 ALTER TABLE events ADD FOREIGN KEY (user_id) REFERENCES users(id);
+                 CREATE INDEX ON events (user_id);
+                 CREATE INDEX ON events (created_at);"
+            ))
+            .await
+            .unwrap();
+        // VACUUM cannot share a multi-statement batch (implicit transaction).
+        admin.batch_execute("VACUUM ANALYZE users").await.unwrap();
+        admin.batch_execute("VACUUM ANALYZE events").await.unwrap();
+        let size: String = admin
+            .query_one("SELECT pg_size_pretty(pg_table_size('events'))", &[])
+            .await
+            .unwrap()
+            .get(0);
+        println!(
+            "generated {rows} rows ({size}), {users} users in {:.1}s; server {} on {} cores",
+            t.elapsed().as_secs_f64(),
+            cluster.major_version,
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        );
+        // Warm the cache for both contenders alike.
+        admin.batch_execute("SELECT count(*) FROM events; SELECT count(*) FROM users").await.unwrap();
+
+        // The machine is shared: run the contenders alternately, several
+        // rounds, and compare the best round of each (least disturbed).
+        let default = CopyOptions::default();
+        let mut best_a: Option<Timing> = None;
+        let mut best_b: Option<Timing> = None;
+        for round in 1..=repeat {
+            let a = rekey(&spec_db, &admin, "pg-rekey copy + indexes", &default, 1, false).await;
+            let b = in_server(&admin).await;
+            println!("round {round}:");
+            print(&a, rows);
+            print(&b, rows);
+            if best_a.as_ref().is_none_or(|x| a.total < x.total) {
+                best_a = Some(a);
+            }
+            if best_b.as_ref().is_none_or(|x| b.total < x.total) {
+                best_b = Some(b);
+            }
+        }
+        if let (Some(a), Some(b)) = (best_a, best_b) {
+            println!("best of {repeat}:");
+            print(&a, rows);
+            print(&b, rows);
+            println!(
+                "ratio pg-rekey / in-server = {:.2}",
+                a.total.as_secs_f64() / b.total.as_secs_f64()
+            );
+        }
+        if variants {
+            let ordered = CopyOptions {
+                order_by_key: true,
+                ..default.clone()
+            };
+            let one = CopyOptions {
+                batch_rows: 0,
+                batch_bytes: 0,
+                ..default.clone()
+            };
+            for _ in 0..repeat {
+                let v = rekey(&spec_db, &admin, "pg-rekey, ORDER BY key", &ordered, 1, false).await;
+                print(&v, rows);
+                let v = rekey(&spec_db, &admin, "pg-rekey, 2 ranges in parallel", &default, 2, false).await;
+                print(&v, rows);
+                let v = rekey(&spec_db, &admin, "pg-rekey, one transaction", &one, 1, false).await;
+                print(&v, rows);
+                let v = rekey(&spec_db, &admin, "pg-rekey, PK built after copy", &default, 1, true).await;
+                print(&v, rows);
+            }
+        }
+    });
+}

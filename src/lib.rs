@@ -25,6 +25,7 @@ pub mod error;
 pub mod idmap;
 pub mod pg;
 pub mod plan;
+pub mod progress;
 pub mod replication;
 pub mod telemetry;
 pub mod workload;

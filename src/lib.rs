@@ -23,11 +23,13 @@ pub mod cli;
 pub mod embedded;
 pub mod error;
 pub mod idmap;
+pub mod metrics;
 pub mod pg;
 pub mod plan;
 pub mod progress;
 pub mod replication;
 pub mod telemetry;
+pub mod throttle;
 pub mod workload;
 
 pub use error::{Error, Result};

@@ -3,4 +3,5 @@
 mod support;
 
 mod harness;
+mod observe;
 mod workload;

@@ -820,6 +820,15 @@ fn table_rate(window: &RateWindow, snap: &TableSnapshot) -> Option<f64> {
     window.rate().or_else(|| snap.average_copy_rate())
 }
 
+/// The bar template for a style (see `BarEntry::style`).
+fn bar_template(style: u8) -> &'static str {
+    match style {
+        0 => "{prefix:28} [{bar:30}] {human_pos}/{human_len} {msg}",
+        1 => "{prefix:28} {spinner} {human_pos} rows {msg}",
+        _ => "{prefix:28} {msg}",
+    }
+}
+
 struct BarEntry {
     bar: ProgressBar,
     window: RateWindow,
@@ -857,7 +866,6 @@ impl BarRenderer {
         let throttle = progress.throttle();
         for t in progress.tables() {
             let snap = t.snapshot();
-            let width = 28;
             let entry = self.entries.entry(snap.table.clone()).or_insert_with(|| {
                 let bar = self.multi.add(ProgressBar::new(0));
                 bar.set_prefix(snap.table.clone());
@@ -881,13 +889,7 @@ impl BarRenderer {
                 1
             };
             if want != entry.style {
-                let template = match want {
-                    0 => format!(
-                        "{{prefix:{width}}} [{{bar:30}}] {{human_pos}}/{{human_len}} {{msg}}"
-                    ),
-                    1 => format!("{{prefix:{width}}} {{spinner}} {{human_pos}} rows {{msg}}"),
-                    _ => format!("{{prefix:{width}}} {{msg}}"),
-                };
+                let template = bar_template(want);
                 entry.bar.set_style(Self::style(&template));
                 entry.style = want;
             }
@@ -1276,6 +1278,16 @@ mod tests {
             final_message(&t.snapshot()),
             "cut over · 4.00k rows copied · 1.50k changes applied"
         );
+    }
+
+    #[test]
+    fn bar_templates_parse() {
+        for style in 0..=3 {
+            assert!(
+                ProgressStyle::with_template(bar_template(style)).is_ok(),
+                "{style}"
+            );
+        }
     }
 
     #[test]

@@ -890,7 +890,7 @@ impl BarRenderer {
             };
             if want != entry.style {
                 let template = bar_template(want);
-                entry.bar.set_style(Self::style(&template));
+                entry.bar.set_style(Self::style(template));
                 entry.style = want;
             }
             match want {

@@ -28,13 +28,16 @@ pub mod embedded;
 pub mod error;
 pub mod fence;
 pub mod idmap;
+pub mod metrics;
 pub mod pg;
 pub mod plan;
+pub mod progress;
 pub mod replication;
 pub mod rewrite;
 pub mod state;
 pub mod status;
 pub mod telemetry;
+pub mod throttle;
 pub mod workload;
 
 pub use error::{Error, Result};

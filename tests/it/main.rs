@@ -5,6 +5,7 @@ mod support;
 mod copy;
 mod ddl;
 mod harness;
+mod observe;
 mod plan;
 mod replication;
 mod rewrite;

@@ -26,6 +26,7 @@ pub mod idmap;
 pub mod pg;
 pub mod plan;
 pub mod replication;
+pub mod swap;
 pub mod telemetry;
 
 pub use error::{Error, Result};

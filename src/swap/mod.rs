@@ -580,24 +580,33 @@ impl SwapSql {
 /// name in the swap can resolve to something other than what the catalog
 /// text says. On error the transaction is unusable and must be rolled back;
 /// the error names the object of the failing statement.
+///
+/// The statements are pipelined: all are sent at once (tokio-postgres sends
+/// each request when its future is first polled, and `join_all` polls them in
+/// order), so the lock is held for about one round trip plus the server's
+/// work instead of one round trip per statement. The server runs them in
+/// order; after the first failure every later one fails with 25P02
+/// (transaction aborted), so the first error in order is the real cause.
 pub async fn execute_swap(txn: &Transaction<'_>, swap: &SwapSql) -> Result<(), SwapError> {
     let started = Instant::now();
-    txn.batch_execute("SET LOCAL search_path = ''")
-        .await
-        .map_err(|source| SwapError::Statement {
-            object: "session settings".into(),
-            sql: "SET LOCAL search_path = ''".into(),
-            source,
-        })?;
-    for step in &swap.steps {
-        tracing::debug!(object = %step.object, sql = %step.sql, "swap statement");
-        txn.batch_execute(&step.sql)
-            .await
-            .map_err(|source| SwapError::Statement {
+    let set_path = SwapStep {
+        sql: "SET LOCAL search_path = ''".into(),
+        object: "session settings".into(),
+    };
+    let steps: Vec<&SwapStep> = std::iter::once(&set_path)
+        .chain(swap.steps.iter())
+        .collect();
+    let results =
+        futures_util::future::join_all(steps.iter().map(|s| txn.batch_execute(&s.sql))).await;
+    for (step, result) in steps.iter().zip(results) {
+        if let Err(source) = result {
+            tracing::warn!(object = %step.object, sql = %step.sql, error = %chain(&source), "swap statement failed");
+            return Err(SwapError::Statement {
                 object: step.object.clone(),
                 sql: step.sql.clone(),
                 source,
-            })?;
+            });
+        }
     }
     tracing::info!(
         statements = swap.steps.len(),

@@ -656,25 +656,21 @@ fn acl_steps(
         ),
     );
 
-    // (grantor, grantee, grantable, privilege) → columns (None = table level).
-    type GrantKey = (String, Grantee, bool, String);
-    let mut grants: BTreeMap<GrantKey, Option<Vec<String>>> = BTreeMap::new();
+    // Table level: (grantor, grantee, grantable) → privileges, one GRANT each.
+    // Column level: (grantor, grantee, grantable, privilege) → columns.
+    type GrantKey = (String, Grantee, bool);
+    let mut table_grants: BTreeMap<GrantKey, Vec<String>> = BTreeMap::new();
     for p in acl
         .table
         .iter()
         .filter(|p| PRIVILEGES.contains(&p.privilege.as_str()))
     {
-        grants.insert(
-            (
-                p.grantor.clone(),
-                p.grantee.clone(),
-                p.grantable,
-                p.privilege.clone(),
-            ),
-            None,
-        );
+        table_grants
+            .entry((p.grantor.clone(), p.grantee.clone(), p.grantable))
+            .or_default()
+            .push(p.privilege.clone());
     }
-    let mut column_grants: BTreeMap<GrantKey, Vec<String>> = BTreeMap::new();
+    let mut column_grants: BTreeMap<(GrantKey, String), Vec<String>> = BTreeMap::new();
     for c in &acl.columns {
         for p in c
             .privileges
@@ -683,32 +679,43 @@ fn acl_steps(
         {
             column_grants
                 .entry((
-                    p.grantor.clone(),
-                    p.grantee.clone(),
-                    p.grantable,
+                    (p.grantor.clone(), p.grantee.clone(), p.grantable),
                     p.privilege.clone(),
                 ))
                 .or_default()
                 .push(c.column.clone());
         }
     }
-    let mut pending: Vec<(GrantKey, Option<Vec<String>>)> = grants.into_iter().collect();
-    pending.extend(column_grants.into_iter().map(|(k, v)| (k, Some(v))));
+    // (key, privileges, columns): column grants carry one privilege.
+    let mut pending: Vec<(GrantKey, Vec<String>, Option<Vec<String>>)> = table_grants
+        .into_iter()
+        .map(|(k, privs)| (k, privs, None))
+        .collect();
+    pending.extend(
+        column_grants
+            .into_iter()
+            .map(|((k, privilege), cols)| (k, vec![privilege], Some(cols))),
+    );
 
     // Who holds which privilege with grant option so far.
     let mut can_grant: HashSet<(String, String)> = HashSet::new();
     while !pending.is_empty() {
         let (ready, rest): (Vec<_>, Vec<_>) =
-            pending.into_iter().partition(|((grantor, _, _, p), _)| {
-                grantor == owner || can_grant.contains(&(grantor.clone(), p.clone()))
-            });
+            pending
+                .into_iter()
+                .partition(|((grantor, _, _), privs, _)| {
+                    grantor == owner
+                        || privs
+                            .iter()
+                            .all(|p| can_grant.contains(&(grantor.clone(), p.clone())))
+                });
         let (ready, rest, as_owner) = if ready.is_empty() {
             // Grant option chain that cannot be replayed: grant as the owner.
             (rest, Vec::new(), true)
         } else {
             (ready, rest, false)
         };
-        for ((grantor, grantee, grantable, privilege), cols) in ready {
+        for ((grantor, grantee, grantable), privs, cols) in ready {
             let cols = cols
                 .map(|c| {
                     format!(
@@ -721,7 +728,8 @@ fn acl_steps(
                 })
                 .unwrap_or_default();
             let grant = format!(
-                "GRANT {privilege}{cols} ON TABLE {target} TO {}{}",
+                "GRANT {}{cols} ON TABLE {target} TO {}{}",
+                privs.join(", "),
                 grantee.sql(),
                 if grantable { " WITH GRANT OPTION" } else { "" }
             );
@@ -736,7 +744,9 @@ fn acl_steps(
             step(out, label, sql);
             if grantable {
                 if let Grantee::Role(r) = &grantee {
-                    can_grant.insert((r.clone(), privilege.clone()));
+                    for p in privs {
+                        can_grant.insert((r.clone(), p));
+                    }
                 }
             }
         }
@@ -1341,9 +1351,16 @@ mod tests {
             ],
         };
         let s = swap_sql(&d, &SwapNames::derive(&d.source));
-        let sql = s.sql();
         let revoke = pos(&s, "REVOKE ALL ON TABLE \"public\".\"t\" FROM PUBLIC, \"app\", \"rekey\", \"stray\" CASCADE");
         assert!(revoke < pos(&s, "GRANT SELECT ON TABLE \"public\".\"t\" TO \"app\""));
+        // Same grantor, grantee and option: one statement.
+        d.acl.table.push(p(Some("app"), "app", "DELETE", false));
+        let s = swap_sql(&d, &SwapNames::derive(&d.source));
+        let sql = s.sql();
+        assert!(
+            sql.contains(&"GRANT SELECT, DELETE ON TABLE \"public\".\"t\" TO \"app\"".to_string()),
+            "{sql:#?}"
+        );
         assert!(sql.contains(&"GRANT INSERT ON TABLE \"public\".\"t\" TO PUBLIC".to_string()));
         assert!(sql.contains(
             &"GRANT UPDATE (\"a\", \"b\") ON TABLE \"public\".\"t\" TO \"reader\"".to_string()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pg_rekey::pg::QualifiedName;
 use pg_rekey::swap::{
-    execute_swap, load_dependents, swap_sql, validate_after, SwapError, SwapNames,
+    execute_swap, load_dependents, swap_sql, swap_sql_many, validate_after, SwapError, SwapNames,
 };
 use tokio_postgres::Client;
 
@@ -290,7 +290,13 @@ async fn swap_carries_every_dependent_to_the_new_table() {
     );
     assert!(deps.unmatched.is_empty(), "{:?}", deps.unmatched);
     let swap = swap_sql(&deps, &SwapNames::derive(&src()));
+    let started = std::time::Instant::now();
     execute_swap(&txn, &swap).await.unwrap();
+    eprintln!(
+        "swap: {} statements executed in {:?}",
+        swap.steps.len(),
+        started.elapsed()
+    );
     txn.commit().await.unwrap();
     validate_after(&c, &swap.validate, &swap.analyze)
         .await
@@ -557,4 +563,97 @@ async fn swap_refuses_dependents_it_cannot_carry() {
     // The session's search_path is restored after the load.
     let path: String = c.query_one("SHOW search_path", &[]).await.unwrap().get(0);
     assert_eq!(path, "\"$user\", public");
+}
+
+#[tokio::test]
+async fn two_tables_swap_together_with_a_key_and_a_view_between_them() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    schema(&db, &c).await;
+    // message_reads gets a reference column too, a view over both tables, and
+    // a shadow whose key to chat_messages points at the source (as the DDL
+    // generator leaves an outgoing key to another table).
+    c.batch_execute(
+        r#"
+        ALTER TABLE message_reads ADD COLUMN reader_id integer REFERENCES users(id);
+        UPDATE message_reads SET reader_id = 2;
+        CREATE VIEW reads_by_author AS
+            SELECT r.message_id, m.user_id AS author, r.reader_id
+              FROM message_reads r JOIN chat_messages m ON m.id = r.message_id;
+        CREATE TABLE _rekey_new_message_reads (
+            message_id bigint NOT NULL,
+            reader text NOT NULL,
+            reader_id uuid,
+            CONSTRAINT _rekey_new_message_reads_pkey PRIMARY KEY (message_id, reader)
+        );
+        INSERT INTO _rekey_new_message_reads
+             SELECT r.message_id, r.reader, u.uuid FROM message_reads r LEFT JOIN users u ON u.id = r.reader_id;
+        ALTER TABLE _rekey_new_message_reads ADD CONSTRAINT message_reads_message_id_fkey
+            FOREIGN KEY (message_id) REFERENCES chat_messages(id) NOT VALID;
+        ALTER TABLE _rekey_new_message_reads ADD CONSTRAINT message_reads_reader_id_fkey
+            FOREIGN KEY (reader_id) REFERENCES users(uuid) NOT VALID;
+        "#,
+    )
+    .await
+    .unwrap();
+    let reads = QualifiedName::new("public", "message_reads");
+    let reads_shadow = QualifiedName::new("public", "_rekey_new_message_reads");
+
+    let mut tx_client = db.client().await;
+    let txn = tx_client.transaction().await.unwrap();
+    txn.batch_execute(
+        "LOCK TABLE public.chat_messages, public._rekey_new_chat_messages, public.message_reads, public._rekey_new_message_reads IN ACCESS EXCLUSIVE MODE",
+    )
+    .await
+    .unwrap();
+    let d1 = load_dependents(&txn, &src(), &shadow()).await.unwrap();
+    let d2 = load_dependents(&txn, &reads, &reads_shadow).await.unwrap();
+    let (n1, n2) = (SwapNames::derive(&src()), SwapNames::derive(&reads));
+    let swap = swap_sql_many(&[(&d1, &n1), (&d2, &n2)]);
+    execute_swap(&txn, &swap).await.unwrap();
+    txn.commit().await.unwrap();
+    validate_after(&c, &swap.validate, &swap.analyze)
+        .await
+        .unwrap();
+
+    // Keys: new reads → new messages, old reads → old messages, all valid.
+    let keys: Vec<String> = c
+        .query(
+            "SELECT format('%s %s -> %s %s', conname, conrelid::regclass, confrelid::regclass, convalidated)
+               FROM pg_constraint WHERE contype = 'f' AND conname LIKE 'message_reads%' ORDER BY conrelid::regclass::text DESC, conname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            "message_reads_message_id_fkey message_reads -> chat_messages t",
+            "message_reads_reader_id_fkey message_reads -> users t",
+            "message_reads_message_id_fkey _rekey_old_message_reads -> _rekey_old_chat_messages t",
+            "message_reads_reader_id_fkey _rekey_old_message_reads -> users t",
+        ]
+    );
+    // The view over both returns uuids from both new tables.
+    let row = c
+        .query_one(
+            "SELECT pg_typeof(author)::text, pg_typeof(reader_id)::text, count(*) OVER () FROM reads_by_author LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "uuid");
+    assert_eq!(row.get::<_, String>(1), "uuid");
+    assert_eq!(row.get::<_, i64>(2), 3);
+    let bad = c
+        .execute(
+            "INSERT INTO message_reads (message_id, reader) VALUES (424242, 'z')",
+            &[],
+        )
+        .await
+        .expect_err("key to the new chat_messages");
+    assert_eq!(bad.as_db_error().map(|d| d.code().code()), Some("23503"));
 }

@@ -36,6 +36,7 @@ pub mod replication;
 pub mod rewrite;
 pub mod state;
 pub mod status;
+pub mod swap;
 pub mod telemetry;
 pub mod throttle;
 pub mod workload;

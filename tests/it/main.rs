@@ -10,4 +10,5 @@ mod plan;
 mod replication;
 mod rewrite;
 mod state;
+mod swap;
 mod workload;

@@ -1,0 +1,723 @@
+//! Reading what hangs off a source table and its shadow.
+//!
+//! Call [`load_dependents`] inside the swap transaction, after the locks are
+//! taken: nothing about either table can change from then on, so what is read
+//! is what the swap statements act on. Every definition is rendered with
+//! `search_path = ''` (set for the duration of the load, then restored), so
+//! the text is schema-qualified and means the same in any session.
+
+use std::collections::BTreeSet;
+
+use tokio_postgres::GenericClient;
+
+use crate::pg::QualifiedName;
+
+use super::sql::{constraint_key, index_key, match_objects, CatalogObject};
+use super::{
+    Acl, ColumnPrivileges, Dependents, Grantee, IncomingFk, ObjectKind, Policy, Privilege,
+    PublicationMembership, ReplicaIdentity, SequenceCarry, SequenceOptions, SwapError, Trigger,
+    View, OWN_PUBLICATION_PREFIX,
+};
+
+const TABLE: &str = "
+SELECT c.oid, pg_catalog.pg_get_userbyid(c.relowner), c.relkind::text,
+       c.relrowsecurity, c.relforcerowsecurity, c.relreplident::text,
+       pg_catalog.obj_description(c.oid, 'pg_class'), c.oid::pg_catalog.regclass::text
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = $1 AND c.relname = $2";
+
+const TABLE_ACL: &str = "
+SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END,
+       pg_catalog.pg_get_userbyid(a.grantor), a.privilege_type, a.is_grantable
+  FROM pg_catalog.pg_class c,
+       LATERAL pg_catalog.aclexplode(coalesce(c.relacl, pg_catalog.acldefault('r', c.relowner))) a
+ WHERE c.oid = $1
+ ORDER BY 1 NULLS FIRST, 2, 3";
+
+const COLUMN_ACL: &str = "
+SELECT at.attname::text,
+       CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END,
+       pg_catalog.pg_get_userbyid(a.grantor), a.privilege_type, a.is_grantable
+  FROM pg_catalog.pg_attribute at, LATERAL pg_catalog.aclexplode(at.attacl) a
+ WHERE at.attrelid = $1 AND at.attnum > 0 AND NOT at.attisdropped AND at.attacl IS NOT NULL
+ ORDER BY at.attnum, 2 NULLS FIRST, 3, 4";
+
+const COLUMN_COMMENTS: &str = "
+SELECT a.attname::text, pg_catalog.col_description(a.attrelid, a.attnum)
+  FROM pg_catalog.pg_attribute a
+ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attnum";
+
+const POLICIES: &str = "
+SELECT p.polname::text, p.polpermissive, p.polcmd::text,
+       ARRAY(SELECT CASE WHEN r = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(r)::text END
+               FROM unnest(p.polroles) r),
+       pg_catalog.pg_get_expr(p.polqual, p.polrelid),
+       pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid),
+       pg_catalog.obj_description(p.oid, 'pg_policy')
+  FROM pg_catalog.pg_policy p
+ WHERE p.polrelid = $1
+ ORDER BY p.polname";
+
+const TRIGGERS: &str = "
+SELECT t.tgname::text, pg_catalog.pg_get_triggerdef(t.oid), t.tgenabled::text,
+       pg_catalog.obj_description(t.oid, 'pg_trigger')
+  FROM pg_catalog.pg_trigger t
+ WHERE t.tgrelid = $1 AND NOT t.tgisinternal
+ ORDER BY t.tgname";
+
+/// Views and materialized views reading the table, directly or through other
+/// views; `deps` pairs each with every relation its `_RETURN` rule reads.
+const VIEWS: &str = "
+WITH RECURSIVE deps(view_oid, ref_oid) AS (
+    SELECT r.ev_class, d.refobjid
+      FROM pg_catalog.pg_depend d
+      JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+      JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+     WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.refobjid = $1 AND r.ev_class <> d.refobjid
+       AND r.rulename = '_RETURN' AND v.relkind IN ('v', 'm')
+  UNION
+    SELECT r.ev_class, d.refobjid
+      FROM deps
+      JOIN pg_catalog.pg_depend d ON d.refobjid = deps.view_oid
+      JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+      JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+     WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND r.ev_class <> d.refobjid
+       AND r.rulename = '_RETURN' AND v.relkind IN ('v', 'm')
+)
+SELECT v.oid, n.nspname::text, v.relname::text, v.relkind::text,
+       pg_catalog.pg_get_viewdef(v.oid), coalesce(v.reloptions, '{}'),
+       pg_catalog.pg_get_userbyid(v.relowner), pg_catalog.obj_description(v.oid, 'pg_class'),
+       v.relispopulated,
+       ARRAY(SELECT DISTINCT d2.ref_oid FROM deps d2 WHERE d2.view_oid = v.oid)
+  FROM pg_catalog.pg_class v JOIN pg_catalog.pg_namespace n ON n.oid = v.relnamespace
+ WHERE v.oid IN (SELECT view_oid FROM deps)
+ ORDER BY v.oid";
+
+const VIEW_DEFAULTS: &str = "
+SELECT a.attname::text, pg_catalog.pg_get_expr(d.adbin, d.adrelid)
+  FROM pg_catalog.pg_attrdef d
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+ WHERE d.adrelid = $1
+ ORDER BY a.attnum";
+
+const VIEW_RULES: &str = "
+SELECT pg_catalog.pg_get_ruledef(r.oid)
+  FROM pg_catalog.pg_rewrite r
+ WHERE r.ev_class = $1 AND r.rulename <> '_RETURN'
+ ORDER BY r.rulename";
+
+const MATVIEW_INDEXES: &str = "
+SELECT pg_catalog.pg_get_indexdef(x.indexrelid)
+  FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+ WHERE x.indrelid = $1
+ ORDER BY i.relname";
+
+const INCOMING_FKS: &str = "
+SELECT k.conname::text, pg_catalog.pg_get_constraintdef(k.oid), n.nspname::text, r.relname::text,
+       k.convalidated, r.relkind::text, pg_catalog.obj_description(k.oid, 'pg_constraint')
+  FROM pg_catalog.pg_constraint k
+  JOIN pg_catalog.pg_class r ON r.oid = k.conrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+ WHERE k.contype = 'f' AND k.confrelid = $1 AND k.conrelid <> $1 AND k.conparentid = 0
+ ORDER BY n.nspname, r.relname, k.conname";
+
+const PUBLICATIONS_15: &str = "
+SELECT p.pubname::text,
+       CASE WHEN pr.prattrs IS NULL THEN NULL ELSE
+         ARRAY(SELECT a.attname::text
+                 FROM unnest(pr.prattrs::int2[]) WITH ORDINALITY u(n, o)
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = u.n
+                ORDER BY u.o) END,
+       pg_catalog.pg_get_expr(pr.prqual, pr.prrelid)
+  FROM pg_catalog.pg_publication_rel pr
+  JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+ WHERE pr.prrelid = $1 AND NOT starts_with(p.pubname, $2)
+ ORDER BY p.pubname";
+
+const PUBLICATIONS_OLD: &str = "
+SELECT p.pubname::text, NULL::text[], NULL::text
+  FROM pg_catalog.pg_publication_rel pr
+  JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+ WHERE pr.prrelid = $1 AND NOT starts_with(p.pubname, $2)
+ ORDER BY p.pubname";
+
+const REPLICA_INDEX: &str = "
+SELECT i.relname::text
+  FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+ WHERE x.indrelid = $1 AND x.indisreplident";
+
+/// Sequences linked to the table's columns: `deptype` `a` (owned, serial) or
+/// `i` (identity), with the column's default and the sequence's options.
+const SEQUENCES: &str = "
+SELECT a.attname::text, sn.nspname::text, s.relname::text, d.deptype::text,
+       pg_catalog.pg_get_expr(ad.adbin, ad.adrelid), a.attidentity::text,
+       ps.seqstart, ps.seqincrement, ps.seqmin, ps.seqmax, ps.seqcache, ps.seqcycle
+  FROM pg_catalog.pg_depend d
+  JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+  JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace
+  JOIN pg_catalog.pg_sequence ps ON ps.seqrelid = s.oid
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+  LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+ WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+   AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+   AND d.refobjid = $1 AND d.deptype IN ('a', 'i')
+ ORDER BY a.attnum, s.relname";
+
+/// Indexes that back no PRIMARY KEY / UNIQUE / EXCLUDE constraint of the table.
+const INDEXES: &str = "
+SELECT i.relname::text, pg_catalog.pg_get_indexdef(x.indexrelid),
+       pg_catalog.obj_description(x.indexrelid, 'pg_class')
+  FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+ WHERE x.indrelid = $1
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k
+                    WHERE k.conindid = x.indexrelid AND k.conrelid = x.indrelid
+                      AND k.contype IN ('p', 'u', 'x'))
+ ORDER BY i.relname";
+
+/// Constraints with their matching key. A foreign key is keyed by its
+/// columns, its target (0 for the table itself, so a shadow's key to itself
+/// matches the source's key to itself) and its actions, not by the target
+/// columns: a reference column's key targets the parent's uuid column on the
+/// shadow and its integer key on the source, and is still the same key.
+const CONSTRAINTS: &str = "
+SELECT k.conname::text, k.contype::text, k.convalidated,
+       pg_catalog.obj_description(k.oid, 'pg_constraint'),
+       CASE WHEN k.contype = 'f' THEN pg_catalog.concat_ws('|', 'f',
+              ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, o)
+                      JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n
+                     ORDER BY u.o)::text,
+              CASE WHEN k.confrelid = k.conrelid THEN 0::oid ELSE k.confrelid END::text,
+              k.confupdtype, k.confdeltype, k.confmatchtype, k.condeferrable, k.condeferred)
+            ELSE pg_catalog.pg_get_constraintdef(k.oid) END
+  FROM pg_catalog.pg_constraint k
+ WHERE k.conrelid = $1 AND k.contype IN ('p', 'u', 'x', 'f', 'c')
+ ORDER BY k.conname";
+
+/// Objects bound to the table by OID that the swap cannot carry: functions
+/// with SQL-standard bodies, rules other than a view's `_RETURN`, and other
+/// tables' policies that read this table.
+const UNSUPPORTED: &str = "
+SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)
+  FROM pg_catalog.pg_depend d
+ WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = $1
+   AND d.deptype IN ('n', 'a')
+   AND (d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+        OR (d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r
+                              JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+                             WHERE r.oid = d.objid AND r.rulename = '_RETURN'
+                               AND v.relkind IN ('v', 'm')))
+        OR (d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass
+            AND EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
+                         WHERE p.oid = d.objid AND p.polrelid <> $1)))
+ ORDER BY 1";
+
+struct TableRow {
+    oid: u32,
+    owner: String,
+    rls_enabled: bool,
+    rls_forced: bool,
+    replident: String,
+    comment: Option<String>,
+    regclass: String,
+}
+
+/// Read everything the swap must carry from `source` to `shadow`; see the
+/// module docs of [`crate::swap`]. `client` may be a `Client` or (as it
+/// should be for the swap) the `Transaction` holding the locks.
+///
+/// Fails when either table is missing, when the shadow is in another schema,
+/// when something bound to the source cannot be carried
+/// ([`SwapError::Unsupported`]), or when the source's replica identity index
+/// has no counterpart on the shadow.
+pub async fn load_dependents<C: GenericClient + Sync>(
+    client: &C,
+    source: &QualifiedName,
+    shadow: &QualifiedName,
+) -> Result<Dependents, SwapError> {
+    let err = |source_err: tokio_postgres::Error| SwapError::Catalog {
+        table: source.clone(),
+        source: source_err,
+    };
+    let previous: String = client
+        .query_one("SELECT pg_catalog.current_setting('search_path')", &[])
+        .await
+        .map_err(err)?
+        .get(0);
+    client
+        .execute(
+            "SELECT pg_catalog.set_config('search_path', '', false)",
+            &[],
+        )
+        .await
+        .map_err(err)?;
+    let loaded = load(client, source, shadow).await;
+    // Restore even after a failed load (in an aborted transaction this fails,
+    // and the rollback restores the setting anyway).
+    let restored = client
+        .execute(
+            "SELECT pg_catalog.set_config('search_path', $1, false)",
+            &[&previous],
+        )
+        .await;
+    let deps = loaded?;
+    restored.map_err(err)?;
+    Ok(deps)
+}
+
+async fn load<C: GenericClient + Sync>(
+    client: &C,
+    source: &QualifiedName,
+    shadow: &QualifiedName,
+) -> Result<Dependents, SwapError> {
+    let err = |e: tokio_postgres::Error| SwapError::Catalog {
+        table: source.clone(),
+        source: e,
+    };
+    if shadow.schema != source.schema {
+        return Err(SwapError::ShadowSchema {
+            table: source.clone(),
+            shadow: shadow.clone(),
+        });
+    }
+    let src = table_row(client, source, "source").await?;
+    let shd = table_row(client, shadow, "shadow").await?;
+
+    let unsupported: Vec<String> = client
+        .query(UNSUPPORTED, &[&src.oid])
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(SwapError::Unsupported {
+            table: source.clone(),
+            objects: unsupported,
+        });
+    }
+
+    let acl = load_acl(client, src.oid).await.map_err(err)?;
+    let shadow_acl = load_acl(client, shd.oid).await.map_err(err)?;
+    let mut shadow_grantees: BTreeSet<Grantee> = BTreeSet::new();
+    for p in shadow_acl
+        .table
+        .iter()
+        .chain(shadow_acl.columns.iter().flat_map(|c| c.privileges.iter()))
+    {
+        shadow_grantees.insert(p.grantee.clone());
+    }
+
+    let policies = client
+        .query(POLICIES, &[&src.oid])
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| {
+            let roles: Vec<Option<String>> = r.get(3);
+            Policy {
+                name: r.get(0),
+                permissive: r.get(1),
+                command: first_char(r.get(2)),
+                roles: roles.into_iter().map(Grantee::from_nullable).collect(),
+                using: r.get(4),
+                check: r.get(5),
+                comment: r.get(6),
+            }
+        })
+        .collect();
+
+    let triggers = load_triggers(client, src.oid).await.map_err(err)?;
+    let views = load_views(client, src.oid).await.map_err(err)?;
+
+    let incoming_fks = client
+        .query(INCOMING_FKS, &[&src.oid])
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| {
+            let kind: String = r.get(5);
+            IncomingFk {
+                name: r.get(0),
+                definition: r.get(1),
+                table: QualifiedName::new(r.get::<_, String>(2), r.get::<_, String>(3)),
+                validated: r.get(4),
+                partitioned: kind == "p",
+                comment: r.get(6),
+            }
+        })
+        .collect();
+
+    let version: i32 = client
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    let pub_sql = if version >= 150000 {
+        PUBLICATIONS_15
+    } else {
+        PUBLICATIONS_OLD
+    };
+    let publications = client
+        .query(pub_sql, &[&src.oid, &OWN_PUBLICATION_PREFIX])
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| PublicationMembership {
+            publication: r.get(0),
+            columns: r.get(1),
+            row_filter: r.get(2),
+        })
+        .collect();
+
+    // Indexes and constraints, matched by definition.
+    let src_objects = load_objects(client, src.oid, &src.regclass)
+        .await
+        .map_err(err)?;
+    let shd_objects = load_objects(client, shd.oid, &shd.regclass)
+        .await
+        .map_err(err)?;
+    let (renames, unmatched) = match_objects(&src_objects, &shd_objects);
+    if !unmatched.is_empty() {
+        tracing::warn!(table = %source, objects = ?unmatched,
+            "source indexes/constraints without a counterpart on the shadow stay on the old table");
+    }
+
+    let replica_identity = match src.replident.as_str() {
+        "f" => ReplicaIdentity::Full,
+        "n" => ReplicaIdentity::Nothing,
+        "i" => {
+            let index: String = client
+                .query_opt(REPLICA_INDEX, &[&src.oid])
+                .await
+                .map_err(err)?
+                .map(|r| r.get(0))
+                .unwrap_or_default();
+            if !renames.iter().any(|r| r.original == index) {
+                return Err(SwapError::ReplicaIdentityIndex {
+                    table: source.clone(),
+                    index,
+                });
+            }
+            ReplicaIdentity::Index(index)
+        }
+        _ => ReplicaIdentity::Default,
+    };
+
+    // Column comments: the source's, and NULL where only the shadow has one.
+    let src_comments = load_column_comments(client, src.oid).await.map_err(err)?;
+    let shd_comments = load_column_comments(client, shd.oid).await.map_err(err)?;
+    let column_comments = src_comments
+        .iter()
+        .filter_map(|(col, c)| {
+            let shadow_has = shd_comments.iter().any(|(sc, s)| sc == col && s.is_some());
+            (c.is_some() || shadow_has).then(|| (col.clone(), c.clone()))
+        })
+        .collect();
+
+    let sequences = load_sequences(client, src.oid, shd.oid)
+        .await
+        .map_err(err)?;
+
+    Ok(Dependents {
+        source: source.clone(),
+        source_oid: src.oid,
+        shadow: shadow.clone(),
+        shadow_oid: shd.oid,
+        owner: src.owner,
+        shadow_owner: shd.owner,
+        acl,
+        shadow_grantees: shadow_grantees.into_iter().collect(),
+        rls_enabled: src.rls_enabled,
+        rls_forced: src.rls_forced,
+        policies,
+        triggers,
+        views,
+        incoming_fks,
+        publications,
+        replica_identity,
+        comment: src.comment,
+        column_comments,
+        sequences,
+        renames,
+        unmatched,
+    })
+}
+
+fn first_char(s: String) -> char {
+    s.chars().next().unwrap_or(' ')
+}
+
+async fn table_row<C: GenericClient + Sync>(
+    client: &C,
+    table: &QualifiedName,
+    role: &'static str,
+) -> Result<TableRow, SwapError> {
+    let row = client
+        .query_opt(TABLE, &[&table.schema, &table.name])
+        .await
+        .map_err(|e| SwapError::Catalog {
+            table: table.clone(),
+            source: e,
+        })?;
+    match row {
+        Some(r) if r.get::<_, String>(2) == "r" => Ok(TableRow {
+            oid: r.get(0),
+            owner: r.get(1),
+            rls_enabled: r.get(3),
+            rls_forced: r.get(4),
+            replident: r.get(5),
+            comment: r.get(6),
+            regclass: r.get(7),
+        }),
+        _ => Err(SwapError::NotATable {
+            table: table.clone(),
+            role,
+        }),
+    }
+}
+
+async fn load_acl<C: GenericClient + Sync>(
+    client: &C,
+    oid: u32,
+) -> Result<Acl, tokio_postgres::Error> {
+    let table = client
+        .query(TABLE_ACL, &[&oid])
+        .await?
+        .iter()
+        .map(|r| Privilege {
+            grantee: Grantee::from_nullable(r.get(0)),
+            grantor: r.get(1),
+            privilege: r.get(2),
+            grantable: r.get(3),
+        })
+        .collect();
+    let mut columns: Vec<ColumnPrivileges> = Vec::new();
+    for r in client.query(COLUMN_ACL, &[&oid]).await? {
+        let column: String = r.get(0);
+        let p = Privilege {
+            grantee: Grantee::from_nullable(r.get(1)),
+            grantor: r.get(2),
+            privilege: r.get(3),
+            grantable: r.get(4),
+        };
+        match columns.last_mut() {
+            Some(c) if c.column == column => c.privileges.push(p),
+            _ => columns.push(ColumnPrivileges {
+                column,
+                privileges: vec![p],
+            }),
+        }
+    }
+    Ok(Acl { table, columns })
+}
+
+async fn load_triggers<C: GenericClient + Sync>(
+    client: &C,
+    oid: u32,
+) -> Result<Vec<Trigger>, tokio_postgres::Error> {
+    Ok(client
+        .query(TRIGGERS, &[&oid])
+        .await?
+        .iter()
+        .map(|r| Trigger {
+            name: r.get(0),
+            definition: r.get(1),
+            enabled: first_char(r.get(2)),
+            comment: r.get(3),
+        })
+        .collect())
+}
+
+async fn load_column_comments<C: GenericClient + Sync>(
+    client: &C,
+    oid: u32,
+) -> Result<Vec<(String, Option<String>)>, tokio_postgres::Error> {
+    Ok(client
+        .query(COLUMN_COMMENTS, &[&oid])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+async fn load_views<C: GenericClient + Sync>(
+    client: &C,
+    oid: u32,
+) -> Result<Vec<View>, tokio_postgres::Error> {
+    let mut views = Vec::new();
+    for r in client.query(VIEWS, &[&oid]).await? {
+        let view_oid: u32 = r.get(0);
+        let kind: String = r.get(3);
+        let materialized = kind == "m";
+        let options: Vec<String> = r.get(5);
+        let options = options
+            .iter()
+            .map(|o| match o.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (o.clone(), "true".to_string()),
+            })
+            .collect();
+        let column_comments = load_column_comments(client, view_oid)
+            .await?
+            .into_iter()
+            .filter_map(|(c, t)| t.map(|t| (c, t)))
+            .collect();
+        let column_defaults = client
+            .query(VIEW_DEFAULTS, &[&view_oid])
+            .await?
+            .iter()
+            .map(|d| (d.get(0), d.get(1)))
+            .collect();
+        let rules = client
+            .query(VIEW_RULES, &[&view_oid])
+            .await?
+            .iter()
+            .map(|d| d.get(0))
+            .collect();
+        let indexes = if materialized {
+            client
+                .query(MATVIEW_INDEXES, &[&view_oid])
+                .await?
+                .iter()
+                .map(|d| d.get(0))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        views.push(View {
+            oid: view_oid,
+            name: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            materialized,
+            definition: r.get(4),
+            options,
+            owner: r.get(6),
+            acl: load_acl(client, view_oid).await?,
+            comment: r.get(7),
+            column_comments,
+            column_defaults,
+            depends_on: r.get(9),
+            triggers: load_triggers(client, view_oid).await?,
+            rules,
+            indexes,
+            populated: r.get(8),
+        });
+    }
+    Ok(views)
+}
+
+async fn load_objects<C: GenericClient + Sync>(
+    client: &C,
+    oid: u32,
+    regclass: &str,
+) -> Result<Vec<CatalogObject>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for r in client.query(INDEXES, &[&oid]).await? {
+        let def: String = r.get(1);
+        out.push(CatalogObject {
+            kind: ObjectKind::Index,
+            name: r.get(0),
+            key: index_key(&def, regclass),
+            validated: true,
+            comment: r.get(2),
+        });
+    }
+    for r in client.query(CONSTRAINTS, &[&oid]).await? {
+        let contype: String = r.get(1);
+        let def: String = r.get(4);
+        out.push(CatalogObject {
+            kind: if matches!(contype.as_str(), "p" | "u" | "x") {
+                ObjectKind::IndexConstraint
+            } else {
+                ObjectKind::Constraint
+            },
+            name: r.get(0),
+            key: if contype == "f" {
+                def
+            } else {
+                constraint_key(&contype, &def)
+            },
+            validated: r.get(2),
+            comment: r.get(3),
+        });
+    }
+    Ok(out)
+}
+
+struct SeqRow {
+    column: String,
+    sequence: QualifiedName,
+    deptype: String,
+    default: Option<String>,
+    identity: String,
+    options: SequenceOptions,
+}
+
+async fn seq_rows<C: GenericClient + Sync>(
+    client: &C,
+    oid: u32,
+) -> Result<Vec<SeqRow>, tokio_postgres::Error> {
+    Ok(client
+        .query(SEQUENCES, &[&oid])
+        .await?
+        .iter()
+        .map(|r| SeqRow {
+            column: r.get(0),
+            sequence: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            deptype: r.get(3),
+            default: r.get(4),
+            identity: r.get(5),
+            options: SequenceOptions {
+                start: r.get(6),
+                increment: r.get(7),
+                min: r.get(8),
+                max: r.get(9),
+                cache: r.get(10),
+                cycle: r.get(11),
+            },
+        })
+        .collect())
+}
+
+async fn load_sequences<C: GenericClient + Sync>(
+    client: &C,
+    source_oid: u32,
+    shadow_oid: u32,
+) -> Result<Vec<SequenceCarry>, tokio_postgres::Error> {
+    let src = seq_rows(client, source_oid).await?;
+    let shd = seq_rows(client, shadow_oid).await?;
+    let shadow_seq = |column: &str, deptype: &str| {
+        shd.iter()
+            .find(|s| s.column == column && s.deptype == deptype)
+            .map(|s| s.sequence.clone())
+    };
+    Ok(src
+        .into_iter()
+        .map(|s| {
+            if s.deptype == "i" {
+                SequenceCarry::Identity {
+                    kind: first_char(s.identity),
+                    shadow_sequence: shadow_seq(&s.column, "i"),
+                    column: s.column,
+                    sequence: s.sequence,
+                    options: s.options,
+                }
+            } else {
+                SequenceCarry::Owned {
+                    shadow_sequence: shadow_seq(&s.column, "a"),
+                    column: s.column,
+                    sequence: s.sequence,
+                    default: s.default,
+                }
+            }
+        })
+        .collect())
+}

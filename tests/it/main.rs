@@ -3,5 +3,6 @@
 mod support;
 
 mod harness;
+mod pgoutput;
 mod replication;
 mod workload;

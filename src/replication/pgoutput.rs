@@ -155,7 +155,8 @@ pub enum LogicalMessage {
 pub struct Begin {
     /// LSN of the commit record (the transaction's final LSN).
     pub final_lsn: Lsn,
-    /// Commit time, microseconds since 2000-01-01 UTC.
+    /// Commit time, microseconds since 2000-01-01 UTC; for a transaction
+    /// replayed under a replication origin, the origin's commit time.
     pub commit_time: i64,
     /// Transaction id.
     pub xid: u32,
@@ -224,12 +225,13 @@ pub struct RelationColumn {
     pub type_modifier: i32,
 }
 
-/// `Y`.
+/// `Y`: sent before a Relation for each column of a user-defined type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeMessage {
-    /// Type OID.
+    /// Type OID (the column's `atttypid`, a domain's own OID for a domain).
     pub oid: u32,
-    /// Namespace (`pg_catalog` when sent empty).
+    /// Namespace (`pg_catalog` when sent empty). For a domain the server sends
+    /// its base type's namespace and name, not the domain's.
     pub namespace: String,
     /// Type name.
     pub name: String,
@@ -312,7 +314,8 @@ pub struct Truncate {
 pub struct Message {
     /// Emitted transactionally (delivered at its transaction's commit, in order).
     pub transactional: bool,
-    /// LSN of the message record.
+    /// End LSN of the message's WAL record: the value `pg_logical_emit_message`
+    /// returned to the writer (the server sends the record's end, not its start).
     pub lsn: Lsn,
     /// Prefix given to `pg_logical_emit_message`.
     pub prefix: String,

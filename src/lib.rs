@@ -27,5 +27,6 @@ pub mod pg;
 pub mod plan;
 pub mod replication;
 pub mod telemetry;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -39,6 +39,7 @@ pub mod status;
 pub mod swap;
 pub mod telemetry;
 pub mod throttle;
+pub mod verify;
 pub mod workload;
 
 pub use error::{Error, Result};

@@ -12,4 +12,5 @@ mod replication;
 mod rewrite;
 mod state;
 mod swap;
+mod verify;
 mod workload;

@@ -39,26 +39,48 @@ pub async fn abort(spec: &ConnSpec, tables: &[QualifiedName]) -> Result<Vec<Abor
     let mut done_jobs = Vec::new();
     for t in tables {
         let Some(job) = jobs.iter().find(|j| j.source == *t) else {
-            results.push(AbortResult { table: t.to_string(), outcome: "no_job".into(), with: vec![] });
+            results.push(AbortResult {
+                table: t.to_string(),
+                outcome: "no_job".into(),
+                with: vec![],
+            });
             continue;
         };
         if job.phase() == Some(Phase::CutOver) {
-            results.push(AbortResult { table: t.to_string(), outcome: "already_cut_over".into(), with: vec![] });
+            results.push(AbortResult {
+                table: t.to_string(),
+                outcome: "already_cut_over".into(),
+                with: vec![],
+            });
             continue;
         }
-        let members: Vec<&state::JobRow> =
-            jobs.iter().filter(|j| j.job_id == job.job_id && j.phase() != Some(Phase::CutOver)).collect();
-        let with: Vec<String> = members.iter().filter(|j| j.source != *t).map(|j| j.table.clone()).collect();
+        let members: Vec<&state::JobRow> = jobs
+            .iter()
+            .filter(|j| j.job_id == job.job_id && j.phase() != Some(Phase::CutOver))
+            .collect();
+        let with: Vec<String> = members
+            .iter()
+            .filter(|j| j.source != *t)
+            .map(|j| j.table.clone())
+            .collect();
         if !done_jobs.contains(&job.job_id) {
             done_jobs.push(job.job_id);
             abort_job(spec, &admin, &members).await?;
         }
-        results.push(AbortResult { table: t.to_string(), outcome: "aborted".into(), with });
+        results.push(AbortResult {
+            table: t.to_string(),
+            outcome: "aborted".into(),
+            with,
+        });
     }
     Ok(results)
 }
 
-async fn abort_job(spec: &ConnSpec, admin: &Client, members: &[&state::JobRow]) -> Result<(), Error> {
+async fn abort_job(
+    spec: &ConnSpec,
+    admin: &Client,
+    members: &[&state::JobRow],
+) -> Result<(), Error> {
     for j in members {
         // Tell the owner; ignore a refused transition (already aborted/failed).
         let _ = state::set_phase(admin, &j.source, Phase::Aborted).await;
@@ -69,7 +91,10 @@ async fn abort_job(spec: &ConnSpec, admin: &Client, members: &[&state::JobRow]) 
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             let active = slot_active(admin, slot).await?;
-            let rows_left = state::list_jobs(admin).await?.iter().any(|r| members.iter().any(|m| m.job_id == r.job_id));
+            let rows_left = state::list_jobs(admin)
+                .await?
+                .iter()
+                .any(|r| members.iter().any(|m| m.job_id == r.job_id));
             if !rows_left {
                 info!(slot, "the job's owner cleaned up");
                 return Ok(());
@@ -95,7 +120,10 @@ async fn abort_job(spec: &ConnSpec, admin: &Client, members: &[&state::JobRow]) 
 /// absence as `None` when missing or idle.
 async fn slot_active(admin: &Client, slot: &str) -> Result<Option<i32>, Error> {
     let row = admin
-        .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
         .await
         .map_err(Error::db("read pg_replication_slots"))?;
     Ok(row.and_then(|r| r.get::<_, Option<i32>>(0)))
@@ -107,22 +135,32 @@ async fn slot_active(admin: &Client, slot: &str) -> Result<Option<i32>, Error> {
 pub async fn drop_slot(_spec: &ConnSpec, admin: &Client, slot: &str) {
     for attempt in 0..50 {
         let row = admin
-            .query_opt("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+            .query_opt(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
             .await;
         match row {
             Ok(None) => return,
             Ok(Some(r)) => {
                 if let Some(pid) = r.get::<_, Option<i32>>(0) {
                     if attempt >= 10 {
-                        let _ = admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await;
+                        let _ = admin
+                            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                            .await;
                     }
                 } else {
-                    match admin.execute("SELECT pg_drop_replication_slot($1)", &[&slot]).await {
+                    match admin
+                        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                        .await
+                    {
                         Ok(_) => {
                             info!(slot, "replication slot dropped");
                             return;
                         }
-                        Err(e) => warn!(slot, error = %crate::error::chain(&e), "dropping the slot; retrying"),
+                        Err(e) => {
+                            warn!(slot, error = %crate::error::chain(&e), "dropping the slot; retrying")
+                        }
                     }
                 }
             }
@@ -138,14 +176,23 @@ pub async fn drop_slot(_spec: &ConnSpec, admin: &Client, slot: &str) {
 
 /// `DROP PUBLICATION IF EXISTS`, logged on failure.
 pub async fn drop_publication(admin: &Client, publication: &str) {
-    if let Err(e) = admin.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication))).await {
+    if let Err(e) = admin
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote_ident(publication)
+        ))
+        .await
+    {
         warn!(publication, error = %crate::error::chain(&e), "could not drop the publication");
     }
 }
 
 /// `DROP TABLE IF EXISTS shadow`, logged on failure.
 pub async fn drop_shadow(admin: &Client, shadow: &QualifiedName) {
-    if let Err(e) = admin.batch_execute(&format!("DROP TABLE IF EXISTS {}", shadow.quoted())).await {
+    if let Err(e) = admin
+        .batch_execute(&format!("DROP TABLE IF EXISTS {}", shadow.quoted()))
+        .await
+    {
         warn!(shadow = %shadow, error = %crate::error::chain(&e), "could not drop the shadow");
     }
 }

@@ -23,7 +23,8 @@ pub fn conn_spec(dsn: Option<&str>) -> Result<ConnSpec, Error> {
 pub fn parse_tables(tables: &[String]) -> Result<Vec<QualifiedName>, Error> {
     let mut out: Vec<QualifiedName> = Vec::with_capacity(tables.len());
     for t in tables {
-        let q = QualifiedName::parse(t, "public").map_err(|e| Error::Config(format!("--table: {e}")))?;
+        let q = QualifiedName::parse(t, "public")
+            .map_err(|e| Error::Config(format!("--table: {e}")))?;
         if !out.contains(&q) {
             out.push(q);
         }
@@ -37,7 +38,10 @@ pub fn print(text: &str) -> Result<(), Error> {
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Error::Io { context: "write to stdout".into(), source: e }),
+        Err(e) => Err(Error::Io {
+            context: "write to stdout".into(),
+            source: e,
+        }),
     }
 }
 
@@ -48,14 +52,15 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    let _ = tx.send(true);
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        let _ = tx.send(true);
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
@@ -85,7 +90,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
 
 async fn plan(dsn: Option<&str>, a: PlanArgs) -> Result<ExitCode, Error> {
     let spec = conn_spec(dsn)?;
-    let parent = QualifiedName::parse(&a.parent.parent, "public").map_err(|e| Error::Config(format!("--parent: {e}")))?;
+    let parent = QualifiedName::parse(&a.parent.parent, "public")
+        .map_err(|e| Error::Config(format!("--parent: {e}")))?;
     let tables = parse_tables(&a.tables)?;
     let mut client = pg::connect(&spec, "plan").await?;
     let report = crate::plan::preflight::preflight(
@@ -96,7 +102,8 @@ async fn plan(dsn: Option<&str>, a: PlanArgs) -> Result<ExitCode, Error> {
     )
     .await?;
     if a.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
         print(&format!("{text}\n"))?;
     } else {
         print(&format!("{report}\n"))?;
@@ -108,7 +115,8 @@ async fn rewrite(dsn: Option<&str>, a: RewriteArgs) -> Result<ExitCode, Error> {
     let spec = conn_spec(dsn)?;
     let cfg = crate::rewrite::RewriteConfig {
         spec,
-        parent: QualifiedName::parse(&a.parent.parent, "public").map_err(|e| Error::Config(format!("--parent: {e}")))?,
+        parent: QualifiedName::parse(&a.parent.parent, "public")
+            .map_err(|e| Error::Config(format!("--parent: {e}")))?,
         uuid_column: a.parent.uuid_column.clone(),
         tables: parse_tables(&a.tables)?,
         batch: Default::default(),
@@ -133,7 +141,8 @@ async fn status(dsn: Option<&str>, a: StatusArgs) -> Result<ExitCode, Error> {
     let client = pg::connect(&spec, "status").await?;
     let report = crate::status::load(&client).await?;
     if a.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
         print(&format!("{text}\n"))?;
     } else {
         print(&crate::status::render(&report))?;

@@ -285,6 +285,23 @@ pub fn post_copy(table: &TableDetail, parent: &ParentSpec) -> Vec<String> {
             ));
         }
     }
+    out
+}
+
+/// The shadow's foreign keys, all `NOT VALID`: each reference column to the
+/// parent's uuid column, and every other outgoing key as the source has it.
+///
+/// These are created **inside the cutover transaction**, not after the copy.
+/// A foreign key acts on the referencing table from the *referenced* side:
+/// with it in place during streaming, the application's own `DELETE` on a
+/// referenced table would cascade into (or be refused because of) shadow rows
+/// that the stream has not caught up on yet — changing the shadow behind the
+/// apply engine's back, or failing the application's writes. Created under
+/// the swap's locks, after the final drain, the keys see exactly the source's
+/// rows; they are validated after commit, outside the lock.
+pub fn foreign_keys(table: &TableDetail, parent: &ParentSpec) -> Vec<String> {
+    let shadow = table.spec.shadow.quoted();
+    let mut out = Vec::new();
     for fk in &table.foreign_keys {
         let name = quote_ident(&fk.name);
         if fk.to_parent_key {
@@ -770,8 +787,13 @@ mod tests {
     }
 
     #[test]
-    fn post_copy_builds_indexes_then_not_valid_keys() {
-        let sql = post_copy(&sessions(), &parent());
+    fn post_copy_builds_indexes_and_cutover_builds_not_valid_keys() {
+        let mut sql = post_copy(&sessions(), &parent());
+        assert!(
+            !sql.iter().any(|s| s.contains("FOREIGN KEY")),
+            "no key acts on the shadow while streaming"
+        );
+        sql.extend(foreign_keys(&sessions(), &parent()));
         let s = "\"public\".\"_rekey_new_sessions\"";
         assert_eq!(
             sql,

@@ -30,28 +30,45 @@ pub async fn emit(client: &Client, token: &str) -> Result<Lsn, Error> {
         .await
         .map_err(Error::db("prepare the fence session"))?;
     let row = client
-        .query_one("SELECT pg_logical_emit_message(true, $1, $2)::text", &[&FENCE_PREFIX, &token])
+        .query_one(
+            "SELECT pg_logical_emit_message(true, $1, $2)::text",
+            &[&FENCE_PREFIX, &token],
+        )
         .await
         .map_err(Error::db("write the fence through the replication stream"))?;
     let text: String = row.get(0);
-    text.parse()
-        .map_err(|e| Error::Precondition(format!("the server returned an unreadable fence position: {e}")))
+    text.parse().map_err(|e| {
+        Error::Precondition(format!(
+            "the server returned an unreadable fence position: {e}"
+        ))
+    })
 }
 
 /// Wait until every listed job's applied LSN is past `fence`, polling.
 /// Returns `Ok(true)` when drained, `Ok(false)` when `deadline` came first.
-pub async fn wait_drained(client: &Client, job_ids: &[uuid::Uuid], fence: Lsn, deadline: Instant) -> Result<bool, Error> {
+pub async fn wait_drained(
+    client: &Client,
+    job_ids: &[uuid::Uuid],
+    fence: Lsn,
+    deadline: Instant,
+) -> Result<bool, Error> {
     let mut pause = Duration::from_millis(1);
     loop {
         let row = client
             .query_one(
-                "SELECT count(*) FILTER (WHERE applied_lsn IS NULL OR applied_lsn <= $2::text::pg_lsn)
+                "SELECT count(*) FILTER (WHERE applied_lsn IS NULL OR applied_lsn <= $2::text::pg_lsn),
+                        min(format('%s.%s: %s', source_schema, source_table, last_error)) FILTER (WHERE phase = 'failed')
                    FROM pgrekey.jobs WHERE job_id = ANY($1)",
                 &[&job_ids, &fence.to_string()],
             )
             .await
             .map_err(Error::db("read the jobs' applied positions"))?;
         let behind: i64 = row.get(0);
+        if let Some(failed) = row.get::<_, Option<String>>(1) {
+            return Err(Error::Precondition(format!(
+                "a job stopped while draining to the fence: {failed}"
+            )));
+        }
         if behind == 0 {
             return Ok(true);
         }

@@ -122,7 +122,13 @@ pub async fn run(
     }
     {
         let mut pf = pg::connect(&cfg.spec, "rewrite-preflight").await?;
-        let report = crate::plan::preflight::preflight(&mut pf, &cfg.parent, &cfg.uuid_column, Some(&cfg.tables)).await?;
+        let report = crate::plan::preflight::preflight(
+            &mut pf,
+            &cfg.parent,
+            &cfg.uuid_column,
+            Some(&cfg.tables),
+        )
+        .await?;
         if report.has_blockers() {
             return Err(Error::Precondition(format!(
                 "preflight found blockers; nothing was created:\n{report}"
@@ -168,7 +174,10 @@ pub async fn run(
 }
 
 async fn register(admin: &Client, o: &JobObjects, details: &[TableDetail]) -> Result<(), Error> {
-    admin.batch_execute("BEGIN").await.map_err(Error::db("begin job registration"))?;
+    admin
+        .batch_execute("BEGIN")
+        .await
+        .map_err(Error::db("begin job registration"))?;
     for d in details {
         let job = NewJob {
             job_id: o.job_id,
@@ -184,7 +193,10 @@ async fn register(admin: &Client, o: &JobObjects, details: &[TableDetail]) -> Re
             return Err(e.into());
         }
     }
-    admin.batch_execute("COMMIT").await.map_err(Error::db("commit job registration"))
+    admin
+        .batch_execute("COMMIT")
+        .await
+        .map_err(Error::db("commit job registration"))
 }
 
 type Prepared = (ReplicationClient, Lsn, IdMap);
@@ -202,7 +214,10 @@ async fn prepare_and_copy(
 ) -> Result<Option<Prepared>, Error> {
     // Shadows first, then the publication: both before the slot, so their DDL
     // is never decoded.
-    admin.batch_execute("BEGIN").await.map_err(Error::db("begin shadow creation"))?;
+    admin
+        .batch_execute("BEGIN")
+        .await
+        .map_err(Error::db("begin shadow creation"))?;
     for d in details {
         for stmt in crate::ddl::create_shadow(d, parent) {
             if let Err(e) = admin.batch_execute(&stmt).await {
@@ -215,7 +230,10 @@ async fn prepare_and_copy(
                 } else {
                     String::new()
                 };
-                return Err(Error::Db { context: format!("create the shadow of {}{hint}", d.spec.source), source: e });
+                return Err(Error::Db {
+                    context: format!("create the shadow of {}{hint}", d.spec.source),
+                    source: e,
+                });
             }
         }
     }
@@ -228,16 +246,21 @@ async fn prepare_and_copy(
     );
     if let Err(e) = admin.batch_execute(&create_pub).await {
         let _ = admin.batch_execute("ROLLBACK").await;
-        return Err(Error::Db { context: "create the publication".into(), source: e });
+        return Err(Error::Db {
+            context: "create the publication".into(),
+            source: e,
+        });
     }
-    admin.batch_execute("COMMIT").await.map_err(Error::db("commit shadow creation"))?;
+    admin
+        .batch_execute("COMMIT")
+        .await
+        .map_err(Error::db("commit shadow creation"))?;
 
     let mut repl = ReplicationClient::connect(&cfg.spec).await?;
     let slot = repl.create_slot(&o.slot, SnapshotAction::Export).await?;
-    let snapshot = slot
-        .snapshot_name
-        .clone()
-        .ok_or_else(|| Error::Precondition("the server exported no snapshot with the slot".into()))?;
+    let snapshot = slot.snapshot_name.clone().ok_or_else(|| {
+        Error::Precondition("the server exported no snapshot with the slot".into())
+    })?;
     state::record_snapshot(admin, o.job_id, slot.consistent_point, Some(&snapshot)).await?;
     info!(slot = %o.slot, consistent_point = %slot.consistent_point, "slot created");
 
@@ -257,7 +280,9 @@ async fn prepare_and_copy(
         sources.push(s);
         targets.push(pg::connect(&cfg.spec, "copy-target").await?);
     }
-    let map = IdMap::load(&sources[0], parent).await.map_err(|e| Error::Data(e.to_string()))?;
+    let map = IdMap::load(&sources[0], parent)
+        .await
+        .map_err(|e| Error::Data(e.to_string()))?;
     info!(parent = %parent.table, entries = map.len(), memory_bytes = map.memory_bytes(), "id map loaded under the snapshot");
 
     for d in details {
@@ -323,18 +348,33 @@ async fn stream_until_done(
     let mut repl = Some(repl);
     let mut attempt = 0u32;
     loop {
-        let applied = state::applied_lsn(admin, o.job_id).await?.unwrap_or(consistent);
+        let applied = state::applied_lsn(admin, o.job_id)
+            .await?
+            .unwrap_or(consistent);
         let client = match repl.take() {
             Some(c) => c,
             None => ReplicationClient::connect(&cfg.spec).await?,
         };
         let stream = client
-            .start_replication(&o.slot, applied, std::slice::from_ref(&o.publication), StartOptions::default())
+            .start_replication(
+                &o.slot,
+                applied,
+                std::slice::from_ref(&o.publication),
+                StartOptions::default(),
+            )
             .await?;
         info!(from = %applied, "streaming");
         let apply_session = pg::connect(&cfg.spec, "apply").await?;
-        let mut applier =
-            Applier::new(apply_session, o.job_id, specs.clone(), parent.clone(), map.clone(), applied, cfg.batch).await?;
+        let mut applier = Applier::new(
+            apply_session,
+            o.job_id,
+            specs.clone(),
+            parent.clone(),
+            map.clone(),
+            applied,
+            cfg.batch,
+        )
+        .await?;
         let result = apply_loop(admin, o, &mut applier, stream, progress, shutdown).await;
         match result {
             Ok((LoopEnd::CutOver, stream)) => {
@@ -473,7 +513,10 @@ async fn lag_bytes(admin: &Client, applied: Lsn) -> Result<u64, Error> {
         .await
         .map_err(Error::db("read the current WAL position"))?;
     let cur: String = row.get(0);
-    Ok(cur.parse::<Lsn>().map(|c| c.bytes_since(applied)).unwrap_or(0))
+    Ok(cur
+        .parse::<Lsn>()
+        .map(|c| c.bytes_since(applied))
+        .unwrap_or(0))
 }
 
 /// What to remove when a job ends.

@@ -43,7 +43,10 @@ pub struct TableStatus {
 pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
     let jobs = state::list_jobs(client).await?;
     let current: Option<String> = client
-        .query_one("SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END", &[])
+        .query_one(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
+            &[],
+        )
         .await
         .map_err(Error::db("read the current WAL position"))?
         .get(0);
@@ -123,18 +126,34 @@ pub fn render(rows: &[TableStatus]) -> String {
             r.phase.clone(),
             format!("{}/{}", r.rows_copied, r.rows_estimate),
             r.lag_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
-            r.wal_retained_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
+            r.wal_retained_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "-".into()),
             r.old_table.clone().unwrap_or_else(|| "-".into()),
             r.error.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..7).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..7)
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for l in lines {
         let cells: Vec<String> = l
             .iter()
             .enumerate()
-            .map(|(i, c)| if i == 6 { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
+            .map(|(i, c)| {
+                if i == 6 {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
@@ -167,7 +186,10 @@ mod tests {
         let text = render(&[row]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert!(lines[1].starts_with("public.sessions  streaming  10/12  2.0 KiB  5.0 MiB"), "{text}");
+        assert!(
+            lines[1].starts_with("public.sessions  streaming  10/12  2.0 KiB  5.0 MiB"),
+            "{text}"
+        );
         assert_eq!(render(&[]), "no pg-rekey jobs\n");
     }
 }

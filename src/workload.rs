@@ -482,7 +482,7 @@ async fn write_once(
                         "INSERT INTO message_reads (message_id, reader_id)
                          SELECT m.id, {} FROM users u, (SELECT id FROM chat_messages ORDER BY id DESC LIMIT 1 OFFSET $2) m
                          WHERE u.id = $1 ON CONFLICT DO NOTHING",
-                        format!("u.{}", modes.expr(4))
+                        "u.".to_owned() + modes.expr(4)
                     ),
                     &[&user, &(rng.below(20) as i64)],
                 )

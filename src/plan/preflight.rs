@@ -850,11 +850,7 @@ async fn try_shadow_ddl(
     }
     let t = detail.name();
     let mut statements = crate::ddl::create_shadow(detail, parent);
-    statements.extend(
-        crate::ddl::post_copy(detail, parent)
-            .into_iter()
-            .filter(|s| !s.contains(" FOREIGN KEY ")),
-    );
+    statements.extend(crate::ddl::post_copy(detail, parent));
     let txn = client
         .transaction()
         .await

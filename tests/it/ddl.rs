@@ -1,7 +1,7 @@
 //! Shadow DDL executed on the real server, compared with the source in the catalogs.
 
 use pg_rekey::ddl::{
-    create_shadow, identity_catch_up, post_copy, renames, shadow_name, ObjectRename,
+    create_shadow, foreign_keys, identity_catch_up, post_copy, renames, shadow_name, ObjectRename,
     MAX_IDENT_BYTES,
 };
 use pg_rekey::pg::{quote_ident, QualifiedName};
@@ -193,6 +193,7 @@ async fn the_shadow_has_the_source_shape_with_uuid_references() {
     assert_eq!(opts, Some(vec!["fillfactor=80".to_string()]));
 
     exec_all(&c, &post_copy(&detail, &parent)).await;
+    exec_all(&c, &foreign_keys(&detail, &parent)).await;
 
     let (src_idx, _) = indexes(&c, &posts).await;
     let (shadow_idx, shadow_idx_names) = indexes(&c, &shadow).await;

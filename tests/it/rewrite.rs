@@ -19,7 +19,10 @@ fn cfg(db: &TestDb, tables: &[&str]) -> RewriteConfig {
         spec: db.spec.clone(),
         parent: QualifiedName::new("public", "users"),
         uuid_column: "uuid_id".into(),
-        tables: tables.iter().map(|t| QualifiedName::new("public", *t)).collect(),
+        tables: tables
+            .iter()
+            .map(|t| QualifiedName::new("public", *t))
+            .collect(),
         batch: Default::default(),
         copy: Default::default(),
         copy_sessions: 2,
@@ -28,16 +31,20 @@ fn cfg(db: &TestDb, tables: &[&str]) -> RewriteConfig {
 
 /// Wait until every job row of the tables is in `phase`.
 pub async fn wait_phase(c: &Client, tables: &[&str], phase: &str) {
-    wait_for(&format!("{tables:?} to be {phase}"), Duration::from_secs(120), || async {
-        let jobs = state::list_jobs(c).await.ok()?;
-        let ok = tables.iter().all(|t| {
-            jobs.iter().any(|j| j.source.name == *t && j.phase == phase)
-        });
-        if let Some(failed) = jobs.iter().find(|j| j.phase == "failed") {
-            panic!("job failed: {:?}", failed.error);
-        }
-        ok.then_some(())
-    })
+    wait_for(
+        &format!("{tables:?} to be {phase}"),
+        Duration::from_secs(120),
+        || async {
+            let jobs = state::list_jobs(c).await.ok()?;
+            let ok = tables
+                .iter()
+                .all(|t| jobs.iter().any(|j| j.source.name == *t && j.phase == phase));
+            if let Some(failed) = jobs.iter().find(|j| j.phase == "failed") {
+                panic!("job failed: {:?}", failed.error);
+            }
+            ok.then_some(())
+        },
+    )
     .await
 }
 
@@ -46,9 +53,10 @@ pub async fn catch_up(c: &Client) {
     let jobs = state::list_jobs(c).await.unwrap();
     let ids: Vec<uuid::Uuid> = jobs.iter().map(|j| j.job_id).collect();
     let fence = pg_rekey::fence::emit(c, "test").await.unwrap();
-    let drained = pg_rekey::fence::wait_drained(c, &ids, fence, Instant::now() + Duration::from_secs(120))
-        .await
-        .unwrap();
+    let drained =
+        pg_rekey::fence::wait_drained(c, &ids, fence, Instant::now() + Duration::from_secs(120))
+            .await
+            .unwrap();
     assert!(drained, "jobs did not apply past the fence");
 }
 
@@ -63,17 +71,31 @@ fn refs_of(table: &str) -> &'static [&'static str] {
 
 async fn assert_no_leftovers(c: &Client) {
     let slots: i64 = c
-        .query_one("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    let pubs: i64 = c.query_one("SELECT count(*) FROM pg_publication", &[]).await.unwrap().get(0);
+    let pubs: i64 = c
+        .query_one("SELECT count(*) FROM pg_publication", &[])
+        .await
+        .unwrap()
+        .get(0);
     let shadows: i64 = c
-        .query_one("SELECT count(*) FROM pg_class WHERE relname LIKE '\\_rekey\\_%' AND relkind = 'r'", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_rekey\\_%' AND relkind = 'r'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!((slots, pubs, shadows), (0, 0, 0), "slots, publications, shadows left behind");
+    assert_eq!(
+        (slots, pubs, shadows),
+        (0, 0, 0),
+        "slots, publications, shadows left behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +106,9 @@ async fn shadows_equal_sources_under_concurrent_writes() {
     workload::seed(&c, 500, 5_000).await.unwrap();
 
     // Writers run through the copy and the streaming.
-    let load = Workload::start(&db.spec, WorkloadOptions::default()).await.unwrap();
+    let load = Workload::start(&db.spec, WorkloadOptions::default())
+        .await
+        .unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
     let config = cfg(&db, REFERENCING_TABLES);
     let progress = Arc::new(RewriteProgress::default());
@@ -106,23 +130,51 @@ async fn shadows_equal_sources_under_concurrent_writes() {
 
     for t in REFERENCING_TABLES {
         let shadow = format!("public._rekey_new_{t}");
-        let (missing, extra) = compare_translated(&c, &format!("public.{t}"), &shadow, refs_of(t), "users", "id", "uuid_id").await;
-        assert_eq!((missing, extra), (0, 0), "{t}: shadow differs from the translated source; {}", stats.summary());
-        let n: i64 = c.query_one(&format!("SELECT count(*) FROM {shadow}"), &[]).await.unwrap().get(0);
+        let (missing, extra) = compare_translated(
+            &c,
+            &format!("public.{t}"),
+            &shadow,
+            refs_of(t),
+            "users",
+            "id",
+            "uuid_id",
+        )
+        .await;
+        assert_eq!(
+            (missing, extra),
+            (0, 0),
+            "{t}: shadow differs from the translated source; {}",
+            stats.summary()
+        );
+        let n: i64 = c
+            .query_one(&format!("SELECT count(*) FROM {shadow}"), &[])
+            .await
+            .unwrap()
+            .get(0);
         assert!(n > 0, "{t} shadow is empty");
     }
     // The TOASTed payload survived updates that left it unchanged.
     let big: i64 = c
-        .query_one("SELECT count(*) FROM public._rekey_new_sessions WHERE length(payload) > 5000", &[])
+        .query_one(
+            "SELECT count(*) FROM public._rekey_new_sessions WHERE length(payload) > 5000",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert!(big > 0);
-    assert!(progress.changes_applied.load(Ordering::Relaxed) > 0 || stats.commits.load(Ordering::Relaxed) > 0);
+    assert!(
+        progress.changes_applied.load(Ordering::Relaxed) > 0
+            || stats.commits.load(Ordering::Relaxed) > 0
+    );
 
     // Ctrl-C: everything the job created is removed.
     stop_tx.send(true).unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(60), job).await.unwrap().unwrap().unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome, RewriteOutcome::Aborted);
     assert_no_leftovers(&c).await;
     assert!(state::list_jobs(&c).await.unwrap().is_empty());

@@ -91,6 +91,7 @@ pub struct TestDb {
 impl TestDb {
     /// Create a fresh, empty database (and the auth-test roles on first use).
     pub async fn new() -> TestDb {
+        init_logging();
         let srv = server();
         let name = format!(
             "t{}_{}",
@@ -214,14 +215,33 @@ pub async fn compare_translated(
     let src_q = format!("SELECT {} FROM {source} s", src_list.join(", "));
     let sh_q = format!("SELECT {} FROM {shadow} t", shadow_list.join(", "));
     let missing: i64 = c
-        .query_one(&format!("SELECT count(*) FROM ({src_q} EXCEPT ALL {sh_q}) d"), &[])
+        .query_one(
+            &format!("SELECT count(*) FROM ({src_q} EXCEPT ALL {sh_q}) d"),
+            &[],
+        )
         .await
         .expect("compare source to shadow")
         .get(0);
     let extra: i64 = c
-        .query_one(&format!("SELECT count(*) FROM ({sh_q} EXCEPT ALL {src_q}) d"), &[])
+        .query_one(
+            &format!("SELECT count(*) FROM ({sh_q} EXCEPT ALL {src_q}) d"),
+            &[],
+        )
         .await
         .expect("compare shadow to source")
         .get(0);
     (missing, extra)
+}
+
+/// Route pg-rekey's logs to the test output (`RUST_LOG` filters; default warn).
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
 }

@@ -243,7 +243,7 @@ fn shadow_index_name(idx: &crate::plan::catalog::IndexDetail) -> String {
 }
 
 /// Indexes, constraints and foreign keys to build after the copy; see the module docs.
-pub fn post_copy(table: &TableDetail, parent: &ParentSpec) -> Vec<String> {
+pub fn post_copy(table: &TableDetail) -> Vec<String> {
     let shadow = table.spec.shadow.quoted();
     let mut out = Vec::new();
     for idx in &table.indexes {
@@ -820,7 +820,7 @@ mod tests {
         let sql = create_shadow(&t, &parent());
         assert_eq!(sql[1], "CREATE UNIQUE INDEX \"_rekey_new_by_user\" ON \"public\".\"_rekey_new_sessions\" USING btree (user_id, token) WHERE (token IS NOT NULL)");
         assert_eq!(sql[2], "ALTER TABLE \"public\".\"_rekey_new_sessions\" REPLICA IDENTITY USING INDEX \"_rekey_new_by_user\"");
-        let post = post_copy(&t, &parent());
+        let post = post_copy(&t);
         assert!(!post
             .iter()
             .any(|s| s.contains("CREATE INDEX \"_rekey_new_by_user\"")));

@@ -311,7 +311,7 @@ async fn prepare_and_copy(
     drop(sources);
     for d in details {
         let started = Instant::now();
-        for stmt in crate::ddl::post_copy(d, parent) {
+        for stmt in crate::ddl::post_copy(d) {
             tokio::select! {
                 r = admin.batch_execute(&stmt) => r.map_err(Error::db(format!("build indexes and constraints of {}", d.spec.shadow)))?,
                 _ = shutdown.changed() => return Ok(None),

@@ -850,7 +850,7 @@ async fn try_shadow_ddl(
     }
     let t = detail.name();
     let mut statements = crate::ddl::create_shadow(detail, parent);
-    statements.extend(crate::ddl::post_copy(detail, parent));
+    statements.extend(crate::ddl::post_copy(detail));
     let txn = client
         .transaction()
         .await

@@ -192,7 +192,7 @@ async fn the_shadow_has_the_source_shape_with_uuid_references() {
     assert_eq!(comment.as_deref(), Some("Blog posts"));
     assert_eq!(opts, Some(vec!["fillfactor=80".to_string()]));
 
-    exec_all(&c, &post_copy(&detail, &parent)).await;
+    exec_all(&c, &post_copy(&detail)).await;
     exec_all(&c, &foreign_keys(&detail, &parent)).await;
 
     let (src_idx, _) = indexes(&c, &posts).await;
@@ -345,7 +345,7 @@ async fn long_and_multibyte_names_give_valid_distinct_shadows() {
         let t = QualifiedName::new("public", n.clone());
         let d = load_table(&c, &t, &parent).await.unwrap();
         exec_all(&c, &create_shadow(&d, &parent)).await;
-        exec_all(&c, &post_copy(&d, &parent)).await;
+        exec_all(&c, &post_copy(&d)).await;
         // The server kept the name as given (it would silently truncate a longer one).
         let stored: String = c
             .query_one(

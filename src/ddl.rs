@@ -788,7 +788,7 @@ mod tests {
 
     #[test]
     fn post_copy_builds_indexes_and_cutover_builds_not_valid_keys() {
-        let mut sql = post_copy(&sessions(), &parent());
+        let mut sql = post_copy(&sessions());
         assert!(
             !sql.iter().any(|s| s.contains("FOREIGN KEY")),
             "no key acts on the shadow while streaming"

@@ -26,8 +26,15 @@ CREATE TABLE IF NOT EXISTS pgrekey.jobs (
     last_error       text,
     owner_pid        integer,
     owner_host       text,
+    parent_schema    text,
+    parent_table     text,
+    parent_uuid_column text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (source_schema, source_table)
 );
 CREATE INDEX IF NOT EXISTS jobs_job_id ON pgrekey.jobs (job_id);
+-- Added after the first release of the table; a no-op on new installs.
+ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS parent_schema text;
+ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS parent_table text;
+ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS parent_uuid_column text;

@@ -147,7 +147,7 @@ pub async fn run(
     };
     let span = tracing::info_span!("rewrite", job = %short);
     async move {
-        register(&admin, &objects, &details).await?;
+        register(&admin, &objects, &details, &parent).await?;
         info!(tables = ?cfg.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(), slot = %objects.slot, "job registered");
         let prepared = prepare_and_copy(cfg, &admin, &objects, &details, &parent, &progress, &mut shutdown).await;
         let (repl, consistent, map) = match prepared {
@@ -173,7 +173,12 @@ pub async fn run(
     .await
 }
 
-async fn register(admin: &Client, o: &JobObjects, details: &[TableDetail]) -> Result<(), Error> {
+async fn register(
+    admin: &Client,
+    o: &JobObjects,
+    details: &[TableDetail],
+    parent: &ParentSpec,
+) -> Result<(), Error> {
     admin
         .batch_execute("BEGIN")
         .await
@@ -187,6 +192,8 @@ async fn register(admin: &Client, o: &JobObjects, details: &[TableDetail]) -> Re
             slot_name: o.slot.clone(),
             publication_name: o.publication.clone(),
             rows_estimate: d.row_estimate.max(0),
+            parent: parent.table.clone(),
+            parent_uuid_column: parent.uuid_column.clone(),
         };
         if let Err(e) = state::register_job(admin, &job).await {
             let _ = admin.batch_execute("ROLLBACK").await;

@@ -203,6 +203,10 @@ pub struct NewJob {
     pub publication_name: String,
     /// Estimated rows to copy.
     pub rows_estimate: i64,
+    /// The parent table the references point at.
+    pub parent: QualifiedName,
+    /// The parent's uuid column.
+    pub parent_uuid_column: String,
 }
 
 /// Register a table's job (phase `copying`, owner = this process and host).
@@ -213,8 +217,9 @@ pub async fn register_job<C: GenericClient>(client: &C, job: &NewJob) -> Result<
     let inserted = client
         .execute(
             "INSERT INTO pgrekey.jobs (source_schema, source_table, source_oid, job_id, phase, slot_name,
-                 publication_name, shadow_table, rows_estimate, owner_pid, owner_host)
-             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $10)
+                 publication_name, shadow_table, rows_estimate, owner_pid, owner_host,
+                 parent_schema, parent_table, parent_uuid_column)
+             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $10, $11, $12, $13)
              ON CONFLICT (source_schema, source_table) DO NOTHING",
             &[
                 &job.source.schema,
@@ -227,6 +232,9 @@ pub async fn register_job<C: GenericClient>(client: &C, job: &NewJob) -> Result<
                 &job.rows_estimate,
                 &pid,
                 &host,
+                &job.parent.schema,
+                &job.parent.name,
+                &job.parent_uuid_column,
             ],
         )
         .await
@@ -473,6 +481,9 @@ pub struct JobRow {
     /// The shadow table (structured).
     #[serde(skip)]
     pub shadow: QualifiedName,
+    /// The parent table and its uuid column, as the job was started with.
+    #[serde(skip)]
+    pub parent: Option<(QualifiedName, String)>,
 }
 
 impl JobRow {
@@ -492,7 +503,7 @@ fn lsn_text<S: serde::Serializer>(v: &Option<Lsn>, s: S) -> Result<S::Ok, S::Err
 const SELECT_JOBS: &str = "
 SELECT source_schema, source_table, phase, shadow_table, old_table, rows_copied, rows_estimate,
        lag_bytes, last_error, job_id, source_oid, slot_name, publication_name, consistent_lsn,
-       applied_lsn, owner_pid, owner_host,
+       applied_lsn, owner_pid, owner_host, parent_schema, parent_table, parent_uuid_column,
        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at,
        to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS updated_at
 FROM pgrekey.jobs";
@@ -504,7 +515,16 @@ fn job_row(r: &Row) -> JobRow {
     );
     let shadow = QualifiedName::new(source.schema.clone(), r.get::<_, String>("shadow_table"));
     let old: Option<String> = r.get("old_table");
+    let parent = match (
+        r.get::<_, Option<String>>("parent_schema"),
+        r.get::<_, Option<String>>("parent_table"),
+        r.get::<_, Option<String>>("parent_uuid_column"),
+    ) {
+        (Some(s), Some(t), Some(u)) => Some((QualifiedName::new(s, t), u)),
+        _ => None,
+    };
     JobRow {
+        parent,
         table: source.to_string(),
         phase: r.get("phase"),
         shadow_table: shadow.to_string(),

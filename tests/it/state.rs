@@ -20,6 +20,8 @@ fn job(job_id: Uuid, table: &str) -> NewJob {
         slot_name: "pg_rekey_slot".into(),
         publication_name: "pg_rekey_pub".into(),
         rows_estimate: 1000,
+        parent: QualifiedName::new("public", "users"),
+        parent_uuid_column: "uuid_id".into(),
     }
 }
 

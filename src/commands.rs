@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::cli::{AbortArgs, Cli, Command, PlanArgs, RewriteArgs, StatusArgs};
+use crate::cli::{AbortArgs, Cli, Command, CutoverArgs, PlanArgs, RewriteArgs, StatusArgs};
 use crate::error::Error;
 use crate::pg::{self, ConnSpec, QualifiedName};
 
@@ -82,7 +82,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Rewrite(a) => rewrite(dsn, a).await,
         Command::Status(a) => status(dsn, a).await,
         Command::Abort(a) => abort(dsn, a).await,
-        Command::Cutover(_) | Command::Verify(_) => Err(Error::Config(
+        Command::Cutover(a) => cutover(dsn, a).await,
+        Command::Verify(_) => Err(Error::Config(
             "this command is not built yet in this version of pg-rekey".into(),
         )),
     }
@@ -170,4 +171,61 @@ async fn abort(dsn: Option<&str>, a: AbortArgs) -> Result<ExitCode, Error> {
     }
     print(&text)?;
     Ok(0)
+}
+
+async fn cutover(dsn: Option<&str>, a: CutoverArgs) -> Result<ExitCode, Error> {
+    let cfg = crate::cutover::CutoverConfig {
+        spec: conn_spec(dsn)?,
+        tables: parse_tables(&a.tables)?,
+        lock_timeout: a.lock.lock_timeout,
+        max_hold: a.lock.max_hold,
+        attempts: a.lock.attempts,
+        backoff: a.lock.backoff,
+        max_lag_bytes: a.lock.max_lag_bytes,
+        dry_run: a.dry_run,
+        skip_verify: a.skip_verify,
+        verify_chunk_rows: 10_000,
+    };
+    let report = crate::cutover::run(&cfg).await?;
+    print(&render_cutover(&report))?;
+    Ok(if report.swapped || cfg.dry_run { 0 } else { 1 })
+}
+
+/// Human summary of a cutover.
+pub fn render_cutover(r: &crate::cutover::CutoverReport) -> String {
+    let mut out = String::new();
+    if !r.dry_run_sql.is_empty() {
+        out.push_str("-- dry run: the swap would run these statements (nothing was changed)\n");
+        for s in &r.dry_run_sql {
+            out.push_str(s);
+            if !s.starts_with("--") {
+                out.push(';');
+            }
+            out.push('\n');
+        }
+        return out;
+    }
+    for a in &r.attempts {
+        out.push_str(&format!(
+            "attempt {}: {} (lock wait {:.1} ms{})\n",
+            a.attempt,
+            a.outcome,
+            a.lock_wait_ms,
+            a.lock_hold_ms
+                .map(|h| format!(", hold {h:.1} ms"))
+                .unwrap_or_default()
+        ));
+    }
+    if r.swapped {
+        for (t, old) in &r.tables {
+            out.push_str(&format!("{t}: cut over; the original table is now {old}\n"));
+        }
+    }
+    if let Some(reason) = &r.reason {
+        out.push_str(&format!("not cut over: {reason}\n"));
+    }
+    for w in &r.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
 }

@@ -56,6 +56,10 @@ pub enum Error {
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
 
+    /// The swap at cutover.
+    #[error(transparent)]
+    Swap(#[from] crate::swap::SwapError),
+
     /// A precondition on the server or the data does not hold.
     #[error("{0}")]
     Precondition(String),
@@ -102,6 +106,7 @@ impl Error {
             Error::Connect { .. } => true,
             Error::Db { source, .. } => is_transient_pg(source),
             Error::Replication(e) => e.is_transient(),
+            Error::Swap(e) => e.is_transient(),
             _ => false,
         }
     }

@@ -23,6 +23,7 @@ pub mod apply;
 pub mod cli;
 pub mod commands;
 pub mod copy;
+pub mod cutover;
 pub mod ddl;
 pub mod embedded;
 pub mod error;

@@ -3,6 +3,7 @@
 mod support;
 
 mod copy;
+mod cutover;
 mod ddl;
 mod harness;
 mod observe;

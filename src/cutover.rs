@@ -182,8 +182,26 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
     }
 
     if !cfg.skip_verify {
-        // VERIFY-HOOK (wired when the verify command lands)
-        let _ = cfg.verify_chunk_rows;
+        let opts = crate::verify::RunOptions {
+            compare: crate::verify::VerifyOptions {
+                chunk_rows: cfg.verify_chunk_rows.max(1),
+                ..Default::default()
+            },
+            lock_timeout: cfg.lock_timeout,
+            max_hold: cfg.max_hold,
+            ..Default::default()
+        };
+        let verdict = crate::verify::run(&cfg.spec, &cfg.tables, &opts).await?;
+        if !verdict.equal {
+            report.reason = Some(format!(
+                "verify found differences; nothing was swapped:\n{verdict}"
+            ));
+            return Ok(report);
+        }
+        info!(
+            tables = cfg.tables.len(),
+            "verified: every shadow equals its translated source"
+        );
     }
 
     for t in &targets {
@@ -349,7 +367,7 @@ async fn dry_run_sql(
     let mut out = vec![
         "BEGIN".to_string(),
         format!("SET LOCAL lock_timeout = '{}ms'", cfg.lock_timeout.as_millis()),
-        format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", targets.iter().map(|t| t.job.source.quoted()).collect::<Vec<_>>().join(", ")),
+        lock_statements(admin, targets, parent).await?,
         "-- on a second session: SELECT pg_logical_emit_message(true, 'pg_rekey.fence', '<token>'); then wait until every job applied past it".into(),
         format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", targets.iter().map(|t| t.job.shadow.quoted()).collect::<Vec<_>>().join(", ")),
     ];
@@ -462,15 +480,14 @@ async fn attempt_once(
     ))
     .await
     .map_err(|e| fail(started.elapsed(), None, Error::db("set lock_timeout")(e)))?;
-    let sources = targets
-        .iter()
-        .map(|t| t.job.source.quoted())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Err(e) = txn
-        .batch_execute(&format!("LOCK TABLE {sources} IN ACCESS EXCLUSIVE MODE"))
-        .await
-    {
+    let lock_sql = match lock_statements(admin, targets, parent).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = txn.rollback().await;
+            return Err(fail(started.elapsed(), None, e));
+        }
+    };
+    if let Err(e) = txn.batch_execute(&lock_sql).await {
         let wait = started.elapsed();
         let _ = txn.rollback().await;
         if e.as_db_error().is_some_and(|d| d.code().code() == "55P03") {
@@ -575,6 +592,78 @@ async fn attempt_once(
         lock_hold_ms: h.map(ms),
         outcome: "swapped".into(),
     })
+}
+
+/// The lock statements of an attempt, in the order that avoids deadlocks with
+/// the application: dependent views first (a reader holding a view waits for
+/// its base table), then the tables whose foreign keys point at a source and
+/// the parent (the swap and the new foreign keys need `SHARE ROW EXCLUSIVE`
+/// there; an application transaction that wrote the parent and then waits for
+/// a source would otherwise deadlock with a request made later), then the
+/// sources. Taken together, under one `lock_timeout`, before anything else, so
+/// an attempt either holds everything it needs or gives everything back.
+async fn lock_statements(
+    admin: &Client,
+    targets: &[Target],
+    parent: &ParentSpec,
+) -> Result<String, Error> {
+    let oids: Vec<u32> = targets.iter().map(|t| t.job.source_oid).collect();
+    let views = admin
+        .query(
+            "WITH RECURSIVE deps(oid) AS (
+                SELECT r.ev_class FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+                 WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.refobjid = ANY($1) AND r.ev_class <> d.refobjid
+                UNION
+                SELECT r.ev_class FROM deps JOIN pg_depend d ON d.refobjid = deps.oid
+                  JOIN pg_rewrite r ON r.oid = d.objid
+                 WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND r.ev_class <> deps.oid)
+             SELECT n.nspname, c.relname FROM deps JOIN pg_class c ON c.oid = deps.oid
+               JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2",
+            &[&oids],
+        )
+        .await
+        .map_err(Error::db("list the views over the source tables"))?;
+    let referencing = admin
+        .query(
+            "SELECT DISTINCT n.nspname, c.relname FROM pg_constraint con
+               JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE con.contype = 'f' AND con.confrelid = ANY($1) AND NOT con.conrelid = ANY($1)
+              ORDER BY 1, 2",
+            &[&oids],
+        )
+        .await
+        .map_err(Error::db("list the tables referencing the source tables"))?;
+    let name = |r: &tokio_postgres::Row| {
+        QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)).quoted()
+    };
+    let mut out = String::new();
+    if !views.is_empty() {
+        out.push_str(&format!(
+            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; ",
+            views.iter().map(name).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let mut shared: Vec<String> = referencing.iter().map(name).collect();
+    if !targets.iter().any(|t| t.job.source == parent.table) {
+        shared.push(parent.table.quoted());
+    }
+    shared.sort();
+    shared.dedup();
+    out.push_str(&format!(
+        "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE; ",
+        shared.join(", ")
+    ));
+    out.push_str(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        targets
+            .iter()
+            .map(|t| t.job.source.quoted())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok(out)
 }
 
 /// Validate the `NOT VALID` keys, analyze, and see the slots go.

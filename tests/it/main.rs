@@ -14,4 +14,5 @@ mod rewrite;
 mod state;
 mod swap;
 mod verify;
+mod verify_cmd;
 mod workload;

@@ -10,6 +10,7 @@ mod pgoutput;
 mod plan;
 mod replication;
 mod rewrite;
+mod rewrite_scenarios;
 mod state;
 mod swap;
 mod verify;

@@ -11,6 +11,7 @@ mod pgoutput;
 mod plan;
 mod replication;
 mod rewrite;
+mod rewrite_scenarios;
 mod state;
 mod swap;
 mod verify;

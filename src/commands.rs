@@ -125,7 +125,11 @@ async fn rewrite(dsn: Option<&str>, a: RewriteArgs) -> Result<ExitCode, Error> {
         copy_sessions: 2,
     };
     let progress = Arc::new(crate::rewrite::RewriteProgress::default());
-    match crate::rewrite::run(&cfg, shutdown_signal(), progress).await? {
+    let shutdown = shutdown_signal();
+    if a.cutover == crate::cli::CutoverMode::Auto {
+        tokio::spawn(crate::cutover::auto(auto_cutover_config(&cfg, &a.lock), shutdown.clone()));
+    }
+    match crate::rewrite::run(&cfg, shutdown, progress).await? {
         crate::rewrite::RewriteOutcome::CutOver => {
             print("every table is cut over\n")?;
             Ok(0)
@@ -272,4 +276,20 @@ pub async fn verify(dsn: Option<&str>, a: VerifyArgs) -> Result<ExitCode, Error>
         print(&report.to_string())?;
     }
     Ok(report.exit_code())
+}
+
+/// The cutover that `rewrite --cutover auto` runs.
+fn auto_cutover_config(cfg: &crate::rewrite::RewriteConfig, lock: &crate::cli::LockArgs) -> crate::cutover::CutoverConfig {
+    crate::cutover::CutoverConfig {
+        spec: cfg.spec.clone(),
+        tables: cfg.tables.clone(),
+        lock_timeout: lock.lock_timeout,
+        max_hold: lock.max_hold,
+        attempts: lock.attempts,
+        backoff: lock.backoff,
+        max_lag_bytes: lock.max_lag_bytes,
+        dry_run: false,
+        skip_verify: false,
+        verify_chunk_rows: 10_000,
+    }
 }

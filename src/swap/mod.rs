@@ -76,7 +76,7 @@ use crate::error::chain;
 use crate::pg::{quote_ident, QualifiedName};
 
 pub use catalog::load_dependents;
-pub use sql::{swap_sql, swap_sql_many};
+pub use sql::{lock_statements, swap_sql, swap_sql_many};
 
 /// PostgreSQL's identifier limit in bytes (`NAMEDATALEN - 1`).
 pub const MAX_IDENT_BYTES: usize = 63;
@@ -138,7 +138,7 @@ pub enum SwapError {
     },
 
     /// A swap statement failed; the transaction must be rolled back.
-    #[error("swap failed at {object}: {}; roll back (the sources are untouched) and fix {object} so it works with uuid references, or drop it before cutover", chain(source))]
+    #[error("swap failed at {object}: {}; {}", chain(source), statement_advice(source.as_db_error().map(|d| d.code().code()), object))]
     Statement {
         /// The object the failing statement was about (e.g. `view public.v`).
         object: String,
@@ -173,6 +173,19 @@ pub enum SwapError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// What to do after a failed swap statement. A lock that was not granted in
+/// time (or a deadlock, a dropped connection) says nothing about the object:
+/// telling the operator to "fix" a view that merely could not be locked sends
+/// them after the wrong thing. No SQLSTATE means no server error: the
+/// connection broke.
+fn statement_advice(sqlstate: Option<&str>, object: &str) -> String {
+    if sqlstate.is_none_or(crate::error::is_transient_sqlstate) {
+        format!("the transaction is rolled back and the sources are untouched; another session held a lock on {object} or the connection failed — retry the cutover")
+    } else {
+        format!("roll back (the sources are untouched) and fix {object} so it works with uuid references, or drop it before cutover")
+    }
 }
 
 impl SwapError {
@@ -656,6 +669,21 @@ pub async fn validate_after(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn statement_advice_blames_the_object_only_for_a_definite_error() {
+        let view = "view public.active_sessions";
+        for transient in [Some("55P03"), Some("40P01"), Some("08006"), None] {
+            let a = statement_advice(transient, view);
+            assert!(a.contains("retry the cutover"), "{transient:?}: {a}");
+            assert!(!a.contains("fix "), "{transient:?}: {a}");
+        }
+        let a = statement_advice(Some("42883"), view);
+        assert!(
+            a.contains("fix view public.active_sessions so it works with uuid"),
+            "{a}"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -4,6 +4,7 @@ mod support;
 
 mod copy;
 mod cutover;
+mod cutover_deps;
 mod ddl;
 mod harness;
 mod observe;

@@ -127,7 +127,10 @@ async fn rewrite(dsn: Option<&str>, a: RewriteArgs) -> Result<ExitCode, Error> {
     let progress = Arc::new(crate::rewrite::RewriteProgress::default());
     let shutdown = shutdown_signal();
     if a.cutover == crate::cli::CutoverMode::Auto {
-        tokio::spawn(crate::cutover::auto(auto_cutover_config(&cfg, &a.lock), shutdown.clone()));
+        tokio::spawn(crate::cutover::auto(
+            auto_cutover_config(&cfg, &a.lock),
+            shutdown.clone(),
+        ));
     }
     match crate::rewrite::run(&cfg, shutdown, progress).await? {
         crate::rewrite::RewriteOutcome::CutOver => {
@@ -279,7 +282,10 @@ pub async fn verify(dsn: Option<&str>, a: VerifyArgs) -> Result<ExitCode, Error>
 }
 
 /// The cutover that `rewrite --cutover auto` runs.
-fn auto_cutover_config(cfg: &crate::rewrite::RewriteConfig, lock: &crate::cli::LockArgs) -> crate::cutover::CutoverConfig {
+fn auto_cutover_config(
+    cfg: &crate::rewrite::RewriteConfig,
+    lock: &crate::cli::LockArgs,
+) -> crate::cutover::CutoverConfig {
     crate::cutover::CutoverConfig {
         spec: cfg.spec.clone(),
         tables: cfg.tables.clone(),

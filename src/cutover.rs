@@ -371,26 +371,40 @@ async fn dry_run_sql(
         "-- on a second session: SELECT pg_logical_emit_message(true, 'pg_rekey.fence', '<token>'); then wait until every job applied past it".into(),
         format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", targets.iter().map(|t| t.job.shadow.quoted()).collect::<Vec<_>>().join(", ")),
     ];
-    admin
-        .batch_execute("BEGIN")
-        .await
-        .map_err(Error::db("begin the dry run"))?;
-    let result = async {
-        let mut fks = Vec::new();
-        for t in targets {
-            for s in crate::ddl::foreign_keys(&t.detail, parent) {
-                admin
-                    .batch_execute(&s)
-                    .await
-                    .map_err(Error::db(format!("dry run: {s}")))?;
-                fks.push(s);
+    // The swap's SQL depends on the shadows' foreign keys, which only exist
+    // inside the swap: create them in a transaction that is rolled back. That
+    // takes brief locks on the tables they reference, so bound each wait and
+    // retry a few times rather than queue behind the application.
+    let mut result = Err(Error::Config("dry run did not run".into()));
+    for _ in 0..5 {
+        admin
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+                cfg.lock_timeout.as_millis().max(1)
+            ))
+            .await
+            .map_err(Error::db("begin the dry run"))?;
+        result = async {
+            let mut fks = Vec::new();
+            for t in targets {
+                for s in crate::ddl::foreign_keys(&t.detail, parent) {
+                    admin
+                        .batch_execute(&s)
+                        .await
+                        .map_err(Error::db(format!("dry run: {s}")))?;
+                    fks.push(s);
+                }
             }
+            let swap = build_swap(admin, targets).await?;
+            Ok::<_, Error>((fks, swap))
         }
-        let swap = build_swap(admin, targets).await?;
-        Ok::<_, Error>((fks, swap))
+        .await;
+        let _ = admin.batch_execute("ROLLBACK").await;
+        match &result {
+            Err(e) if e.sqlstate() == Some("55P03") => tokio::time::sleep(cfg.backoff).await,
+            _ => break,
+        }
     }
-    .await;
-    let _ = admin.batch_execute("ROLLBACK").await;
     let (fks, swap) = result?;
     out.extend(fks);
     out.extend(swap.sql());
@@ -594,13 +608,14 @@ async fn attempt_once(
     })
 }
 
-/// The lock statements of an attempt, in the order that avoids deadlocks with
-/// the application: dependent views first (a reader holding a view waits for
-/// its base table), then the tables whose foreign keys point at a source and
-/// the parent (the swap and the new foreign keys need `SHARE ROW EXCLUSIVE`
-/// there; an application transaction that wrote the parent and then waits for
-/// a source would otherwise deadlock with a request made later), then the
-/// sources. Taken together, under one `lock_timeout`, before anything else, so
+/// The lock statements of an attempt: every lock the swap will need, taken
+/// before anything else, so that no lock is requested later while the sources
+/// are held — a later request is what deadlocks with the application (a
+/// transaction that wrote `users` and then waits for a source; a reader that
+/// holds a view and waits for its base table). Order: the tables the new
+/// foreign keys point at, the parent included (`SHARE ROW EXCLUSIVE`); the
+/// tables whose keys into a source are re-pointed and the dependent views
+/// (`ACCESS EXCLUSIVE`); then the sources. Taken together, under one `lock_timeout`, before anything else, so
 /// an attempt either holds everything it needs or gives everything back.
 async fn lock_statements(
     admin: &Client,
@@ -635,33 +650,48 @@ async fn lock_statements(
         )
         .await
         .map_err(Error::db("list the tables referencing the source tables"))?;
+    let targets_of_keys = admin
+        .query(
+            "SELECT DISTINCT n.nspname, c.relname FROM pg_constraint con
+               JOIN pg_class c ON c.oid = con.confrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE con.contype = 'f' AND con.conrelid = ANY($1) AND NOT con.confrelid = ANY($1)
+              ORDER BY 1, 2",
+            &[&oids],
+        )
+        .await
+        .map_err(Error::db("list the tables the source tables reference"))?;
     let name = |r: &tokio_postgres::Row| {
         QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)).quoted()
     };
-    let mut out = String::new();
-    if !views.is_empty() {
-        out.push_str(&format!(
-            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; ",
-            views.iter().map(name).collect::<Vec<_>>().join(", ")
-        ));
-    }
-    let mut shared: Vec<String> = referencing.iter().map(name).collect();
-    if !targets.iter().any(|t| t.job.source == parent.table) {
-        shared.push(parent.table.quoted());
-    }
+    let sources: Vec<String> = targets.iter().map(|t| t.job.source.quoted()).collect();
+    // 1. Tables the new foreign keys will point at (the parent included): SHARE ROW EXCLUSIVE.
+    let mut shared: Vec<String> = targets_of_keys.iter().map(name).collect();
+    shared.push(parent.table.quoted());
+    shared.retain(|t| !sources.contains(t));
     shared.sort();
     shared.dedup();
-    out.push_str(&format!(
+    let mut out = format!(
         "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE; ",
         shared.join(", ")
-    ));
+    );
+    // 2. Tables whose keys are re-pointed (dropping a constraint takes ACCESS
+    //    EXCLUSIVE), then 3. views that are dropped and re-created.
+    let mut exclusive: Vec<String> = referencing
+        .iter()
+        .map(name)
+        .filter(|t| !shared.contains(t))
+        .collect();
+    exclusive.extend(views.iter().map(name));
+    if !exclusive.is_empty() {
+        out.push_str(&format!(
+            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; ",
+            exclusive.join(", ")
+        ));
+    }
+    // 4. The sources.
     out.push_str(&format!(
         "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-        targets
-            .iter()
-            .map(|t| t.job.source.quoted())
-            .collect::<Vec<_>>()
-            .join(", ")
+        sources.join(", ")
     ));
     Ok(out)
 }
@@ -830,7 +860,10 @@ pub async fn auto(cfg: CutoverConfig, mut shutdown: tokio::sync::watch::Receiver
             Ok(lag) if lag <= cfg.max_lag_bytes => {}
             _ => continue,
         }
-        info!(tables = cfg.tables.len(), "auto cutover: every table streams with a small lag; cutting over");
+        info!(
+            tables = cfg.tables.len(),
+            "auto cutover: every table streams with a small lag; cutting over"
+        );
         match run(&cfg).await {
             Ok(r) if r.swapped => {
                 for a in &r.attempts {
@@ -838,18 +871,30 @@ pub async fn auto(cfg: CutoverConfig, mut shutdown: tokio::sync::watch::Receiver
                 }
                 return;
             }
-            Ok(r) if r.reason.as_deref().is_some_and(|x| x.starts_with("verify found differences")) => {
-                warn!(reason = r.reason.as_deref().unwrap_or(""), "auto cutover stopped: the shadows differ; nothing was swapped");
+            Ok(r)
+                if r.reason
+                    .as_deref()
+                    .is_some_and(|x| x.starts_with("verify found differences")) =>
+            {
+                warn!(
+                    reason = r.reason.as_deref().unwrap_or(""),
+                    "auto cutover stopped: the shadows differ; nothing was swapped"
+                );
                 return;
             }
             Ok(r) => {
-                warn!(reason = r.reason.as_deref().unwrap_or(""), "auto cutover gave up this time; retrying in 30 s");
+                warn!(
+                    reason = r.reason.as_deref().unwrap_or(""),
+                    "auto cutover gave up this time; retrying in 30 s"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(30)) => {}
                     _ = shutdown.changed() => return,
                 }
             }
-            Err(e) if e.is_transient() => warn!(error = %crate::error::chain(&e), "auto cutover failed; retrying"),
+            Err(e) if e.is_transient() => {
+                warn!(error = %crate::error::chain(&e), "auto cutover failed; retrying")
+            }
             Err(e) => {
                 warn!(error = %crate::error::chain(&e), "auto cutover stopped; run `pg-rekey cutover` by hand once the cause is fixed");
                 return;

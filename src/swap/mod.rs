@@ -76,13 +76,11 @@ use crate::error::chain;
 use crate::pg::{quote_ident, QualifiedName};
 
 pub use catalog::load_dependents;
-pub use sql::{lock_statements, swap_sql, swap_sql_many};
+pub use sql::{swap_sql, swap_sql_many};
 
-/// PostgreSQL's identifier limit in bytes (`NAMEDATALEN - 1`).
-pub const MAX_IDENT_BYTES: usize = 63;
+pub use crate::ddl::MAX_IDENT_BYTES;
 
-/// Prefix of the source table (and its moved-away objects) after the swap.
-pub const OLD_PREFIX: &str = "_rekey_old_";
+pub use crate::ddl::OLD_PREFIX;
 
 /// Publications whose name starts with this are pg-rekey's own and are not
 /// carried to the new table.
@@ -522,34 +520,7 @@ pub fn old_object_name(name: &str) -> String {
     derived_name(OLD_PREFIX, name)
 }
 
-/// 64-bit FNV-1a: fixed, so derived names are the same on every machine and version.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// `prefix + name` when it fits 63 bytes; otherwise `prefix + cut + "_" +
-/// 8 hex digits` of the low 32 bits of the FNV-1a hash of `name`, the cut on a
-/// UTF-8 boundary so the whole is at most 63 bytes.
-pub fn derived_name(prefix: &str, name: &str) -> String {
-    if prefix.len() + name.len() <= MAX_IDENT_BYTES {
-        return format!("{prefix}{name}");
-    }
-    let room = MAX_IDENT_BYTES.saturating_sub(prefix.len() + 9);
-    let mut cut = room.min(name.len());
-    while cut > 0 && !name.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let head = name.get(..cut).unwrap_or("");
-    format!(
-        "{prefix}{head}_{:08x}",
-        fnv1a(name.as_bytes()) & 0xffff_ffff
-    )
-}
+pub use crate::ddl::derived_name;
 
 /// A constraint to validate after commit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -138,72 +138,6 @@ fn trim_def(def: &str) -> &str {
     def.trim().trim_end_matches(';').trim_end()
 }
 
-/// The `LOCK TABLE` statements that take, up front and in a safe order, every
-/// lock the swap transaction will need: `fk_targets` (tables the shadows'
-/// new foreign keys reference, such as the parent) in `SHARE ROW EXCLUSIVE`,
-/// then the tables holding incoming foreign keys and then the dependent views
-/// in `ACCESS EXCLUSIVE`, then the sources in `ACCESS EXCLUSIVE` — each group
-/// sorted, each relation once, in its strongest mode. Run them in that order
-/// under the attempt's `lock_timeout`, before the fence.
-///
-/// Why: the swap's own statements (`ADD FOREIGN KEY` on the shadow, `DROP
-/// CONSTRAINT` on a referencing table, `DROP VIEW`) otherwise ask for these
-/// locks only after the sources are locked. An application transaction that
-/// already holds one of them (a writer that inserted a user, a reader inside a
-/// view) and then waits for a source is then in a deadlock with the cutover,
-/// every time, and the attempt dies on its `lock_timeout` after the whole
-/// drain. Taking the outer relations first means such a transaction is
-/// waited for (it is not blocked by us yet) instead of deadlocked; only a
-/// transaction that touches a source *before* an outer relation can still
-/// collide, and then the attempt fails fast in its lock phase and is retried.
-///
-/// Locking a view also locks, recursively, the relations its query reads, in
-/// the same mode (PostgreSQL's rule); a view over the parent therefore holds
-/// the parent exclusively until commit.
-pub fn lock_statements(deps: &[&Dependents], fk_targets: &[QualifiedName]) -> Vec<String> {
-    let sources: HashSet<&QualifiedName> = deps.iter().map(|d| &d.source).collect();
-    let shadows: HashSet<&QualifiedName> = deps.iter().map(|d| &d.shadow).collect();
-    let outside = |t: &&QualifiedName| !sources.contains(t) && !shadows.contains(t);
-    let referencing: std::collections::BTreeSet<&QualifiedName> = deps
-        .iter()
-        .flat_map(|d| d.incoming_fks.iter().map(|f| &f.table))
-        .filter(outside)
-        .collect();
-    let targets: std::collections::BTreeSet<&QualifiedName> = fk_targets
-        .iter()
-        .filter(outside)
-        .filter(|t| !referencing.contains(t))
-        .collect();
-    let views: std::collections::BTreeSet<&QualifiedName> = deps
-        .iter()
-        .flat_map(|d| d.views.iter().map(|v| &v.name))
-        .collect();
-    let mut src: Vec<&QualifiedName> = sources.iter().copied().collect();
-    src.sort();
-    let list = |names: Vec<&QualifiedName>| {
-        names
-            .iter()
-            .map(|n| n.quoted())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut out = Vec::new();
-    for (names, mode) in [
-        (
-            targets.into_iter().collect::<Vec<_>>(),
-            "SHARE ROW EXCLUSIVE",
-        ),
-        (referencing.into_iter().collect(), "ACCESS EXCLUSIVE"),
-        (views.into_iter().collect(), "ACCESS EXCLUSIVE"),
-        (src, "ACCESS EXCLUSIVE"),
-    ] {
-        if !names.is_empty() {
-            out.push(format!("LOCK TABLE {} IN {mode} MODE", list(names)));
-        }
-    }
-    out
-}
-
 /// The swap of several tables in one transaction, in the order the module
 /// docs give. Every `Dependents` must have been loaded before any statement
 /// runs (definitions name tables as they were named then).
@@ -1055,53 +989,6 @@ mod tests {
             .iter()
             .position(|s| s.sql.contains(needle))
             .unwrap_or_else(|| panic!("no statement contains {needle:?}:\n{:#?}", sql.sql()))
-    }
-
-    #[test]
-    fn locks_outer_relations_before_the_sources_each_once() {
-        let mut a = base("chat_messages");
-        a.views = vec![view(10, "chat_v", &[]), view(11, "chat_v2", &[10])];
-        a.incoming_fks = vec![
-            IncomingFk {
-                name: "reads_fk".into(),
-                table: q("public", "message_reads"),
-                definition: "FOREIGN KEY (message_id) REFERENCES public.chat_messages(id)".into(),
-                validated: true,
-                partitioned: false,
-                comment: None,
-            },
-            // From another swapped source: locked as a source, not twice.
-            IncomingFk {
-                name: "pins_fk".into(),
-                table: q("public", "pins"),
-                definition: "FOREIGN KEY (message_id) REFERENCES public.chat_messages(id)".into(),
-                validated: true,
-                partitioned: false,
-                comment: None,
-            },
-        ];
-        let b = base("pins");
-        let targets = [
-            q("public", "users"),
-            q("public", "message_reads"),
-            q("public", "pins"),
-            q("public", "users"),
-        ];
-        let locks = lock_statements(&[&a, &b], &targets);
-        assert_eq!(
-            locks,
-            vec![
-                "LOCK TABLE \"public\".\"users\" IN SHARE ROW EXCLUSIVE MODE",
-                "LOCK TABLE \"public\".\"message_reads\" IN ACCESS EXCLUSIVE MODE",
-                "LOCK TABLE \"public\".\"chat_v\", \"public\".\"chat_v2\" IN ACCESS EXCLUSIVE MODE",
-                "LOCK TABLE \"public\".\"chat_messages\", \"public\".\"pins\" IN ACCESS EXCLUSIVE MODE",
-            ]
-        );
-        // Nothing outside: only the sources.
-        assert_eq!(
-            lock_statements(&[&b], &[]),
-            vec!["LOCK TABLE \"public\".\"pins\" IN ACCESS EXCLUSIVE MODE"]
-        );
     }
 
     #[test]

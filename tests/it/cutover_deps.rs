@@ -523,7 +523,7 @@ async fn every_dependent_works_on_the_new_table_after_rewrite_and_cutover() {
 /// `users` (the shadow's new foreign key) and `message_reads` (the incoming
 /// key is re-pointed); if the cutover asks for those locks only after it
 /// locked `chat_messages`, such a transaction deadlocks with it on every
-/// attempt. See [`pg_rekey::swap::lock_statements`].
+/// attempt. See `lock_statements` in src/cutover.rs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dependent_works_when_writers_lock_the_parent_before_the_source() {
     dependents_scenario(true).await;

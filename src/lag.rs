@@ -15,7 +15,11 @@
 //!   applied position. The applied position includes the keepalive's WAL end
 //!   when nothing received is unapplied (the same rule that lets the slot be
 //!   confirmed there), so an idle job reaches 0 even though unrelated WAL is
-//!   written (see [`crate::replication::stream`]).
+//!   written (see [`crate::replication::stream`]). This is the measure
+//!   operators know as `pg_current_wal_lsn() - confirmed_flush_lsn`; note
+//!   that the WAL of a transaction that has not committed yet is not lag (a
+//!   keepalive may pass it), so a single huge transaction shows as lag in
+//!   bytes only from its commit on — the time lag still grows meanwhile.
 //! - **Time**: an upper bound on how long ago the oldest unapplied commit
 //!   happened, computed by [`LagTracker`] as `now` minus the latest instant
 //!   before which *everything* committed is known to be applied. Two witnesses

@@ -501,6 +501,9 @@ async fn stream_until_done(
                 return Ok(RewriteOutcome::CutOver);
             }
             Ok((LoopEnd::Aborted, stream)) | Ok((LoopEnd::Stopped, stream)) => {
+                // An open shadow transaction holds a lock on the shadow that
+                // would make dropping it wait forever.
+                applier.rollback().await;
                 finish_stream(stream).await;
                 cleanup(&cfg.spec, admin, o, Cleanup::Abort).await;
                 return Ok(RewriteOutcome::Aborted);

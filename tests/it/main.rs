@@ -6,6 +6,7 @@ mod copy;
 mod ddl;
 mod harness;
 mod observe;
+mod observe_rewrite;
 mod pgoutput;
 mod plan;
 mod replication;

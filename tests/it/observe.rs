@@ -240,7 +240,10 @@ async fn throttle_pauses_the_copy_while_the_slot_retains_too_much_wal() {
     let shown = job.throttle();
     assert_eq!(shown.state, ThrottleState::Paused);
     assert_eq!(shown.pauses, 1);
-    assert!(shown.reason.unwrap().starts_with("slot retains"));
+    assert!(shown
+        .reason
+        .unwrap()
+        .starts_with(&format!("slot {slot} retains")));
 
     // A copy worker waiting between chunks stays held while the slot
     // keeps its WAL, across several polls …

@@ -26,7 +26,8 @@ pub struct GlobalArgs {
     /// what it leaves out, as in psql.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub dsn: Option<String>,
-    /// Log format on stderr.
+    /// Log format on stderr. With `json`, every log line is one JSON object
+    /// and progress is logged as lines too (no bars, even on a terminal).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     /// More detail in logs (-v debug, -vv trace). RUST_LOG overrides.
@@ -114,6 +115,90 @@ pub struct RewriteArgs {
     /// Lock and hold limits used by `--cutover auto`.
     #[command(flatten)]
     pub lock: LockArgs,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics while the rewrite
+    /// runs (e.g. 127.0.0.1:9187).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Pause the copy while a physical replica's replay lag exceeds this
+    /// (e.g. 30s); it slows down as the lag nears it. The stream is never held.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_replica_lag: Option<Duration>,
+    /// Pause the copy while another consumer's replication slot (a replica's,
+    /// or a logical one on this database; never pg-rekey's own) retains more
+    /// WAL than this (e.g. 1GB, 512MB; units as in postgresql.conf, powers of 1024).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_slot_wal: Option<u64>,
+    /// How often a progress line per table is logged when stderr is not a
+    /// terminal (or with --log-format json). On a terminal, bars are shown.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub progress_interval: Duration,
+}
+
+/// Parse a listen address: `IP:PORT`, `[IPv6]:PORT` or `HOSTNAME:PORT` (the
+/// first address the name resolves to).
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{s:?} resolves to no address")),
+        Err(e) => Err(format!(
+            "{s:?} is not HOST:PORT (for example 127.0.0.1:9187): {e}"
+        )),
+    }
+}
+
+/// Parse a byte size: a number (decimals allowed) and an optional unit,
+/// case-insensitive: `B`, `kB`/`KiB`/`K`, `MB`/`MiB`/`M`, `GB`/`GiB`/`G`,
+/// `TB`/`TiB`/`T`. As in `postgresql.conf` (`max_slot_wal_keep_size = 1GB`),
+/// every unit is a power of 1024. A number alone is bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad =
+        || format!("{s:?} is not a size: write a number and a unit, such as 1GB, 512MB or 65536");
+    if num.is_empty() || num.matches('.').count() > 1 {
+        return Err(bad());
+    }
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    let too_large = || format!("{s:?} is too large");
+    let unit_bytes = 1u128 << shift;
+    let value = if let Some((int, frac)) = num.split_once('.') {
+        let int: u128 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| bad())?
+        };
+        // Exact decimal arithmetic: 1.5GB is 1.5 × 2^30 bytes, rounded down.
+        let frac_digits = frac.len().min(18);
+        let frac_str = frac.get(..frac_digits).unwrap_or_default();
+        let frac_val: u128 = if frac_str.is_empty() {
+            0
+        } else {
+            frac_str.parse().map_err(|_| bad())?
+        };
+        let scale = 10u128.pow(u32::try_from(frac_digits).unwrap_or(18));
+        int.checked_mul(unit_bytes)
+            .and_then(|v| v.checked_add(frac_val * unit_bytes / scale))
+            .ok_or_else(too_large)?
+    } else {
+        let int: u128 = num.parse().map_err(|_| too_large())?;
+        int.checked_mul(unit_bytes).ok_or_else(too_large)?
+    };
+    u64::try_from(value).map_err(|_| too_large())
 }
 
 /// `status`.
@@ -209,6 +294,97 @@ pub type MetricsAddr = Option<SocketAddr>;
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn sizes_parse_as_postgresql_writes_them() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1GB"), Ok(1 << 30));
+        assert_eq!(parse_size("1gb"), Ok(1 << 30));
+        assert_eq!(parse_size("512MB"), Ok(512 << 20));
+        assert_eq!(parse_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("64kB"), Ok(64 << 10));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert_eq!(parse_size("10B"), Ok(10));
+        assert_eq!(parse_size("1.5GB"), Ok(3 << 29));
+        assert_eq!(parse_size(".5K"), Ok(512));
+        assert_eq!(parse_size(" 3M "), Ok(3 << 20));
+        for bad in [
+            "", "GB", "1.2.3GB", "-1GB", "1PB", "1 G B", "abc", "1e9", "1,5GB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(parse_size("16777216TB").unwrap_err().contains("too large"));
+        assert_eq!(parse_size("16777215TB"), Ok(16_777_215u64 << 40));
+        assert!(parse_size("99999999999999999999999999999999999999999").is_err());
+        assert!(
+            parse_size("300000000000000000000000000000000000000TB").is_err(),
+            "no silent wrap-around"
+        );
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen_addr("127.0.0.1:9187").unwrap(),
+            "127.0.0.1:9187".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(parse_listen_addr("[::1]:0").unwrap().port(), 0);
+        assert_eq!(parse_listen_addr("localhost:9187").unwrap().port(), 9187);
+        assert!(parse_listen_addr("9187").is_err());
+        assert!(parse_listen_addr("127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn rewrite_observability_and_throttle_flags() {
+        let c = Cli::try_parse_from([
+            "pg-rekey",
+            "--log-format",
+            "json",
+            "rewrite",
+            "--table",
+            "a",
+            "--metrics-addr",
+            "127.0.0.1:9187",
+            "--max-replica-lag",
+            "30s",
+            "--max-slot-wal",
+            "1GB",
+            "--progress-interval",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(c.global.log_format, LogFormat::Json);
+        match c.command {
+            Command::Rewrite(r) => {
+                assert_eq!(r.metrics_addr, Some("127.0.0.1:9187".parse().unwrap()));
+                assert_eq!(r.max_replica_lag, Some(Duration::from_secs(30)));
+                assert_eq!(r.max_slot_wal, Some(1 << 30));
+                assert_eq!(r.progress_interval, Duration::from_secs(2));
+                assert_eq!(r.parent.parent, "users");
+            }
+            _ => panic!("wrong command"),
+        }
+        let c = Cli::try_parse_from(["pg-rekey", "rewrite", "--table", "a"]).unwrap();
+        match c.command {
+            Command::Rewrite(r) => {
+                assert_eq!(
+                    (r.metrics_addr, r.max_replica_lag, r.max_slot_wal),
+                    (None, None, None)
+                );
+                assert_eq!(r.progress_interval, Duration::from_secs(10));
+            }
+            _ => panic!("wrong command"),
+        }
+        for bad in [
+            ["--max-slot-wal", "lots"],
+            ["--max-replica-lag", "5 parsecs"],
+            ["--metrics-addr", "nowhere"],
+        ] {
+            let args = ["pg-rekey", "rewrite", "--table", "a", bad[0], bad[1]];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn cli_is_consistent() {

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::cli::{
-    AbortArgs, Cli, Command, CutoverArgs, PlanArgs, RewriteArgs, StatusArgs, VerifyArgs,
+    AbortArgs, Cli, Command, CutoverArgs, LogFormat, PlanArgs, RewriteArgs, StatusArgs, VerifyArgs,
 };
 use crate::error::Error;
 use crate::pg::{self, ConnSpec, QualifiedName};
+use crate::progress::{JobProgress, RenderMode, RenderOptions};
 
 /// Process exit code.
 pub type ExitCode = u8;
@@ -81,7 +82,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let dsn = cli.global.dsn.as_deref();
     match cli.command {
         Command::Plan(a) => plan(dsn, a).await,
-        Command::Rewrite(a) => rewrite(dsn, a).await,
+        Command::Rewrite(a) => rewrite(dsn, cli.global.log_format, a).await,
         Command::Status(a) => status(dsn, a).await,
         Command::Abort(a) => abort(dsn, a).await,
         Command::Cutover(a) => cutover(dsn, a).await,
@@ -112,19 +113,60 @@ async fn plan(dsn: Option<&str>, a: PlanArgs) -> Result<ExitCode, Error> {
     Ok(if report.has_blockers() { 1 } else { 0 })
 }
 
-async fn rewrite(dsn: Option<&str>, a: RewriteArgs) -> Result<ExitCode, Error> {
+/// The rewrite's throttle limits from its flags.
+pub fn throttle_limits(a: &RewriteArgs) -> crate::throttle::ThrottleLimits {
+    crate::throttle::ThrottleLimits {
+        max_replica_lag: a.max_replica_lag,
+        max_slot_wal_bytes: a.max_slot_wal,
+        ..Default::default()
+    }
+}
+
+/// How `rewrite` shows progress: bars on a terminal with text logs; log lines
+/// otherwise (JSON logs stay one object per line, with no bar codes between).
+pub fn render_options(log_format: LogFormat, a: &RewriteArgs) -> RenderOptions {
+    RenderOptions {
+        mode: match log_format {
+            LogFormat::Json => RenderMode::Log,
+            LogFormat::Text => RenderMode::Auto,
+        },
+        log_every: a.progress_interval,
+        ..RenderOptions::default()
+    }
+}
+
+async fn rewrite(
+    dsn: Option<&str>,
+    log_format: LogFormat,
+    a: RewriteArgs,
+) -> Result<ExitCode, Error> {
     let spec = conn_spec(dsn)?;
-    let cfg = crate::rewrite::RewriteConfig {
+    let mut cfg = crate::rewrite::RewriteConfig::new(
         spec,
-        parent: QualifiedName::parse(&a.parent.parent, "public")
+        QualifiedName::parse(&a.parent.parent, "public")
             .map_err(|e| Error::Config(format!("--parent: {e}")))?,
-        uuid_column: a.parent.uuid_column.clone(),
-        tables: parse_tables(&a.tables)?,
-        batch: Default::default(),
-        copy: Default::default(),
-        copy_sessions: 2,
+        a.parent.uuid_column.clone(),
+        parse_tables(&a.tables)?,
+    );
+    cfg.throttle = throttle_limits(&a);
+    let progress = JobProgress::new();
+    // Metrics and the renderer live as long as the rewrite; `done` ends them.
+    let (done_tx, done_rx) = watch::channel(false);
+    let done = move || {
+        let mut rx = done_rx.clone();
+        async move {
+            let _ = rx.wait_for(|d| *d).await;
+        }
     };
-    let progress = Arc::new(crate::rewrite::RewriteProgress::default());
+    let metrics = match a.metrics_addr {
+        Some(addr) => Some(crate::metrics::serve(addr, Arc::clone(&progress), done()).await?),
+        None => None,
+    };
+    let renderer = crate::progress::spawn_renderer_with(
+        Arc::clone(&progress),
+        done(),
+        render_options(log_format, &a),
+    );
     let shutdown = shutdown_signal();
     if a.cutover == crate::cli::CutoverMode::Auto {
         tokio::spawn(crate::cutover::auto(
@@ -132,7 +174,14 @@ async fn rewrite(dsn: Option<&str>, a: RewriteArgs) -> Result<ExitCode, Error> {
             shutdown.clone(),
         ));
     }
-    match crate::rewrite::run(&cfg, shutdown, progress).await? {
+    let result = crate::rewrite::run(&cfg, shutdown, Arc::clone(&progress)).await;
+    let _ = done_tx.send(true);
+    // The renderer draws the final state before it returns.
+    let _ = renderer.await;
+    if let Some(m) = metrics {
+        let _ = m.handle.await;
+    }
+    match result? {
         crate::rewrite::RewriteOutcome::CutOver => {
             print("every table is cut over\n")?;
             Ok(0)

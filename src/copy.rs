@@ -475,6 +475,12 @@ pub struct CopyOptions {
     pub batch_bytes: u64,
     /// Read the source in primary-key order (`ORDER BY` the key columns).
     pub order_by_key: bool,
+    /// The copy throttle, waited on before the first batch and after each
+    /// committed batch (never per row or per chunk: the hot loop has no
+    /// extra await). While it pauses, the source's COPY stream simply stops
+    /// being read (the server blocks on its socket) and no shadow transaction
+    /// is open. `None`: never throttled.
+    pub throttle: Option<crate::throttle::Throttle>,
 }
 
 impl Default for CopyOptions {
@@ -485,6 +491,7 @@ impl Default for CopyOptions {
             batch_rows: 100_000,
             batch_bytes: 16 * 1024 * 1024,
             order_by_key: false,
+            throttle: None,
         }
     }
 }
@@ -809,6 +816,9 @@ async fn run_copy(
             source,
         }
     };
+    if let Some(t) = &opts.throttle {
+        t.wait_ready().await;
+    }
     let stream = source
         .copy_out(plan.copy_out.as_str())
         .await
@@ -887,6 +897,11 @@ async fn run_copy(
                 .map_err(db("commit a shadow batch"))?;
             copied += n;
             progress.add(n);
+            // Between batches, with no shadow transaction open: the one
+            // place the copy may be held back.
+            if let Some(t) = &opts.throttle {
+                t.wait_ready().await;
+            }
             if !out.is_empty() {
                 // Start the next batch now so its header precedes the remainder.
                 let sink = target

@@ -29,6 +29,7 @@ pub mod embedded;
 pub mod error;
 pub mod fence;
 pub mod idmap;
+pub mod lag;
 pub mod metrics;
 pub mod pg;
 pub mod plan;

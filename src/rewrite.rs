@@ -34,7 +34,19 @@
 //! DDL) marks the jobs `failed` with the error and leaves shadows, slot and
 //! publication in place for inspection until `pg-rekey abort`.
 //! Ctrl-C removes everything the job created; the sources are never touched.
+//!
+//! # Progress
+//!
+//! The caller's [`JobProgress`] is the one live state of the process: every
+//! table is registered at the start; the copy's batch counter is mirrored
+//! into it four times a second (no per-row work); the apply loop counts
+//! changes per table and publishes its applied position and last commit time
+//! into a [`Watermark`], from which the lag poller ([`crate::lag`]) derives
+//! the lag; phases follow the job rows; errors land as `failed` with the
+//! message. The copy waits on the [`crate::throttle`] between batches;
+//! applying the stream is never throttled.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,13 +59,16 @@ use crate::apply::{Applied, Applier, BatchLimits};
 use crate::copy::{CopyOptions, Progress};
 use crate::error::Error;
 use crate::idmap::IdMap;
+use crate::lag::Watermark;
 use crate::pg::{self, quote_ident, ConnSpec, Lsn, QualifiedName};
 use crate::plan::catalog::{self, TableDetail};
 use crate::plan::model::{ParentSpec, TableSpec};
-use crate::replication::pgoutput;
+use crate::progress::{self, JobProgress, TableProgress};
+use crate::replication::pgoutput::{self, LogicalMessage};
 use crate::replication::stream::{LogicalStream, StartOptions};
 use crate::replication::wire::{ReplicationClient, SnapshotAction};
 use crate::state::{self, NewJob, Phase};
+use crate::throttle::{Throttle, ThrottleConfig, ThrottleLimits};
 
 /// Everything a rewrite needs, validated.
 #[derive(Debug, Clone)]
@@ -72,6 +87,29 @@ pub struct RewriteConfig {
     pub copy: CopyOptions,
     /// Snapshot sessions used to copy each table in parallel key ranges.
     pub copy_sessions: usize,
+    /// Limits of the copy throttle (none set: never throttled).
+    pub throttle: ThrottleLimits,
+}
+
+impl RewriteConfig {
+    /// A configuration with default batch, copy and throttle settings.
+    pub fn new(
+        spec: ConnSpec,
+        parent: QualifiedName,
+        uuid_column: impl Into<String>,
+        tables: Vec<QualifiedName>,
+    ) -> Self {
+        RewriteConfig {
+            spec,
+            parent,
+            uuid_column: uuid_column.into(),
+            tables,
+            batch: BatchLimits::default(),
+            copy: CopyOptions::default(),
+            copy_sessions: 2,
+            throttle: ThrottleLimits::default(),
+        }
+    }
 }
 
 /// How a rewrite ended.
@@ -81,19 +119,6 @@ pub enum RewriteOutcome {
     CutOver,
     /// Aborted (Ctrl-C here, or `pg-rekey abort` elsewhere); everything removed.
     Aborted,
-}
-
-/// Live counters of one rewrite, shared with progress reporting.
-#[derive(Debug, Default)]
-pub struct RewriteProgress {
-    /// Per table: name, rows copied (live), rows estimate.
-    pub tables: std::sync::Mutex<Vec<(QualifiedName, Progress, i64)>>,
-    /// Changes applied to shadows.
-    pub changes_applied: std::sync::atomic::AtomicU64,
-    /// WAL bytes between the server's current position and the applied one.
-    pub lag_bytes: std::sync::atomic::AtomicU64,
-    /// Set once the stream is being applied.
-    pub streaming: std::sync::atomic::AtomicBool,
 }
 
 /// The objects a job created, for clean-up.
@@ -107,18 +132,44 @@ struct JobObjects {
 }
 
 /// Run a rewrite to the end. `shutdown` turning `true` (Ctrl-C) stops it and
-/// removes what it created.
+/// removes what it created. `progress` receives the live state (see the
+/// module docs); when this returns, every table's phase in it is final.
 pub async fn run(
     cfg: &RewriteConfig,
+    shutdown: watch::Receiver<bool>,
+    progress: Arc<JobProgress>,
+) -> Result<RewriteOutcome, Error> {
+    let tables: Vec<Arc<TableProgress>> = cfg
+        .tables
+        .iter()
+        .map(|t| progress.add_table(t.clone()))
+        .collect();
+    let result = run_job(cfg, shutdown, &progress).await;
+    for t in tables.iter().filter(|t| !t.phase().is_final()) {
+        match &result {
+            Ok(RewriteOutcome::CutOver) => t.set_phase(progress::Phase::CutOver),
+            Ok(RewriteOutcome::Aborted) => t.set_phase(progress::Phase::Aborted),
+            Err(e) => t.fail(e.to_string()),
+        }
+    }
+    result
+}
+
+async fn run_job(
+    cfg: &RewriteConfig,
     mut shutdown: watch::Receiver<bool>,
-    progress: Arc<RewriteProgress>,
+    progress: &Arc<JobProgress>,
 ) -> Result<RewriteOutcome, Error> {
     let admin = pg::connect(&cfg.spec, "rewrite-admin").await?;
     state::ensure_schema(&admin).await?;
     let parent = catalog::load_parent(&admin, &cfg.parent, &cfg.uuid_column).await?;
     let mut details = Vec::with_capacity(cfg.tables.len());
     for t in &cfg.tables {
-        details.push(catalog::load_table(&admin, t, &parent).await?);
+        let d = catalog::load_table(&admin, t, &parent).await?;
+        progress
+            .add_table(t.clone())
+            .set_rows_estimate(u64::try_from(d.row_estimate).unwrap_or(0));
+        details.push(d);
     }
     {
         let mut pf = pg::connect(&cfg.spec, "rewrite-preflight").await?;
@@ -149,7 +200,19 @@ pub async fn run(
     async move {
         register(&admin, &objects, &details, &parent).await?;
         info!(tables = ?cfg.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(), slot = %objects.slot, "job registered");
-        let prepared = prepare_and_copy(cfg, &admin, &objects, &details, &parent, &progress, &mut shutdown).await;
+        // Lag and slot WAL for the job's lifetime; the poller stops when
+        // `_stop_poller` is dropped, however this block ends.
+        let watermark = Watermark::new();
+        let (_stop_poller, stop_rx) = tokio::sync::oneshot::channel();
+        crate::lag::spawn_poller(
+            cfg.spec.clone(),
+            objects.slot.clone(),
+            Arc::clone(progress),
+            Arc::clone(&watermark),
+            Duration::from_secs(1),
+            stop_rx,
+        );
+        let prepared = prepare_and_copy(cfg, &admin, &objects, &details, &parent, progress, &mut shutdown).await;
         let (repl, consistent, map) = match prepared {
             Ok(Some(v)) => v,
             Ok(None) => {
@@ -165,9 +228,9 @@ pub async fn run(
                 return Err(e);
             }
         };
-        progress.streaming.store(true, std::sync::atomic::Ordering::Relaxed);
         let specs: Vec<TableSpec> = details.iter().map(|d| d.spec.clone()).collect();
-        stream_until_done(cfg, &admin, &objects, specs, parent, map, repl, consistent, &progress, &mut shutdown).await
+        let watch = Observed { progress, watermark: &watermark };
+        stream_until_done(cfg, &admin, &objects, specs, parent, map, repl, consistent, &watch, &mut shutdown).await
     }
     .instrument(span)
     .await
@@ -216,7 +279,7 @@ async fn prepare_and_copy(
     o: &JobObjects,
     details: &[TableDetail],
     parent: &ParentSpec,
-    progress: &RewriteProgress,
+    progress: &Arc<JobProgress>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<Prepared>, Error> {
     // Shadows first, then the publication: both before the slot, so their DDL
@@ -292,26 +355,66 @@ async fn prepare_and_copy(
         .map_err(|e| Error::Data(e.to_string()))?;
     info!(parent = %parent.table, entries = map.len(), memory_bytes = map.memory_bytes(), "id map loaded under the snapshot");
 
+    // The throttle watches the server while the copy runs and holds the copy
+    // between batches; it stops when `_stop_throttle` and the copy options
+    // holding it are dropped, after the copy.
+    let (_stop_throttle, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let throttle = Throttle::start(
+        &cfg.spec,
+        ThrottleConfig::new(cfg.throttle.clone(), Some(o.slot.clone())),
+        Arc::clone(progress),
+        async move {
+            let _ = stop_rx.await;
+        },
+    )
+    .await?;
+    let mut copy_opts = cfg.copy.clone();
+    if cfg.throttle.any() {
+        copy_opts.throttle = Some(throttle);
+    }
     for d in details {
         if *shutdown.borrow() {
             return Ok(None);
         }
+        let table = progress.add_table(d.spec.source.clone());
+        table.start_copy(u64::try_from(d.row_estimate).unwrap_or(0));
         let counter = Progress::new();
-        progress
-            .tables
-            .lock()
-            .map_err(|_| Error::Config("progress lock poisoned".into()))?
-            .push((d.spec.source.clone(), counter.clone(), d.row_estimate));
         let pairs: Vec<(&Client, &Client)> = sources.iter().zip(targets.iter()).collect();
         let started = Instant::now();
-        let copy = crate::copy::copy_table_parallel(&pairs, &d.spec, &map, &counter, &cfg.copy);
-        let rows = tokio::select! {
-            r = copy => r.map_err(|e| Error::Data(e.to_string()))?,
-            _ = shutdown.changed() => return Ok(None),
+        let copy = crate::copy::copy_table_parallel(&pairs, &d.spec, &map, &counter, &copy_opts);
+        tokio::pin!(copy);
+        // The copy counts committed batches in `counter`; mirror it into the
+        // progress on a timer rather than adding work to the copy.
+        let mut mirrored = 0u64;
+        let mut mirror = |table: &TableProgress| {
+            let now = counter.rows();
+            table.add_rows_copied(now.saturating_sub(mirrored));
+            mirrored = mirrored.max(now);
+            mirrored
         };
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_record = Instant::now();
+        let rows = loop {
+            tokio::select! {
+                r = &mut copy => break r.map_err(|e| Error::Data(e.to_string()))?,
+                _ = shutdown.changed() => return Ok(None),
+                _ = tick.tick() => {
+                    let rows = mirror(&table);
+                    // `status` in other processes reads the job rows.
+                    if last_record.elapsed() >= Duration::from_secs(5) {
+                        last_record = Instant::now();
+                        let _ = state::record_progress(admin, &d.spec.source, Some(i64::try_from(rows).unwrap_or(i64::MAX)), None).await;
+                    }
+                }
+            }
+        };
+        mirror(&table);
+        table.finish_copy();
         state::record_progress(admin, &d.spec.source, Some(rows as i64), None).await?;
         info!(table = %d.spec.source, rows, seconds = started.elapsed().as_secs_f64(), "copied");
     }
+    drop(copy_opts);
     for s in &sources {
         let _ = s.batch_execute("COMMIT").await;
     }
@@ -328,8 +431,17 @@ async fn prepare_and_copy(
     }
     for d in details {
         state::set_phase(admin, &d.spec.source, Phase::Streaming).await?;
+        progress
+            .add_table(d.spec.source.clone())
+            .set_phase(progress::Phase::Streaming);
     }
     Ok(Some((repl, slot.consistent_point, map)))
+}
+
+/// Where the stream's progress goes.
+struct Observed<'a> {
+    progress: &'a Arc<JobProgress>,
+    watermark: &'a Arc<Watermark>,
 }
 
 /// Why the apply loop ended.
@@ -349,9 +461,13 @@ async fn stream_until_done(
     map: IdMap,
     repl: ReplicationClient,
     consistent: Lsn,
-    progress: &RewriteProgress,
+    observed: &Observed<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<RewriteOutcome, Error> {
+    let by_oid: HashMap<u32, Arc<TableProgress>> = specs
+        .iter()
+        .map(|s| (s.oid, observed.progress.add_table(s.source.clone())))
+        .collect();
     let mut repl = Some(repl);
     let mut attempt = 0u32;
     loop {
@@ -371,6 +487,7 @@ async fn stream_until_done(
             )
             .await?;
         info!(from = %applied, "streaming");
+        observed.watermark.start_streaming(applied);
         let apply_session = pg::connect(&cfg.spec, "apply").await?;
         let mut applier = Applier::new(
             apply_session,
@@ -382,7 +499,7 @@ async fn stream_until_done(
             cfg.batch,
         )
         .await?;
-        let result = apply_loop(admin, o, &mut applier, stream, progress, shutdown).await;
+        let result = apply_loop(admin, o, &mut applier, stream, observed, &by_oid, shutdown).await;
         match result {
             Ok((LoopEnd::CutOver, stream)) => {
                 finish_stream(stream).await;
@@ -391,6 +508,9 @@ async fn stream_until_done(
                 return Ok(RewriteOutcome::CutOver);
             }
             Ok((LoopEnd::Aborted, stream)) | Ok((LoopEnd::Stopped, stream)) => {
+                // An open shadow transaction holds a lock on the shadow that
+                // would make dropping it wait forever.
+                applier.rollback().await;
                 finish_stream(stream).await;
                 cleanup(&cfg.spec, admin, o, Cleanup::Abort).await;
                 return Ok(RewriteOutcome::Aborted);
@@ -411,10 +531,16 @@ async fn stream_until_done(
                 attempt += 1;
                 let pause = Duration::from_millis(250 * (1 << attempt.min(5)));
                 warn!(error = %crate::error::chain(&e), attempt, pause_ms = pause.as_millis() as u64, "stream interrupted; resuming from the slot");
+                for t in by_oid.values() {
+                    t.set_last_error(format!("stream interrupted, resuming: {e}"));
+                }
                 tokio::time::sleep(pause).await;
             }
             Err(e) => {
                 applier.rollback().await;
+                for t in by_oid.values() {
+                    t.fail(e.to_string());
+                }
                 warn!(error = %crate::error::chain(&e), slot = %o.slot,
                     "rewrite stopped; shadows, slot and publication are left for inspection — the slot retains WAL until `pg-rekey abort`");
                 for t in &o.tables {
@@ -438,14 +564,24 @@ async fn finish_stream(stream: LogicalStream) {
 }
 
 /// Apply until cut over, aborted or stopped. Returns the stream for a clean stop.
+///
+/// Progress costs the loop a few atomic stores per message (changes per
+/// table, the applied position, the last commit time); lag is computed by the
+/// lag poller from those, so it keeps moving while a statement here waits.
 async fn apply_loop(
     admin: &Client,
     o: &JobObjects,
     applier: &mut Applier,
     mut stream: LogicalStream,
-    progress: &RewriteProgress,
+    observed: &Observed<'_>,
+    by_oid: &HashMap<u32, Arc<TableProgress>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(LoopEnd, LogicalStream), Error> {
+    let watermark = observed.watermark;
+    let applied_now = |applier: &Applier, feedback: &crate::replication::stream::FeedbackHandle| {
+        // A keepalive's WAL end counts once nothing received is unapplied.
+        applier.durable().max(feedback.position())
+    };
     let feedback = stream.feedback();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -464,9 +600,24 @@ async fn apply_loop(
             data = stream.recv() => {
                 let data = data?;
                 let msg = pgoutput::decode(data.payload).map_err(crate::replication::ReplicationError::from)?;
-                match applier.handle(msg, data.wal_start).await {
+                let (relation, commit_time) = match &msg {
+                    LogicalMessage::Insert(m) => (Some(m.relation), None),
+                    LogicalMessage::Update(m) => (Some(m.relation), None),
+                    LogicalMessage::Delete(m) => (Some(m.relation), None),
+                    LogicalMessage::Commit(c) => (None, Some(c.commit_time)),
+                    _ => (None, None),
+                };
+                let before = applier.stats().changes;
+                let handled = applier.handle(msg, data.wal_start).await;
+                if let Some(t) = relation.and_then(|r| by_oid.get(&r)) {
+                    t.add_changes_applied(applier.stats().changes.saturating_sub(before));
+                }
+                match handled {
                     Ok(Applied::Fence(_)) => fence_seen = true,
                     Ok(Applied::Committed(_)) => {
+                        if let Some(c) = commit_time {
+                            watermark.set_commit_time(c);
+                        }
                         if fence_seen {
                             // A cutover or verify waits on the recorded position.
                             let d = applier.record_position().await?;
@@ -476,6 +627,7 @@ async fn apply_loop(
                             let d = applier.flush().await?;
                             feedback.confirm(d);
                         }
+                        watermark.set_applied(applied_now(applier, &feedback));
                     }
                     Ok(Applied::Nothing) => {}
                     Err(e) => return Err(e),
@@ -486,21 +638,21 @@ async fn apply_loop(
                     let d = applier.flush().await?;
                     feedback.confirm(d);
                 }
+                watermark.set_applied(applied_now(applier, &feedback));
                 if last_poll.elapsed() >= Duration::from_millis(500) {
                     last_poll = Instant::now();
-                    if let Some(end) = poll_jobs(admin, o).await? {
+                    if let Some(end) = poll_jobs(admin, o, observed.progress).await? {
                         return Ok((end, stream));
                     }
-                    let lag = lag_bytes(admin, applier.durable()).await.unwrap_or(0);
-                    progress.lag_bytes.store(lag, std::sync::atomic::Ordering::Relaxed);
-                    progress.changes_applied.store(applier.stats().changes, std::sync::atomic::Ordering::Relaxed);
                     if last_log.elapsed() >= Duration::from_secs(10) {
                         last_log = Instant::now();
+                        // `status` in other processes reads the job rows.
                         for t in &o.tables {
-                            let _ = state::record_progress(admin, t, None, Some(lag as i64)).await;
+                            let lag = observed.progress.table(t).map(|p| p.snapshot().lag_bytes).unwrap_or(0);
+                            let _ = state::record_progress(admin, t, None, Some(i64::try_from(lag).unwrap_or(i64::MAX))).await;
                         }
                         let s = applier.stats();
-                        info!(lag_bytes = lag, changes = s.changes, transactions = s.transactions, applied = %applier.durable(), "streaming");
+                        tracing::debug!(changes = s.changes, transactions = s.transactions, applied = %applier.durable(), "streaming");
                     }
                 }
             }
@@ -508,11 +660,28 @@ async fn apply_loop(
     }
 }
 
-/// `Some` when every table is cut over, or any was aborted.
-async fn poll_jobs(admin: &Client, o: &JobObjects) -> Result<Option<LoopEnd>, Error> {
+/// `Some` when every table is cut over, or any was aborted. Mirrors the
+/// phases the job rows show (a cutover runs in another process) into the
+/// progress.
+async fn poll_jobs(
+    admin: &Client,
+    o: &JobObjects,
+    progress: &JobProgress,
+) -> Result<Option<LoopEnd>, Error> {
     let mut all_cut = true;
     for t in &o.tables {
-        match state::get_job(admin, t).await? {
+        let job = state::get_job(admin, t).await?;
+        if let (Some(j), Some(p)) = (&job, progress.table(t)) {
+            if j.job_id == o.job_id {
+                match j.phase() {
+                    Some(Phase::CuttingOver) => p.set_phase(progress::Phase::CuttingOver),
+                    Some(Phase::CutOver) => p.set_phase(progress::Phase::CutOver),
+                    Some(Phase::Streaming) => p.set_phase(progress::Phase::Streaming),
+                    _ => {}
+                }
+            }
+        }
+        match job {
             None => return Ok(Some(LoopEnd::Aborted)),
             Some(j) if j.job_id != o.job_id => return Ok(Some(LoopEnd::Aborted)),
             Some(j) => match j.phase() {
@@ -523,18 +692,6 @@ async fn poll_jobs(admin: &Client, o: &JobObjects) -> Result<Option<LoopEnd>, Er
         }
     }
     Ok(all_cut.then_some(LoopEnd::CutOver))
-}
-
-async fn lag_bytes(admin: &Client, applied: Lsn) -> Result<u64, Error> {
-    let row = admin
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .map_err(Error::db("read the current WAL position"))?;
-    let cur: String = row.get(0);
-    Ok(cur
-        .parse::<Lsn>()
-        .map(|c| c.bytes_since(applied))
-        .unwrap_or(0))
 }
 
 /// What to remove when a job ends.

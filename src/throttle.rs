@@ -25,6 +25,24 @@
 //!   `max_slow_down`;
 //! - otherwise proceed. Unset limits and unobserved values exert no pressure.
 //!
+//! Which slots count, and why not the job's own: during the copy the job's
+//! slot retains every byte written since its snapshot — the copy's own shadow
+//! writes included — and it cannot release any of it before the stream
+//! starts, which is after the copy. Pausing the copy never shrinks it, so a
+//! limit on it would, once crossed, pause the copy forever. The same holds
+//! for the slots of other pg-rekey jobs (a second `rewrite` copying at the
+//! same time would hold this one, and this one that one: a deadlock). So the
+//! slot limit ([`ThrottleLimits::max_slot_wal_bytes`]) measures the **other
+//! consumers' slots**: the largest WAL retained by any slot that is physical
+//! (a replica's) or logical on the job's database, excluding slots named with
+//! [`JOB_SLOT_PREFIX`] and the job's own. Those are the slots the copy's WAL
+//! burst really pushes back, and pausing lets their consumers catch up. A
+//! slot nobody consumes therefore pauses the copy until it is dropped or the
+//! limit raised; the pause reason names it. Logical slots of other databases
+//! are left out: their consumers replicate other data, and one database's
+//! rewrite should not wait on them. The job's own slot is still observed
+//! ([`Observation::slot_wal_bytes`]) and shown as "WAL retained" in progress.
+//!
 //! Which replicas count: only physical ones. Logical walsenders (the job's
 //! own stream, other subscribers) are excluded by being connected to a
 //! database, otherwise the copy would throttle on its own stream's lag. Seeing other
@@ -50,7 +68,8 @@ pub struct ThrottleLimits {
     /// Pause the copy while a physical replica's replay position is further
     /// than this many bytes behind the server's WAL.
     pub max_replica_lag_bytes: Option<u64>,
-    /// Pause the copy while the job's slot retains more WAL than this.
+    /// Pause the copy while another consumer's slot (see the module docs:
+    /// not the job's own, nor another pg-rekey job's) retains more WAL than this.
     pub max_slot_wal_bytes: Option<u64>,
     /// Fraction of a limit at which the copy starts slowing down (and below
     /// which a pause ends), in [0, 1).
@@ -93,9 +112,19 @@ pub struct Observation {
     /// Of those, how many hide their details from this role.
     pub replicas_hidden: u32,
     /// WAL retained by the job's slot, bytes (None: no slot given, slot
-    /// missing, or invalidated).
+    /// missing, or invalidated). Shown in progress; not a throttle input.
     pub slot_wal_bytes: Option<u64>,
+    /// The most WAL retained by one of the other consumers' slots (physical,
+    /// or logical on this database; neither the job's nor another pg-rekey
+    /// job's), bytes. None when there is no such slot.
+    pub other_slot_wal_bytes: Option<u64>,
+    /// The name of that slot.
+    pub other_slot: Option<String>,
 }
+
+/// Prefix of the slots pg-rekey's `rewrite` creates (`pg_rekey_<job>`); such
+/// slots never count toward the slot limit (see the module docs).
+pub const JOB_SLOT_PREFIX: &str = "pg_rekey_";
 
 /// Why the copy is paused (or slowed).
 #[derive(Clone, Debug, PartialEq)]
@@ -114,8 +143,10 @@ pub enum PauseReason {
         /// The limit.
         limit: u64,
     },
-    /// The slot retains too much WAL.
+    /// Another consumer's slot retains too much WAL.
     SlotWal {
+        /// The slot.
+        slot: String,
         /// Observed retained WAL.
         retained: u64,
         /// The limit.
@@ -138,9 +169,13 @@ impl std::fmt::Display for PauseReason {
                 format_bytes(*bytes),
                 format_bytes(*limit)
             ),
-            PauseReason::SlotWal { retained, limit } => write!(
+            PauseReason::SlotWal {
+                slot,
+                retained,
+                limit,
+            } => write!(
                 f,
-                "slot retains {} of WAL (limit {})",
+                "slot {slot} retains {} of WAL (limit {})",
                 format_bytes(*retained),
                 format_bytes(*limit)
             ),
@@ -213,10 +248,14 @@ pub fn decide(obs: &Observation, limits: &ThrottleLimits, paused: bool) -> Decis
             PauseReason::ReplicaLagBytes { bytes, limit },
         ));
     }
-    if let (Some(retained), Some(limit)) = (obs.slot_wal_bytes, limits.max_slot_wal_bytes) {
+    if let (Some(retained), Some(limit)) = (obs.other_slot_wal_bytes, limits.max_slot_wal_bytes) {
         pressures.push((
             ratio(retained as f64, limit as f64),
-            PauseReason::SlotWal { retained, limit },
+            PauseReason::SlotWal {
+                slot: obs.other_slot.clone().unwrap_or_else(|| "?".into()),
+                retained,
+                limit,
+            },
         ));
     }
     // The largest pressure names the reason; ties keep the first (replicas
@@ -245,31 +284,45 @@ pub fn decide(obs: &Observation, limits: &ThrottleLimits, paused: bool) -> Decis
     Decision::Proceed
 }
 
-/// The one query of a poll: physical replicas' lag and the job's slot's
-/// retained WAL, in one round trip.
+/// The one query of a poll: physical replicas' lag, the job's slot's
+/// retained WAL, and the other consumers' slot retaining the most WAL (see
+/// the module docs), in one round trip.
 ///
 /// A walsender is physical when its session is connected to no database:
 /// logical walsenders (`replication=database`) carry a `datid` from their
 /// first moment, whereas "holds a logical slot" is only true after
-/// `START_REPLICATION`. `datid` is visible to every role.
+/// `START_REPLICATION`. `datid` is visible to every role. Slots without a
+/// `restart_lsn` (never reserved, or invalidated) retain nothing.
 const OBSERVE_SQL: &str = "\
 WITH physical AS (
   SELECT r.replay_lag, r.replay_lsn, r.state
     FROM pg_stat_replication r
    WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                      WHERE a.pid = r.pid AND a.datid IS NOT NULL))
+                      WHERE a.pid = r.pid AND a.datid IS NOT NULL)),
+other AS (
+  SELECT s.slot_name::text AS slot_name,
+         pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::int8 AS retained
+    FROM pg_replication_slots s
+   WHERE s.restart_lsn IS NOT NULL
+     AND (s.database IS NULL OR s.database = current_database())
+     AND NOT starts_with(s.slot_name::text, $2::text)
+     AND s.slot_name::text IS DISTINCT FROM $1::text
+   ORDER BY retained DESC, slot_name
+   LIMIT 1)
 SELECT max(extract(epoch FROM replay_lag))::float8 AS replica_lag,
        max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn))::int8 AS replica_lag_bytes,
        count(*)::int4 AS replicas,
        (count(*) - count(state))::int4 AS replicas_hidden,
        (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8
-          FROM pg_replication_slots WHERE slot_name = $1::text) AS slot_wal_bytes
+          FROM pg_replication_slots WHERE slot_name = $1::text) AS slot_wal_bytes,
+       (SELECT retained FROM other) AS other_slot_wal_bytes,
+       (SELECT slot_name FROM other) AS other_slot
   FROM physical";
 
 /// Poll the server once. `slot` is the job's slot name, if it has one yet.
 pub async fn observe(client: &Client, slot: Option<&str>) -> Result<Observation> {
     let row = client
-        .query_one(OBSERVE_SQL, &[&slot])
+        .query_one(OBSERVE_SQL, &[&slot, &JOB_SLOT_PREFIX])
         .await
         .map_err(Error::db(
             "read replica lag and slot WAL for the copy throttle",
@@ -280,6 +333,8 @@ pub async fn observe(client: &Client, slot: Option<&str>) -> Result<Observation>
     let replicas: i32 = row.try_get("replicas").map_err(get)?;
     let hidden: i32 = row.try_get("replicas_hidden").map_err(get)?;
     let slot_bytes: Option<i64> = row.try_get("slot_wal_bytes").map_err(get)?;
+    let other_bytes: Option<i64> = row.try_get("other_slot_wal_bytes").map_err(get)?;
+    let other_slot: Option<String> = row.try_get("other_slot").map_err(get)?;
     Ok(Observation {
         // Negative values (clock or LSN oddities) mean "no lag".
         replica_lag: lag.and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
@@ -287,6 +342,8 @@ pub async fn observe(client: &Client, slot: Option<&str>) -> Result<Observation>
         replicas: u32::try_from(replicas).unwrap_or(0),
         replicas_hidden: u32::try_from(hidden).unwrap_or(0),
         slot_wal_bytes: slot_bytes.map(|b| u64::try_from(b).unwrap_or(0)),
+        other_slot_wal_bytes: other_bytes.map(|b| u64::try_from(b).unwrap_or(0)),
+        other_slot,
     })
 }
 
@@ -539,7 +596,8 @@ mod tests {
         Observation {
             replica_lag: lag_s.map(Duration::from_secs_f64),
             replicas: u32::from(lag_s.is_some()),
-            slot_wal_bytes: slot,
+            other_slot_wal_bytes: slot,
+            other_slot: slot.map(|_| "standby_1".into()),
             ..Observation::default()
         }
     }
@@ -585,6 +643,7 @@ mod tests {
             d,
             Decision::Pause {
                 reason: PauseReason::SlotWal {
+                    slot: "standby_1".into(),
                     retained: 300 * MIB,
                     limit: 100 * MIB
                 }
@@ -593,7 +652,7 @@ mod tests {
         assert_eq!(d.state(), ThrottleState::Paused);
         assert_eq!(
             d.reason().unwrap().to_string(),
-            "slot retains 300 MiB of WAL (limit 100 MiB)"
+            "slot standby_1 retains 300 MiB of WAL (limit 100 MiB)"
         );
     }
 
@@ -633,6 +692,19 @@ mod tests {
             "same pressure, not paused before"
         );
         assert_eq!(at(40, true), Decision::Proceed);
+    }
+
+    #[test]
+    fn the_jobs_own_slot_never_pauses_the_copy() {
+        // The job's slot retains the copy's own WAL until the stream starts:
+        // pausing could never shrink it, so it exerts no pressure.
+        let own = Observation {
+            slot_wal_bytes: Some(1000 * MIB),
+            ..Observation::default()
+        };
+        assert_eq!(decide(&own, &limits(), false), Decision::Proceed);
+        assert_eq!(decide(&own, &limits(), true), Decision::Proceed);
+        assert!(JOB_SLOT_PREFIX.starts_with("pg_rekey"));
     }
 
     #[test]
@@ -688,6 +760,7 @@ mod tests {
     async fn wait_ready_follows_the_channel() {
         let (tx, rx) = watch::channel(Decision::Pause {
             reason: PauseReason::SlotWal {
+                slot: "s".into(),
                 retained: 2,
                 limit: 1,
             },
@@ -702,6 +775,7 @@ mod tests {
         tx.send(Decision::SlowDown {
             pause: Duration::ZERO,
             reason: PauseReason::SlotWal {
+                slot: "s".into(),
                 retained: 1,
                 limit: 1,
             },
@@ -711,6 +785,7 @@ mod tests {
         // A dropped sender (throttle stopped) releases a paused waiter too.
         tx.send(Decision::Pause {
             reason: PauseReason::SlotWal {
+                slot: "s".into(),
                 retained: 2,
                 limit: 1,
             },

@@ -239,6 +239,7 @@ async fn copies_the_snapshot_with_references_translated() {
         batch_rows: 37,
         batch_bytes: 0,
         order_by_key: true,
+        ..CopyOptions::default()
     };
     let n_m = copy_table_with(&source, &target, &memberships_spec(), &map, &p_m, &opts)
         .await

@@ -1,7 +1,6 @@
 //! `cutover` end to end: rewrite running under a workload, then the swap.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use pg_rekey::cutover::{self, CutoverConfig};
@@ -15,18 +14,7 @@ use crate::rewrite::wait_phase;
 use crate::support::{compare_translated, wait_for, TestDb};
 
 fn rewrite_cfg(db: &TestDb, tables: &[&str]) -> RewriteConfig {
-    RewriteConfig {
-        spec: db.spec.clone(),
-        parent: QualifiedName::new("public", "users"),
-        uuid_column: "uuid_id".into(),
-        tables: tables
-            .iter()
-            .map(|t| QualifiedName::new("public", *t))
-            .collect(),
-        batch: Default::default(),
-        copy: Default::default(),
-        copy_sessions: 2,
-    }
+    crate::rewrite::example_config(db, tables)
 }
 
 fn cutover_cfg(db: &TestDb, tables: &[&str]) -> CutoverConfig {
@@ -68,10 +56,9 @@ async fn five_tables_swap_atomically_under_writes_and_nothing_is_lost() {
 
     let (_stop_tx, stop_rx) = watch::channel(false);
     let rcfg = rewrite_cfg(&db, REFERENCING_TABLES);
-    let job =
-        tokio::spawn(
-            async move { rewrite::run(&rcfg, stop_rx, Arc::new(Default::default())).await },
-        );
+    let job = tokio::spawn(async move {
+        rewrite::run(&rcfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
+    });
     wait_phase(&c, REFERENCING_TABLES, "streaming").await;
 
     // Dry run prints the swap and changes nothing.
@@ -217,10 +204,9 @@ async fn a_lock_holder_makes_cutover_give_up_then_succeed_later() {
     workload::seed(&c, 50, 500).await.unwrap();
     let (_stop_tx, stop_rx) = watch::channel(false);
     let rcfg = rewrite_cfg(&db, &["sessions"]);
-    let job =
-        tokio::spawn(
-            async move { rewrite::run(&rcfg, stop_rx, Arc::new(Default::default())).await },
-        );
+    let job = tokio::spawn(async move {
+        rewrite::run(&rcfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
+    });
     wait_phase(&c, &["sessions"], "streaming").await;
 
     // A long transaction holding a lock on the source.

@@ -37,18 +37,7 @@ use crate::rewrite::wait_phase;
 use crate::support::{wait_for, TestDb};
 
 fn rewrite_cfg(db: &TestDb, tables: &[&str]) -> RewriteConfig {
-    RewriteConfig {
-        spec: db.spec.clone(),
-        parent: QualifiedName::new("public", "users"),
-        uuid_column: "uuid_id".into(),
-        tables: tables
-            .iter()
-            .map(|t| QualifiedName::new("public", *t))
-            .collect(),
-        batch: Default::default(),
-        copy: Default::default(),
-        copy_sessions: 2,
-    }
+    crate::rewrite::example_config(db, tables)
 }
 
 fn cutover_cfg(db: &TestDb, tables: &[&str]) -> CutoverConfig {
@@ -588,10 +577,9 @@ async fn dependents_scenario(multi_table_writers: bool) {
     let (_stop_tx, stop_rx) = watch::channel(false);
     let rcfg = rewrite_cfg(&db, &["chat_messages"]);
     let commits_at_start = load.stats().commits.load(Ordering::Relaxed);
-    let job =
-        tokio::spawn(
-            async move { rewrite::run(&rcfg, stop_rx, Arc::new(Default::default())).await },
-        );
+    let job = tokio::spawn(async move {
+        rewrite::run(&rcfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
+    });
     wait_phase(&c, &["chat_messages"], "streaming").await;
     let commits_at_streaming = load.stats().commits.load(Ordering::Relaxed);
     assert!(
@@ -811,10 +799,9 @@ async fn five_tables_cut_over_together_under_load_and_no_committed_write_is_lost
 
     let (_stop_tx, stop_rx) = watch::channel(false);
     let rcfg = rewrite_cfg(&db, REFERENCING_TABLES);
-    let job =
-        tokio::spawn(
-            async move { rewrite::run(&rcfg, stop_rx, Arc::new(Default::default())).await },
-        );
+    let job = tokio::spawn(async move {
+        rewrite::run(&rcfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
+    });
     wait_phase(&c, REFERENCING_TABLES, "streaming").await;
     wait_commits(&load.stats, 200, "writes while streaming").await;
 

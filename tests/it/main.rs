@@ -8,6 +8,7 @@ mod cutover_deps;
 mod ddl;
 mod harness;
 mod observe;
+mod observe_rewrite;
 mod pgoutput;
 mod plan;
 mod replication;

@@ -12,7 +12,7 @@ use pg_rekey::metrics;
 use pg_rekey::pg::{quote_ident, QualifiedName};
 use pg_rekey::progress::{JobProgress, Phase, ThrottleState};
 use pg_rekey::throttle::{
-    observe, Decision, PauseReason, Throttle, ThrottleConfig, ThrottleLimits,
+    observe, Decision, PauseReason, Throttle, ThrottleConfig, ThrottleLimits, JOB_SLOT_PREFIX,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -190,9 +190,15 @@ async fn throttle_pauses_the_copy_while_the_slot_retains_too_much_wal() {
         None
     );
     assert_eq!(observe(&c, None).await.unwrap().slot_wal_bytes, None);
+    // As another consumer's slot, it is what the slot limit measures …
+    let other = observe(&c, None).await.unwrap();
+    assert_eq!(other.other_slot.as_deref(), Some(slot.as_str()));
+    assert!(other.other_slot_wal_bytes.unwrap() > limit);
+    // … but never as the job's own slot.
+    let own = observe(&c, Some(&slot)).await.unwrap();
+    assert_eq!(own.other_slot, None, "{own:?}");
 
     let job = JobProgress::new();
-    let table = job.add_table(QualifiedName::new("public", "filler"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let throttle = Throttle::start(
         &db.spec,
@@ -202,7 +208,9 @@ async fn throttle_pauses_the_copy_while_the_slot_retains_too_much_wal() {
                 max_replica_lag: Some(Duration::from_secs(60)),
                 ..ThrottleLimits::default()
             },
-            slot_name: Some(slot.clone()),
+            // The job's own slot does not exist yet: the test's slot is another
+            // consumer's.
+            slot_name: Some(format!("{JOB_SLOT_PREFIX}{}", db.name)),
             poll_every: Duration::from_millis(100),
         },
         Arc::clone(&job),
@@ -216,8 +224,14 @@ async fn throttle_pauses_the_copy_while_the_slot_retains_too_much_wal() {
     // The first poll happens inside start(): the decision is already a pause.
     match throttle.decision() {
         Decision::Pause {
-            reason: PauseReason::SlotWal { retained, limit: l },
+            reason:
+                PauseReason::SlotWal {
+                    slot: s,
+                    retained,
+                    limit: l,
+                },
         } => {
+            assert_eq!(s, slot);
             assert!(retained > limit);
             assert_eq!(l, limit);
         }
@@ -226,11 +240,10 @@ async fn throttle_pauses_the_copy_while_the_slot_retains_too_much_wal() {
     let shown = job.throttle();
     assert_eq!(shown.state, ThrottleState::Paused);
     assert_eq!(shown.pauses, 1);
-    assert!(shown.reason.unwrap().starts_with("slot retains"));
-    assert!(
-        table.snapshot().wal_retained_bytes > limit,
-        "WAL retained reaches the tables"
-    );
+    assert!(shown
+        .reason
+        .unwrap()
+        .starts_with(&format!("slot {slot} retains")));
 
     // A copy worker waiting between chunks stays held while the slot
     // keeps its WAL, across several polls …
@@ -243,12 +256,18 @@ async fn throttle_pauses_the_copy_while_the_slot_retains_too_much_wal() {
             released.store(true, Ordering::SeqCst);
         }
     });
-    let before = table.snapshot().wal_retained_bytes;
+    let retained_by = |d: Decision| match d {
+        Decision::Pause {
+            reason: PauseReason::SlotWal { retained, .. },
+        } => retained,
+        _ => 0,
+    };
+    let before = retained_by(throttle.decision());
     c.batch_execute("INSERT INTO filler SELECT g, 'y' FROM generate_series(1, 1000) g")
         .await
         .unwrap();
     wait_for("a poll after more WAL", WAIT, || async {
-        (table.snapshot().wal_retained_bytes > before).then_some(())
+        (retained_by(throttle.decision()) > before).then_some(())
     })
     .await;
     assert!(

@@ -2,11 +2,11 @@
 //! snapshot, then the stream applied while writers run.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pg_rekey::pg::QualifiedName;
-use pg_rekey::rewrite::{self, RewriteConfig, RewriteOutcome, RewriteProgress};
+use pg_rekey::progress::JobProgress;
+use pg_rekey::rewrite::{self, RewriteConfig, RewriteOutcome};
 use pg_rekey::state;
 use pg_rekey::workload::{self, Workload, WorkloadOptions, REFERENCING_TABLES};
 use tokio::sync::watch;
@@ -14,19 +14,17 @@ use tokio_postgres::Client;
 
 use crate::support::{compare_translated, wait_for, TestDb};
 
-fn cfg(db: &TestDb, tables: &[&str]) -> RewriteConfig {
-    RewriteConfig {
-        spec: db.spec.clone(),
-        parent: QualifiedName::new("public", "users"),
-        uuid_column: "uuid_id".into(),
-        tables: tables
+/// A rewrite of `tables` of the example schema (parent `users`, uuid column `uuid_id`).
+pub fn example_config(db: &TestDb, tables: &[&str]) -> RewriteConfig {
+    RewriteConfig::new(
+        db.spec.clone(),
+        QualifiedName::new("public", "users"),
+        "uuid_id",
+        tables
             .iter()
             .map(|t| QualifiedName::new("public", *t))
             .collect(),
-        batch: Default::default(),
-        copy: Default::default(),
-        copy_sessions: 2,
-    }
+    )
 }
 
 /// Wait until every job row of the tables is in `phase`.
@@ -110,8 +108,8 @@ async fn shadows_equal_sources_under_concurrent_writes() {
         .await
         .unwrap();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let config = cfg(&db, REFERENCING_TABLES);
-    let progress = Arc::new(RewriteProgress::default());
+    let config = example_config(&db, REFERENCING_TABLES);
+    let progress = JobProgress::new();
     let job = tokio::spawn({
         let progress = progress.clone();
         async move { rewrite::run(&config, stop_rx, progress).await }
@@ -164,7 +162,12 @@ async fn shadows_equal_sources_under_concurrent_writes() {
         .get(0);
     assert!(big > 0);
     assert!(
-        progress.changes_applied.load(Ordering::Relaxed) > 0
+        progress
+            .tables()
+            .iter()
+            .map(|t| t.changes_applied())
+            .sum::<u64>()
+            > 0
             || stats.commits.load(Ordering::Relaxed) > 0
     );
 

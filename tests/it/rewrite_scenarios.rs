@@ -16,7 +16,7 @@ use pg_rekey::error::Error;
 use pg_rekey::pg::QualifiedName;
 use pg_rekey::replication::stream::StartOptions;
 use pg_rekey::replication::wire::ReplicationClient;
-use pg_rekey::rewrite::{self, RewriteConfig, RewriteOutcome, RewriteProgress};
+use pg_rekey::rewrite::{self, RewriteConfig, RewriteOutcome};
 use pg_rekey::state::{self, JobRow};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -37,23 +37,14 @@ fn config(
     uuid: &str,
     tables: &[QualifiedName],
 ) -> RewriteConfig {
-    RewriteConfig {
-        spec: db.spec.clone(),
-        parent: parent.clone(),
-        uuid_column: uuid.into(),
-        tables: tables.to_vec(),
-        batch: Default::default(),
-        copy: Default::default(),
-        copy_sessions: 2,
-    }
+    RewriteConfig::new(db.spec.clone(), parent.clone(), uuid, tables.to_vec())
 }
 
 fn start(cfg: RewriteConfig) -> Running {
     let (stop, rx) = watch::channel(false);
-    let handle =
-        tokio::spawn(
-            async move { rewrite::run(&cfg, rx, Arc::new(RewriteProgress::default())).await },
-        );
+    let handle = tokio::spawn(async move {
+        rewrite::run(&cfg, rx, pg_rekey::progress::JobProgress::new()).await
+    });
     Running { handle, stop }
 }
 

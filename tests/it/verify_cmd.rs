@@ -2,11 +2,10 @@
 //! library entry point [`pg_rekey::verify::run`] and the binary's exit codes.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use pg_rekey::pg::QualifiedName;
-use pg_rekey::rewrite::{self, RewriteConfig, RewriteOutcome, RewriteProgress};
+use pg_rekey::rewrite::{self, RewriteConfig, RewriteOutcome};
 use pg_rekey::state::{self, NewJob, Phase};
 use pg_rekey::verify::{self, RowDiffKind, RunOptions, Stage, VerifyReport};
 use pg_rekey::workload::{self, Workload, WorkloadOptions};
@@ -32,18 +31,15 @@ fn start_rewrite(
     watch::Sender<bool>,
     JoinHandle<Result<RewriteOutcome, pg_rekey::Error>>,
 ) {
-    let config = RewriteConfig {
-        spec: db.spec.clone(),
-        parent: QualifiedName::new("public", "users"),
-        uuid_column: "uuid_id".into(),
-        tables: names(tables),
-        batch: Default::default(),
-        copy: Default::default(),
-        copy_sessions: 2,
-    };
+    let config = RewriteConfig::new(
+        db.spec.clone(),
+        QualifiedName::new("public", "users"),
+        "uuid_id",
+        names(tables),
+    );
     let (tx, rx) = watch::channel(false);
     let job = tokio::spawn(async move {
-        rewrite::run(&config, rx, Arc::new(RewriteProgress::default())).await
+        rewrite::run(&config, rx, pg_rekey::progress::JobProgress::new()).await
     });
     (tx, job)
 }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pg_rekey::pg::{quote_ident, ConnSpec, Lsn};
+use pg_rekey::pg::{quote_ident, Lsn};
 use pg_rekey::replication::pgoutput::{
     self, Begin, Commit, LogicalMessage, OldRow, Origin, Relation, ReplicaIdentity, TupleValue,
     TypeMessage,
@@ -25,55 +25,9 @@ use pg_rekey::replication::stream::{LogicalStream, StartOptions};
 use pg_rekey::replication::wire::{ReplicationClient, SnapshotAction};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::support::{wait_for, TestDb};
+use crate::support::{wait_for, SlotGuard, TestDb};
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// Drops the slot when the test ends, even on panic (terminating a walsender
-/// still holding it). Same as the one in `replication.rs`.
-struct SlotGuard {
-    spec: ConnSpec,
-    name: String,
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let spec = self.spec.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let Ok(c) = pg_rekey::pg::connect(&spec, "slot-cleanup").await else {
-                    return;
-                };
-                for _ in 0..100 {
-                    let r = c
-                        .query(
-                            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
-                             WHERE slot_name = $1 AND active_pid IS NOT NULL",
-                            &[&name],
-                        )
-                        .await;
-                    let d = c
-                        .query(
-                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-                             WHERE slot_name = $1",
-                            &[&name],
-                        )
-                        .await;
-                    if r.is_ok() && d.is_ok() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            });
-        })
-        .join();
-    }
-}
 
 /// A column value as the tests compare it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,10 +156,7 @@ impl Fixture {
         .await
         .unwrap();
         let slot = db.unique("slot");
-        let guard = SlotGuard {
-            spec: db.spec.clone(),
-            name: slot.clone(),
-        };
+        let guard = SlotGuard::new(&db.spec, &slot);
         let mut c = ReplicationClient::connect(&db.spec)
             .await
             .unwrap_or_else(|e| panic!("replication connect: {e}"));

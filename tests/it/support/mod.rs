@@ -245,3 +245,59 @@ pub fn init_logging() {
             .try_init();
     });
 }
+
+/// Drops the slot when the test ends, even on panic (terminating a walsender
+/// still holding it). A leftover slot would pin WAL on the shared server.
+pub struct SlotGuard {
+    spec: ConnSpec,
+    name: String,
+}
+
+impl SlotGuard {
+    /// Guard slot `name` on `spec`'s server.
+    pub fn new(spec: &ConnSpec, name: &str) -> SlotGuard {
+        SlotGuard {
+            spec: spec.clone(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let spec = self.spec.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let Ok(c) = pg_rekey::pg::connect(&spec, "slot-cleanup").await else {
+                    return;
+                };
+                for _ in 0..100 {
+                    let r = c
+                        .query(
+                            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                             WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                            &[&name],
+                        )
+                        .await;
+                    let d = c
+                        .query(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                             WHERE slot_name = $1",
+                            &[&name],
+                        )
+                        .await;
+                    if r.is_ok() && d.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        })
+        .join();
+    }
+}

@@ -1,18 +1,27 @@
 //! Copy-phase benchmark: pg-rekey's copy (map load + binary COPY out →
-//! translate → binary COPY in, then the secondary index builds) against the
+//! translate → binary COPY in into a shadow without its key, then the primary
+//! key and the secondary index builds, as `rewrite` does) against the
 //! in-server rewrite (`CREATE TABLE … AS SELECT … JOIN users …` plus the same
 //! primary key and index builds), on the same generated data in one run.
 //!
 //! ```text
 //! cargo bench --bench copy                      # 3M rows, 200k users
 //! PGREKEY_BENCH_ROWS=1000000 PGREKEY_BENCH_USERS=50000 cargo bench --bench copy
-//! PGREKEY_BENCH_VARIANTS=1 cargo bench --bench copy   # also ORDER BY key, 2-way parallel, …
+//! PGREKEY_BENCH_VARIANTS=1 cargo bench --bench copy   # also every variant (ordered, parallel2, …)
+//! PGREKEY_BENCH_VARIANTS=unlogged,key-during-copy cargo bench --bench copy   # named variants
 //! PGREKEY_BENCH_REPEAT=5 cargo bench --bench copy      # rounds (default 3; best round compared)
 //! ```
 //!
 //! A throwaway cluster is started with the embedded defaults (fsync off, the
 //! same settings for both contenders); the tool and the server share the
 //! machine's cores, as they would on a small database host.
+//!
+//! Each pg-rekey run also has a logical slot (created before the copy) and
+//! reports the WAL written and the time and CPU to decode it all afterwards
+//! (`pg_logical_slot_get_binary_changes`, the walsender's decoding path):
+//! the catch-up `rewrite`'s stream pays before its first change after the
+//! copy. CPU figures come from /proc and getrusage; on a shared machine they
+//! are steadier than the wall times.
 
 use std::time::{Duration, Instant};
 
@@ -80,10 +89,26 @@ async fn build_indexes(c: &Client, table: &str) {
     }
 }
 
+/// A measured figure: seconds or megabytes.
+#[derive(Clone, Copy)]
+enum Figure {
+    Secs(Duration),
+    Mb(i64),
+}
+
+impl std::fmt::Display for Figure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Figure::Secs(d) => write!(f, "{:.2}s", d.as_secs_f64()),
+            Figure::Mb(b) => write!(f, "{:.0}MB", *b as f64 / 1e6),
+        }
+    }
+}
+
 struct Timing {
     name: String,
     total: Duration,
-    parts: Vec<(&'static str, Duration)>,
+    parts: Vec<(&'static str, Figure)>,
 }
 
 async fn settle(admin: &Client) {
@@ -138,15 +163,51 @@ fn total_cpu_at(each: &[Duration], r: std::ops::RangeTo<usize>) -> Duration {
     each.get(r).unwrap_or_default().iter().sum()
 }
 
-async fn rekey(
-    spec_db: &ConnSpec,
-    admin: &Client,
-    name: &str,
-    opts: &CopyOptions,
+/// One way of running pg-rekey's copy phase.
+#[derive(Clone)]
+struct Variant {
+    name: &'static str,
+    opts: CopyOptions,
     parallel: usize,
     pk_after: bool,
-) -> Timing {
+    /// Shadow created UNLOGGED, `SET LOGGED` after the copy.
+    unlogged: bool,
+}
+
+impl Variant {
+    fn new(name: &'static str) -> Variant {
+        Variant {
+            name,
+            opts: CopyOptions::default(),
+            parallel: 1,
+            // As `rewrite` does: `ddl::create_shadow_for_copy`, then
+            // `ddl::key_after_copy` (the primary key) after the copy.
+            pk_after: true,
+            unlogged: false,
+        }
+    }
+}
+
+/// WAL position as a byte count.
+async fn wal_lsn(c: &Client) -> i64 {
+    c.query_one(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn rekey(spec_db: &ConnSpec, admin: &Client, v: &Variant) -> Timing {
+    let (name, opts, parallel, pk_after) = (v.name, &v.opts, v.parallel, v.pk_after);
     admin.batch_execute(SHADOW_DDL).await.unwrap();
+    if v.unlogged {
+        admin
+            .batch_execute("ALTER TABLE events_shadow SET UNLOGGED")
+            .await
+            .unwrap();
+    }
     if pk_after {
         admin
             .batch_execute("ALTER TABLE events_shadow DROP CONSTRAINT events_shadow_pkey")
@@ -154,6 +215,12 @@ async fn rekey(
             .unwrap();
     }
     settle(admin).await;
+    // A slot as `rewrite` has one: after the copy its walsender must decode
+    // all the WAL the copy wrote before it reaches the first change to apply.
+    admin
+        .batch_execute("SELECT pg_create_logical_replication_slot('bench_slot', 'pgoutput')")
+        .await
+        .unwrap();
     let parent = ParentSpec {
         table: QualifiedName::new("public", "users"),
         oid: 0,
@@ -171,6 +238,7 @@ async fn rekey(
     let backends = pids(&all).await;
     let server0 = total_cpu(&backends);
     let server_each: Vec<Duration> = backends.iter().map(|&p| backend_cpu(p)).collect();
+    let wal0 = wal_lsn(admin).await;
     let t0 = Instant::now();
     let cpu0 = cpu_time();
     let snap: String = {
@@ -210,6 +278,15 @@ async fn rekey(
     let n = sources.len();
     let source_copy = total_cpu(&backends[..n]) - total_cpu_at(&server_each, ..n);
     assert_eq!(progress.rows(), rows);
+    let wal_copy = wal_lsn(admin).await - wal0;
+    let t_logged = Instant::now();
+    if v.unlogged {
+        targets[0]
+            .batch_execute("ALTER TABLE events_shadow SET LOGGED")
+            .await
+            .unwrap();
+    }
+    let t_logged = t_logged.elapsed();
     if pk_after {
         targets[0]
             .batch_execute("ALTER TABLE events_shadow ADD PRIMARY KEY (id)")
@@ -218,17 +295,43 @@ async fn rekey(
     }
     build_indexes(&targets[0], "events_shadow").await;
     let total = t0.elapsed();
+    let server_total = total_cpu(&backends) - server0;
+    let wal_total = wal_lsn(admin).await - wal0;
+    // Catch-up: decode everything written since the slot, as the walsender
+    // must before it reaches the first change after the copy.
+    let decoder = connect(spec_db, "bench decoder").await.unwrap();
+    let dpid = pids(&[&decoder]).await;
+    let d0 = total_cpu(&dpid);
+    let td = Instant::now();
+    decoder
+        .batch_execute(
+            "SELECT count(*) FROM pg_logical_slot_get_binary_changes('bench_slot', NULL, NULL,
+               'proto_version', '1', 'publication_names', 'bench_pub')",
+        )
+        .await
+        .unwrap();
+    let t_decode = td.elapsed();
+    let decode_cpu = total_cpu(&dpid) - d0;
+    admin
+        .batch_execute("SELECT pg_drop_replication_slot('bench_slot')")
+        .await
+        .unwrap();
     Timing {
         name: name.into(),
         total,
         parts: vec![
-            ("map load", t_map),
-            ("copy", t_copy),
-            ("indexes", total - t_map - t_copy),
-            ("tool cpu in map+copy", cpu),
-            ("server cpu in map+copy", server_copy),
-            ("of which source", source_copy),
-            ("server cpu total", total_cpu(&backends) - server0),
+            ("map load", Figure::Secs(t_map)),
+            ("copy", Figure::Secs(t_copy)),
+            ("set logged", Figure::Secs(t_logged)),
+            ("indexes", Figure::Secs(total - t_map - t_copy - t_logged)),
+            ("tool cpu in map+copy", Figure::Secs(cpu)),
+            ("server cpu in map+copy", Figure::Secs(server_copy)),
+            ("of which source", Figure::Secs(source_copy)),
+            ("server cpu total", Figure::Secs(server_total)),
+            ("WAL in copy", Figure::Mb(wal_copy)),
+            ("WAL total", Figure::Mb(wal_total)),
+            ("catch-up decode", Figure::Secs(t_decode)),
+            ("decode cpu", Figure::Secs(decode_cpu)),
         ],
     }
 }
@@ -263,11 +366,14 @@ async fn in_server(admin: &Client) -> Timing {
         name: "in-server CTAS + PK + indexes".into(),
         total,
         parts: vec![
-            ("create table as", t_ctas),
-            ("primary key", t_pk),
-            ("indexes", total - t_ctas - t_pk),
-            ("server cpu in CTAS", server_ctas),
-            ("server cpu total", total_cpu(&backends) - server0),
+            ("create table as", Figure::Secs(t_ctas)),
+            ("primary key", Figure::Secs(t_pk)),
+            ("indexes", Figure::Secs(total - t_ctas - t_pk)),
+            ("server cpu in CTAS", Figure::Secs(server_ctas)),
+            (
+                "server cpu total",
+                Figure::Secs(total_cpu(&backends) - server0),
+            ),
         ],
     }
 }
@@ -276,7 +382,7 @@ fn print(t: &Timing, rows: u64) {
     let parts = t
         .parts
         .iter()
-        .map(|(n, d)| format!("{n} {:.2}s", d.as_secs_f64()))
+        .map(|(n, d)| format!("{n} {d}"))
         .collect::<Vec<_>>()
         .join(", ");
     println!(
@@ -287,10 +393,57 @@ fn print(t: &Timing, rows: u64) {
     );
 }
 
+/// The variants `PGREKEY_BENCH_VARIANTS` can name (comma-separated; `1` for all).
+fn all_variants() -> Vec<Variant> {
+    let d = CopyOptions::default();
+    vec![
+        Variant {
+            opts: CopyOptions {
+                order_by_key: true,
+                ..d.clone()
+            },
+            ..Variant::new("ordered")
+        },
+        Variant {
+            parallel: 2,
+            ..Variant::new("parallel2")
+        },
+        Variant {
+            opts: CopyOptions {
+                batch_rows: 0,
+                batch_bytes: 0,
+                ..d.clone()
+            },
+            ..Variant::new("one-tx")
+        },
+        Variant {
+            opts: CopyOptions {
+                batch_rows: 1_000_000,
+                batch_bytes: 128 << 20,
+                ..d.clone()
+            },
+            ..Variant::new("big-batches")
+        },
+        Variant {
+            pk_after: false,
+            ..Variant::new("key-during-copy")
+        },
+        Variant {
+            unlogged: true,
+            ..Variant::new("unlogged")
+        },
+        Variant {
+            unlogged: true,
+            pk_after: false,
+            ..Variant::new("unlogged-key-during-copy")
+        },
+    ]
+}
+
 fn main() {
     let rows = env_u64("PGREKEY_BENCH_ROWS", 3_000_000);
     let users = env_u64("PGREKEY_BENCH_USERS", 200_000);
-    let variants = env_u64("PGREKEY_BENCH_VARIANTS", 0) != 0;
+    let variants = std::env::var("PGREKEY_BENCH_VARIANTS").unwrap_or_default();
     let repeat = env_u64("PGREKEY_BENCH_REPEAT", 3).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -323,7 +476,8 @@ fn main() {
                    FROM generate_series(1, {rows}) g;
                  ALTER TABLE events ADD FOREIGN KEY (user_id) REFERENCES users(id);
                  CREATE INDEX ON events (user_id);
-                 CREATE INDEX ON events (created_at);"
+                 CREATE INDEX ON events (created_at);
+                 CREATE PUBLICATION bench_pub FOR TABLE users, events;"
             ))
             .await
             .unwrap();
@@ -345,51 +499,47 @@ fn main() {
         admin.batch_execute("SELECT count(*) FROM events; SELECT count(*) FROM users").await.unwrap();
 
         // The machine is shared: run the contenders alternately, several
-        // rounds, and compare the best round of each (least disturbed).
-        let default = CopyOptions::default();
-        let mut best_a: Option<Timing> = None;
-        let mut best_b: Option<Timing> = None;
+        // rounds, and compare the best round of each (least disturbed); the
+        // median is printed too.
+        let main = Variant::new("pg-rekey copy + key + indexes");
+        let mut a_runs: Vec<Timing> = Vec::new();
+        let mut b_runs: Vec<Timing> = Vec::new();
         for round in 1..=repeat {
-            let a = rekey(&spec_db, &admin, "pg-rekey copy + indexes", &default, 1, false).await;
+            let a = rekey(&spec_db, &admin, &main).await;
             let b = in_server(&admin).await;
             println!("round {round}:");
             print(&a, rows);
             print(&b, rows);
-            if best_a.as_ref().is_none_or(|x| a.total < x.total) {
-                best_a = Some(a);
-            }
-            if best_b.as_ref().is_none_or(|x| b.total < x.total) {
-                best_b = Some(b);
-            }
+            a_runs.push(a);
+            b_runs.push(b);
         }
-        if let (Some(a), Some(b)) = (best_a, best_b) {
+        a_runs.sort_by_key(|t| t.total);
+        b_runs.sort_by_key(|t| t.total);
+        if let (Some(a), Some(b)) = (a_runs.first(), b_runs.first()) {
             println!("best of {repeat}:");
-            print(&a, rows);
-            print(&b, rows);
+            print(a, rows);
+            print(b, rows);
             println!(
-                "ratio pg-rekey / in-server = {:.2}",
-                a.total.as_secs_f64() / b.total.as_secs_f64()
+                "ratio pg-rekey / in-server: best {:.2}, median {:.2}",
+                a.total.as_secs_f64() / b.total.as_secs_f64(),
+                a_runs[a_runs.len() / 2].total.as_secs_f64()
+                    / b_runs[b_runs.len() / 2].total.as_secs_f64()
             );
         }
-        if variants {
-            let ordered = CopyOptions {
-                order_by_key: true,
-                ..default.clone()
-            };
-            let one = CopyOptions {
-                batch_rows: 0,
-                batch_bytes: 0,
-                ..default.clone()
-            };
-            for _ in 0..repeat {
-                let v = rekey(&spec_db, &admin, "pg-rekey, ORDER BY key", &ordered, 1, false).await;
-                print(&v, rows);
-                let v = rekey(&spec_db, &admin, "pg-rekey, 2 ranges in parallel", &default, 2, false).await;
-                print(&v, rows);
-                let v = rekey(&spec_db, &admin, "pg-rekey, one transaction", &one, 1, false).await;
-                print(&v, rows);
-                let v = rekey(&spec_db, &admin, "pg-rekey, PK built after copy", &default, 1, true).await;
-                print(&v, rows);
+        let all = all_variants();
+        let chosen: Vec<&Variant> = match variants.as_str() {
+            "" | "0" => Vec::new(),
+            "1" | "all" => all.iter().collect(),
+            list => list
+                .split(',')
+                .filter_map(|n| all.iter().find(|v| v.name == n.trim()))
+                .collect(),
+        };
+        for round in 1..=repeat {
+            for v in &chosen {
+                let t = rekey(&spec_db, &admin, v).await;
+                print!("[{round}] ");
+                print(&t, rows);
             }
         }
     });

@@ -420,3 +420,109 @@ async fn orphaned_reference_names_table_column_and_value() {
     );
     assert_eq!(progress.rows(), 0);
 }
+
+/// The shadow built for the copy without its row key, the key added after
+/// the copy: the key (primary key, or replica identity index) ends up as
+/// `create_shadow` would have made it, and the data is the source's.
+#[tokio::test]
+async fn shadow_keyed_after_the_copy() {
+    use pg_rekey::ddl::{create_shadow_for_copy, key_after_copy, post_copy};
+    use pg_rekey::plan::catalog::{load_parent, load_table};
+
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE users (id bigint PRIMARY KEY, uuid_id uuid UNIQUE NOT NULL DEFAULT gen_random_uuid());
+             INSERT INTO users (id) SELECT generate_series(1, 50);
+             CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint REFERENCES users(id), note text);
+             INSERT INTO orders SELECT g, CASE WHEN g % 9 = 0 THEN NULL ELSE g % 50 + 1 END, 'n' || g
+               FROM generate_series(1, 1000) g;
+             CREATE INDEX orders_user ON orders (user_id);
+             ALTER TABLE orders CLUSTER ON orders_pkey;
+             CREATE TABLE tags (code text NOT NULL, owner_id int4 REFERENCES users(id));
+             CREATE UNIQUE INDEX tags_code ON tags (code);
+             ALTER TABLE tags REPLICA IDENTITY USING INDEX tags_code;
+             INSERT INTO tags SELECT 't' || g, g % 50 + 1 FROM generate_series(1, 300) g;",
+        )
+        .await
+        .unwrap();
+    let parent = load_parent(&admin, &QualifiedName::new("public", "users"), "uuid_id")
+        .await
+        .unwrap();
+    let expected_key = [
+        ("orders", "SELECT conname::text FROM pg_constraint WHERE contype = 'p' AND conrelid = '_rekey_new_orders'::regclass"),
+        ("tags", "SELECT indexrelid::regclass::text FROM pg_index WHERE indisreplident AND indisunique AND indrelid = '_rekey_new_tags'::regclass"),
+    ];
+    for (name, key_query) in expected_key {
+        let detail = load_table(&admin, &QualifiedName::new("public", name), &parent)
+            .await
+            .unwrap();
+        let shadow = detail.spec.shadow.quoted();
+        for stmt in create_shadow_for_copy(&detail, &parent) {
+            admin.batch_execute(&stmt).await.unwrap();
+        }
+        let indexes = count(
+            &admin,
+            &format!("SELECT count(*) FROM pg_index WHERE indrelid = '{shadow}'::regclass"),
+        )
+        .await;
+        assert_eq!(indexes, 0, "{name}: no index during the copy");
+
+        let source = db.client().await;
+        source
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .unwrap();
+        let target = db.client().await;
+        let map = IdMap::load(&source, &parent).await.unwrap();
+        let rows = copy_table(&source, &target, &detail.spec, &map, &Progress::new())
+            .await
+            .unwrap();
+        source.batch_execute("COMMIT").await.unwrap();
+        for stmt in key_after_copy(&detail)
+            .into_iter()
+            .chain(post_copy(&detail))
+        {
+            admin.batch_execute(&stmt).await.unwrap();
+        }
+
+        let key: String = admin.query_one(key_query, &[]).await.unwrap().get(0);
+        assert_eq!(
+            key,
+            format!(
+                "_rekey_new_{}",
+                if name == "orders" {
+                    "orders_pkey"
+                } else {
+                    "tags_code"
+                }
+            )
+        );
+        let translated = if name == "orders" {
+            "SELECT o.id, u.uuid_id, o.note FROM orders o LEFT JOIN users u ON u.id = o.user_id"
+        } else {
+            "SELECT t.code, u.uuid_id FROM tags t LEFT JOIN users u ON u.id = t.owner_id"
+        };
+        let diff = count(
+            &admin,
+            &format!(
+                "SELECT count(*) FROM (({translated} EXCEPT SELECT * FROM {shadow})
+                   UNION ALL (SELECT * FROM {shadow} EXCEPT {translated})) d"
+            ),
+        )
+        .await;
+        assert_eq!(diff, 0, "{name}: shadow differs from the source");
+        assert_eq!(rows, if name == "orders" { 1000 } else { 300 });
+    }
+    // The clustered index moved with the key: CLUSTER ON needs the key built first.
+    let clustered: String = admin
+        .query_one(
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE indisclustered AND indrelid = '_rekey_new_orders'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(clustered, "_rekey_new_orders_pkey");
+}

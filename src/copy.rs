@@ -43,7 +43,7 @@
 //!   [`crate::ddl::key_after_copy`]). Maintaining the primary key row by row
 //!   was the target backend's largest cost: server CPU during the copy fell
 //!   from 8.3–10.1 s to 3.4–5.0 s, WAL written by the copy from 532 to 295 MB,
-//!   and the stream's catch-up decode from 1.9–2.6 s to 1.3–1.7 s; the sorted
+//!   and the stream's catch-up decode from 1.4–2.6 s to 0.7–1.7 s; the sorted
 //!   key build afterwards is the same work the in-server rewrite does.
 //! * **Kept: batches of 100k rows / 16 MiB.** One transaction, or 1M-row /
 //!   128 MiB batches, cost the same to copy but 7–16 s to decode afterwards

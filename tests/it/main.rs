@@ -5,6 +5,7 @@ mod support;
 mod copy;
 mod cutover;
 mod ddl;
+mod demo;
 mod harness;
 mod observe;
 mod pgoutput;

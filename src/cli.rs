@@ -189,6 +189,25 @@ pub struct VerifyArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// The parent table. Default: found from the reference columns' foreign keys.
+    #[arg(long, requires = "uuid_column")]
+    pub parent: Option<String>,
+    /// The parent's uuid column. Default: found from the catalogs.
+    #[arg(long, requires = "parent")]
+    pub uuid_column: Option<String>,
+    /// How long one attempt waits for the SHARE locks that hold writers of
+    /// the sources back while the jobs drain (before cutover only).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "200ms")]
+    pub lock_timeout: Duration,
+    /// Longest the locks may be held while the jobs drain.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    pub max_hold: Duration,
+    /// Attempts at a consistent point before giving up.
+    #[arg(long, default_value_t = 5)]
+    pub attempts: u32,
+    /// Pause after the first failed attempt; doubles each time (capped at 10 s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
+    pub backoff: Duration,
 }
 
 /// Size of the example workload (`demo`, `soak`).

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::cli::{AbortArgs, Cli, Command, CutoverArgs, PlanArgs, RewriteArgs, StatusArgs};
+use crate::cli::{
+    AbortArgs, Cli, Command, CutoverArgs, PlanArgs, RewriteArgs, StatusArgs, VerifyArgs,
+};
 use crate::error::Error;
 use crate::pg::{self, ConnSpec, QualifiedName};
 
@@ -83,9 +85,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Status(a) => status(dsn, a).await,
         Command::Abort(a) => abort(dsn, a).await,
         Command::Cutover(a) => cutover(dsn, a).await,
-        Command::Verify(_) => Err(Error::Config(
-            "this command is not built yet in this version of pg-rekey".into(),
-        )),
+        Command::Verify(a) => verify(dsn, a).await,
         Command::Demo(a) => demo(dsn, a).await,
         Command::Soak(a) => soak(dsn, a).await,
     }
@@ -127,7 +127,14 @@ async fn rewrite(dsn: Option<&str>, a: RewriteArgs) -> Result<ExitCode, Error> {
         copy_sessions: 2,
     };
     let progress = Arc::new(crate::rewrite::RewriteProgress::default());
-    match crate::rewrite::run(&cfg, shutdown_signal(), progress).await? {
+    let shutdown = shutdown_signal();
+    if a.cutover == crate::cli::CutoverMode::Auto {
+        tokio::spawn(crate::cutover::auto(
+            auto_cutover_config(&cfg, &a.lock),
+            shutdown.clone(),
+        ));
+    }
+    match crate::rewrite::run(&cfg, shutdown, progress).await? {
         crate::rewrite::RewriteOutcome::CutOver => {
             print("every table is cut over\n")?;
             Ok(0)
@@ -230,6 +237,69 @@ pub fn render_cutover(r: &crate::cutover::CutoverReport) -> String {
         out.push_str(&format!("warning: {w}\n"));
     }
     out
+}
+
+/// Options of `verify` from its arguments (pure).
+pub fn verify_options(a: &VerifyArgs) -> Result<crate::verify::RunOptions, Error> {
+    if a.chunk_rows == 0 {
+        return Err(Error::Config("--chunk-rows must be at least 1".into()));
+    }
+    let parent = match (&a.parent, &a.uuid_column) {
+        (Some(p), Some(u)) => Some(crate::verify::ParentChoice {
+            table: QualifiedName::parse(p, "public")
+                .map_err(|e| Error::Config(format!("--parent: {e}")))?,
+            uuid_column: u.clone(),
+        }),
+        _ => None,
+    };
+    Ok(crate::verify::RunOptions {
+        compare: crate::verify::VerifyOptions {
+            chunk_rows: a.chunk_rows,
+            ..Default::default()
+        },
+        lock_timeout: a.lock_timeout,
+        max_hold: a.max_hold,
+        attempts: a.attempts.max(1),
+        backoff: a.backoff,
+        parent,
+        ..Default::default()
+    })
+}
+
+/// `verify`: exit 0 when every table is equal, 1 when any differs (the
+/// report names the first differing key ranges and rows), 2 on error.
+pub async fn verify(dsn: Option<&str>, a: VerifyArgs) -> Result<ExitCode, Error> {
+    let spec = conn_spec(dsn)?;
+    let tables = parse_tables(&a.tables)?;
+    let opts = verify_options(&a)?;
+    let report = crate::verify::run(&spec, &tables, &opts).await?;
+    if a.json {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        print(&format!("{text}\n"))?;
+    } else {
+        print(&report.to_string())?;
+    }
+    Ok(report.exit_code())
+}
+
+/// The cutover that `rewrite --cutover auto` runs.
+fn auto_cutover_config(
+    cfg: &crate::rewrite::RewriteConfig,
+    lock: &crate::cli::LockArgs,
+) -> crate::cutover::CutoverConfig {
+    crate::cutover::CutoverConfig {
+        spec: cfg.spec.clone(),
+        tables: cfg.tables.clone(),
+        lock_timeout: lock.lock_timeout,
+        max_hold: lock.max_hold,
+        attempts: lock.attempts,
+        backoff: lock.backoff,
+        max_lag_bytes: lock.max_lag_bytes,
+        dry_run: false,
+        skip_verify: false,
+        verify_chunk_rows: 10_000,
+    }
 }
 
 /// `demo`: a throwaway cluster, or a fresh database on `--dsn`.

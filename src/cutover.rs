@@ -182,8 +182,26 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
     }
 
     if !cfg.skip_verify {
-        // VERIFY-HOOK (wired when the verify command lands)
-        let _ = cfg.verify_chunk_rows;
+        let opts = crate::verify::RunOptions {
+            compare: crate::verify::VerifyOptions {
+                chunk_rows: cfg.verify_chunk_rows.max(1),
+                ..Default::default()
+            },
+            lock_timeout: cfg.lock_timeout,
+            max_hold: cfg.max_hold,
+            ..Default::default()
+        };
+        let verdict = crate::verify::run(&cfg.spec, &cfg.tables, &opts).await?;
+        if !verdict.equal {
+            report.reason = Some(format!(
+                "verify found differences; nothing was swapped:\n{verdict}"
+            ));
+            return Ok(report);
+        }
+        info!(
+            tables = cfg.tables.len(),
+            "verified: every shadow equals its translated source"
+        );
     }
 
     for t in &targets {
@@ -349,30 +367,44 @@ async fn dry_run_sql(
     let mut out = vec![
         "BEGIN".to_string(),
         format!("SET LOCAL lock_timeout = '{}ms'", cfg.lock_timeout.as_millis()),
-        format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", targets.iter().map(|t| t.job.source.quoted()).collect::<Vec<_>>().join(", ")),
+        lock_statements(admin, targets, parent).await?,
         "-- on a second session: SELECT pg_logical_emit_message(true, 'pg_rekey.fence', '<token>'); then wait until every job applied past it".into(),
         format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", targets.iter().map(|t| t.job.shadow.quoted()).collect::<Vec<_>>().join(", ")),
     ];
-    admin
-        .batch_execute("BEGIN")
-        .await
-        .map_err(Error::db("begin the dry run"))?;
-    let result = async {
-        let mut fks = Vec::new();
-        for t in targets {
-            for s in crate::ddl::foreign_keys(&t.detail, parent) {
-                admin
-                    .batch_execute(&s)
-                    .await
-                    .map_err(Error::db(format!("dry run: {s}")))?;
-                fks.push(s);
+    // The swap's SQL depends on the shadows' foreign keys, which only exist
+    // inside the swap: create them in a transaction that is rolled back. That
+    // takes brief locks on the tables they reference, so bound each wait and
+    // retry a few times rather than queue behind the application.
+    let mut result = Err(Error::Config("dry run did not run".into()));
+    for _ in 0..5 {
+        admin
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+                cfg.lock_timeout.as_millis().max(1)
+            ))
+            .await
+            .map_err(Error::db("begin the dry run"))?;
+        result = async {
+            let mut fks = Vec::new();
+            for t in targets {
+                for s in crate::ddl::foreign_keys(&t.detail, parent) {
+                    admin
+                        .batch_execute(&s)
+                        .await
+                        .map_err(Error::db(format!("dry run: {s}")))?;
+                    fks.push(s);
+                }
             }
+            let swap = build_swap(admin, targets).await?;
+            Ok::<_, Error>((fks, swap))
         }
-        let swap = build_swap(admin, targets).await?;
-        Ok::<_, Error>((fks, swap))
+        .await;
+        let _ = admin.batch_execute("ROLLBACK").await;
+        match &result {
+            Err(e) if e.sqlstate() == Some("55P03") => tokio::time::sleep(cfg.backoff).await,
+            _ => break,
+        }
     }
-    .await;
-    let _ = admin.batch_execute("ROLLBACK").await;
     let (fks, swap) = result?;
     out.extend(fks);
     out.extend(swap.sql());
@@ -462,15 +494,14 @@ async fn attempt_once(
     ))
     .await
     .map_err(|e| fail(started.elapsed(), None, Error::db("set lock_timeout")(e)))?;
-    let sources = targets
-        .iter()
-        .map(|t| t.job.source.quoted())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if let Err(e) = txn
-        .batch_execute(&format!("LOCK TABLE {sources} IN ACCESS EXCLUSIVE MODE"))
-        .await
-    {
+    let lock_sql = match lock_statements(admin, targets, parent).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = txn.rollback().await;
+            return Err(fail(started.elapsed(), None, e));
+        }
+    };
+    if let Err(e) = txn.batch_execute(&lock_sql).await {
         let wait = started.elapsed();
         let _ = txn.rollback().await;
         if e.as_db_error().is_some_and(|d| d.code().code() == "55P03") {
@@ -575,6 +606,94 @@ async fn attempt_once(
         lock_hold_ms: h.map(ms),
         outcome: "swapped".into(),
     })
+}
+
+/// The lock statements of an attempt: every lock the swap will need, taken
+/// before anything else, so that no lock is requested later while the sources
+/// are held — a later request is what deadlocks with the application (a
+/// transaction that wrote `users` and then waits for a source; a reader that
+/// holds a view and waits for its base table). Order: the tables the new
+/// foreign keys point at, the parent included (`SHARE ROW EXCLUSIVE`); the
+/// tables whose keys into a source are re-pointed and the dependent views
+/// (`ACCESS EXCLUSIVE`); then the sources. Taken together, under one `lock_timeout`, before anything else, so
+/// an attempt either holds everything it needs or gives everything back.
+async fn lock_statements(
+    admin: &Client,
+    targets: &[Target],
+    parent: &ParentSpec,
+) -> Result<String, Error> {
+    let oids: Vec<u32> = targets.iter().map(|t| t.job.source_oid).collect();
+    let views = admin
+        .query(
+            "WITH RECURSIVE deps(oid) AS (
+                SELECT r.ev_class FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+                 WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.refobjid = ANY($1) AND r.ev_class <> d.refobjid
+                UNION
+                SELECT r.ev_class FROM deps JOIN pg_depend d ON d.refobjid = deps.oid
+                  JOIN pg_rewrite r ON r.oid = d.objid
+                 WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND r.ev_class <> deps.oid)
+             SELECT n.nspname, c.relname FROM deps JOIN pg_class c ON c.oid = deps.oid
+               JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2",
+            &[&oids],
+        )
+        .await
+        .map_err(Error::db("list the views over the source tables"))?;
+    let referencing = admin
+        .query(
+            "SELECT DISTINCT n.nspname, c.relname FROM pg_constraint con
+               JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE con.contype = 'f' AND con.confrelid = ANY($1) AND NOT con.conrelid = ANY($1)
+              ORDER BY 1, 2",
+            &[&oids],
+        )
+        .await
+        .map_err(Error::db("list the tables referencing the source tables"))?;
+    let targets_of_keys = admin
+        .query(
+            "SELECT DISTINCT n.nspname, c.relname FROM pg_constraint con
+               JOIN pg_class c ON c.oid = con.confrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE con.contype = 'f' AND con.conrelid = ANY($1) AND NOT con.confrelid = ANY($1)
+              ORDER BY 1, 2",
+            &[&oids],
+        )
+        .await
+        .map_err(Error::db("list the tables the source tables reference"))?;
+    let name = |r: &tokio_postgres::Row| {
+        QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)).quoted()
+    };
+    let sources: Vec<String> = targets.iter().map(|t| t.job.source.quoted()).collect();
+    // 1. Tables the new foreign keys will point at (the parent included): SHARE ROW EXCLUSIVE.
+    let mut shared: Vec<String> = targets_of_keys.iter().map(name).collect();
+    shared.push(parent.table.quoted());
+    shared.retain(|t| !sources.contains(t));
+    shared.sort();
+    shared.dedup();
+    let mut out = format!(
+        "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE; ",
+        shared.join(", ")
+    );
+    // 2. Tables whose keys are re-pointed (dropping a constraint takes ACCESS
+    //    EXCLUSIVE), then 3. views that are dropped and re-created.
+    let mut exclusive: Vec<String> = referencing
+        .iter()
+        .map(name)
+        .filter(|t| !shared.contains(t))
+        .collect();
+    exclusive.extend(views.iter().map(name));
+    if !exclusive.is_empty() {
+        out.push_str(&format!(
+            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; ",
+            exclusive.join(", ")
+        ));
+    }
+    // 4. The sources.
+    out.push_str(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        sources.join(", ")
+    ));
+    Ok(out)
 }
 
 /// Validate the `NOT VALID` keys, analyze, and see the slots go.
@@ -702,4 +821,84 @@ async fn max_lag(admin: &Client, job_ids: &[Uuid]) -> Result<u64, Error> {
         .await
         .map_err(Error::db("read the jobs' lag"))?;
     Ok(row.get::<_, i64>(0).max(0) as u64)
+}
+
+/// `rewrite --cutover auto`: wait until every table of `cfg` is streaming
+/// with a lag under `cfg.max_lag_bytes`, then cut over (verify included
+/// unless `skip_verify`). A cutover that gives up (locks not granted) is
+/// retried after a pause; one that finds differences or fails definitely
+/// stops trying and logs why — the rewrite keeps streaming and an operator
+/// can still run `pg-rekey cutover`. Ends when `shutdown` turns true.
+pub async fn auto(cfg: CutoverConfig, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let admin = loop {
+        match pg::connect(&cfg.spec, "auto-cutover").await {
+            Ok(c) => break c,
+            Err(e) => {
+                warn!(error = %crate::error::chain(&e), "auto cutover: cannot connect; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let jobs = match load_jobs(&admin, &cfg.tables).await {
+            Ok(j) => j,
+            Err(_) => continue, // not registered yet
+        };
+        if jobs.iter().any(|j| j.phase() != Some(Phase::Streaming)) {
+            continue;
+        }
+        let mut ids: Vec<Uuid> = jobs.iter().map(|j| j.job_id).collect();
+        ids.dedup();
+        match max_lag(&admin, &ids).await {
+            Ok(lag) if lag <= cfg.max_lag_bytes => {}
+            _ => continue,
+        }
+        info!(
+            tables = cfg.tables.len(),
+            "auto cutover: every table streams with a small lag; cutting over"
+        );
+        match run(&cfg).await {
+            Ok(r) if r.swapped => {
+                for a in &r.attempts {
+                    info!(attempt = a.attempt, lock_wait_ms = a.lock_wait_ms, lock_hold_ms = a.lock_hold_ms.unwrap_or(0.0), outcome = %a.outcome, "auto cutover attempt");
+                }
+                return;
+            }
+            Ok(r)
+                if r.reason
+                    .as_deref()
+                    .is_some_and(|x| x.starts_with("verify found differences")) =>
+            {
+                warn!(
+                    reason = r.reason.as_deref().unwrap_or(""),
+                    "auto cutover stopped: the shadows differ; nothing was swapped"
+                );
+                return;
+            }
+            Ok(r) => {
+                warn!(
+                    reason = r.reason.as_deref().unwrap_or(""),
+                    "auto cutover gave up this time; retrying in 30 s"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            Err(e) if e.is_transient() => {
+                warn!(error = %crate::error::chain(&e), "auto cutover failed; retrying")
+            }
+            Err(e) => {
+                warn!(error = %crate::error::chain(&e), "auto cutover stopped; run `pg-rekey cutover` by hand once the cause is fixed");
+                return;
+            }
+        }
+    }
 }

@@ -397,6 +397,17 @@ async fn stream_until_done(
             }
             Err(e) if e.is_transient() && attempt < 8 => {
                 applier.rollback().await;
+                // The id map must be as of where the stream resumes (see
+                // `Applier::revert_map_after`); the state says where that is.
+                let resume = state::applied_lsn(admin, o.job_id)
+                    .await?
+                    .unwrap_or(consistent);
+                applier.revert_map_after(resume);
+                // The retry budget is for consecutive failures: a connection
+                // that applied something was a success, however it ended.
+                if applier.durable() > applied {
+                    attempt = 0;
+                }
                 attempt += 1;
                 let pause = Duration::from_millis(250 * (1 << attempt.min(5)));
                 warn!(error = %crate::error::chain(&e), attempt, pause_ms = pause.as_millis() as u64, "stream interrupted; resuming from the slot");

@@ -65,6 +65,10 @@
 //! changed), so comparing them would report differences that are not data.
 //! They still serve as key columns if the key contains one.
 //!
+//! [`fn@run`] (in [`mod@run`]) is the `pg-rekey verify` entry point: it finds each
+//! table's job, takes one consistent point of the stream for all of them and
+//! calls [`verify_table`] per table.
+//!
 //! # Invariants the caller provides
 //!
 //! - Both sides are read in one `REPEATABLE READ` (or `SERIALIZABLE`)
@@ -90,6 +94,10 @@ use tracing::Instrument;
 
 use crate::pg::{quote_ident, QualifiedName};
 use crate::plan::model::{ParentSpec, TableSpec};
+
+pub mod run;
+
+pub use run::{run, ConsistentPoint, ParentChoice, RunOptions, Stage, TableReport, VerifyReport};
 
 /// Rows per chunk unless told otherwise.
 pub const DEFAULT_CHUNK_ROWS: u64 = 10_000;
@@ -231,6 +239,54 @@ pub enum VerifyError {
         table: String,
         /// The session's `transaction_isolation`.
         isolation: String,
+    },
+    /// The table is in no pg-rekey job.
+    #[error("cannot verify {table}: no pg-rekey job for it; start one with pg-rekey rewrite --table {table} (pg-rekey status lists the jobs)")]
+    NoJob {
+        /// The table.
+        table: String,
+    },
+    /// The table's job stopped on an error.
+    #[error("cannot verify {table}: its job failed: {error}; fix the cause and resume the rewrite, or run pg-rekey abort --table {table}")]
+    JobFailed {
+        /// The table.
+        table: String,
+        /// The job's recorded error.
+        error: String,
+    },
+    /// The table's job is in a phase with nothing to compare.
+    #[error("cannot verify {table}: its job is {phase}; verify once it is streaming or cut over (pg-rekey status)")]
+    NotReady {
+        /// The table.
+        table: String,
+        /// The job's phase.
+        phase: String,
+    },
+    /// The parent the references map to cannot be told from the catalogs.
+    #[error("cannot verify {table}: cannot tell the parent table of its references: {detail}; pass --parent and --uuid-column")]
+    Parent {
+        /// The table.
+        table: String,
+        /// What is ambiguous or missing.
+        detail: String,
+    },
+    /// The sources could not be read at one point of the stream.
+    #[error("cannot verify {tables}: no consistent point after {attempts} attempts (last: {reason}); retry when long transactions on these tables are gone and the jobs keep up, or raise --lock-timeout / --max-hold")]
+    NoConsistentPoint {
+        /// The tables, comma-separated.
+        tables: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Why the last attempt gave up.
+        reason: String,
+    },
+    /// The jobs did not catch up with the stream before the sources were locked.
+    #[error("cannot verify {tables}: the rewrite did not apply the stream up to now within {waited_ms} ms; check that its pg-rekey rewrite process is running and keeping up (pg-rekey status)")]
+    NotCaughtUp {
+        /// The tables, comma-separated.
+        tables: String,
+        /// How long it waited.
+        waited_ms: u64,
     },
     /// A statement failed.
     #[error("verifying {table} failed while {step}: {}; check that both tables still have the planned columns and that the role may read them and the parent", crate::error::chain(source))]

@@ -19,6 +19,31 @@
 //!   do: the source already ran its triggers, and the shadow's foreign keys
 //!   (created `NOT VALID`) must not be checked against the *current* parent
 //!   while the stream replays the past. They are validated after cutover.
+//! - **Parent uuid changes are followed.** The shadow must equal the source
+//!   with every reference translated through the parent's *current* uuid
+//!   (after cutover the shadow's foreign key points at `parent.uuid`, and a
+//!   reference to a uuid that no longer exists would not validate). So when a
+//!   parent UPDATE gives a key a new uuid, the rows already written with the
+//!   old one are re-pointed (`UPDATE shadow SET ref = new WHERE ref = old`,
+//!   every reference column of every table) in the same shadow transaction,
+//!   before any later change is applied; references written afterwards carry
+//!   the new uuid through the map. A parent INSERT of a key the map already
+//!   holds (a deleted parent's key reused) re-points nothing: no row can
+//!   still reference a deleted parent while the source's foreign key holds.
+//!   The parent's uuid column is unique and (unless the constraint is
+//!   `DEFERRABLE`) checked row by row, so at each change the old uuid
+//!   belonged to this key alone and the re-pointing cannot catch another
+//!   user's rows.
+//! - **The map moves with the shadow.** Map changes made since the last
+//!   durable position are kept in an undo list, each tagged with its source
+//!   transaction's commit LSN. After a transient failure the caller reads the
+//!   recorded applied position (where the stream will resume) and calls
+//!   [`Applier::revert_map_after`]: changes of transactions that will be
+//!   replayed are undone, so the replay finds the map as it was — otherwise a
+//!   uuid change would look like no change and its re-pointing (rolled back
+//!   with the shadow transaction) would be lost. Changes of transactions that
+//!   did commit (a COMMIT whose answer was lost still counts, because the
+//!   position is read back from the state) are kept: those are not replayed.
 //! - **Stop, don't guess.** An orphaned reference, a TRUNCATE of a rewritten
 //!   table or the parent, a change of a source table's columns, or a change
 //!   that finds no row in the shadow stops the job with an error naming the
@@ -113,6 +138,12 @@ pub struct Applier {
     recorded: Lsn,
     in_source_txn: bool,
     stats: ApplyStats,
+    /// Commit LSN (`final_lsn`) of the source transaction being received.
+    txn_final: Lsn,
+    /// Map entries as they were before the changes not yet durable, oldest
+    /// first: (the change's `txn_final`, key, previous uuid or `None` when
+    /// absent). See [`Applier::revert_map_after`].
+    map_undo: Vec<(Lsn, i64, Option<uuid::Uuid>)>,
 }
 
 impl Applier {
@@ -163,6 +194,8 @@ impl Applier {
             recorded: applied,
             in_source_txn: false,
             stats: ApplyStats::default(),
+            txn_final: applied,
+            map_undo: Vec::new(),
         })
     }
 
@@ -200,6 +233,7 @@ impl Applier {
                 // applied position was committed to the shadow before a restart.
                 self.skipping = b.final_lsn < self.skip_before;
                 self.in_source_txn = true;
+                self.txn_final = b.final_lsn;
                 Ok(Applied::Nothing)
             }
             LogicalMessage::Commit(c) => {
@@ -213,6 +247,7 @@ impl Applier {
                 } else if self.open_since.is_none() && self.last_end > self.durable {
                     // Nothing of ours was open: this commit needs no shadow write.
                     self.durable = self.last_end;
+                    self.map_undo.clear();
                 }
                 Ok(Applied::Committed(c.end_lsn))
             }
@@ -246,7 +281,7 @@ impl Applier {
             }
             LogicalMessage::Insert(i) => {
                 if i.relation == self.parent.oid {
-                    self.parent_row(&i.new)?;
+                    self.parent_row(&i.new, false).await?;
                     return Ok(Applied::Nothing);
                 }
                 let (shape, params) = {
@@ -257,7 +292,7 @@ impl Applier {
             }
             LogicalMessage::Update(u) => {
                 if u.relation == self.parent.oid {
-                    self.parent_row(&u.new)?;
+                    self.parent_row(&u.new, true).await?;
                     return Ok(Applied::Nothing);
                 }
                 let (shape, params) = {
@@ -332,24 +367,83 @@ impl Applier {
         })
     }
 
-    fn parent_row(&mut self, tuple: &crate::replication::pgoutput::Tuple) -> Result<(), Error> {
+    /// Keep the map current from a parent row; on an UPDATE that changed a
+    /// key's uuid, re-point the shadow rows written with the old one.
+    async fn parent_row(
+        &mut self,
+        tuple: &crate::replication::pgoutput::Tuple,
+        is_update: bool,
+    ) -> Result<(), Error> {
         let (k, u) = self.parent_cols.ok_or_else(|| {
             Error::Data(format!(
                 "a change for {} at LSN {} before its Relation message",
                 self.parent.table, self.cur_lsn
             ))
         })?;
-        match parent_entry(tuple, k, u) {
-            Ok(Some((key, uuid))) => {
-                self.map.upsert(key, uuid);
-                Ok(())
+        let (key, uuid) = match parent_entry(tuple, k, u) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Ok(()),
+            Err(why) => {
+                return Err(Error::Data(format!(
+                    "{} at LSN {}: {why}",
+                    self.parent.table, self.cur_lsn
+                )))
             }
-            Ok(None) => Ok(()),
-            Err(why) => Err(Error::Data(format!(
-                "{} at LSN {}: {why}",
-                self.parent.table, self.cur_lsn
-            ))),
+        };
+        let before = self.map.get(key);
+        if before == Some(uuid) {
+            return Ok(());
         }
+        self.map_undo.push((self.txn_final, key, before));
+        self.map.upsert(key, uuid);
+        match before {
+            Some(old) if is_update => self.follow_uuid_change(old, uuid).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// `UPDATE shadow SET ref = new WHERE ref = old` for every reference
+    /// column, inside the open shadow transaction. Rare (a parent's uuid
+    /// changed), so the statements are not cached.
+    async fn follow_uuid_change(&mut self, old: uuid::Uuid, new: uuid::Uuid) -> Result<(), Error> {
+        self.begin().await?;
+        let (new, old) = (translate::Param::Uuid(new), translate::Param::Uuid(old));
+        let mut rows = 0;
+        for t in self.tables.values() {
+            for (pos, _) in t
+                .spec
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.reference.is_some())
+            {
+                let text = sql::follow_uuid_change(&t.spec, pos);
+                rows += self
+                    .client
+                    .execute(text.as_str(), &[&new, &old])
+                    .await
+                    .map_err(Error::db(format!(
+                        "re-point {} to a changed uuid of {} at LSN {}",
+                        t.spec.shadow, self.parent.table, self.cur_lsn
+                    )))?;
+            }
+        }
+        tracing::debug!(parent = %self.parent.table, rows, lsn = %self.cur_lsn, "followed a parent uuid change");
+        self.batch_changes += 1;
+        self.stats.changes += rows;
+        Ok(())
+    }
+
+    /// Open a shadow transaction if none is open.
+    async fn begin(&mut self) -> Result<(), Error> {
+        if self.open_since.is_none() {
+            self.client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(Error::db("begin a shadow transaction"))?;
+            self.open_since = Some(Instant::now());
+        }
+        Ok(())
     }
 
     async fn exec(
@@ -359,13 +453,7 @@ impl Applier {
         params: Vec<translate::Param>,
         must_hit: bool,
     ) -> Result<Applied, Error> {
-        if self.open_since.is_none() {
-            self.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(Error::db("begin a shadow transaction"))?;
-            self.open_since = Some(Instant::now());
-        }
+        self.begin().await?;
         let key = (oid, shape);
         let stmt = match self.stmts.get(&key) {
             Some(s) => s.clone(),
@@ -426,6 +514,7 @@ impl Applier {
             self.stats.batches += 1;
             self.durable = end;
             self.recorded = end;
+            self.map_undo.clear();
         }
         Ok(self.durable)
     }
@@ -453,6 +542,25 @@ impl Applier {
             let _ = self.client.batch_execute("ROLLBACK").await;
             self.batch_changes = 0;
         }
+    }
+
+    /// Before resuming the stream at `resume` (the applied position recorded
+    /// in the job's state, read after the failure): undo the map changes of
+    /// every source transaction that will be replayed (commit at or after
+    /// `resume`), keep those of transactions that committed to the shadow.
+    /// The same rule as the skip on `Begin`.
+    pub fn revert_map_after(&mut self, resume: Lsn) {
+        while let Some(&(txn, key, before)) = self.map_undo.last() {
+            if txn < resume {
+                break;
+            }
+            match before {
+                Some(u) => self.map.upsert(key, u),
+                None => self.map.remove(key),
+            }
+            self.map_undo.pop();
+        }
+        self.map_undo.clear();
     }
 
     /// The session (for the caller's own bookkeeping between batches).

@@ -101,6 +101,17 @@ pub fn statement(spec: &TableSpec, shape: &StatementShape) -> String {
     }
 }
 
+/// Re-point every reference in the shadow's column `pos` from one uuid (`$2`)
+/// to another (`$1`): what a change of a parent row's uuid means for rows
+/// written before it (see [`crate::apply`], "Parent uuid changes").
+pub fn follow_uuid_change(spec: &TableSpec, pos: usize) -> String {
+    let c = col(spec, pos);
+    format!(
+        "UPDATE {} SET {c} = $1::uuid WHERE {c} = $2::uuid",
+        spec.shadow.quoted()
+    )
+}
+
 fn where_clause(spec: &TableSpec, key: &[usize], offset: usize) -> String {
     key.iter()
         .enumerate()
@@ -170,6 +181,14 @@ mod tests {
         assert_eq!(
             sql,
             "UPDATE \"public\".\"My \"\"T\"\"__rekey\" SET \"user_id\" = $1::uuid, \"body\" = $2::text::text WHERE \"id\" = $3::text::bigint"
+        );
+    }
+
+    #[test]
+    fn uuid_change_repoints_one_column() {
+        assert_eq!(
+            follow_uuid_change(&spec(), 1),
+            "UPDATE \"public\".\"My \"\"T\"\"__rekey\" SET \"user_id\" = $1::uuid WHERE \"user_id\" = $2::uuid"
         );
     }
 

@@ -78,11 +78,9 @@ use crate::pg::{quote_ident, QualifiedName};
 pub use catalog::load_dependents;
 pub use sql::{swap_sql, swap_sql_many};
 
-/// PostgreSQL's identifier limit in bytes (`NAMEDATALEN - 1`).
-pub const MAX_IDENT_BYTES: usize = 63;
+pub use crate::ddl::MAX_IDENT_BYTES;
 
-/// Prefix of the source table (and its moved-away objects) after the swap.
-pub const OLD_PREFIX: &str = "_rekey_old_";
+pub use crate::ddl::OLD_PREFIX;
 
 /// Publications whose name starts with this are pg-rekey's own and are not
 /// carried to the new table.
@@ -138,7 +136,7 @@ pub enum SwapError {
     },
 
     /// A swap statement failed; the transaction must be rolled back.
-    #[error("swap failed at {object}: {}; roll back (the sources are untouched) and fix {object} so it works with uuid references, or drop it before cutover", chain(source))]
+    #[error("swap failed at {object}: {}; {}", chain(source), statement_advice(source.as_db_error().map(|d| d.code().code()), object))]
     Statement {
         /// The object the failing statement was about (e.g. `view public.v`).
         object: String,
@@ -173,6 +171,19 @@ pub enum SwapError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// What to do after a failed swap statement. A lock that was not granted in
+/// time (or a deadlock, a dropped connection) says nothing about the object:
+/// telling the operator to "fix" a view that merely could not be locked sends
+/// them after the wrong thing. No SQLSTATE means no server error: the
+/// connection broke.
+fn statement_advice(sqlstate: Option<&str>, object: &str) -> String {
+    if sqlstate.is_none_or(crate::error::is_transient_sqlstate) {
+        format!("the transaction is rolled back and the sources are untouched; another session held a lock on {object} or the connection failed — retry the cutover")
+    } else {
+        format!("roll back (the sources are untouched) and fix {object} so it works with uuid references, or drop it before cutover")
+    }
 }
 
 impl SwapError {
@@ -509,34 +520,7 @@ pub fn old_object_name(name: &str) -> String {
     derived_name(OLD_PREFIX, name)
 }
 
-/// 64-bit FNV-1a: fixed, so derived names are the same on every machine and version.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// `prefix + name` when it fits 63 bytes; otherwise `prefix + cut + "_" +
-/// 8 hex digits` of the low 32 bits of the FNV-1a hash of `name`, the cut on a
-/// UTF-8 boundary so the whole is at most 63 bytes.
-pub fn derived_name(prefix: &str, name: &str) -> String {
-    if prefix.len() + name.len() <= MAX_IDENT_BYTES {
-        return format!("{prefix}{name}");
-    }
-    let room = MAX_IDENT_BYTES.saturating_sub(prefix.len() + 9);
-    let mut cut = room.min(name.len());
-    while cut > 0 && !name.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let head = name.get(..cut).unwrap_or("");
-    format!(
-        "{prefix}{head}_{:08x}",
-        fnv1a(name.as_bytes()) & 0xffff_ffff
-    )
-}
+pub use crate::ddl::derived_name;
 
 /// A constraint to validate after commit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -656,6 +640,21 @@ pub async fn validate_after(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn statement_advice_blames_the_object_only_for_a_definite_error() {
+        let view = "view public.active_sessions";
+        for transient in [Some("55P03"), Some("40P01"), Some("08006"), None] {
+            let a = statement_advice(transient, view);
+            assert!(a.contains("retry the cutover"), "{transient:?}: {a}");
+            assert!(!a.contains("fix "), "{transient:?}: {a}");
+        }
+        let a = statement_advice(Some("42883"), view);
+        assert!(
+            a.contains("fix view public.active_sessions so it works with uuid"),
+            "{a}"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -119,7 +119,10 @@ async fn five_tables_swap_atomically_under_writes_and_nothing_is_lost() {
         .unwrap();
     assert_eq!(outcome, RewriteOutcome::CutOver);
     let slots: i64 = c
-        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

@@ -4,6 +4,7 @@ mod support;
 
 mod copy;
 mod cutover;
+mod cutover_deps;
 mod ddl;
 mod demo;
 mod harness;
@@ -12,7 +13,9 @@ mod pgoutput;
 mod plan;
 mod replication;
 mod rewrite;
+mod rewrite_scenarios;
 mod state;
 mod swap;
 mod verify;
+mod verify_cmd;
 mod workload;

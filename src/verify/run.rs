@@ -1,0 +1,1070 @@
+//! `pg-rekey verify`: find each table's job, read both sides of every table at
+//! one point of the stream, and compare them with [`super::verify_table`].
+//!
+//! # Which two tables
+//!
+//! | job phase                   | left (integer side)          | right (uuid side)                  |
+//! |-----------------------------|------------------------------|------------------------------------|
+//! | `streaming`, `cutting_over` | the source                   | the shadow                         |
+//! | `cut_over`                  | the old table (`old_table`)  | the new table (the source's name)  |
+//!
+//! Any other phase is an error that names it; `failed` carries the job's
+//! recorded error. A table without a job is an error too.
+//!
+//! # The consistent point before cutover, and why it is one
+//!
+//! The application writes the source; the job's applier writes the same
+//! change to the shadow a little later. A snapshot taken at a random moment
+//! sees the shadow behind the source, so every attempt does this:
+//!
+//! 1. **Catch up, unlocked.** A fence is written through the stream and the
+//!    jobs drain to it, so the lag is small before anything is locked (this
+//!    keeps step 3 short). A job that does not catch up within
+//!    [`RunOptions::catch_up_timeout`] is an error: its `rewrite` process is
+//!    probably not running.
+//! 2. **Lock the sources** on the *lock session*: `BEGIN; SET LOCAL
+//!    lock_timeout = …; LOCK TABLE <sources> IN SHARE MODE`, sources in
+//!    sorted name order (two verifies cannot deadlock each other). `SHARE`
+//!    conflicts with the `ROW EXCLUSIVE` lock every `INSERT`, `UPDATE` and
+//!    `DELETE` takes, not with the `ACCESS SHARE` of readers: the
+//!    application's reads go on, its writes to these tables wait. `LOCK`
+//!    returns only once every transaction that wrote a source has ended, so
+//!    from then on the sources do not change, and every committed change to
+//!    them committed *before* the lock was granted. The job rows are re-read
+//!    under the lock: each source must still be the relation its job copies
+//!    (same OID, phase still streaming); a cutover that won the race makes the
+//!    attempt start over, and the table is then compared as cut over.
+//! 3. **Drain to a fence.** On the *work session* a fence (a transactional
+//!    logical message, [`crate::fence`]) commits. It commits after every
+//!    change to the sources, and logical decoding delivers transactions in
+//!    commit order, so once a job's applied position passes the fence its
+//!    shadow holds every change to its source. The applied position is
+//!    recorded in the same transaction as the shadow writes
+//!    ([`crate::state::record_applied`]), so a session that sees the position
+//!    also sees the rows. Transactions that commit after the fence cannot
+//!    touch the sources (locked), so the applier has nothing more to write to
+//!    these shadows while the lock is held.
+//! 4. **Take the snapshot, still locked.** The work session runs `BEGIN
+//!    ISOLATION LEVEL REPEATABLE READ` and a query, which fixes its
+//!    snapshot: the sources as they are under the lock, the shadows with
+//!    everything through the fence — the same point of the stream on both
+//!    sides.
+//! 5. **Release.** The lock session commits. The lock is held for steps 2–4
+//!    only (at most `lock_timeout` waiting plus `max_hold` draining), never
+//!    for the comparison.
+//! 6. **Compare** in the snapshot of step 4, however long it takes and
+//!    whatever the application writes meanwhile.
+//!
+//! A lock wait past `lock_timeout` (a long transaction holds a write lock on
+//! a source) or a drain past `max_hold` gives the lock back at once, backs off
+//! (doubling, capped) and tries again; after `attempts` the run fails with
+//! [`VerifyError::NoConsistentPoint`]. While the lock request waits, later
+//! writers of those tables queue behind it, so `lock_timeout` bounds what the
+//! application can feel.
+//!
+//! # After cutover
+//!
+//! Nothing writes the old table any more (cutover renamed it away under
+//! `ACCESS EXCLUSIVE`; blocked statements re-resolve the name and reach the
+//! new table), so one `REPEATABLE READ` snapshot of old and new is enough: no
+//! lock, no fence. The new table, however, takes the application's writes
+//! from the swap on: "equal" proves the swap lost nothing only when it is
+//! checked before anything else wrote the new table; later writes show up as
+//! differences. Tables of both kinds in one run share one snapshot.
+//!
+//! # The table model and the parent
+//!
+//! Which columns changed is read from the two tables, not trusted from a plan:
+//! a column is a reference exactly when it is an integer on the left and
+//! `uuid` on the right under the same name; every other column must have the
+//! same type on both sides. The key and the generated columns come from the
+//! left table's catalog entry ([`catalog::load_table`]).
+//!
+//! The parent is not rewritten: it is the same table with the same integer
+//! key and uuid column before and after cutover. It is found from the
+//! reference columns' single-column foreign keys: an integer key on the left
+//! (the source, or the old table, which keeps its keys) names the parent; a
+//! uuid key on the right (the new table gets them at the swap) names the
+//! parent *and* its uuid column. Before cutover the shadow has no foreign
+//! keys, so the uuid column is the parent's only `NOT NULL` uuid column with a
+//! unique index of its own; when there are several, the caller names it
+//! ([`RunOptions::parent`]). [`catalog::load_parent`] then checks the choice.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tracing::{info, warn, Instrument};
+use uuid::Uuid;
+
+use super::{verify_table, TableVerdict, VerifyError, VerifyOptions};
+use crate::error::Error;
+use crate::fence;
+use crate::pg::{self, ConnSpec, QualifiedName};
+use crate::plan::catalog;
+use crate::plan::model::{IntKind, ParentSpec, TableSpec};
+use crate::state::{self, JobRow, Phase};
+
+/// Longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// `uuid`'s type OID.
+const UUID_OID: u32 = 2950;
+
+/// How [`run`] takes its consistent point and compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Chunking and reporting of each table's comparison.
+    pub compare: VerifyOptions,
+    /// How long one attempt waits for the `SHARE` locks on the sources.
+    pub lock_timeout: Duration,
+    /// Longest the locks are held while the jobs drain to the fence.
+    pub max_hold: Duration,
+    /// Attempts at a consistent point before giving up (at least 1).
+    pub attempts: u32,
+    /// Pause after the first failed attempt; doubles each time (capped at 10 s).
+    pub backoff: Duration,
+    /// How long the jobs may take to catch up before the lock is taken.
+    pub catch_up_timeout: Duration,
+    /// The parent and its uuid column; `None`: found from the catalogs (see
+    /// the module docs).
+    pub parent: Option<ParentChoice>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            compare: VerifyOptions::default(),
+            lock_timeout: Duration::from_millis(200),
+            max_hold: Duration::from_secs(2),
+            attempts: 5,
+            backoff: Duration::from_millis(500),
+            catch_up_timeout: Duration::from_secs(60),
+            parent: None,
+        }
+    }
+}
+
+/// The parent table and its uuid column, when the caller names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentChoice {
+    /// The parent table.
+    pub table: QualifiedName,
+    /// Its uuid column.
+    pub uuid_column: String,
+}
+
+/// Which pair of tables was compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The source against its shadow.
+    BeforeCutover,
+    /// The old table against the new one.
+    AfterCutover,
+}
+
+/// One table's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableReport {
+    /// The table as named on the command line.
+    pub table: QualifiedName,
+    /// Source/shadow or old/new.
+    pub stage: Stage,
+    /// The table's job.
+    pub job_id: Uuid,
+    /// The comparison.
+    pub verdict: TableVerdict,
+}
+
+/// How the before-cutover consistent point was reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConsistentPoint {
+    /// Attempts it took (1 = first try).
+    pub attempts: u32,
+    /// Waiting for the `SHARE` locks, in the successful attempt, ms.
+    pub lock_wait_ms: u64,
+    /// Draining to the fence under the locks, ms.
+    pub drain_ms: u64,
+    /// From the locks granted to their release, ms.
+    pub lock_hold_ms: u64,
+    /// The fence's position.
+    pub fence: String,
+}
+
+/// The outcome of [`run`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VerifyReport {
+    /// Every table equal.
+    pub equal: bool,
+    /// Per table, in the order asked.
+    pub tables: Vec<TableReport>,
+    /// Present when a table was compared before cutover.
+    pub consistent_point: Option<ConsistentPoint>,
+    /// Wall time, ms.
+    pub elapsed_ms: u64,
+}
+
+impl VerifyReport {
+    /// The command's exit code: 0 every table equal, 1 a difference.
+    pub fn exit_code(&self) -> u8 {
+        if self.equal {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for t in &self.tables {
+            let stage = match t.stage {
+                Stage::BeforeCutover => "before cutover",
+                Stage::AfterCutover => "after cutover",
+            };
+            let text = t.verdict.to_string();
+            writeln!(f, "{} ({stage}): {}", t.table, text.trim_end())?;
+        }
+        if let Some(p) = &self.consistent_point {
+            writeln!(
+                f,
+                "consistent point: sources locked after {} ms, jobs drained to fence {} in {} ms, lock held {} ms (attempt {})",
+                p.lock_wait_ms, p.fence, p.drain_ms, p.lock_hold_ms, p.attempts
+            )?;
+        }
+        let differ = self.tables.iter().filter(|t| !t.verdict.equal).count();
+        if differ == 0 {
+            writeln!(f, "verify: every table is equal ({} ms)", self.elapsed_ms)
+        } else {
+            writeln!(
+                f,
+                "verify: {differ} of {} tables DIFFER ({} ms)",
+                self.tables.len(),
+                self.elapsed_ms
+            )
+        }
+    }
+}
+
+/// Which side of a table is which, from its job row (pure).
+fn sides(
+    table: &QualifiedName,
+    job: Option<&JobRow>,
+) -> Result<(Stage, QualifiedName, QualifiedName), VerifyError> {
+    let job = job.ok_or_else(|| VerifyError::NoJob {
+        table: table.to_string(),
+    })?;
+    match job.phase() {
+        Some(Phase::Streaming | Phase::CuttingOver) => {
+            Ok((Stage::BeforeCutover, job.source.clone(), job.shadow.clone()))
+        }
+        Some(Phase::CutOver) => {
+            let old = job
+                .old_table
+                .as_deref()
+                .ok_or_else(|| VerifyError::BadSpec {
+                    table: table.to_string(),
+                    detail: "the job is cut over but records no old table".into(),
+                })?;
+            let old = QualifiedName::parse(old, &job.source.schema).map_err(|e| {
+                VerifyError::BadSpec {
+                    table: table.to_string(),
+                    detail: format!("the recorded old table is unreadable: {e}"),
+                }
+            })?;
+            Ok((Stage::AfterCutover, old, job.source.clone()))
+        }
+        Some(Phase::Failed) => Err(VerifyError::JobFailed {
+            table: table.to_string(),
+            error: job
+                .error
+                .clone()
+                .unwrap_or_else(|| "no error recorded".into()),
+        }),
+        _ => Err(VerifyError::NotReady {
+            table: table.to_string(),
+            phase: job.phase.clone(),
+        }),
+    }
+}
+
+/// One column as the pairing sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Col {
+    name: String,
+    type_oid: u32,
+    type_sql: String,
+    generated: bool,
+}
+
+/// The reference columns of a pair: integer on the left, `uuid` on the right
+/// (pure). Every other compared column must exist on both sides with the same
+/// type; the error text says which does not.
+fn references(
+    left_name: &QualifiedName,
+    right_name: &QualifiedName,
+    left: &[Col],
+    right: &[Col],
+) -> Result<BTreeMap<String, IntKind>, String> {
+    let mut refs = BTreeMap::new();
+    for l in left.iter().filter(|c| !c.generated) {
+        let r = right
+            .iter()
+            .find(|r| r.name == l.name && !r.generated)
+            .ok_or_else(|| format!("column {:?} of {left_name} is not in {right_name}", l.name))?;
+        match (IntKind::from_oid(l.type_oid), r.type_oid) {
+            (Some(kind), UUID_OID) => {
+                refs.insert(l.name.clone(), kind);
+            }
+            _ if l.type_oid == r.type_oid => {}
+            _ => {
+                return Err(format!(
+                    "column {:?} is {} in {left_name} but {} in {right_name}",
+                    l.name, l.type_sql, r.type_sql
+                ))
+            }
+        }
+    }
+    if let Some(r) = right
+        .iter()
+        .filter(|r| !r.generated)
+        .find(|r| !left.iter().any(|l| l.name == r.name && !l.generated))
+    {
+        return Err(format!(
+            "column {:?} of {right_name} is not in {left_name}",
+            r.name
+        ));
+    }
+    if refs.is_empty() {
+        return Err(format!(
+            "no column is an integer in {left_name} and uuid in {right_name}"
+        ));
+    }
+    Ok(refs)
+}
+
+/// A single-column foreign key of either side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RefKey {
+    /// Declared on the right (uuid) side.
+    right_side: bool,
+    column: String,
+    target: QualifiedName,
+    target_column: String,
+}
+
+/// The parent, and its uuid column where a right-side key names it, from the
+/// reference columns' foreign keys (pure).
+fn infer_parent(
+    refs: &BTreeMap<String, IntKind>,
+    keys: &[RefKey],
+) -> Result<(QualifiedName, Option<String>), String> {
+    let on_refs: Vec<&RefKey> = keys
+        .iter()
+        .filter(|k| refs.contains_key(&k.column))
+        .collect();
+    let mut targets: Vec<&QualifiedName> = on_refs.iter().map(|k| &k.target).collect();
+    targets.sort();
+    targets.dedup();
+    let parent = match targets.as_slice() {
+        [one] => (*one).clone(),
+        [] => {
+            return Err(format!(
+                "none of the reference columns ({}) has a foreign key",
+                refs.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        }
+        many => {
+            return Err(format!(
+                "the reference columns have foreign keys to several tables ({})",
+                many.iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    };
+    let mut uuid_columns: Vec<&String> = on_refs
+        .iter()
+        .filter(|k| k.right_side)
+        .map(|k| &k.target_column)
+        .collect();
+    uuid_columns.sort();
+    uuid_columns.dedup();
+    match uuid_columns.as_slice() {
+        [] => Ok((parent, None)),
+        [one] => Ok((parent, Some((*one).clone()))),
+        many => Err(format!(
+            "the uuid-side foreign keys reference several columns of {parent} ({})",
+            many.iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// One table, ready to compare.
+#[derive(Debug, Clone)]
+struct Pair {
+    table: QualifiedName,
+    job: JobRow,
+    stage: Stage,
+    left: QualifiedName,
+    right: QualifiedName,
+    spec: TableSpec,
+    parent: ParentSpec,
+}
+
+const COLUMNS_SQL: &str = "
+SELECT attrelid = $1 AS left_side, attname::text, atttypid, format_type(atttypid, atttypmod),
+       attgenerated = 's' AS generated
+  FROM pg_catalog.pg_attribute
+ WHERE attrelid IN ($1, $2) AND attnum > 0 AND NOT attisdropped
+ ORDER BY attnum";
+
+const KEYS_SQL: &str = "
+SELECT c.conrelid = $1 AS left_side, a.attname::text, n.nspname::text, r.relname::text, fa.attname::text
+  FROM pg_catalog.pg_constraint c
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+  JOIN pg_catalog.pg_class r ON r.oid = c.confrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+  JOIN pg_catalog.pg_attribute fa ON fa.attrelid = c.confrelid AND fa.attnum = c.confkey[1]
+ WHERE c.contype = 'f' AND c.conrelid IN ($1, $2) AND cardinality(c.conkey) = 1";
+
+/// `NOT NULL` uuid columns of a table with a unique, non-partial,
+/// single-column index of their own.
+const UUID_COLUMNS_SQL: &str = "
+SELECT a.attname::text
+  FROM pg_catalog.pg_attribute a
+ WHERE a.attrelid = to_regclass($1) AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype
+   AND a.attnotnull AND a.attnum > 0 AND NOT a.attisdropped
+   AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indpred IS NULL
+                  AND i.indexprs IS NULL AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum)
+ ORDER BY a.attnum";
+
+/// Build the comparison of one table: which sides, which columns are
+/// references, the key, the parent.
+async fn plan_pair(
+    w: &Client,
+    table: &QualifiedName,
+    job: JobRow,
+    choice: Option<&ParentChoice>,
+) -> Result<Pair, Error> {
+    let (stage, left, right) = sides(table, Some(&job))?;
+    let db = |step: &'static str| {
+        let table = table.to_string();
+        move |source| VerifyError::Db {
+            table,
+            step,
+            source,
+        }
+    };
+    let bad = |detail: String| VerifyError::BadSpec {
+        table: table.to_string(),
+        detail,
+    };
+    let oids = w
+        .query_one(
+            "SELECT to_regclass($1)::oid, to_regclass($2)::oid",
+            &[&left.quoted(), &right.quoted()],
+        )
+        .await
+        .map_err(db("looking up both tables"))?;
+    let left_oid: u32 = oids
+        .try_get::<_, Option<u32>>(0)
+        .map_err(db("looking up both tables"))?
+        .ok_or_else(|| bad(format!("{left} does not exist")))?;
+    let right_oid: u32 = oids
+        .try_get::<_, Option<u32>>(1)
+        .map_err(db("looking up both tables"))?
+        .ok_or_else(|| bad(format!("{right} does not exist")))?;
+
+    let (mut lcols, mut rcols) = (Vec::new(), Vec::new());
+    for r in w
+        .query(COLUMNS_SQL, &[&left_oid, &right_oid])
+        .await
+        .map_err(db("reading the columns"))?
+    {
+        let col = Col {
+            name: r.try_get(1).map_err(db("reading the columns"))?,
+            type_oid: r.try_get(2).map_err(db("reading the columns"))?,
+            type_sql: r.try_get(3).map_err(db("reading the columns"))?,
+            generated: r.try_get(4).map_err(db("reading the columns"))?,
+        };
+        if r.try_get::<_, bool>(0).map_err(db("reading the columns"))? {
+            lcols.push(col);
+        } else {
+            rcols.push(col);
+        }
+    }
+    let refs = references(&left, &right, &lcols, &rcols).map_err(bad)?;
+
+    let (parent_table, uuid_column) = match choice {
+        Some(c) => (c.table.clone(), c.uuid_column.clone()),
+        None => {
+            let mut keys = Vec::new();
+            for r in w
+                .query(KEYS_SQL, &[&left_oid, &right_oid])
+                .await
+                .map_err(db("reading the foreign keys"))?
+            {
+                let get = |i: usize| {
+                    r.try_get::<_, String>(i)
+                        .map_err(db("reading the foreign keys"))
+                };
+                keys.push(RefKey {
+                    right_side: !r
+                        .try_get::<_, bool>(0)
+                        .map_err(db("reading the foreign keys"))?,
+                    column: get(1)?,
+                    target: QualifiedName::new(get(2)?, get(3)?),
+                    target_column: get(4)?,
+                });
+            }
+            let parent_err = |detail: String| VerifyError::Parent {
+                table: table.to_string(),
+                detail,
+            };
+            let (parent_table, uuid) = infer_parent(&refs, &keys).map_err(parent_err)?;
+            let uuid = match uuid {
+                Some(u) => u,
+                None => {
+                    let found: Vec<String> = w
+                        .query(UUID_COLUMNS_SQL, &[&parent_table.quoted()])
+                        .await
+                        .map_err(db("reading the parent's uuid columns"))?
+                        .iter()
+                        .map(|r| r.try_get::<_, String>(0))
+                        .collect::<Result<_, _>>()
+                        .map_err(db("reading the parent's uuid columns"))?;
+                    match found.as_slice() {
+                        [one] => one.clone(),
+                        [] => {
+                            return Err(parent_err(format!(
+                                "{parent_table} has no NOT NULL uuid column with a unique index"
+                            ))
+                            .into())
+                        }
+                        many => {
+                            return Err(parent_err(format!(
+                                "{parent_table} has several unique uuid columns ({})",
+                                many.join(", ")
+                            ))
+                            .into())
+                        }
+                    }
+                }
+            };
+            (parent_table, uuid)
+        }
+    };
+    let parent = catalog::load_parent(w, &parent_table, &uuid_column).await?;
+    let mut spec = catalog::load_table(w, &left, &parent).await?.spec;
+    for c in &mut spec.columns {
+        c.reference = refs.get(&c.name).copied();
+    }
+    Ok(Pair {
+        table: table.clone(),
+        job,
+        stage,
+        left,
+        right,
+        spec,
+        parent,
+    })
+}
+
+/// Why an attempt at a consistent point gave up (it is retried).
+type Retry = String;
+
+/// Compare each table's two sides, every table at one point of the stream;
+/// see the module docs for the protocol and why it is consistent.
+///
+/// A difference is a verdict ([`VerifyReport::equal`] false), not an error.
+/// `Err` means the comparison could not run: a table without a job, a failed
+/// job, no consistent point within the attempts, a broken session.
+pub async fn run(
+    spec: &ConnSpec,
+    tables: &[QualifiedName],
+    opts: &RunOptions,
+) -> Result<VerifyReport, Error> {
+    let mut unique: Vec<QualifiedName> = Vec::with_capacity(tables.len());
+    for t in tables {
+        if !unique.contains(t) {
+            unique.push(t.clone());
+        }
+    }
+    if unique.is_empty() {
+        return Err(Error::Config(
+            "verify: name at least one table with --table".into(),
+        ));
+    }
+    let names = unique
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let span = tracing::info_span!("verify_run", tables = %names);
+    run_inner(spec, &unique, &names, opts)
+        .instrument(span)
+        .await
+}
+
+async fn run_inner(
+    spec: &ConnSpec,
+    tables: &[QualifiedName],
+    names: &str,
+    opts: &RunOptions,
+) -> Result<VerifyReport, Error> {
+    let started = Instant::now();
+    let w = pg::connect(spec, "verify").await?;
+    let mut lock: Option<Client> = None;
+    let attempts = opts.attempts.max(1);
+    let mut last: Retry = String::new();
+    for attempt in 1..=attempts {
+        // Every job row is read (and every error reported) before anything is locked.
+        let mut pairs = Vec::with_capacity(tables.len());
+        for t in tables {
+            let job = state::get_job(&w, t).await?;
+            let job = job.ok_or_else(|| VerifyError::NoJob {
+                table: t.to_string(),
+            })?;
+            pairs.push(plan_pair(&w, t, job, opts.parent.as_ref()).await?);
+        }
+        let before: Vec<&Pair> = pairs
+            .iter()
+            .filter(|p| p.stage == Stage::BeforeCutover)
+            .collect();
+        let point = if before.is_empty() {
+            w.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(Error::db("opening the comparison snapshot"))?;
+            None
+        } else {
+            if lock.is_none() {
+                lock = Some(pg::connect(spec, "verify-lock").await?);
+            }
+            let Some(l) = lock.as_ref() else {
+                continue;
+            };
+            match consistent_point(&w, l, &before, names, opts).await? {
+                Ok(mut p) => {
+                    p.attempts = attempt;
+                    Some(p)
+                }
+                Err(reason) => {
+                    warn!(attempt, attempts, reason = %reason, "no consistent point in this attempt");
+                    last = reason;
+                    if attempt < attempts {
+                        tokio::time::sleep(backoff(opts.backoff, attempt)).await;
+                    }
+                    continue;
+                }
+            }
+        };
+        let mut reports = Vec::with_capacity(pairs.len());
+        for p in &pairs {
+            let verdict =
+                verify_table(&w, &p.spec, &p.parent, &p.left, &p.right, &opts.compare).await?;
+            reports.push(TableReport {
+                table: p.table.clone(),
+                stage: p.stage,
+                job_id: p.job.job_id,
+                verdict,
+            });
+        }
+        w.batch_execute("COMMIT")
+            .await
+            .map_err(Error::db("ending the comparison snapshot"))?;
+        let equal = reports.iter().all(|r| r.verdict.equal);
+        let elapsed_ms = ms(started.elapsed());
+        info!(equal, elapsed_ms, "verify done");
+        return Ok(VerifyReport {
+            equal,
+            tables: reports,
+            consistent_point: point,
+            elapsed_ms,
+        });
+    }
+    Err(VerifyError::NoConsistentPoint {
+        tables: names.to_string(),
+        attempts,
+        reason: last,
+    }
+    .into())
+}
+
+/// The pause after failed attempt `attempt` (1-based): doubling, capped.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(16);
+    base.saturating_mul(1u32 << doublings).min(MAX_BACKOFF)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Steps 1–5 of the module docs. `Ok(Ok(point))`: the work session is inside
+/// its repeatable-read snapshot and the lock is released. `Ok(Err(reason))`:
+/// this attempt gave up, nothing is held. `Err`: stop.
+async fn consistent_point(
+    w: &Client,
+    lock: &Client,
+    before: &[&Pair],
+    names: &str,
+    opts: &RunOptions,
+) -> Result<Result<ConsistentPoint, Retry>, Error> {
+    let mut job_ids: Vec<Uuid> = before.iter().map(|p| p.job.job_id).collect();
+    job_ids.sort();
+    job_ids.dedup();
+
+    // 1. Catch up without the lock, so the locked drain is short.
+    let catch_up = Instant::now();
+    let f = fence::emit(w, "verify catch-up").await?;
+    if !fence::wait_drained(w, &job_ids, f, catch_up + opts.catch_up_timeout).await? {
+        return Err(VerifyError::NotCaughtUp {
+            tables: names.to_string(),
+            waited_ms: ms(catch_up.elapsed()),
+        }
+        .into());
+    }
+
+    // 2. Lock the sources, in name order.
+    let mut sources: Vec<&QualifiedName> = before.iter().map(|p| &p.job.source).collect();
+    sources.sort();
+    sources.dedup();
+    let list = sources
+        .iter()
+        .map(|s| s.quoted())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let timeout_ms = ms(opts.lock_timeout).max(1);
+    lock.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = {timeout_ms}"))
+        .await
+        .map_err(Error::db("starting the lock transaction"))?;
+    let asked = Instant::now();
+    let locked = lock
+        .batch_execute(&format!("LOCK TABLE {list} IN SHARE MODE"))
+        .await;
+    let lock_wait = asked.elapsed();
+    if let Err(e) = locked {
+        rollback(lock).await;
+        let code = e.as_db_error().map(|d| d.code().code().to_string());
+        return match code.as_deref() {
+            // Lock timeout, deadlock, a source renamed away by a cutover.
+            Some("55P03" | "40P01" | "42P01") => Ok(Err(format!(
+                "locking the sources: {}",
+                crate::error::chain(&e)
+            ))),
+            _ => Err(Error::Db {
+                context: format!("locking {list} in SHARE mode"),
+                source: e,
+            }),
+        };
+    }
+    let granted = Instant::now();
+    let held = locked_steps(w, lock, before, &job_ids, granted, opts).await;
+    match held {
+        Ok(Ok((fence, drain))) => {
+            lock.batch_execute("COMMIT")
+                .await
+                .map_err(Error::db("releasing the locks on the sources"))?;
+            let hold = granted.elapsed();
+            info!(
+                lock_wait_ms = ms(lock_wait),
+                drain_ms = ms(drain),
+                lock_hold_ms = ms(hold),
+                fence = %fence,
+                "consistent point taken"
+            );
+            Ok(Ok(ConsistentPoint {
+                attempts: 0,
+                lock_wait_ms: ms(lock_wait),
+                drain_ms: ms(drain),
+                lock_hold_ms: ms(hold),
+                fence: fence.to_string(),
+            }))
+        }
+        Ok(Err(reason)) => {
+            rollback(lock).await;
+            Ok(Err(reason))
+        }
+        Err(e) => {
+            rollback(lock).await;
+            Err(e)
+        }
+    }
+}
+
+/// Steps 2 (re-check), 3 and 4, with the locks held. The caller releases them.
+async fn locked_steps(
+    w: &Client,
+    lock: &Client,
+    before: &[&Pair],
+    job_ids: &[Uuid],
+    granted: Instant,
+    opts: &RunOptions,
+) -> Result<Result<(crate::pg::Lsn, Duration), Retry>, Error> {
+    // The locked relations must be the ones the jobs copy, still streaming.
+    for p in before {
+        let now = state::get_job(lock, &p.table).await?;
+        let oid: Option<u32> = lock
+            .query_one("SELECT to_regclass($1)::oid", &[&p.job.source.quoted()])
+            .await
+            .map_err(Error::db(format!("re-reading {} under the lock", p.table)))?
+            .get(0);
+        let same = now.as_ref().is_some_and(|j| {
+            j.job_id == p.job.job_id
+                && matches!(j.phase(), Some(Phase::Streaming | Phase::CuttingOver))
+                && oid == Some(j.source_oid)
+        });
+        if !same {
+            return Ok(Err(format!(
+                "{} changed while it was being locked (phase now {})",
+                p.table,
+                now.map_or_else(|| "gone".to_string(), |j| j.phase)
+            )));
+        }
+    }
+    // 3. Drain to a fence written after every change to the sources.
+    let fence = fence::emit(w, "verify").await?;
+    if !fence::wait_drained(w, job_ids, fence, granted + opts.max_hold).await? {
+        return Ok(Err(format!(
+            "the jobs did not apply fence {fence} within {} ms of holding the locks",
+            ms(opts.max_hold)
+        )));
+    }
+    let drain = granted.elapsed();
+    // 4. The snapshot, taken by the first query of the transaction.
+    w.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(Error::db("opening the comparison snapshot"))?;
+    if let Err(e) = w
+        .query_one("SELECT pg_catalog.txid_current_snapshot()::text", &[])
+        .await
+    {
+        let _ = w.batch_execute("ROLLBACK").await;
+        return Err(Error::db("taking the comparison snapshot")(e));
+    }
+    Ok(Ok((fence, drain)))
+}
+
+/// Give the locks back; a failure here means the session is gone, and with it the locks.
+async fn rollback(lock: &Client) {
+    if let Err(e) = lock.batch_execute("ROLLBACK").await {
+        warn!(error = %crate::error::chain(&e), "rolling back the lock transaction failed; the session is gone, and its locks with it");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(phase: &str) -> JobRow {
+        let source = QualifiedName::new("app", "orders");
+        let shadow = QualifiedName::new("app", "_rekey_new_orders");
+        JobRow {
+            table: source.to_string(),
+            phase: phase.into(),
+            shadow_table: shadow.to_string(),
+            old_table: None,
+            rows_copied: 0,
+            rows_estimate: 0,
+            lag_bytes: None,
+            error: None,
+            job_id: Uuid::nil(),
+            source_oid: 1,
+            slot_name: None,
+            publication_name: None,
+            consistent_lsn: None,
+            applied_lsn: None,
+            owner_pid: None,
+            owner_host: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+            source,
+            shadow,
+            parent: None,
+        }
+    }
+
+    #[test]
+    fn sides_follow_the_phase() {
+        let t = QualifiedName::new("app", "orders");
+        let (stage, l, r) = sides(&t, Some(&job("streaming"))).unwrap();
+        assert_eq!(stage, Stage::BeforeCutover);
+        assert_eq!(
+            (l.name.as_str(), r.name.as_str()),
+            ("orders", "_rekey_new_orders")
+        );
+
+        let mut j = job("cut_over");
+        j.old_table = Some("app._rekey_old_orders".into());
+        let (stage, l, r) = sides(&t, Some(&j)).unwrap();
+        assert_eq!(stage, Stage::AfterCutover);
+        assert_eq!(l, QualifiedName::new("app", "_rekey_old_orders"));
+        assert_eq!(r, QualifiedName::new("app", "orders"));
+
+        // A quoted old name (as JobRow prints it) comes back whole.
+        j.old_table = Some("\"My App\".\"_rekey_old_Orders\"".into());
+        let (_, l, _) = sides(&t, Some(&j)).unwrap();
+        assert_eq!(l, QualifiedName::new("My App", "_rekey_old_Orders"));
+
+        j.old_table = None;
+        assert!(matches!(
+            sides(&t, Some(&j)),
+            Err(VerifyError::BadSpec { .. })
+        ));
+    }
+
+    #[test]
+    fn no_job_failed_and_copying_are_errors() {
+        let t = QualifiedName::new("app", "orders");
+        let e = sides(&t, None).unwrap_err();
+        assert!(e.to_string().contains("no pg-rekey job for it"), "{e}");
+        let mut j = job("failed");
+        j.error = Some("orphaned reference in user_id".into());
+        let e = sides(&t, Some(&j)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("its job failed: orphaned reference in user_id"),
+            "{e}"
+        );
+        let e = sides(&t, Some(&job("copying"))).unwrap_err();
+        assert!(e.to_string().contains("its job is copying"), "{e}");
+        assert!(matches!(
+            sides(&t, Some(&job("aborted"))),
+            Err(VerifyError::NotReady { .. })
+        ));
+    }
+
+    fn col(name: &str, type_oid: u32, generated: bool) -> Col {
+        Col {
+            name: name.into(),
+            type_oid,
+            type_sql: format!("oid{type_oid}"),
+            generated,
+        }
+    }
+
+    #[test]
+    fn references_are_integer_left_and_uuid_right() {
+        let (l, r) = (QualifiedName::new("p", "l"), QualifiedName::new("p", "r"));
+        let left = [
+            col("id", 20, false),
+            col("user_id", 23, false),
+            col("note", 25, false),
+            col("total", 1700, true),
+        ];
+        let right = [
+            col("id", 20, false),
+            col("user_id", UUID_OID, false),
+            col("note", 25, false),
+            col("total", 1700, true),
+        ];
+        let refs = references(&l, &r, &left, &right).unwrap();
+        assert_eq!(
+            refs.into_iter().collect::<Vec<_>>(),
+            vec![("user_id".to_string(), IntKind::Int4)]
+        );
+
+        let mut changed = right.clone();
+        changed[2] = col("note", 1043, false);
+        let e = references(&l, &r, &left, &changed).unwrap_err();
+        assert!(
+            e.contains("\"note\" is oid25 in p.l but oid1043 in p.r"),
+            "{e}"
+        );
+
+        let e = references(&l, &r, &left, &right[..2]).unwrap_err();
+        assert!(e.contains("column \"note\" of p.l is not in p.r"), "{e}");
+
+        let mut extra = right.to_vec();
+        extra.push(col("added", 25, false));
+        assert!(references(&l, &r, &left, &extra)
+            .unwrap_err()
+            .contains("\"added\" of p.r is not in p.l"));
+
+        let e = references(&l, &r, &left, &left).unwrap_err();
+        assert!(e.contains("no column is an integer"), "{e}");
+    }
+
+    fn key(right_side: bool, column: &str, target: &str, target_column: &str) -> RefKey {
+        RefKey {
+            right_side,
+            column: column.into(),
+            target: QualifiedName::new("public", target),
+            target_column: target_column.into(),
+        }
+    }
+
+    #[test]
+    fn the_parent_comes_from_the_reference_keys() {
+        let refs: BTreeMap<String, IntKind> = [("user_id".to_string(), IntKind::Int8)]
+            .into_iter()
+            .collect();
+        // Before cutover: only the source's integer key; other keys ignored.
+        let keys = [
+            key(false, "user_id", "users", "id"),
+            key(false, "message_id", "chat_messages", "id"),
+        ];
+        assert_eq!(
+            infer_parent(&refs, &keys).unwrap(),
+            (QualifiedName::new("public", "users"), None)
+        );
+        // After cutover: the new table's uuid key names the column too.
+        let keys = [
+            key(false, "user_id", "users", "id"),
+            key(true, "user_id", "users", "uuid_id"),
+        ];
+        assert_eq!(
+            infer_parent(&refs, &keys).unwrap(),
+            (
+                QualifiedName::new("public", "users"),
+                Some("uuid_id".into())
+            )
+        );
+        assert!(infer_parent(&refs, &[])
+            .unwrap_err()
+            .contains("has a foreign key"));
+        let refs2: BTreeMap<String, IntKind> = [
+            ("user_id".to_string(), IntKind::Int8),
+            ("owner_id".to_string(), IntKind::Int8),
+        ]
+        .into_iter()
+        .collect();
+        let keys = [
+            key(false, "user_id", "users", "id"),
+            key(false, "owner_id", "accounts", "id"),
+        ];
+        assert!(infer_parent(&refs2, &keys)
+            .unwrap_err()
+            .contains("several tables"));
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let b = Duration::from_millis(500);
+        assert_eq!(backoff(b, 1), b);
+        assert_eq!(backoff(b, 3), Duration::from_secs(2));
+        assert_eq!(backoff(b, 40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn exit_code_follows_equality() {
+        let mut r = VerifyReport {
+            equal: true,
+            tables: vec![],
+            consistent_point: None,
+            elapsed_ms: 1,
+        };
+        assert_eq!(r.exit_code(), 0);
+        assert!(r.to_string().contains("every table is equal"));
+        r.equal = false;
+        assert_eq!(r.exit_code(), 1);
+    }
+}

@@ -143,8 +143,8 @@ pub async fn run(cfg: &DemoConfig, shutdown: watch::Receiver<bool>) -> Result<De
                     })?
                     .map_err(|e| Error::Precondition(e.to_string()))?;
             let label = format!(
-                "throwaway PostgreSQL {} on 127.0.0.1:{} (removed at the end)",
-                cluster.major_version, cluster.port
+                "throwaway cluster on 127.0.0.1:{} (removed at the end)",
+                cluster.port
             );
             let result = run_scenario(&cluster.spec("postgres"), label, &scenario, shutdown).await;
             // Stopping runs pg_ctl and removes the files: blocking work.
@@ -262,6 +262,8 @@ pub struct TableSummary {
     pub rows_copied: u64,
     /// Its old table after the swap.
     pub old_table: Option<String>,
+    /// Before the cutover: rows differing between source and shadow.
+    pub before_differing_rows: Option<u64>,
     /// Verification: rows of the old table (at the swap).
     pub old_rows: Option<u64>,
     /// Verification: rows of the new table (at the swap).
@@ -315,12 +317,36 @@ pub struct WorkloadSummary {
     pub worst_write_ms_around_cutover: f64,
 }
 
+/// The tool's own `verify` (source against shadow) just before the cutover.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BeforeCutover {
+    /// Every source equal to its shadow at the consistent point.
+    pub passed: bool,
+    /// Rows compared (sources, all tables).
+    pub rows_compared: u64,
+    /// Differing rows (all tables).
+    pub differing_rows: u64,
+    /// Attempts to reach the consistent point.
+    pub attempts: u32,
+    /// Waiting for the `SHARE` locks on the sources, ms.
+    pub lock_wait_ms: u64,
+    /// The sources' writers were held this long (lock, fence, drain, snapshot), ms.
+    pub lock_hold_ms: u64,
+    /// Wall time of the verification.
+    pub seconds: f64,
+    /// Why it could not run.
+    pub error: Option<String>,
+}
+
 /// The verification verdict.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VerificationSummary {
-    /// How the comparison was made.
+    /// Source against shadow before the swap, with `pg-rekey verify`'s
+    /// consistent point ([`crate::verify::run`]); `None` when not reached.
+    pub before_cutover: Option<BeforeCutover>,
+    /// How the old-against-new comparison was made.
     pub method: String,
-    /// Every table equal (and the comparison ran).
+    /// Old and new equal at the swap in every table (and the comparison ran).
     pub passed: bool,
     /// Rows compared (old side, all tables).
     pub rows_compared: u64,
@@ -331,9 +357,16 @@ pub struct VerificationSummary {
 }
 
 impl DemoSummary {
-    /// The verdict: the swap committed and old and new were equal.
+    /// The verdict: source and shadow were equal before the swap, the swap
+    /// committed, and old and new were equal at the swap.
     pub fn passed(&self) -> bool {
-        self.cutover.swapped && self.verification.passed
+        self.verification
+            .before_cutover
+            .as_ref()
+            .is_some_and(|b| b.passed && b.error.is_none())
+            && self.cutover.swapped
+            && self.verification.passed
+            && self.verification.error.is_none()
     }
 
     fn empty(kind: &str, server: String, sc: &Scenario) -> DemoSummary {
@@ -368,6 +401,7 @@ impl DemoSummary {
             },
             workload: WorkloadSummary::default(),
             verification: VerificationSummary {
+                before_cutover: None,
                 method: String::new(),
                 passed: false,
                 rows_compared: 0,
@@ -541,18 +575,35 @@ impl fmt::Display for DemoSummary {
             writeln!(f, "  warning:      {w}")?;
         }
         let v = &self.verification;
+        match &v.before_cutover {
+            None => writeln!(f, "  before swap:  NOT RUN")?,
+            Some(b) => match &b.error {
+                Some(e) => writeln!(f, "  before swap:  NOT RUN — {e}")?,
+                None => writeln!(
+                    f,
+                    "  before swap:  {} — pg-rekey verify, source against shadow at one point of the stream ({} rows, {} differing; writers held {} ms after a {} ms lock wait, attempt {}; {:.1} s)",
+                    if b.passed { "PASSED" } else { "FAILED" },
+                    grouped(b.rows_compared),
+                    grouped(b.differing_rows),
+                    b.lock_hold_ms,
+                    b.lock_wait_ms,
+                    b.attempts,
+                    b.seconds
+                )?,
+            },
+        }
         match (&v.error, v.passed) {
-            (Some(e), _) => writeln!(f, "  verification: NOT RUN — {e}")?,
+            (Some(e), _) => writeln!(f, "  at the swap:  NOT RUN — {e}")?,
             (None, true) => writeln!(
                 f,
-                "  verification: PASSED — {} ({} rows, {:.1} s)",
+                "  at the swap:  PASSED — {} ({} rows, {:.1} s)",
                 v.method,
                 grouped(v.rows_compared),
                 v.seconds
             )?,
             (None, false) => writeln!(
                 f,
-                "  verification: FAILED — old and new differ (see the tables above); {}",
+                "  at the swap:  FAILED — old and new differ (see the tables above); {}",
                 v.method
             )?,
         }
@@ -936,6 +987,18 @@ async fn drive(
     summary.workload.worst_read_ms_before_cutover = ms(stats.worst_read_us.load(Ordering::Relaxed));
     summary.workload.writes_failed_before_cutover = stats.failures.load(Ordering::Relaxed);
 
+    // The tool's own verify, source against shadow, at a consistent point
+    // under load; like `cutover` itself, refuse to swap on a difference.
+    let before = verify_before_cutover(spec, &tables, parent, summary).await;
+    let go = before.passed && before.error.is_none();
+    summary.verification.before_cutover = Some(before);
+    if !go {
+        summary.cutover.reason = Some(
+            "the verification before the swap did not pass; nothing was swapped (as `pg-rekey cutover` would refuse)".into(),
+        );
+        return Ok(());
+    }
+
     // The verification gate (module docs), then the cutover with the swap watched.
     let gate = pg::connect(spec, "demo-gate").await?;
     install_gate(&gate, specs).await?;
@@ -1029,6 +1092,84 @@ async fn drive(
     Ok(())
 }
 
+/// `pg-rekey verify` on every table while it streams (see [`crate::verify::run`]).
+async fn verify_before_cutover(
+    spec: &ConnSpec,
+    tables: &[QualifiedName],
+    parent: &ParentSpec,
+    summary: &mut DemoSummary,
+) -> BeforeCutover {
+    let opts = verify::RunOptions {
+        compare: VerifyOptions {
+            max_rows: DIFF_ROWS_SHOWN,
+            ..VerifyOptions::default()
+        },
+        parent: Some(verify::ParentChoice {
+            table: parent.table.clone(),
+            uuid_column: parent.uuid_column.clone(),
+        }),
+        ..verify::RunOptions::default()
+    };
+    let t = Instant::now();
+    let mut b = BeforeCutover::default();
+    match verify::run(spec, tables, &opts).await {
+        Ok(report) => {
+            b.passed = report.equal;
+            if let Some(p) = &report.consistent_point {
+                b.attempts = p.attempts;
+                b.lock_wait_ms = p.lock_wait_ms;
+                b.lock_hold_ms = p.lock_hold_ms;
+            }
+            for r in &report.tables {
+                b.rows_compared += r.verdict.left_rows;
+                b.differing_rows += r.verdict.differing_rows;
+                if let Some(ts) = summary
+                    .tables
+                    .iter_mut()
+                    .find(|s| s.table == r.table.to_string())
+                {
+                    ts.before_differing_rows = Some(r.verdict.differing_rows);
+                    ts.differences.extend(
+                        describe(&r.verdict)
+                            .into_iter()
+                            .map(|d| format!("before the swap: {d}")),
+                    );
+                }
+            }
+            info!(
+                equal = report.equal,
+                rows = b.rows_compared,
+                "verified before the cutover"
+            );
+        }
+        Err(e) => b.error = Some(crate::error::chain(&e)),
+    }
+    b.seconds = t.elapsed().as_secs_f64();
+    b
+}
+
+/// The verdict's named rows, one line each.
+fn describe(v: &verify::TableVerdict) -> Vec<String> {
+    v.rows
+        .iter()
+        .map(|r| {
+            let key: Vec<String> = r
+                .key
+                .iter()
+                .map(|k| format!("{}={}", k.column, k.value))
+                .collect();
+            let what = match &r.kind {
+                verify::RowDiffKind::Missing => "missing on the uuid side".to_string(),
+                verify::RowDiffKind::Extra => "only on the uuid side".to_string(),
+                verify::RowDiffKind::Changed { columns } => {
+                    format!("differs in {}", columns.join(", "))
+                }
+            };
+            format!("({}): {what}", key.join(", "))
+        })
+        .collect()
+}
+
 /// Rows copied so far over all tables.
 fn copied_rows(progress: &RewriteProgress) -> u64 {
     progress
@@ -1054,6 +1195,7 @@ fn per_table_copied(progress: &RewriteProgress, tables: &[QualifiedName]) -> Vec
                 .map(|(_, r)| *r)
                 .unwrap_or(0),
             old_table: None,
+            before_differing_rows: None,
             old_rows: None,
             new_rows: None,
             differing_rows: None,
@@ -1084,11 +1226,12 @@ fn cutover_config(spec: &ConnSpec, tables: &[QualifiedName]) -> CutoverConfig {
         tables: tables.to_vec(),
         lock_timeout: Duration::from_millis(200),
         max_hold: Duration::from_secs(2),
-        attempts: 6,
-        backoff: Duration::from_millis(200),
+        attempts: 10,
+        backoff: Duration::from_millis(100),
         max_lag_bytes: 16 * 1024 * 1024,
         dry_run: false,
-        // The scenario verifies old against new itself, exactly at the swap.
+        // The scenario runs the same verify just before (to report it) and
+        // compares old against new itself, exactly at the swap.
         skip_verify: true,
         verify_chunk_rows: verify::DEFAULT_CHUNK_ROWS,
     }
@@ -1192,25 +1335,7 @@ async fn verify_all(
             ts.old_rows = Some(v.left_rows);
             ts.new_rows = Some(v.right_rows);
             ts.differing_rows = Some(v.differing_rows);
-            ts.differences = v
-                .rows
-                .iter()
-                .map(|r| {
-                    let key: Vec<String> = r
-                        .key
-                        .iter()
-                        .map(|k| format!("{}={}", k.column, k.value))
-                        .collect();
-                    let what = match &r.kind {
-                        verify::RowDiffKind::Missing => "missing in the new table".to_string(),
-                        verify::RowDiffKind::Extra => "only in the new table".to_string(),
-                        verify::RowDiffKind::Changed { columns } => {
-                            format!("differs in {}", columns.join(", "))
-                        }
-                    };
-                    format!("({}): {what}", key.join(", "))
-                })
-                .collect();
+            ts.differences.extend(describe(&v));
         }
     }
     summary.verification.passed = all_equal;
@@ -1276,6 +1401,7 @@ mod tests {
             table: "sessions".into(),
             rows_copied: 10_000,
             old_table: Some("_rekey_old_sessions".into()),
+            before_differing_rows: Some(0),
             old_rows: Some(10_010),
             new_rows: Some(10_010),
             differing_rows: Some(0),
@@ -1290,6 +1416,13 @@ mod tests {
         });
         s.verification.error = None;
         s.verification.passed = true;
+        s.verification.before_cutover = Some(BeforeCutover {
+            passed: true,
+            rows_compared: 10_000,
+            attempts: 1,
+            lock_hold_ms: 12,
+            ..BeforeCutover::default()
+        });
         s
     }
 
@@ -1301,6 +1434,17 @@ mod tests {
         assert!(!s.passed());
         let mut s = sample();
         s.cutover.swapped = false;
+        assert!(!s.passed());
+        let mut s = sample();
+        s.verification.before_cutover = None;
+        assert!(
+            !s.passed(),
+            "the check before the swap is part of the verdict"
+        );
+        let mut s = sample();
+        if let Some(b) = s.verification.before_cutover.as_mut() {
+            b.passed = false;
+        }
         assert!(!s.passed());
         assert!(!DemoSummary::empty(
             "demo",
@@ -1332,7 +1476,9 @@ mod tests {
             "worst read latency",
             "failed at the swap",
             "old 10,010 = new 10,010 rows",
-            "verification: PASSED",
+            "at the swap:  PASSED",
+            "before swap:  PASSED",
+            "writers held 12 ms",
             "result:       PASSED",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");

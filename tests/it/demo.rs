@@ -34,13 +34,24 @@ fn assert_passed(s: &DemoSummary) {
         s.verification.passed && s.verification.error.is_none(),
         "{s}"
     );
+    let before = s
+        .verification
+        .before_cutover
+        .as_ref()
+        .expect("verified before the swap");
+    assert!(
+        before.passed && before.error.is_none() && before.rows_compared > 0,
+        "{s}"
+    );
+    assert_eq!(before.differing_rows, 0);
     assert_eq!(s.tables.len(), REFERENCING_TABLES.len());
     for t in &s.tables {
         assert!(t.rows_copied > 0, "{s}");
         let (old, new) = (t.old_rows.unwrap(), t.new_rows.unwrap());
         assert_eq!(old, new, "{}: {s}", t.table);
         assert_eq!(t.differing_rows, Some(0));
-        // Writers only add to the tables' history; the copy saw the snapshot.
+        assert_eq!(t.before_differing_rows, Some(0));
+        // Both sides hold rows: the comparison was not vacuous.
         assert!(old > 0);
     }
     assert_eq!(

@@ -63,6 +63,14 @@ pub enum Command {
     /// Compare source and shadow (before cutover) or old and new (after).
     /// Exit 0 equal, 1 different, 2 error.
     Verify(VerifyArgs),
+    /// Try the whole tool on a throwaway PostgreSQL (or, with --dsn, in a
+    /// fresh database on that server): example schema, concurrent workload,
+    /// rewrite, cutover, verification, summary. Removes what it started.
+    /// Exit 0 verified, 1 not, 2 error.
+    Demo(DemoArgs),
+    /// Run the demo's workload, rewrite and cutover against --dsn for a
+    /// duration, in a database it creates and drops. Exit 0 verified, 1 not, 2 error.
+    Soak(SoakArgs),
 }
 
 /// The parent table and its uuid column.
@@ -287,6 +295,54 @@ pub struct VerifyArgs {
     pub backoff: Duration,
 }
 
+/// Size of the example workload (`demo`, `soak`).
+#[derive(Debug, Args, Clone)]
+pub struct WorkloadArgs {
+    /// Users to seed.
+    #[arg(long, default_value_t = 2_000)]
+    pub users: u64,
+    /// Rows to seed, spread over the five referencing tables.
+    #[arg(long, default_value_t = 50_000)]
+    pub rows: u64,
+    /// Concurrent writer sessions.
+    #[arg(long, default_value_t = 3)]
+    pub writers: usize,
+    /// Concurrent reader sessions.
+    #[arg(long, default_value_t = 2)]
+    pub readers: usize,
+}
+
+/// `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Workload size.
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// How long to stream under load before cutting over.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub stream_for: Duration,
+    /// With --dsn: keep the demo database for inspection instead of dropping it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Machine-readable summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `soak`.
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Total duration (e.g. 60s, 10m): seed, copy, streaming under load, cutover, verification.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub duration: Duration,
+    /// Workload size.
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Machine-readable summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Where metrics are served (used by long-running commands).
 pub type MetricsAddr = Option<SocketAddr>;
 
@@ -444,5 +500,38 @@ mod tests {
             "soon"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn parses_demo_and_soak() {
+        let c = Cli::try_parse_from(["pg-rekey", "demo"]).unwrap();
+        match c.command {
+            Command::Demo(d) => {
+                assert_eq!((d.workload.users, d.workload.rows), (2_000, 50_000));
+                assert_eq!(d.stream_for, Duration::from_secs(3));
+            }
+            _ => panic!("wrong command"),
+        }
+        let c = Cli::try_parse_from([
+            "pg-rekey",
+            "soak",
+            "--dsn",
+            "postgres://u@h/db",
+            "--duration",
+            "2m",
+            "--writers",
+            "6",
+            "--json",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Soak(s) => {
+                assert_eq!(s.duration, Duration::from_secs(120));
+                assert_eq!(s.workload.writers, 6);
+                assert!(s.json);
+            }
+            _ => panic!("wrong command"),
+        }
+        assert!(Cli::try_parse_from(["pg-rekey", "soak", "--duration", "soon"]).is_err());
     }
 }

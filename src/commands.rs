@@ -87,6 +87,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Abort(a) => abort(dsn, a).await,
         Command::Cutover(a) => cutover(dsn, a).await,
         Command::Verify(a) => verify(dsn, a).await,
+        Command::Demo(a) => demo(dsn, a).await,
+        Command::Soak(a) => soak(dsn, a).await,
     }
 }
 
@@ -347,4 +349,57 @@ fn auto_cutover_config(
         skip_verify: false,
         verify_chunk_rows: 10_000,
     }
+}
+
+/// `demo`: a throwaway cluster, or a fresh database on `--dsn`.
+async fn demo(dsn: Option<&str>, a: crate::cli::DemoArgs) -> Result<ExitCode, Error> {
+    let server = match dsn {
+        Some(d) => Some(conn_spec(Some(d))?),
+        None => None,
+    };
+    let cfg = crate::demo::DemoConfig {
+        server,
+        users: a.workload.users,
+        rows: a.workload.rows,
+        writers: a.workload.writers,
+        readers: a.workload.readers,
+        stream_for: a.stream_for,
+        keep_database: a.keep,
+    };
+    let summary = crate::demo::run(&cfg, shutdown_signal()).await?;
+    print_summary(&summary, a.json)
+}
+
+/// `soak`: needs a server.
+async fn soak(dsn: Option<&str>, a: crate::cli::SoakArgs) -> Result<ExitCode, Error> {
+    let server = match dsn {
+        Some(d) => conn_spec(Some(d))?,
+        None => {
+            return Err(Error::Config(
+                "soak needs a server: pass --dsn postgres://user@host/db (or set DATABASE_URL); it creates and drops its own database there".into(),
+            ))
+        }
+    };
+    let cfg = crate::soak::SoakConfig {
+        server,
+        duration: a.duration,
+        users: a.workload.users,
+        rows: a.workload.rows,
+        writers: a.workload.writers,
+        readers: a.workload.readers,
+    };
+    let summary = crate::soak::run(&cfg, shutdown_signal()).await?;
+    print_summary(&summary, a.json)
+}
+
+/// Print a demo or soak summary; exit 0 only when it passed.
+fn print_summary(summary: &crate::demo::DemoSummary, json: bool) -> Result<ExitCode, Error> {
+    if json {
+        let text =
+            serde_json::to_string_pretty(summary).map_err(|e| Error::Config(e.to_string()))?;
+        print(&format!("{text}\n"))?;
+    } else {
+        print(&format!("{summary}\n"))?;
+    }
+    Ok(if summary.passed() { 0 } else { 1 })
 }

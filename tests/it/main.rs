@@ -6,6 +6,7 @@ mod copy;
 mod cutover;
 mod cutover_deps;
 mod ddl;
+mod demo;
 mod harness;
 mod observe;
 mod observe_rewrite;

@@ -44,7 +44,6 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -58,7 +57,8 @@ use crate::error::Error;
 use crate::pg::{self, quote_ident, ConnSpec, Lsn, QualifiedName};
 use crate::plan::catalog;
 use crate::plan::model::{ParentSpec, TableSpec};
-use crate::rewrite::{RewriteConfig, RewriteOutcome, RewriteProgress};
+use crate::progress::JobProgress;
+use crate::rewrite::{RewriteConfig, RewriteOutcome};
 use crate::swap::SwapNames;
 use crate::verify::{self, VerifyOptions};
 use crate::workload::{self, Workload, WorkloadOptions, WorkloadStats, REFERENCING_TABLES};
@@ -894,16 +894,13 @@ async fn drive(
         None => return Err(Error::Config("the workload is not running".into())),
     };
     let tables: Vec<QualifiedName> = specs.iter().map(|s| s.source.clone()).collect();
-    let rcfg = RewriteConfig {
-        spec: spec.clone(),
-        parent: parent.table.clone(),
-        uuid_column: UUID_COLUMN.into(),
-        tables: tables.clone(),
-        batch: Default::default(),
-        copy: Default::default(),
-        copy_sessions: 2,
-    };
-    let progress = Arc::new(RewriteProgress::default());
+    let rcfg = RewriteConfig::new(
+        spec.clone(),
+        parent.table.clone(),
+        UUID_COLUMN,
+        tables.clone(),
+    );
+    let progress = JobProgress::new();
     let rewrite_started = Instant::now();
     {
         let progress = progress.clone();
@@ -929,7 +926,12 @@ async fn drive(
             last_rows = rows;
             last_increase = Instant::now();
         }
-        if progress.streaming.load(Ordering::Relaxed) {
+        let tables_now = progress.tables();
+        if !tables_now.is_empty()
+            && tables_now
+                .iter()
+                .all(|t| t.phase() == crate::progress::Phase::Streaming)
+        {
             break;
         }
         if let Some(e) = rewrite_ended_early(running).await {
@@ -958,7 +960,7 @@ async fn drive(
     // and the applied WAL are measured here from the job's recorded position
     // (what `status` shows), independently of the job's own counters.
     let deadline = sc.stream.deadline(streaming_since);
-    let applied_at_start = progress.changes_applied.load(Ordering::Relaxed);
+    let applied_at_start = changes_applied(&progress);
     let monitor = pg::connect(spec, "demo-monitor").await?;
     let first = positions(&monitor, &tables).await?;
     let mut last: Positions;
@@ -981,7 +983,7 @@ async fn drive(
             last_report = Instant::now();
             info!(
                 lag_bytes = lag,
-                changes_applied = progress.changes_applied.load(Ordering::Relaxed),
+                changes_applied = changes_applied(&progress),
                 writes = stats.commits.load(Ordering::Relaxed),
                 reads = stats.reads.load(Ordering::Relaxed),
                 "streaming under load"
@@ -993,10 +995,7 @@ async fn drive(
         }
     }
     summary.streaming_seconds = streaming_since.elapsed().as_secs_f64();
-    summary.changes_applied = progress
-        .changes_applied
-        .load(Ordering::Relaxed)
-        .saturating_sub(applied_at_start);
+    summary.changes_applied = changes_applied(&progress).saturating_sub(applied_at_start);
     summary.apply_changes_per_second =
         per_second(summary.changes_applied, summary.streaming_seconds);
     summary.wal_applied_bytes = last.applied.bytes_since(first.applied);
@@ -1224,20 +1223,21 @@ async fn positions(client: &Client, tables: &[QualifiedName]) -> Result<Position
 }
 
 /// Rows copied so far over all tables.
-fn copied_rows(progress: &RewriteProgress) -> u64 {
-    progress
-        .tables
-        .lock()
-        .map(|t| t.iter().map(|(_, p, _)| p.rows()).sum())
-        .unwrap_or(0)
+fn copied_rows(progress: &JobProgress) -> u64 {
+    progress.tables().iter().map(|t| t.rows_copied()).sum()
 }
 
-fn per_table_copied(progress: &RewriteProgress, tables: &[QualifiedName]) -> Vec<TableSummary> {
+/// Changes applied so far over all tables.
+fn changes_applied(progress: &JobProgress) -> u64 {
+    progress.tables().iter().map(|t| t.changes_applied()).sum()
+}
+
+fn per_table_copied(progress: &JobProgress, tables: &[QualifiedName]) -> Vec<TableSummary> {
     let copied: Vec<(QualifiedName, u64)> = progress
-        .tables
-        .lock()
-        .map(|t| t.iter().map(|(n, p, _)| (n.clone(), p.rows())).collect())
-        .unwrap_or_default();
+        .tables()
+        .iter()
+        .map(|t| (t.name().clone(), t.rows_copied()))
+        .collect();
     tables
         .iter()
         .map(|t| TableSummary {

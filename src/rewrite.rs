@@ -597,12 +597,38 @@ async fn apply_loop(
     let mut fence_seen = false;
     loop {
         tokio::select! {
-            // Priorities: the operator's stop first, then the stream (apply is
-            // never starved by bookkeeping), then the periodic work.
+            // Priorities: the operator's stop first; then the periodic work,
+            // which is due at most every 100 ms and short, so it cannot
+            // starve the stream — while ranked below a busy stream it would
+            // never run (no progress, no lag, a cut-over seen late); then the
+            // stream.
             biased;
             _ = shutdown.changed() => {
                 info!("stop requested; removing the job's objects");
                 return Ok((LoopEnd::Stopped, stream));
+            }
+            _ = tick.tick() => {
+                if applier.between_transactions() && applier.should_flush() {
+                    let d = applier.flush().await?;
+                    feedback.confirm(d);
+                }
+                watermark.set_applied(applied_now(applier, &feedback));
+                if last_poll.elapsed() >= Duration::from_millis(500) {
+                    last_poll = Instant::now();
+                    if let Some(end) = poll_jobs(admin, o, observed.progress).await? {
+                        return Ok((end, stream));
+                    }
+                    if last_log.elapsed() >= Duration::from_secs(10) {
+                        last_log = Instant::now();
+                        // `status` in other processes reads the job rows.
+                        for t in &o.tables {
+                            let lag = observed.progress.table(t).map(|p| p.snapshot().lag_bytes).unwrap_or(0);
+                            let _ = state::record_progress(admin, t, None, Some(i64::try_from(lag).unwrap_or(i64::MAX))).await;
+                        }
+                        let s = applier.stats();
+                        tracing::debug!(changes = s.changes, transactions = s.transactions, applied = %applier.durable(), "streaming");
+                    }
+                }
             }
             data = stream.recv() => {
                 let data = data?;
@@ -638,29 +664,6 @@ async fn apply_loop(
                     }
                     Ok(Applied::Nothing) => {}
                     Err(e) => return Err(e),
-                }
-            }
-            _ = tick.tick() => {
-                if applier.between_transactions() && applier.should_flush() {
-                    let d = applier.flush().await?;
-                    feedback.confirm(d);
-                }
-                watermark.set_applied(applied_now(applier, &feedback));
-                if last_poll.elapsed() >= Duration::from_millis(500) {
-                    last_poll = Instant::now();
-                    if let Some(end) = poll_jobs(admin, o, observed.progress).await? {
-                        return Ok((end, stream));
-                    }
-                    if last_log.elapsed() >= Duration::from_secs(10) {
-                        last_log = Instant::now();
-                        // `status` in other processes reads the job rows.
-                        for t in &o.tables {
-                            let lag = observed.progress.table(t).map(|p| p.snapshot().lag_bytes).unwrap_or(0);
-                            let _ = state::record_progress(admin, t, None, Some(i64::try_from(lag).unwrap_or(i64::MAX))).await;
-                        }
-                        let s = applier.stats();
-                        tracing::debug!(changes = s.changes, transactions = s.transactions, applied = %applier.durable(), "streaming");
-                    }
                 }
             }
         }

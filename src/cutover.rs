@@ -3,9 +3,11 @@
 //!
 //! # One attempt
 //!
-//! 1. `BEGIN; SET LOCAL lock_timeout = <per attempt>` and take `ACCESS
-//!    EXCLUSIVE` on every source table, in a fixed (sorted) order so two
-//!    cutovers can never deadlock each other. A lock request that waits is
+//! 1. `BEGIN; SET LOCAL lock_timeout = <per attempt>`, take `SHARE ROW
+//!    EXCLUSIVE` on the tables the shadows' foreign keys will reference (the
+//!    parent; see `referenced_first` for why first), then `ACCESS EXCLUSIVE`
+//!    on every source table, each in a fixed (sorted) order so two cutovers
+//!    can never deadlock each other. A lock request that waits is
 //!    itself a queue head that blocks every later reader and writer of the
 //!    table, which is why the wait is short and retried with backoff instead
 //!    of long.
@@ -18,13 +20,29 @@
 //!    jobs catch up, back off, and try again.
 //! 3. Lock the shadows, check that no source table's columns changed since
 //!    the job was planned, create the shadows' foreign keys (`NOT VALID`; see
-//!    [`crate::ddl::foreign_keys`] for why only now), and run the swap
+//!    [`crate::ddl::foreign_keys`] for why only now), read the dependents
+//!    under the locks ([`crate::swap::catalog::load_dependents_many`]), and
+//!    run the swap
 //!    ([`crate::swap`]): rename each source out of the way and its shadow into
 //!    place, and carry sequences, incoming foreign keys, views, grants,
 //!    owner, row-level security, triggers, publications, replica identity,
 //!    comments and index/constraint names across.
 //! 4. Record `cut_over` in the job rows **in the same transaction**, and
 //!    commit.
+//!
+//! # Keeping the hold short
+//!
+//! Every step under the locks is pipelined: statements that do not need an
+//! earlier answer are sent together and the server runs them in the order
+//! sent, so each group costs one round trip (lock the shadows + column
+//! re-check + foreign keys; the dependents' catalog reads in three stages;
+//! swap statements + job rows). Answers are checked in order and before
+//! `COMMIT`, so a failure is attributed to its own statement and the
+//! transaction is rolled back as before. The column re-check is one query
+//! over all sources (same fields as [`catalog::load_table`] produces). The
+//! fence session is prepared once; the fence is one exchange; the drain polls
+//! every millisecond while the locks are held. Each attempt reports where the
+//! hold went ([`AttemptReport::phases`]).
 //!
 //! # Why the swap cannot lose a write
 //!
@@ -50,6 +68,7 @@
 
 use std::time::{Duration, Instant};
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -57,7 +76,7 @@ use uuid::Uuid;
 use crate::error::Error;
 use crate::pg::{self, ConnSpec, QualifiedName};
 use crate::plan::catalog::{self, TableDetail};
-use crate::plan::model::ParentSpec;
+use crate::plan::model::{ColumnSpec, IntKind, ParentSpec};
 use crate::state::{self, JobRow, Phase};
 use crate::swap::{self, SwapNames, SwapSql};
 
@@ -97,6 +116,45 @@ pub struct AttemptReport {
     pub lock_hold_ms: Option<f64>,
     /// `swapped`, `lock_timeout`, `drain_timeout`, or an error.
     pub outcome: String,
+    /// Where the hold went, step by step, in order (empty when the locks
+    /// were never granted).
+    pub phases: Vec<PhaseTime>,
+}
+
+/// Time one step of an attempt took while the locks were held.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PhaseTime {
+    /// The step: `fence`, `drain`, `lock_shadows`, `column_check`,
+    /// `foreign_keys`, `dependents`, `swap`, `state`, `commit`.
+    pub phase: &'static str,
+    /// Milliseconds.
+    pub ms: f64,
+}
+
+/// Splits the hold into [`PhaseTime`]s.
+struct Phases {
+    last: Instant,
+    list: Vec<PhaseTime>,
+}
+
+impl Phases {
+    fn new(start: Instant) -> Phases {
+        Phases {
+            last: start,
+            list: Vec::new(),
+        }
+    }
+
+    /// Close the current step under `phase`.
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.list.push(PhaseTime {
+            phase,
+            ms: ms(now - self.last),
+        });
+        tracing::debug!(phase, ms = ms(now - self.last), "cutover step");
+        self.last = now;
+    }
 }
 
 /// The result of a cutover.
@@ -208,6 +266,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         let _ = state::set_phase(&admin, &t.job.source, Phase::CuttingOver).await;
     }
     let fence_session = pg::connect(&cfg.spec, "cutover-fence").await?;
+    crate::fence::prepare(&fence_session).await?;
     let job_ids: Vec<Uuid> = {
         let mut ids: Vec<Uuid> = targets.iter().map(|t| t.job.job_id).collect();
         ids.sort();
@@ -227,6 +286,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                     "lag {lag} bytes above --max-lag-bytes {}",
                     cfg.max_lag_bytes
                 ),
+                phases: vec![],
             };
             warn!(
                 attempt,
@@ -371,40 +431,16 @@ async fn dry_run_sql(
         "-- on a second session: SELECT pg_logical_emit_message(true, 'pg_rekey.fence', '<token>'); then wait until every job applied past it".into(),
         format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", targets.iter().map(|t| t.job.shadow.quoted()).collect::<Vec<_>>().join(", ")),
     ];
-    // The swap's SQL depends on the shadows' foreign keys, which only exist
-    // inside the swap: create them in a transaction that is rolled back. That
-    // takes brief locks on the tables they reference, so bound each wait and
-    // retry a few times rather than queue behind the application.
-    let mut result = Err(Error::Config("dry run did not run".into()));
-    for _ in 0..5 {
-        admin
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL lock_timeout = '{}ms'",
-                cfg.lock_timeout.as_millis().max(1)
-            ))
-            .await
-            .map_err(Error::db("begin the dry run"))?;
-        result = async {
-            let mut fks = Vec::new();
-            for t in targets {
-                for s in crate::ddl::foreign_keys(&t.detail, parent) {
-                    admin
-                        .batch_execute(&s)
-                        .await
-                        .map_err(Error::db(format!("dry run: {s}")))?;
-                    fks.push(s);
-                }
-            }
-            let swap = build_swap(admin, targets).await?;
-            Ok::<_, Error>((fks, swap))
-        }
-        .await;
-        let _ = admin.batch_execute("ROLLBACK").await;
-        match &result {
-            Err(e) if e.sqlstate() == Some("55P03") => tokio::time::sleep(cfg.backoff).await,
-            _ => break,
-        }
+    // Read-only: a dry run takes no lock on an application table. The
+    // shadows' foreign keys (created only inside the real swap) are listed,
+    // not created, so the swap below is computed without them; in the real
+    // run they are created under their original names first.
+    let mut fks = Vec::new();
+    for t in targets {
+        fks.extend(crate::ddl::foreign_keys(&t.detail, parent));
     }
+    let result: Result<(Vec<String>, SwapSql), Error> =
+        build_swap(admin, targets).await.map(|s| (fks, s));
     let (fks, swap) = result?;
     out.extend(fks);
     out.extend(swap.sql());
@@ -435,18 +471,118 @@ async fn build_swap<C: tokio_postgres::GenericClient + Sync>(
     c: &C,
     targets: &[Target],
 ) -> Result<SwapSql, Error> {
-    let mut deps = Vec::with_capacity(targets.len());
-    for t in targets {
-        deps.push(
-            swap::load_dependents(c, &t.job.source, &t.job.shadow)
-                .await
-                .map_err(swap_err)?,
-        );
-    }
+    let pairs: Vec<(QualifiedName, QualifiedName)> = targets
+        .iter()
+        .map(|t| (t.job.source.clone(), t.job.shadow.clone()))
+        .collect();
+    let deps = swap::catalog::load_dependents_many(c, &pairs)
+        .await
+        .map_err(swap_err)?;
     let pairs: Vec<(&swap::Dependents, &SwapNames)> =
         deps.iter().zip(targets.iter().map(|t| &t.names)).collect();
     Ok(swap::swap_sql_many(&pairs))
 }
+
+/// The sources' columns as the catalog has them now, in one query for all
+/// targets, in the shape of [`ColumnSpec`] and built the way
+/// [`catalog::load_table`] builds them (type text from `format_type` with an
+/// empty `search_path`; a column is a reference when a single-column foreign
+/// key ties it to the parent's key column). Returns `(oid, columns)` per
+/// target, in target order; a table that is gone has no entry.
+async fn current_columns<C: tokio_postgres::GenericClient + Sync>(
+    c: &C,
+    targets: &[Target],
+    parent: &ParentSpec,
+) -> Result<Vec<(usize, u32, Vec<ColumnSpec>)>, Error> {
+    let schemas: Vec<&str> = targets
+        .iter()
+        .map(|t| t.job.source.schema.as_str())
+        .collect();
+    let names: Vec<&str> = targets.iter().map(|t| t.job.source.name.as_str()).collect();
+    let rows = c
+        .query_typed(
+            CURRENT_COLUMNS_SQL,
+            &[
+                (&schemas, Type::TEXT_ARRAY),
+                (&names, Type::TEXT_ARRAY),
+                (&parent.oid, Type::OID),
+                (&parent.key_column, Type::TEXT),
+            ],
+        )
+        .await
+        .map_err(Error::db("re-read the source tables' columns"))?;
+    let mut out: Vec<(usize, u32, Vec<ColumnSpec>)> = Vec::new();
+    for r in rows {
+        let ord: i64 = r.get(0);
+        let idx = usize::try_from(ord - 1).unwrap_or(usize::MAX);
+        let oid: u32 = r.get(1);
+        let type_oid: u32 = r.get(4);
+        let is_reference: bool = r.get(9);
+        let col = ColumnSpec {
+            attnum: r.get(2),
+            name: r.get(3),
+            type_oid,
+            type_sql: r.get(5),
+            not_null: r.get(6),
+            generated: r.get::<_, String>(7) == "s",
+            identity: r.get::<_, String>(8).chars().next(),
+            reference: if is_reference {
+                IntKind::from_oid(type_oid)
+            } else {
+                None
+            },
+        };
+        match out.last_mut() {
+            Some((i, _, cols)) if *i == idx => cols.push(col),
+            _ => out.push((idx, oid, vec![col])),
+        }
+    }
+    Ok(out)
+}
+
+/// Every target's table must be the one the job planned (same OID) with the
+/// same columns.
+fn check_columns(targets: &[Target], now: Vec<(usize, u32, Vec<ColumnSpec>)>) -> Result<(), Error> {
+    for (i, t) in targets.iter().enumerate() {
+        let same = now
+            .iter()
+            .find(|(idx, _, _)| *idx == i)
+            .is_some_and(|(_, oid, cols)| {
+                *oid == t.detail.spec.oid && *cols == t.detail.spec.columns
+            });
+        if !same {
+            return Err(Error::Data(format!(
+                "the columns of {} changed since the job was planned; abort the job and start again",
+                t.job.source
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The columns of the named tables (`$1` schemas, `$2` names, `$3` the
+/// parent's OID, `$4` its key column), ordered by target then `attnum`. Run
+/// with an empty `search_path`, as [`catalog::load_table`] reads them
+/// (`unnest` of two arrays is `FROM`-clause syntax and cannot be qualified).
+const CURRENT_COLUMNS_SQL: &str = "
+SELECT t.ord, c.oid, a.attnum, a.attname::text, a.atttypid,
+       pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
+       a.attgenerated::text, a.attidentity::text,
+       EXISTS (SELECT 1
+                 FROM pg_catalog.pg_constraint k
+                 JOIN pg_catalog.pg_attribute pa ON pa.attrelid = k.confrelid AND pa.attnum = k.confkey[1]
+                WHERE k.conrelid = c.oid AND k.contype = 'f' AND k.confrelid = $3
+                  AND pg_catalog.cardinality(k.conkey) = 1 AND k.conkey[1] = a.attnum
+                  AND pg_catalog.cardinality(k.confkey) = 1 AND pa.attname::text = $4)
+  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(schema_name, table_name, ord)
+  JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name::pg_catalog.name
+  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name::pg_catalog.name
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY t.ord, a.attnum";
+
+/// Longest pause between two polls of the jobs' applied positions while the
+/// locks are held (see [`crate::fence::wait_drained_every`]).
+const HELD_POLL: Duration = Duration::from_millis(1);
 
 fn swap_err(e: swap::SwapError) -> Error {
     Error::Swap(e)
@@ -470,22 +606,20 @@ async fn attempt_once(
     attempt: u32,
 ) -> Result<AttemptReport, (AttemptReport, Error)> {
     let started = Instant::now();
-    let fail = |wait: Duration, hold: Option<Duration>, e: Error| {
-        (
-            AttemptReport {
-                attempt,
-                lock_wait_ms: ms(wait),
-                lock_hold_ms: hold.map(ms),
-                outcome: format!("error: {e}"),
-            },
-            e,
-        )
-    };
+    let report =
+        |wait: Duration, hold: Option<Duration>, outcome: String, phases: &Phases| AttemptReport {
+            attempt,
+            lock_wait_ms: ms(wait),
+            lock_hold_ms: hold.map(ms),
+            outcome,
+            phases: phases.list.clone(),
+        };
+    let no_phases = Phases::new(started);
     let txn = session.transaction().await.map_err(|e| {
-        fail(
-            started.elapsed(),
-            None,
-            Error::db("begin the swap transaction")(e),
+        let e = Error::db("begin the swap transaction")(e);
+        (
+            report(started.elapsed(), None, format!("error: {e}"), &no_phases),
+            e,
         )
     })?;
     txn.batch_execute(&format!(
@@ -493,119 +627,159 @@ async fn attempt_once(
         cfg.lock_timeout.as_millis().max(1)
     ))
     .await
-    .map_err(|e| fail(started.elapsed(), None, Error::db("set lock_timeout")(e)))?;
+    .map_err(|e| {
+        let e = Error::db("set lock_timeout")(e);
+        (
+            report(started.elapsed(), None, format!("error: {e}"), &no_phases),
+            e,
+        )
+    })?;
+    // Every lock the swap needs, in one fixed order (see `lock_statements`).
     let lock_sql = match lock_statements(admin, targets, parent).await {
         Ok(l) => l,
         Err(e) => {
             let _ = txn.rollback().await;
-            return Err(fail(started.elapsed(), None, e));
+            return Err((
+                report(started.elapsed(), None, format!("error: {e}"), &no_phases),
+                e,
+            ));
         }
     };
+    let lock_requested = Instant::now();
     if let Err(e) = txn.batch_execute(&lock_sql).await {
-        let wait = started.elapsed();
+        let wait = lock_requested.elapsed();
         let _ = txn.rollback().await;
         if e.as_db_error().is_some_and(|d| d.code().code() == "55P03") {
-            return Ok(AttemptReport {
-                attempt,
-                lock_wait_ms: ms(wait),
-                lock_hold_ms: None,
-                outcome: "lock_timeout".into(),
-            });
+            return Ok(report(wait, None, "lock_timeout".into(), &no_phases));
         }
-        return Err(fail(wait, None, Error::db("lock the source tables")(e)));
+        let e = Error::db("lock the source tables")(e);
+        return Err((report(wait, None, format!("error: {e}"), &no_phases), e));
     }
     let locked = Instant::now();
-    let wait = locked - started;
-    let hold = || Some(locked.elapsed());
+    let wait = locked - lock_requested;
+    let mut phases = Phases::new(locked);
+    let fail = |e: Error, phases: &Phases| {
+        (
+            report(wait, Some(locked.elapsed()), format!("error: {e}"), phases),
+            e,
+        )
+    };
 
     // Drain to a fence, bounded by the hold budget.
     let token = format!("cutover-{}-{attempt}", Uuid::new_v4().simple());
-    let fence = match crate::fence::emit(fence_session, &token).await {
+    let fence = match crate::fence::write(fence_session, &token).await {
         Ok(f) => f,
         Err(e) => {
             let _ = txn.rollback().await;
-            return Err(fail(wait, hold(), e));
+            return Err(fail(e, &phases));
         }
     };
-    match crate::fence::wait_drained(admin, job_ids, fence, locked + cfg.max_hold).await {
+    phases.mark("fence");
+    match crate::fence::wait_drained_every(admin, job_ids, fence, locked + cfg.max_hold, HELD_POLL)
+        .await
+    {
         Ok(true) => {}
         Ok(false) => {
             let _ = txn.rollback().await;
-            return Ok(AttemptReport {
-                attempt,
-                lock_wait_ms: ms(wait),
-                lock_hold_ms: hold().map(ms),
-                outcome: "drain_timeout".into(),
-            });
+            phases.mark("drain");
+            return Ok(report(
+                wait,
+                Some(locked.elapsed()),
+                "drain_timeout".into(),
+                &phases,
+            ));
         }
         Err(e) => {
             let _ = txn.rollback().await;
-            return Err(fail(wait, hold(), e));
+            return Err(fail(e, &phases));
         }
     }
+    phases.mark("drain");
 
     let body = async {
-        let shadows = targets.iter().map(|t| t.job.shadow.quoted()).collect::<Vec<_>>().join(", ");
-        txn.batch_execute(&format!("LOCK TABLE {shadows} IN ACCESS EXCLUSIVE MODE"))
-            .await
-            .map_err(Error::db("lock the shadow tables"))?;
+        // One round trip: lock the shadows, re-read the sources' columns, and
+        // create the shadows' foreign keys. The server runs them in this
+        // order; the columns are compared before anything is committed.
+        let shadows = targets
+            .iter()
+            .map(|t| t.job.shadow.quoted())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let lock_shadows =
+            format!("SET LOCAL search_path = ''; LOCK TABLE {shadows} IN ACCESS EXCLUSIVE MODE");
+        let fks: Vec<(String, &QualifiedName)> = targets
+            .iter()
+            .flat_map(|t| {
+                crate::ddl::foreign_keys(&t.detail, parent)
+                    .into_iter()
+                    .map(move |s| (s, &t.job.shadow))
+            })
+            .collect();
+        let (locked_shadows, columns, fk_results) = futures_util::join!(
+            txn.batch_execute(&lock_shadows),
+            current_columns(&txn, targets, parent),
+            futures_util::future::join_all(fks.iter().map(|(s, _)| txn.batch_execute(s))),
+        );
+        locked_shadows.map_err(Error::db("lock the shadow tables"))?;
         // The columns must still be the ones the job planned (DDL under a
         // running job is refused by the stream too, but a DDL that sent no
         // row since would only show here).
-        for t in targets {
-            let now = catalog::load_table(txn.client(), &t.job.source, parent).await?;
-            if now.spec.columns != t.detail.spec.columns {
-                return Err(Error::Data(format!(
-                    "the columns of {} changed since the job was planned; abort the job and start again",
-                    t.job.source
-                )));
-            }
+        check_columns(targets, columns?)?;
+        for ((_, shadow), r) in fks.iter().zip(fk_results) {
+            r.map_err(Error::db(format!("create the foreign keys of {shadow}")))?;
         }
-        for t in targets {
-            for s in crate::ddl::foreign_keys(&t.detail, parent) {
-                txn.batch_execute(&s).await.map_err(Error::db(format!("create the foreign keys of {}", t.job.shadow)))?;
-            }
-        }
+        phases.mark("checks_and_foreign_keys");
         let swap = build_swap(&txn, targets).await?;
-        swap::execute_swap(&txn, &swap).await.map_err(swap_err)?;
-        for t in targets {
-            state::record_cutover(&txn, &t.job.source, &QualifiedName::new(t.job.source.schema.clone(), t.names.old_table.clone())).await?;
+        phases.mark("dependents");
+        let old_names: Vec<QualifiedName> = targets
+            .iter()
+            .map(|t| QualifiedName::new(t.job.source.schema.clone(), t.names.old_table.clone()))
+            .collect();
+        // The state rows are written right behind the swap statements, in
+        // the same pipeline: if a swap statement fails, they fail too (the
+        // transaction is aborted) and the swap's error is the one reported.
+        let (swapped, recorded) = futures_util::join!(
+            swap::execute_swap(&txn, &swap),
+            futures_util::future::join_all(
+                targets
+                    .iter()
+                    .zip(&old_names)
+                    .map(|(t, old)| state::record_cutover(&txn, &t.job.source, old))
+            ),
+        );
+        swapped.map_err(swap_err)?;
+        for r in recorded {
+            r?;
         }
+        phases.mark("swap_and_state");
         Ok::<SwapSql, Error>(swap)
     }
     .await;
-    let swap = match body {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = txn.rollback().await;
-            return Err(fail(wait, hold(), e));
-        }
-    };
+    if let Err(e) = body {
+        let _ = txn.rollback().await;
+        return Err(fail(e, &phases));
+    }
     if let Err(e) = txn.commit().await {
         // Did the commit happen? Ask the catalog before anything else.
-        let h = hold();
+        phases.mark("commit");
+        let h = locked.elapsed();
         for t in targets {
             if let Ok(Some(j)) = state::get_job(admin, &t.job.source).await {
                 if j.phase() == Some(Phase::CutOver) {
-                    let _ = swap;
-                    return Ok(AttemptReport {
-                        attempt,
-                        lock_wait_ms: ms(wait),
-                        lock_hold_ms: h.map(ms),
-                        outcome: "swapped".into(),
-                    });
+                    return Ok(report(wait, Some(h), "swapped".into(), &phases));
                 }
             }
         }
-        return Err(fail(wait, h, Error::db("commit the swap")(e)));
+        let e = Error::db("commit the swap")(e);
+        return Err((report(wait, Some(h), format!("error: {e}"), &phases), e));
     }
-    let h = hold();
-    Ok(AttemptReport {
-        attempt,
-        lock_wait_ms: ms(wait),
-        lock_hold_ms: h.map(ms),
-        outcome: "swapped".into(),
-    })
+    phases.mark("commit");
+    Ok(report(
+        wait,
+        Some(locked.elapsed()),
+        "swapped".into(),
+        &phases,
+    ))
 }
 
 /// The lock statements of an attempt: every lock the swap will need, taken

@@ -1466,6 +1466,7 @@ mod tests {
             lock_wait_ms: 0.4,
             lock_hold_ms: Some(23.1),
             outcome: "swapped".into(),
+            phases: vec![],
         });
         s.verification.error = None;
         s.verification.passed = true;

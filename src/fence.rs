@@ -16,6 +16,7 @@
 
 use std::time::{Duration, Instant};
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::apply::FENCE_PREFIX;
@@ -24,15 +25,31 @@ use crate::pg::Lsn;
 
 /// Write a fence and return the LSN of the message (its transaction's commit
 /// ends after it, so "applied ≥ this" means "fence applied").
+///
+/// Sets `synchronous_commit = on` on the session first; a caller that writes
+/// fences while holding locks does that once with [`prepare`] and then calls
+/// [`write`], one round trip.
 pub async fn emit(client: &Client, token: &str) -> Result<Lsn, Error> {
+    prepare(client).await?;
+    write(client, token).await
+}
+
+/// Make `client` a fence session: `synchronous_commit = on`, so the fence's
+/// commit is flushed (and so decodable) when [`write`] returns.
+pub async fn prepare(client: &Client) -> Result<(), Error> {
     client
         .batch_execute("SET synchronous_commit = on")
         .await
-        .map_err(Error::db("prepare the fence session"))?;
+        .map_err(Error::db("prepare the fence session"))
+}
+
+/// Write a fence on a session set up with [`prepare`]: one exchange with the
+/// server (typed parameters, no separate prepare).
+pub async fn write(client: &Client, token: &str) -> Result<Lsn, Error> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT pg_logical_emit_message(true, $1, $2)::text",
-            &[&FENCE_PREFIX, &token],
+            &[(&FENCE_PREFIX, Type::TEXT), (&token, Type::TEXT)],
         )
         .await
         .map_err(Error::db("write the fence through the replication stream"))?;
@@ -44,7 +61,8 @@ pub async fn emit(client: &Client, token: &str) -> Result<Lsn, Error> {
     })
 }
 
-/// Wait until every listed job's applied LSN is past `fence`, polling.
+/// Wait until every listed job's applied LSN is past `fence`, polling with a
+/// backoff from 1 ms up to 10 ms.
 /// Returns `Ok(true)` when drained, `Ok(false)` when `deadline` came first.
 pub async fn wait_drained(
     client: &Client,
@@ -52,14 +70,29 @@ pub async fn wait_drained(
     fence: Lsn,
     deadline: Instant,
 ) -> Result<bool, Error> {
-    let mut pause = Duration::from_millis(1);
+    wait_drained_every(client, job_ids, fence, deadline, Duration::from_millis(10)).await
+}
+
+/// [`wait_drained`] with the longest pause between two polls. A caller that
+/// holds locks while it waits (cutover) passes about a millisecond: each
+/// poll is one cheap exchange, and every millisecond of pause is a
+/// millisecond the application stays blocked after the jobs are done.
+pub async fn wait_drained_every(
+    client: &Client,
+    job_ids: &[uuid::Uuid],
+    fence: Lsn,
+    deadline: Instant,
+    max_pause: Duration,
+) -> Result<bool, Error> {
+    let fence_text = fence.to_string();
+    let mut pause = Duration::from_micros(250).min(max_pause);
     loop {
         let row = client
-            .query_one(
+            .query_typed_one(
                 "SELECT count(*) FILTER (WHERE applied_lsn IS NULL OR applied_lsn <= $2::text::pg_lsn),
                         min(format('%s.%s: %s', source_schema, source_table, last_error)) FILTER (WHERE phase = 'failed')
                    FROM pgrekey.jobs WHERE job_id = ANY($1)",
-                &[&job_ids, &fence.to_string()],
+                &[(&job_ids, Type::UUID_ARRAY), (&fence_text, Type::TEXT)],
             )
             .await
             .map_err(Error::db("read the jobs' applied positions"))?;
@@ -76,6 +109,6 @@ pub async fn wait_drained(
             return Ok(false);
         }
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-        pause = (pause * 2).min(Duration::from_millis(10));
+        pause = (pause * 2).min(max_pause);
     }
 }

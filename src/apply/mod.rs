@@ -44,6 +44,17 @@
 //!   with the shadow transaction) would be lost. Changes of transactions that
 //!   did commit (a COMMIT whose answer was lost still counts, because the
 //!   position is read back from the state) are kept: those are not replayed.
+//! - **Pipelined, in order.** Row changes are sent without waiting for each
+//!   answer (up to [`MAX_IN_FLIGHT`] outstanding on the one apply session):
+//!   the server executes a session's requests strictly in the order they
+//!   were sent, so the shadow sees the changes in commit order exactly as
+//!   before; only the client's *checks* of the answers are deferred. Every
+//!   outstanding change is settled — its result read, its "found a row"
+//!   check done, its error attributed to its own LSN and table — before the
+//!   shadow transaction commits ([`Applier::flush`]), so nothing is recorded
+//!   as applied, and no position is confirmed, that was not checked. After a
+//!   failed statement the server rejects the rest of the transaction (25P02)
+//!   and the first error in order is the one reported; the caller rolls back.
 //! - **Stop, don't guess.** An orphaned reference, a TRUNCATE of a rewritten
 //!   table or the parent, a change of a source table's columns, or a change
 //!   that finds no row in the shadow stops the job with an error naming the
@@ -53,7 +64,11 @@
 pub mod sql;
 pub mod translate;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, Statement};
@@ -66,6 +81,21 @@ use crate::replication::pgoutput::{LogicalMessage, Relation};
 
 use sql::StatementShape;
 use translate::{bind_relation, parent_entry, BoundRelation, RowTranslator, TranslateError};
+
+/// Row changes sent to the shadow and not yet confirmed by the server, at
+/// most. Enough to hide the round trip; small enough that an error is
+/// reported soon after the change that caused it.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// A change sent to the server whose answer has not been read yet.
+struct InFlight {
+    /// Resolves to the number of rows the statement touched.
+    answer: Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>,
+    oid: u32,
+    lsn: Lsn,
+    /// `Some("UPDATE")` / `Some("DELETE")`: must touch a row.
+    must_hit: Option<&'static str>,
+}
 
 /// Prefix of the logical messages that `cutover` writes through the stream.
 pub const FENCE_PREFIX: &str = "pg_rekey.fence";
@@ -117,7 +147,8 @@ struct TableState {
 
 /// Applies decoded pgoutput messages to the shadow tables of one job.
 pub struct Applier {
-    client: Client,
+    client: Arc<Client>,
+    in_flight: VecDeque<InFlight>,
     job_id: uuid::Uuid,
     tables: HashMap<u32, TableState>,
     parent: ParentSpec,
@@ -165,7 +196,8 @@ impl Applier {
                 "set session_replication_role = replica on the apply session (needs superuser, or on PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role TO <role>)",
             ))?;
         Ok(Applier {
-            client,
+            client: Arc::new(client),
+            in_flight: VecDeque::new(),
             job_id,
             tables: tables
                 .into_iter()
@@ -460,41 +492,94 @@ impl Applier {
             None => {
                 let spec = &self.tables[&oid].spec;
                 let text = sql::statement(spec, &key.1);
-                let s = self.client.prepare(&text).await.map_err(Error::db(format!(
-                    "prepare the apply statement for {}",
-                    spec.shadow
-                )))?;
+                let shadow = spec.shadow.to_string();
+                let s = match self.client.prepare(&text).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // A change in flight may have failed first (then the
+                        // prepare only reports the aborted transaction).
+                        self.settle().await?;
+                        return Err(Error::db(format!(
+                            "prepare the apply statement for {shadow}"
+                        ))(e));
+                    }
+                };
                 self.stmts.insert(key.clone(), s.clone());
                 s
             }
         };
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
-        let spec = &self.tables[&oid].spec;
-        let n = self
-            .client
-            .execute(&stmt, &refs)
-            .await
-            .map_err(Error::db(format!(
-                "apply a change at LSN {} to {}",
-                self.cur_lsn, spec.shadow
-            )))?;
-        if must_hit && n == 0 {
-            let what = if matches!(key.1, StatementShape::Delete { .. }) {
-                "DELETE"
-            } else {
-                "UPDATE"
-            };
-            return Err(Error::Data(format!(
-                "{what} at LSN {} found no row in {} (shadow of {}): the shadow has diverged from the source; run `pg-rekey verify`, then `pg-rekey abort` and start again",
-                self.cur_lsn, spec.shadow, spec.source
-            )));
-        }
+        let must_hit = must_hit.then_some(if matches!(key.1, StatementShape::Delete { .. }) {
+            "DELETE"
+        } else {
+            "UPDATE"
+        });
+        let client = self.client.clone();
+        let mut answer: Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>> =
+            Box::pin(async move {
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                client.execute(&stmt, &refs).await
+            });
+        // The first poll writes the request (tokio-postgres sends when a
+        // query future is first polled) and then waits for the answer, which
+        // is read later by `settle`, in order. A no-op waker is enough here:
+        // `settle` polls again with the real one.
+        let waker = futures_util::task::noop_waker();
+        let first = answer.as_mut().poll(&mut Context::from_waker(&waker));
+        let pending = InFlight {
+            answer: match first {
+                Poll::Ready(r) => Box::pin(std::future::ready(r)),
+                Poll::Pending => answer,
+            },
+            oid,
+            lsn: self.cur_lsn,
+            must_hit,
+        };
+        self.in_flight.push_back(pending);
         self.batch_changes += 1;
         self.stats.changes += 1;
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            self.settle_one().await?;
+        }
         Ok(Applied::Nothing)
+    }
+
+    /// Read the answer of the oldest change in flight and check it.
+    async fn settle_one(&mut self) -> Result<(), Error> {
+        let Some(p) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let (shadow, source) = match self.tables.get(&p.oid) {
+            Some(t) => (t.spec.shadow.to_string(), t.spec.source.to_string()),
+            None => (format!("oid {}", p.oid), format!("oid {}", p.oid)),
+        };
+        let n = p.answer.await.map_err(|e| {
+            // Later changes of the transaction were rejected because of this
+            // one; they are dropped with it.
+            self.in_flight.clear();
+            Error::Db {
+                context: format!("apply a change at LSN {} to {shadow}", p.lsn),
+                source: e,
+            }
+        })?;
+        if let (Some(what), 0) = (p.must_hit, n) {
+            self.in_flight.clear();
+            return Err(Error::Data(format!(
+                "{what} at LSN {} found no row in {shadow} (shadow of {source}): the shadow has diverged from the source; run `pg-rekey verify`, then `pg-rekey abort` and start again",
+                p.lsn
+            )));
+        }
+        Ok(())
+    }
+
+    /// Read and check the answers of every change in flight, in order.
+    async fn settle(&mut self) -> Result<(), Error> {
+        while !self.in_flight.is_empty() {
+            self.settle_one().await?;
+        }
+        Ok(())
     }
 
     /// Commit the open shadow transaction, recording the applied LSN in it.
@@ -503,8 +588,9 @@ impl Applier {
     /// Call only between source transactions (after a `Commit`).
     pub async fn flush(&mut self) -> Result<Lsn, Error> {
         if self.open_since.is_some() {
+            self.settle().await?;
             let end = self.last_end;
-            crate::state::record_applied(&self.client, self.job_id, end).await?;
+            crate::state::record_applied(self.client.as_ref(), self.job_id, end).await?;
             self.client
                 .batch_execute("COMMIT")
                 .await
@@ -538,6 +624,9 @@ impl Applier {
 
     /// Roll back an open shadow transaction (after an error).
     pub async fn rollback(&mut self) {
+        // Answers of changes still in flight are not needed any more; the
+        // server runs ROLLBACK after them.
+        self.in_flight.clear();
         if self.open_since.take().is_some() {
             let _ = self.client.batch_execute("ROLLBACK").await;
             self.batch_changes = 0;

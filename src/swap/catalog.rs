@@ -1,14 +1,16 @@
 //! Reading what hangs off a source table and its shadow.
 //!
-//! Call [`load_dependents`] inside the swap transaction, after the locks are
-//! taken: nothing about either table can change from then on, so what is read
-//! is what the swap statements act on. Every definition is rendered with
+//! Call [`load_dependents`] (or [`load_dependents_many`] for several tables,
+//! pipelined) inside the swap transaction, after the locks are taken: nothing
+//! about either table can change from then on, so what is read is what the
+//! swap statements act on. Every definition is rendered with
 //! `search_path = ''` (set for the duration of the load, then restored), so
 //! the text is schema-qualified and means the same in any session.
 
 use std::collections::BTreeSet;
 
-use tokio_postgres::GenericClient;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{GenericClient, Row};
 
 use crate::pg::QualifiedName;
 
@@ -227,6 +229,31 @@ struct TableRow {
     regclass: String,
 }
 
+/// A query parameter with its type spelled out, so a query is one
+/// Parse/Bind/Execute/Sync exchange ([`GenericClient::query_typed`]) instead
+/// of a prepare round trip followed by an execute round trip.
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+fn oid_param(oid: &u32) -> [Param<'_>; 1] {
+    [(oid as &(dyn ToSql + Sync), Type::OID)]
+}
+
+async fn rows<C: GenericClient + Sync>(
+    client: &C,
+    sql: &str,
+    params: &[Param<'_>],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    client.query_typed(sql, params).await
+}
+
+async fn rows_by_oid<C: GenericClient + Sync>(
+    client: &C,
+    sql: &str,
+    oid: u32,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    client.query_typed(sql, &oid_param(&oid)).await
+}
+
 /// Read everything the swap must carry from `source` to `shadow`; see the
 /// module docs of [`crate::swap`]. `client` may be a `Client` or (as it
 /// should be for the swap) the `Transaction` holding the locks.
@@ -240,61 +267,163 @@ pub async fn load_dependents<C: GenericClient + Sync>(
     source: &QualifiedName,
     shadow: &QualifiedName,
 ) -> Result<Dependents, SwapError> {
-    let err = |source_err: tokio_postgres::Error| SwapError::Catalog {
+    let mut all = load_dependents_many(client, &[(source.clone(), shadow.clone())]).await?;
+    all.pop().ok_or_else(|| SwapError::NotATable {
         table: source.clone(),
-        source: source_err,
+        role: "source",
+    })
+}
+
+/// [`load_dependents`] for several `(source, shadow)` pairs at once, in the
+/// order given.
+///
+/// The reads are **pipelined**: every query whose inputs are known is sent
+/// before the first answer is awaited (tokio-postgres writes a request when
+/// its future is first polled, and `join` polls in order), and each query is
+/// one exchange with explicit parameter types. A load is then four round
+/// trips whatever the number of tables and objects — `search_path` and the
+/// tables' rows; everything keyed by their OIDs; the dependent views'
+/// details; `search_path` restored — instead of two per query. That matters
+/// because the cutover runs this while it holds `ACCESS EXCLUSIVE` locks.
+/// The server still runs the queries one after the other in the order they
+/// were sent, so `search_path` is empty for every one of them, and on a
+/// failure the first error in that order is the one returned (later
+/// queries in an aborted transaction only report 25P02).
+pub async fn load_dependents_many<C: GenericClient + Sync>(
+    client: &C,
+    pairs: &[(QualifiedName, QualifiedName)],
+) -> Result<Vec<Dependents>, SwapError> {
+    let Some((first, _)) = pairs.first() else {
+        return Ok(Vec::new());
     };
-    let previous: String = client
-        .query_one("SELECT pg_catalog.current_setting('search_path')", &[])
-        .await
-        .map_err(err)?
-        .get(0);
-    client
-        .execute(
-            "SELECT pg_catalog.set_config('search_path', '', false)",
-            &[],
-        )
-        .await
-        .map_err(err)?;
-    let loaded = load(client, source, shadow).await;
+    let err = |table: &QualifiedName| {
+        let table = table.clone();
+        move |source: tokio_postgres::Error| SwapError::Catalog { table, source }
+    };
+    for (source, shadow) in pairs {
+        if shadow.schema != source.schema {
+            return Err(SwapError::ShadowSchema {
+                table: source.clone(),
+                shadow: shadow.clone(),
+            });
+        }
+    }
+    // Stage 1: save and clear search_path, read the tables' rows and the
+    // server version — one round trip, run by the server in this order.
+    let previous = client.query_typed_one("SELECT pg_catalog.current_setting('search_path')", &[]);
+    let cleared = client.query_typed_one(
+        "SELECT pg_catalog.set_config('search_path', '', false)",
+        &[],
+    );
+    let version = client.query_typed_one(
+        "SELECT pg_catalog.current_setting('server_version_num')::int",
+        &[],
+    );
+    let table_rows =
+        futures_util::future::join_all(pairs.iter().map(|(source, shadow)| async move {
+            let (s, h) = futures_util::join!(
+                table_row(client, source, "source"),
+                table_row(client, shadow, "shadow")
+            );
+            Ok::<_, SwapError>((s?, h?))
+        }));
+    let (previous, cleared, version, table_rows) =
+        futures_util::join!(previous, cleared, version, table_rows);
+    let previous: String = previous.map_err(err(first))?.get(0);
+    let loaded = async {
+        cleared.map_err(err(first))?;
+        let version: i32 = version.map_err(err(first))?.get(0);
+        let mut tables = Vec::with_capacity(pairs.len());
+        for r in table_rows {
+            tables.push(r?);
+        }
+        // Stages 2 and 3 for every table at once.
+        let loads = pairs
+            .iter()
+            .zip(tables)
+            .map(|((source, shadow), (src, shd))| load(client, source, shadow, src, shd, version));
+        futures_util::future::join_all(loads)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+    }
+    .await;
     // Restore even after a failed load (in an aborted transaction this fails,
     // and the rollback restores the setting anyway).
-    let restored = client
-        .execute(
-            "SELECT pg_catalog.set_config('search_path', $1, false)",
-            &[&previous],
-        )
-        .await;
+    let restored = rows(
+        client,
+        "SELECT pg_catalog.set_config('search_path', $1, false)",
+        &[(&previous, Type::TEXT)],
+    )
+    .await;
     let deps = loaded?;
-    restored.map_err(err)?;
+    restored.map_err(err(first))?;
     Ok(deps)
 }
 
+/// Stages 2 (everything keyed by the two OIDs) and 3 (the views' details)
+/// for one table.
 async fn load<C: GenericClient + Sync>(
     client: &C,
     source: &QualifiedName,
     shadow: &QualifiedName,
+    src: TableRow,
+    shd: TableRow,
+    version: i32,
 ) -> Result<Dependents, SwapError> {
     let err = |e: tokio_postgres::Error| SwapError::Catalog {
         table: source.clone(),
         source: e,
     };
-    if shadow.schema != source.schema {
-        return Err(SwapError::ShadowSchema {
-            table: source.clone(),
-            shadow: shadow.clone(),
-        });
-    }
-    let src = table_row(client, source, "source").await?;
-    let shd = table_row(client, shadow, "shadow").await?;
+    let pub_sql = if version >= 150000 {
+        PUBLICATIONS_15
+    } else {
+        PUBLICATIONS_OLD
+    };
+    let own_prefix = OWN_PUBLICATION_PREFIX;
+    let pub_params: [Param<'_>; 2] = [(&src.oid, Type::OID), (&own_prefix, Type::TEXT)];
+    let replica_index = async {
+        if src.replident == "i" {
+            rows_by_oid(client, REPLICA_INDEX, src.oid).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let (
+        unsupported,
+        acl,
+        shadow_acl,
+        policies,
+        triggers,
+        views,
+        incoming_fks,
+        publications,
+        src_objects,
+        shd_objects,
+        replica_index,
+        src_comments,
+        shd_comments,
+        src_seqs,
+        shd_seqs,
+    ) = futures_util::join!(
+        rows_by_oid(client, UNSUPPORTED, src.oid),
+        load_acl(client, src.oid),
+        load_acl(client, shd.oid),
+        rows_by_oid(client, POLICIES, src.oid),
+        load_triggers(client, src.oid),
+        load_views(client, src.oid),
+        rows_by_oid(client, INCOMING_FKS, src.oid),
+        rows(client, pub_sql, &pub_params),
+        load_objects(client, src.oid, &src.regclass),
+        load_objects(client, shd.oid, &shd.regclass),
+        replica_index,
+        load_column_comments(client, src.oid),
+        load_column_comments(client, shd.oid),
+        seq_rows(client, src.oid),
+        seq_rows(client, shd.oid),
+    );
 
-    let unsupported: Vec<String> = client
-        .query(UNSUPPORTED, &[&src.oid])
-        .await
-        .map_err(err)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let unsupported: Vec<String> = unsupported.map_err(err)?.iter().map(|r| r.get(0)).collect();
     if !unsupported.is_empty() {
         return Err(SwapError::Unsupported {
             table: source.clone(),
@@ -302,8 +431,8 @@ async fn load<C: GenericClient + Sync>(
         });
     }
 
-    let acl = load_acl(client, src.oid).await.map_err(err)?;
-    let shadow_acl = load_acl(client, shd.oid).await.map_err(err)?;
+    let acl = acl.map_err(err)?;
+    let shadow_acl = shadow_acl.map_err(err)?;
     let mut shadow_grantees: BTreeSet<Grantee> = BTreeSet::new();
     for p in shadow_acl
         .table
@@ -313,9 +442,7 @@ async fn load<C: GenericClient + Sync>(
         shadow_grantees.insert(p.grantee.clone());
     }
 
-    let policies = client
-        .query(POLICIES, &[&src.oid])
-        .await
+    let policies = policies
         .map_err(err)?
         .iter()
         .map(|r| {
@@ -332,12 +459,10 @@ async fn load<C: GenericClient + Sync>(
         })
         .collect();
 
-    let triggers = load_triggers(client, src.oid).await.map_err(err)?;
-    let views = load_views(client, src.oid).await.map_err(err)?;
+    let triggers = triggers.map_err(err)?;
+    let views = views.map_err(err)?;
 
-    let incoming_fks = client
-        .query(INCOMING_FKS, &[&src.oid])
-        .await
+    let incoming_fks = incoming_fks
         .map_err(err)?
         .iter()
         .map(|r| {
@@ -353,22 +478,7 @@ async fn load<C: GenericClient + Sync>(
         })
         .collect();
 
-    let version: i32 = client
-        .query_one(
-            "SELECT pg_catalog.current_setting('server_version_num')::int",
-            &[],
-        )
-        .await
-        .map_err(err)?
-        .get(0);
-    let pub_sql = if version >= 150000 {
-        PUBLICATIONS_15
-    } else {
-        PUBLICATIONS_OLD
-    };
-    let publications = client
-        .query(pub_sql, &[&src.oid, &OWN_PUBLICATION_PREFIX])
-        .await
+    let publications = publications
         .map_err(err)?
         .iter()
         .map(|r| PublicationMembership {
@@ -379,12 +489,8 @@ async fn load<C: GenericClient + Sync>(
         .collect();
 
     // Indexes and constraints, matched by definition.
-    let src_objects = load_objects(client, src.oid, &src.regclass)
-        .await
-        .map_err(err)?;
-    let shd_objects = load_objects(client, shd.oid, &shd.regclass)
-        .await
-        .map_err(err)?;
+    let src_objects = src_objects.map_err(err)?;
+    let shd_objects = shd_objects.map_err(err)?;
     let (renames, unmatched) = match_objects(&src_objects, &shd_objects);
     if !unmatched.is_empty() {
         tracing::warn!(table = %source, objects = ?unmatched,
@@ -395,11 +501,9 @@ async fn load<C: GenericClient + Sync>(
         "f" => ReplicaIdentity::Full,
         "n" => ReplicaIdentity::Nothing,
         "i" => {
-            let index: String = client
-                .query_opt(REPLICA_INDEX, &[&src.oid])
-                .await
+            let index: String = replica_index
                 .map_err(err)?
-                .map(|r| r.get(0))
+                .and_then(|rows| rows.first().map(|r| r.get(0)))
                 .unwrap_or_default();
             if !renames.iter().any(|r| r.original == index) {
                 return Err(SwapError::ReplicaIdentityIndex {
@@ -413,8 +517,8 @@ async fn load<C: GenericClient + Sync>(
     };
 
     // Column comments: the source's, and NULL where only the shadow has one.
-    let src_comments = load_column_comments(client, src.oid).await.map_err(err)?;
-    let shd_comments = load_column_comments(client, shd.oid).await.map_err(err)?;
+    let src_comments = src_comments.map_err(err)?;
+    let shd_comments = shd_comments.map_err(err)?;
     let column_comments = src_comments
         .iter()
         .filter_map(|(col, c)| {
@@ -423,9 +527,7 @@ async fn load<C: GenericClient + Sync>(
         })
         .collect();
 
-    let sequences = load_sequences(client, src.oid, shd.oid)
-        .await
-        .map_err(err)?;
+    let sequences = carry_sequences(src_seqs.map_err(err)?, shd_seqs.map_err(err)?);
 
     Ok(Dependents {
         source: source.clone(),
@@ -461,14 +563,17 @@ async fn table_row<C: GenericClient + Sync>(
     table: &QualifiedName,
     role: &'static str,
 ) -> Result<TableRow, SwapError> {
-    let row = client
-        .query_opt(TABLE, &[&table.schema, &table.name])
-        .await
-        .map_err(|e| SwapError::Catalog {
-            table: table.clone(),
-            source: e,
-        })?;
-    match row {
+    let found = rows(
+        client,
+        TABLE,
+        &[(&table.schema, Type::NAME), (&table.name, Type::NAME)],
+    )
+    .await
+    .map_err(|e| SwapError::Catalog {
+        table: table.clone(),
+        source: e,
+    })?;
+    match found.first() {
         Some(r) if r.get::<_, String>(2) == "r" => Ok(TableRow {
             oid: r.get(0),
             owner: r.get(1),
@@ -489,9 +594,11 @@ async fn load_acl<C: GenericClient + Sync>(
     client: &C,
     oid: u32,
 ) -> Result<Acl, tokio_postgres::Error> {
-    let table = client
-        .query(TABLE_ACL, &[&oid])
-        .await?
+    let (table_rows, column_rows) = futures_util::join!(
+        rows_by_oid(client, TABLE_ACL, oid),
+        rows_by_oid(client, COLUMN_ACL, oid)
+    );
+    let table = table_rows?
         .iter()
         .map(|r| Privilege {
             grantee: Grantee::from_nullable(r.get(0)),
@@ -501,7 +608,7 @@ async fn load_acl<C: GenericClient + Sync>(
         })
         .collect();
     let mut columns: Vec<ColumnPrivileges> = Vec::new();
-    for r in client.query(COLUMN_ACL, &[&oid]).await? {
+    for r in column_rows? {
         let column: String = r.get(0);
         let p = Privilege {
             grantee: Grantee::from_nullable(r.get(1)),
@@ -524,8 +631,7 @@ async fn load_triggers<C: GenericClient + Sync>(
     client: &C,
     oid: u32,
 ) -> Result<Vec<Trigger>, tokio_postgres::Error> {
-    Ok(client
-        .query(TRIGGERS, &[&oid])
+    Ok(rows_by_oid(client, TRIGGERS, oid)
         .await?
         .iter()
         .map(|r| Trigger {
@@ -541,23 +647,38 @@ async fn load_column_comments<C: GenericClient + Sync>(
     client: &C,
     oid: u32,
 ) -> Result<Vec<(String, Option<String>)>, tokio_postgres::Error> {
-    Ok(client
-        .query(COLUMN_COMMENTS, &[&oid])
+    Ok(rows_by_oid(client, COLUMN_COMMENTS, oid)
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect())
 }
 
+/// The dependent views, then every view's details at once (stage 3).
 async fn load_views<C: GenericClient + Sync>(
     client: &C,
     oid: u32,
 ) -> Result<Vec<View>, tokio_postgres::Error> {
-    let mut views = Vec::new();
-    for r in client.query(VIEWS, &[&oid]).await? {
+    let found = rows_by_oid(client, VIEWS, oid).await?;
+    let details = futures_util::future::join_all(found.iter().map(|r| async move {
         let view_oid: u32 = r.get(0);
         let kind: String = r.get(3);
         let materialized = kind == "m";
+        let indexes = async {
+            if materialized {
+                rows_by_oid(client, MATVIEW_INDEXES, view_oid).await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let (comments, defaults, rules, indexes, acl, triggers) = futures_util::join!(
+            load_column_comments(client, view_oid),
+            rows_by_oid(client, VIEW_DEFAULTS, view_oid),
+            rows_by_oid(client, VIEW_RULES, view_oid),
+            indexes,
+            load_acl(client, view_oid),
+            load_triggers(client, view_oid),
+        );
         let options: Vec<String> = r.get(5);
         let options = options
             .iter()
@@ -566,52 +687,29 @@ async fn load_views<C: GenericClient + Sync>(
                 None => (o.clone(), "true".to_string()),
             })
             .collect();
-        let column_comments = load_column_comments(client, view_oid)
-            .await?
-            .into_iter()
-            .filter_map(|(c, t)| t.map(|t| (c, t)))
-            .collect();
-        let column_defaults = client
-            .query(VIEW_DEFAULTS, &[&view_oid])
-            .await?
-            .iter()
-            .map(|d| (d.get(0), d.get(1)))
-            .collect();
-        let rules = client
-            .query(VIEW_RULES, &[&view_oid])
-            .await?
-            .iter()
-            .map(|d| d.get(0))
-            .collect();
-        let indexes = if materialized {
-            client
-                .query(MATVIEW_INDEXES, &[&view_oid])
-                .await?
-                .iter()
-                .map(|d| d.get(0))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        views.push(View {
+        Ok::<View, tokio_postgres::Error>(View {
             oid: view_oid,
             name: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
             materialized,
             definition: r.get(4),
             options,
             owner: r.get(6),
-            acl: load_acl(client, view_oid).await?,
+            acl: acl?,
             comment: r.get(7),
-            column_comments,
-            column_defaults,
+            column_comments: comments?
+                .into_iter()
+                .filter_map(|(c, t)| t.map(|t| (c, t)))
+                .collect(),
+            column_defaults: defaults?.iter().map(|d| (d.get(0), d.get(1))).collect(),
             depends_on: r.get(9),
-            triggers: load_triggers(client, view_oid).await?,
-            rules,
-            indexes,
+            triggers: triggers?,
+            rules: rules?.iter().map(|d| d.get(0)).collect(),
+            indexes: indexes?.iter().map(|d| d.get(0)).collect(),
             populated: r.get(8),
-        });
-    }
-    Ok(views)
+        })
+    }))
+    .await;
+    details.into_iter().collect()
 }
 
 async fn load_objects<C: GenericClient + Sync>(
@@ -619,8 +717,12 @@ async fn load_objects<C: GenericClient + Sync>(
     oid: u32,
     regclass: &str,
 ) -> Result<Vec<CatalogObject>, tokio_postgres::Error> {
+    let (indexes, constraints) = futures_util::join!(
+        rows_by_oid(client, INDEXES, oid),
+        rows_by_oid(client, CONSTRAINTS, oid)
+    );
     let mut out = Vec::new();
-    for r in client.query(INDEXES, &[&oid]).await? {
+    for r in indexes? {
         let def: String = r.get(1);
         out.push(CatalogObject {
             kind: ObjectKind::Index,
@@ -630,7 +732,7 @@ async fn load_objects<C: GenericClient + Sync>(
             comment: r.get(2),
         });
     }
-    for r in client.query(CONSTRAINTS, &[&oid]).await? {
+    for r in constraints? {
         let contype: String = r.get(1);
         let def: String = r.get(4);
         out.push(CatalogObject {
@@ -665,8 +767,7 @@ async fn seq_rows<C: GenericClient + Sync>(
     client: &C,
     oid: u32,
 ) -> Result<Vec<SeqRow>, tokio_postgres::Error> {
-    Ok(client
-        .query(SEQUENCES, &[&oid])
+    Ok(rows_by_oid(client, SEQUENCES, oid)
         .await?
         .iter()
         .map(|r| SeqRow {
@@ -687,20 +788,13 @@ async fn seq_rows<C: GenericClient + Sync>(
         .collect())
 }
 
-async fn load_sequences<C: GenericClient + Sync>(
-    client: &C,
-    source_oid: u32,
-    shadow_oid: u32,
-) -> Result<Vec<SequenceCarry>, tokio_postgres::Error> {
-    let src = seq_rows(client, source_oid).await?;
-    let shd = seq_rows(client, shadow_oid).await?;
+fn carry_sequences(src: Vec<SeqRow>, shd: Vec<SeqRow>) -> Vec<SequenceCarry> {
     let shadow_seq = |column: &str, deptype: &str| {
         shd.iter()
             .find(|s| s.column == column && s.deptype == deptype)
             .map(|s| s.sequence.clone())
     };
-    Ok(src
-        .into_iter()
+    src.into_iter()
         .map(|s| {
             if s.deptype == "i" {
                 SequenceCarry::Identity {
@@ -719,5 +813,5 @@ async fn load_sequences<C: GenericClient + Sync>(
                 }
             }
         })
-        .collect())
+        .collect()
 }

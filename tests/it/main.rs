@@ -2,6 +2,7 @@
 
 mod support;
 
+mod apply_pipeline;
 mod copy;
 mod cutover;
 mod cutover_deps;

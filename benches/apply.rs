@@ -1,0 +1,320 @@
+//! Apply throughput: how fast a streaming `rewrite` job applies a burst of
+//! small transactions to its shadow, and how its lag grows and drains.
+//!
+//! ```text
+//! cargo bench --bench apply                         # 60k changes, 2 generator sessions
+//! PGREKEY_BENCH_CHANGES=200000 cargo bench --bench apply
+//! PGREKEY_BENCH_SESSIONS=1 PGREKEY_BENCH_REPEAT=5 cargo bench --bench apply
+//! ```
+//!
+//! One throwaway cluster (embedded defaults: fsync off), one database:
+//! `users` (20k) and `events` (20k rows, a `bigint` reference to `users.id`).
+//! A `rewrite` of `events` runs in-process until it streams and has caught up
+//! (a fence). Then each round, generator sessions commit N changes in total as
+//! fast as the server allows — a server-side loop (`DO` with `COMMIT`) so the
+//! generator is never the bottleneck: every transaction inserts a row, updates
+//! another one's reference and counter, and deletes a row it inserted earlier
+//! (three changes). When the generator is done, a fence is written and the
+//! round waits until the job applied past it.
+//!
+//! Reported per round: the generator's rate, the apply rate (N changes over the
+//! time from the first generated change to the job's applied position passing
+//! the fence), the tail (fence → applied: how far behind the job was when the
+//! generator stopped), and the lag profile (WAL bytes between the server's
+//! position and the job's recorded applied position, sampled every 250 ms).
+//! The shadow is compared with the source (row count and a checksum of the
+//! translated rows) after each round.
+
+use std::time::{Duration, Instant};
+
+use pg_rekey::embedded::Cluster;
+use pg_rekey::pg::{connect, ConnSpec, QualifiedName};
+use pg_rekey::progress::JobProgress;
+use pg_rekey::rewrite::{self, RewriteConfig, RewriteOutcome};
+use pg_rekey::{fence, state};
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE users (id bigserial PRIMARY KEY, uuid_id uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE, email text NOT NULL);
+CREATE TABLE events (
+    id bigserial PRIMARY KEY,
+    user_id bigint NOT NULL REFERENCES users (id),
+    n integer NOT NULL DEFAULT 0,
+    note text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX events_user_id_idx ON events (user_id);
+INSERT INTO users (email) SELECT 'u' || g || '@example.com' FROM generate_series(1, 20000) g;
+INSERT INTO events (user_id, note) SELECT 1 + (g * 7919) % 20000, md5(g::text) FROM generate_series(1, 20000) g;
+";
+
+/// `txns` transactions of three changes each: insert, update another row's
+/// reference, delete the row this loop inserted `lag` transactions ago.
+fn generator_sql(txns: u64, seed: u64) -> String {
+    format!(
+        "DO $$
+         DECLARE
+           ids bigint[] := '{{}}';
+           new_id bigint;
+         BEGIN
+           FOR i IN 1..{txns} LOOP
+             INSERT INTO events (user_id, note)
+               VALUES (1 + ((i * 7919 + {seed}) % 20000), md5(i::text)) RETURNING id INTO new_id;
+             ids := ids || new_id;
+             UPDATE events SET n = n + 1, user_id = 1 + ((i * 104729 + {seed}) % 20000)
+               WHERE id = 1 + ((i * 31 + {seed}) % 20000);
+             IF i > 50 THEN
+               DELETE FROM events WHERE id = ids[i - 50];
+             ELSE
+               UPDATE events SET n = n + 1 WHERE id = new_id;
+             END IF;
+             COMMIT;
+           END LOOP;
+         END $$"
+    )
+}
+
+async fn job_ids(c: &Client) -> Vec<uuid::Uuid> {
+    let mut ids: Vec<uuid::Uuid> = state::list_jobs(c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.job_id)
+        .collect();
+    ids.dedup();
+    ids
+}
+
+async fn lag_bytes(c: &Client) -> i64 {
+    c.query_one(
+        "SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(applied_lsn, consistent_lsn))), 0)::bigint FROM pgrekey.jobs",
+        &[],
+    )
+    .await
+    .map(|r| r.get(0))
+    .unwrap_or(-1)
+}
+
+/// Source and shadow agree: same keys, same translated rows.
+async fn compare(c: &Client) -> (i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM (
+                       SELECT e.id, u.uuid_id, e.n, e.note FROM events e JOIN users u ON u.id = e.user_id
+                       EXCEPT SELECT id, user_id, n, note FROM _rekey_new_events) d),
+                    (SELECT count(*) FROM (
+                       SELECT id, user_id, n, note FROM _rekey_new_events
+                       EXCEPT SELECT e.id, u.uuid_id, e.n, e.note FROM events e JOIN users u ON u.id = e.user_id) d)",
+            &[],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+struct Round {
+    changes: u64,
+    generate_s: f64,
+    apply_rate: f64,
+    tail_ms: f64,
+    max_lag: i64,
+}
+
+async fn round(
+    c: &Client,
+    spec: &ConnSpec,
+    progress: &JobProgress,
+    changes: u64,
+    sessions: u64,
+    n: u64,
+) -> Round {
+    let txns_per_session = (changes / 3 / sessions).max(1);
+    let total = txns_per_session * 3 * sessions;
+    let applied_before = applied(progress);
+    let started = Instant::now();
+    let mut gens = Vec::new();
+    for s in 0..sessions {
+        let g = connect(spec, "bench generator").await.unwrap();
+        let sql = generator_sql(txns_per_session, s * 1_000 + n * 7);
+        gens.push(tokio::spawn(async move {
+            g.batch_execute(&sql).await.unwrap();
+        }));
+    }
+    // Lag profile while generating.
+    // (seconds since the start, lag bytes, changes the job reported applied)
+    let mut profile: Vec<(f64, i64, u64)> = Vec::new();
+    let mut done = false;
+    while !done {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        profile.push((
+            started.elapsed().as_secs_f64(),
+            lag_bytes(c).await,
+            applied(progress) - applied_before,
+        ));
+        done = gens.iter().all(|g| g.is_finished());
+    }
+    for g in gens {
+        g.await.unwrap();
+    }
+    let generated = started.elapsed();
+    let ids = job_ids(c).await;
+    let f = fence::emit(c, "bench-apply").await.unwrap();
+    let fenced = Instant::now();
+    // Keep sampling the lag while the job drains.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let drained = fence::wait_drained_every(
+            c,
+            &ids,
+            f,
+            Instant::now() + Duration::from_millis(250),
+            Duration::from_millis(1),
+        )
+        .await
+        .unwrap();
+        if drained {
+            break;
+        }
+        profile.push((
+            started.elapsed().as_secs_f64(),
+            lag_bytes(c).await,
+            applied(progress) - applied_before,
+        ));
+        assert!(Instant::now() < deadline, "the job did not catch up");
+    }
+    let caught_up = started.elapsed();
+    let tail = fenced.elapsed();
+    let (missing, extra) = compare(c).await;
+    assert_eq!((missing, extra), (0, 0), "shadow differs from source");
+    let r = Round {
+        changes: total,
+        generate_s: generated.as_secs_f64(),
+        apply_rate: total as f64 / caught_up.as_secs_f64(),
+        tail_ms: tail.as_secs_f64() * 1000.0,
+        max_lag: profile.iter().map(|p| p.1).max().unwrap_or(0),
+    };
+    // Progress counters are refreshed by the job every 500 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let applied_by_job = applied(progress) - applied_before;
+    println!(
+        "round {n}: {} changes in {:.2}s generated ({:.0}/s) | applied at {:.0} changes/s | tail after the generator {:.0} ms | max lag {:.1} MB | job counted {applied_by_job} changes | shadow = source",
+        r.changes,
+        r.generate_s,
+        r.changes as f64 / r.generate_s,
+        r.apply_rate,
+        r.tail_ms,
+        r.max_lag as f64 / 1e6,
+    );
+    println!(
+        "         profile (s: lag MB / changes applied): {}",
+        profile
+            .iter()
+            .map(|(t, l, a)| format!("{t:.2}: {:.1}/{a}", *l as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    r
+}
+
+/// Changes the job has applied, as its progress counters say.
+fn applied(p: &JobProgress) -> u64 {
+    p.tables().iter().map(|t| t.changes_applied()).sum()
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let changes = env_u64("PGREKEY_BENCH_CHANGES", 60_000);
+    let sessions = env_u64("PGREKEY_BENCH_SESSIONS", 2).max(1);
+    let repeat = env_u64("PGREKEY_BENCH_REPEAT", 3).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cluster = Cluster::start(&Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    println!("load average at start: {}", load_average());
+    rt.block_on(async {
+        let admin = connect(&cluster.spec("postgres"), "bench admin")
+            .await
+            .unwrap();
+        admin.batch_execute("CREATE DATABASE bench_apply").await.unwrap();
+        let spec = cluster.spec("bench_apply");
+        let c = connect(&spec, "bench").await.unwrap();
+        c.batch_execute(SCHEMA).await.unwrap();
+        // Not in the same batch: a multi-statement query is one transaction.
+        c.batch_execute("VACUUM ANALYZE").await.unwrap();
+        let rcfg = RewriteConfig {
+            spec: spec.clone(),
+            parent: QualifiedName::new("public", "users"),
+            uuid_column: "uuid_id".into(),
+            tables: vec![QualifiedName::new("public", "events")],
+            batch: Default::default(),
+            copy: Default::default(),
+            copy_sessions: 1,
+            throttle: Default::default(),
+        };
+        let progress = JobProgress::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let p = progress.clone();
+        let job = tokio::spawn(async move { rewrite::run(&rcfg, stop_rx, p).await });
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let jobs = state::list_jobs(&c).await.unwrap();
+            if let Some(f) = jobs.iter().find(|j| j.phase == "failed") {
+                panic!("job failed: {:?}", f.error);
+            }
+            if !jobs.is_empty() && jobs.iter().all(|j| j.phase == "streaming") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never streaming");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ids = job_ids(&c).await;
+        let f = fence::emit(&c, "bench-start").await.unwrap();
+        assert!(fence::wait_drained(&c, &ids, f, Instant::now() + Duration::from_secs(120))
+            .await
+            .unwrap());
+
+        let mut rounds = Vec::new();
+        for n in 1..=repeat {
+            rounds.push(round(&c, &spec, &progress, changes, sessions, n).await);
+        }
+        let mut rates: Vec<f64> = rounds.iter().map(|r| r.apply_rate).collect();
+        rates.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "\napply rate (changes/s) over {} rounds of {changes} changes, {sessions} generator sessions: min {:.0}, median {:.0}, max {:.0}; worst tail {:.0} ms; worst lag {:.1} MB",
+            rounds.len(),
+            rates[0],
+            rates[rates.len() / 2],
+            rates[rates.len() - 1],
+            rounds.iter().map(|r| r.tail_ms).fold(0.0, f64::max),
+            rounds.iter().map(|r| r.max_lag).max().unwrap_or(0) as f64 / 1e6,
+        );
+        println!("load average at end: {}", load_average());
+        let _ = stop_tx.send(true);
+        let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome, RewriteOutcome::Aborted);
+    });
+}

@@ -416,8 +416,8 @@ async fn load_parent_of(admin: &Client, targets: &[Target]) -> Result<ParentSpec
     Ok(catalog::load_parent(admin, &table, &uuid).await?)
 }
 
-/// The statements of the swap transaction, for `--dry-run` (read in a
-/// transaction that is rolled back; nothing changes).
+/// The statements of the swap transaction, for `--dry-run` (catalog reads
+/// only; nothing changes and no application table is locked).
 async fn dry_run_sql(
     admin: &Client,
     cfg: &CutoverConfig,
@@ -615,6 +615,14 @@ async fn attempt_once(
             phases: phases.list.clone(),
         };
     let no_phases = Phases::new(started);
+    // Warm this backend's catalog caches and the lock-set query before any
+    // lock is requested: the same reads under the lock then cost a fraction
+    // (a fresh backend spends most of the hold loading catalog caches). The
+    // results are thrown away; what the swap uses is read again under the
+    // lock, so nothing read here needs to stay true.
+    let _ = build_swap(&*session, targets).await;
+    let _ = lock_statements(&*session, targets, parent).await;
+    let started = Instant::now();
     let txn = session.transaction().await.map_err(|e| {
         let e = Error::db("begin the swap transaction")(e);
         (

@@ -142,16 +142,32 @@ pub struct WorkloadStats {
     pub worst_read_us: AtomicU64,
     /// Worst writer transaction latency, microseconds.
     pub worst_write_us: AtomicU64,
+    /// Writer failures by SQLSTATE (`-` when the driver failed without one).
+    pub failures_by_code: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl WorkloadStats {
+    /// Writer failures by SQLSTATE, e.g. `40P01: 12, 42804: 15`.
+    pub fn failure_codes(&self) -> String {
+        self.failures_by_code
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    }
+
     /// A one-line summary.
     pub fn summary(&self) -> String {
         format!(
-            "writes: {} committed, {} failed ({} at a swap: reference became uuid); reads: {} ({} failed), worst read {:.1} ms, worst write {:.1} ms",
+            "writes: {} committed, {} failed ({} at a swap: reference became uuid; by SQLSTATE: {}); reads: {} ({} failed), worst read {:.1} ms, worst write {:.1} ms",
             self.commits.load(Ordering::Relaxed),
             self.failures.load(Ordering::Relaxed),
             self.type_switches.load(Ordering::Relaxed),
+            self.failure_codes(),
             self.reads.load(Ordering::Relaxed),
             self.read_failures.load(Ordering::Relaxed),
             self.worst_read_us.load(Ordering::Relaxed) as f64 / 1000.0,
@@ -285,6 +301,14 @@ async fn writer(
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
                 stats.failures.fetch_add(1, Ordering::Relaxed);
+                // No SQLSTATE: the driver refused (e.g. a parameter of the wrong type).
+                let sqlstate = e
+                    .as_db_error()
+                    .map(|d| d.code().code().to_string())
+                    .unwrap_or_else(|| format!("client: {e}"));
+                if let Ok(mut m) = stats.failures_by_code.lock() {
+                    *m.entry(sqlstate).or_default() += 1;
+                }
                 // 42804: column is uuid now but the expression is bigint — the
                 // table was swapped under us; write uuids from now on.
                 let code = e.as_db_error().map(|d| d.code().code().to_string());
@@ -363,7 +387,7 @@ async fn write_once(
             client
                 .execute(
                     &format!(
-                        "INSERT INTO sessions (user_id, token, payload) SELECT {}, md5($2::text), {payload} FROM users WHERE id = $1",
+                        "INSERT INTO sessions (user_id, token, payload) SELECT {}, md5($2::bigint::text), {payload} FROM users WHERE id = $1",
                         modes.expr(0)
                     ),
                     &[&user, &n],

@@ -35,71 +35,20 @@ use serde::Serialize;
 
 use crate::pg::QualifiedName;
 
-/// Where a table's rewrite is. Serialized as the snake_case names below,
-/// which are also the `phase` label values of the metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Copying the snapshot into the shadow table.
-    Copying,
-    /// Applying the change stream to the shadow.
-    Streaming,
-    /// A cutover attempt holds (or waits for) the locks.
-    CuttingOver,
-    /// The shadow has been swapped into place.
-    CutOver,
-    /// The job stopped with an error.
-    Failed,
-    /// The job was aborted by the operator.
-    Aborted,
+/// Where a table's rewrite is: the same phases as the job rows (and their
+/// names are the `phase` label values of the metrics).
+pub use crate::state::Phase;
+
+fn phase_to_u8(p: Phase) -> u8 {
+    p as u8
 }
 
-impl Phase {
-    /// Every phase, in lifecycle order.
-    pub const ALL: [Phase; 6] = [
-        Phase::Copying,
-        Phase::Streaming,
-        Phase::CuttingOver,
-        Phase::CutOver,
-        Phase::Failed,
-        Phase::Aborted,
-    ];
-
-    /// The serialized name (`copying`, `streaming`, `cutting_over`, `cut_over`,
-    /// `failed`, `aborted`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Copying => "copying",
-            Phase::Streaming => "streaming",
-            Phase::CuttingOver => "cutting_over",
-            Phase::CutOver => "cut_over",
-            Phase::Failed => "failed",
-            Phase::Aborted => "aborted",
-        }
-    }
-
-    /// Whether the job for this table has ended (nothing more will change).
-    pub fn is_final(self) -> bool {
-        matches!(self, Phase::CutOver | Phase::Failed | Phase::Aborted)
-    }
-
-    fn to_u8(self) -> u8 {
-        self as u8
-    }
-
-    fn from_u8(v: u8) -> Phase {
-        // Only `to_u8` values are ever stored; fall back rather than panic.
-        Phase::ALL
-            .get(usize::from(v))
-            .copied()
-            .unwrap_or(Phase::Failed)
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+fn phase_from_u8(v: u8) -> Phase {
+    // Only `phase_to_u8` values are ever stored; fall back rather than panic.
+    Phase::ALL
+        .get(usize::from(v))
+        .copied()
+        .unwrap_or(Phase::Failed)
 }
 
 /// What the copy throttle currently asks of the copy (see [`crate::throttle`]).
@@ -166,7 +115,7 @@ impl TableProgress {
     fn new(name: QualifiedName) -> Self {
         TableProgress {
             name,
-            phase: AtomicU8::new(Phase::Copying.to_u8()),
+            phase: AtomicU8::new(phase_to_u8(Phase::Copying)),
             rows_copied: AtomicU64::new(0),
             rows_estimate: AtomicU64::new(0),
             changes_applied: AtomicU64::new(0),
@@ -186,13 +135,13 @@ impl TableProgress {
 
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.phase.load(Relaxed))
+        phase_from_u8(self.phase.load(Relaxed))
     }
 
     /// Move to another phase. Any transition is accepted: a cutover attempt
     /// that gives its locks back returns to [`Phase::Streaming`].
     pub fn set_phase(&self, phase: Phase) {
-        self.phase.store(phase.to_u8(), Relaxed);
+        self.phase.store(phase_to_u8(phase), Relaxed);
     }
 
     /// Mark the start of the copy now (phase [`Phase::Copying`]); rates and
@@ -1072,7 +1021,7 @@ mod tests {
         );
         for p in Phase::ALL {
             assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
-            assert_eq!(Phase::from_u8(p.to_u8()), p);
+            assert_eq!(phase_from_u8(phase_to_u8(p)), p);
             let back: Phase = serde_json::from_value(p.as_str().into()).unwrap();
             assert_eq!(back, p);
         }

@@ -683,11 +683,11 @@ async fn poll_jobs(
         let job = state::get_job(admin, t).await?;
         if let (Some(j), Some(p)) = (&job, progress.table(t)) {
             if j.job_id == o.job_id {
-                match j.phase() {
-                    Some(Phase::CuttingOver) => p.set_phase(progress::Phase::CuttingOver),
-                    Some(Phase::CutOver) => p.set_phase(progress::Phase::CutOver),
-                    Some(Phase::Streaming) => p.set_phase(progress::Phase::Streaming),
-                    _ => {}
+                // The same phases; the failed/aborted ends are set by `run`.
+                if let Some(ph @ (Phase::CuttingOver | Phase::CutOver | Phase::Streaming)) =
+                    j.phase()
+                {
+                    p.set_phase(ph);
                 }
             }
         }

@@ -33,8 +33,9 @@ const STATE_SQL: &str = include_str!("../../sql/state.sql");
 /// The state schema's name.
 pub const SCHEMA: &str = "pgrekey";
 
-/// The phase of one table's job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+/// The phase of one table's job (stored in the job rows, shown by `status`,
+/// used as the metrics' `phase` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Shadow created, bulk copy under the slot's snapshot running.
@@ -72,6 +73,11 @@ impl Phase {
             Phase::Failed => "failed",
             Phase::Aborted => "aborted",
         }
+    }
+
+    /// Whether the job for this table has ended (nothing more will change).
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::CutOver | Phase::Failed | Phase::Aborted)
     }
 
     /// Parse a stored name.

@@ -10,14 +10,15 @@ use pg_rekey::state;
 use pg_rekey::workload::{self, Workload, WorkloadOptions, REFERENCING_TABLES};
 use tokio::sync::watch;
 
-use crate::rewrite::wait_phase;
+use crate::rewrite::{refs_of, wait_phase};
 use crate::support::{compare_translated, wait_for, TestDb};
 
 fn rewrite_cfg(db: &TestDb, tables: &[&str]) -> RewriteConfig {
     crate::rewrite::example_config(db, tables)
 }
 
-fn cutover_cfg(db: &TestDb, tables: &[&str]) -> CutoverConfig {
+/// A cutover of `tables` with test-friendly limits and no pre-swap verify.
+pub fn cutover_cfg(db: &TestDb, tables: &[&str]) -> CutoverConfig {
     CutoverConfig {
         spec: db.spec.clone(),
         tables: tables
@@ -32,15 +33,6 @@ fn cutover_cfg(db: &TestDb, tables: &[&str]) -> CutoverConfig {
         dry_run: false,
         skip_verify: true,
         verify_chunk_rows: 10_000,
-    }
-}
-
-fn refs_of(table: &str) -> &'static [&'static str] {
-    match table {
-        "sessions" | "api_access_tokens" => &["user_id"],
-        "partner_applications" => &["created_by_user_id"],
-        "chat_messages" => &["sender_id"],
-        _ => &["reader_id"],
     }
 }
 

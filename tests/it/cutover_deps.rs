@@ -41,23 +41,10 @@ fn rewrite_cfg(db: &TestDb, tables: &[&str]) -> RewriteConfig {
 }
 
 fn cutover_cfg(db: &TestDb, tables: &[&str]) -> CutoverConfig {
-    CutoverConfig {
-        spec: db.spec.clone(),
-        tables: tables
-            .iter()
-            .map(|t| QualifiedName::new("public", *t))
-            .collect(),
-        lock_timeout: Duration::from_millis(300),
-        max_hold: Duration::from_secs(3),
-        attempts: 6,
-        backoff: Duration::from_millis(100),
-        max_lag_bytes: 64 * 1024 * 1024,
-        dry_run: false,
-        // verify::run (the pre-swap comparison) is not on main yet; the
-        // comparison is done here after the swap, old against new.
-        skip_verify: true,
-        verify_chunk_rows: 10_000,
-    }
+    // The comparison here is done after the swap, old against new.
+    let mut cfg = crate::cutover::cutover_cfg(db, tables);
+    cfg.attempts = 6;
+    cfg
 }
 
 /// Primary-key columns of the example tables, in index order.

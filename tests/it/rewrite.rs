@@ -58,7 +58,8 @@ pub async fn catch_up(c: &Client) {
     assert!(drained, "jobs did not apply past the fence");
 }
 
-fn refs_of(table: &str) -> &'static [&'static str] {
+/// The reference columns of the example schema's tables.
+pub fn refs_of(table: &str) -> &'static [&'static str] {
     match table {
         "sessions" | "api_access_tokens" => &["user_id"],
         "partner_applications" => &["created_by_user_id"],

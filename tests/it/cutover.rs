@@ -270,3 +270,59 @@ async fn a_lock_holder_makes_cutover_give_up_then_succeed_later() {
         "old and new agree (no writes since)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_cutover_swaps_once_streaming_and_status_follows() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workload::create_schema(&c).await.unwrap();
+    workload::seed(&c, 50, 500).await.unwrap();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let rcfg = rewrite_cfg(&db, &["sessions", "chat_messages"]);
+    let job = tokio::spawn(async move {
+        rewrite::run(&rcfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
+    });
+    // `status` sees the job while it runs.
+    wait_phase(&c, &["sessions", "chat_messages"], "streaming").await;
+    let rows = pg_rekey::status::load(&c).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|r| r.phase == "streaming" && r.slot_active == Some(true)),
+        "{rows:?}"
+    );
+    let s = rows.iter().find(|r| r.table == "public.sessions").unwrap();
+    assert_eq!(s.rows_copied, 100);
+    assert!(pg_rekey::status::render(&rows).contains("public.sessions"));
+
+    // What `rewrite --cutover auto` spawns: verify, then swap, by itself.
+    let mut cfg = cutover_cfg(&db, &["sessions", "chat_messages"]);
+    cfg.skip_verify = false;
+    let auto = tokio::spawn(cutover::auto(cfg, stop_tx.subscribe()));
+    tokio::time::timeout(Duration::from_secs(60), auto)
+        .await
+        .unwrap()
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::CutOver);
+    let rows = pg_rekey::status::load(&c).await.unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r.phase == "cut_over" && r.old_table.is_some()),
+        "{rows:?}"
+    );
+    let ty: String = c
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'chat_messages'::regclass AND attname = 'sender_id'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ty, "uuid");
+    drop(stop_tx);
+}

@@ -471,6 +471,16 @@ async fn build_swap<C: tokio_postgres::GenericClient + Sync>(
     c: &C,
     targets: &[Target],
 ) -> Result<SwapSql, Error> {
+    build_swap_reporting(c, targets, false).await
+}
+
+/// [`build_swap`]; with `report`, warn about source indexes and constraints
+/// that have no counterpart on the shadow (they stay on the old table).
+async fn build_swap_reporting<C: tokio_postgres::GenericClient + Sync>(
+    c: &C,
+    targets: &[Target],
+    report: bool,
+) -> Result<SwapSql, Error> {
     let pairs: Vec<(QualifiedName, QualifiedName)> = targets
         .iter()
         .map(|t| (t.job.source.clone(), t.job.shadow.clone()))
@@ -478,6 +488,14 @@ async fn build_swap<C: tokio_postgres::GenericClient + Sync>(
     let deps = swap::catalog::load_dependents_many(c, &pairs)
         .await
         .map_err(swap_err)?;
+    if report {
+        for (d, t) in deps.iter().zip(targets) {
+            if !d.unmatched.is_empty() {
+                warn!(table = %t.job.source, objects = ?d.unmatched,
+                    "source indexes/constraints without a counterpart on the shadow stay on the old table");
+            }
+        }
+    }
     let pairs: Vec<(&swap::Dependents, &SwapNames)> =
         deps.iter().zip(targets.iter().map(|t| &t.names)).collect();
     Ok(swap::swap_sql_many(&pairs))
@@ -737,7 +755,7 @@ async fn attempt_once(
             r.map_err(Error::db(format!("create the foreign keys of {shadow}")))?;
         }
         phases.mark("checks_and_foreign_keys");
-        let swap = build_swap(&txn, targets).await?;
+        let swap = build_swap_reporting(&txn, targets, true).await?;
         phases.mark("dependents");
         let old_names: Vec<QualifiedName> = targets
             .iter()

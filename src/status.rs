@@ -53,23 +53,36 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
     let current = current.and_then(|c| c.parse::<crate::pg::Lsn>().ok());
     let mut out = Vec::with_capacity(jobs.len());
     for j in jobs {
-        let (retained, active) = match &j.slot_name {
+        let (retained, active, confirmed) = match &j.slot_name {
             Some(slot) => {
                 let row = client
                     .query_opt(
-                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active FROM pg_replication_slots WHERE slot_name = $1",
+                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active, confirmed_flush_lsn::text
+                           FROM pg_replication_slots WHERE slot_name = $1",
                         &[slot],
                     )
                     .await
                     .map_err(Error::db("read pg_replication_slots"))?;
                 match row {
-                    Some(r) => (r.get::<_, Option<i64>>(0), Some(r.get::<_, bool>(1))),
-                    None => (None, None),
+                    Some(r) => (
+                        r.get::<_, Option<i64>>(0),
+                        Some(r.get::<_, bool>(1)),
+                        r.get::<_, Option<String>>(2)
+                            .and_then(|l| l.parse::<crate::pg::Lsn>().ok()),
+                    ),
+                    None => (None, None, None),
                 }
             }
-            None => (None, None),
+            None => (None, None, None),
         };
-        let lag = match (j.phase.as_str(), current, j.applied_lsn) {
+        // The job stands at the furthest of its recorded applied position, the
+        // slot's confirmed position (which also moves while only unpublished
+        // tables change) and, before anything was applied, its consistent point.
+        let stands_at = [j.applied_lsn, confirmed, j.consistent_lsn]
+            .into_iter()
+            .flatten()
+            .max();
+        let lag = match (j.phase.as_str(), current, stands_at) {
             ("streaming" | "cutting_over", Some(c), Some(a)) => Some(c.bytes_since(a) as i64),
             _ => j.lag_bytes,
         };

@@ -491,11 +491,9 @@ async fn load<C: GenericClient + Sync>(
     // Indexes and constraints, matched by definition.
     let src_objects = src_objects.map_err(err)?;
     let shd_objects = shd_objects.map_err(err)?;
+    // Unmatched objects are reported by the caller (the swap warns about
+    // them; a cache-warming read before the lock must not).
     let (renames, unmatched) = match_objects(&src_objects, &shd_objects);
-    if !unmatched.is_empty() {
-        tracing::warn!(table = %source, objects = ?unmatched,
-            "source indexes/constraints without a counterpart on the shadow stay on the old table");
-    }
 
     let replica_identity = match src.replident.as_str() {
         "f" => ReplicaIdentity::Full,

@@ -284,13 +284,20 @@ async fn auto_cutover_swaps_once_streaming_and_status_follows() {
     });
     // `status` sees the job while it runs.
     wait_phase(&c, &["sessions", "chat_messages"], "streaming").await;
-    let rows = pg_rekey::status::load(&c).await.unwrap();
+    // The phase turns `streaming` just before the stream starts: wait for the slot.
+    let rows = wait_for(
+        "the slot to be streamed from",
+        Duration::from_secs(30),
+        || async {
+            let rows = pg_rekey::status::load(&c).await.ok()?;
+            rows.iter()
+                .all(|r| r.slot_active == Some(true))
+                .then_some(rows)
+        },
+    )
+    .await;
     assert_eq!(rows.len(), 2);
-    assert!(
-        rows.iter()
-            .all(|r| r.phase == "streaming" && r.slot_active == Some(true)),
-        "{rows:?}"
-    );
+    assert!(rows.iter().all(|r| r.phase == "streaming"), "{rows:?}");
     let s = rows.iter().find(|r| r.table == "public.sessions").unwrap();
     assert_eq!(s.rows_copied, 100);
     assert!(pg_rekey::status::render(&rows).contains("public.sessions"));

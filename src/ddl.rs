@@ -65,14 +65,13 @@
 //! of a `GENERATED ALWAYS` column is refused (SQLSTATE 428C9) and the apply
 //! engine updates every column of a changed row; the swap sets the source's
 //! kind back on the new table ([`crate::swap`]). The shadow's sequence
-//! is never used before cutover. Under the cutover lock, after the drain and
-//! before the rename, run [`identity_catch_up`]: it sets each shadow sequence
-//! to the source sequence's `last_value`/`is_called`, so the first insert after
-//! the swap does not collide. A `serial` column's default names the source's
-//! sequence, which the shadow shares; that sequence is OWNED BY the old table,
-//! so cutover must move its ownership ([`sequence_ownership_moves`]) or dropping
-//! the old table would drop it. [`renames`] lists the shadow object names to
-//! restore to the original names after the swap.
+//! is never used before cutover: inside the swap, the new table's identity
+//! sequence is set to the source sequence's position, so the first insert
+//! after the swap does not collide. A `serial` column's default names the
+//! source's sequence, which the shadow shares; the swap moves its ownership to
+//! the new table, so dropping the old table later does not drop it. The swap
+//! also gives the shadow's indexes and constraints their original names (see
+//! [`crate::swap`]).
 
 use crate::pg::{quote_ident, quote_literal, QualifiedName};
 use crate::plan::catalog::TableDetail;
@@ -380,97 +379,6 @@ fn fk_tail(fk: &crate::plan::catalog::ForeignKey) -> String {
         }
     }
     s
-}
-
-/// What an object on the shadow must be renamed to after the swap.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub enum ObjectRename {
-    /// A PRIMARY KEY / UNIQUE / EXCLUDE constraint (renaming it renames its index):
-    /// `ALTER TABLE t RENAME CONSTRAINT shadow_name TO original`.
-    Constraint {
-        /// Name on the shadow.
-        shadow_name: String,
-        /// The source's name.
-        original: String,
-    },
-    /// A plain index: `ALTER INDEX schema.shadow_name RENAME TO original`.
-    Index {
-        /// Name on the shadow.
-        shadow_name: String,
-        /// The source's name.
-        original: String,
-    },
-}
-
-/// The shadow's derived object names and the source names they stand for.
-/// Cutover renames the old table's objects away first (the names are taken),
-/// then renames these to the originals.
-pub fn renames(table: &TableDetail) -> Vec<ObjectRename> {
-    let mut out = Vec::new();
-    for k in table
-        .primary_key
-        .iter()
-        .chain(table.uniques.iter())
-        .chain(table.exclusions.iter())
-    {
-        out.push(ObjectRename::Constraint {
-            shadow_name: shadow_object_name(&k.name),
-            original: k.name.clone(),
-        });
-    }
-    for idx in table
-        .indexes
-        .iter()
-        .filter(|i| i.valid && i.constraint.is_none())
-    {
-        out.push(ObjectRename::Index {
-            shadow_name: shadow_object_name(&idx.name),
-            original: idx.name.clone(),
-        });
-    }
-    out
-}
-
-/// For cutover, under the lock after the drain: set each shadow identity
-/// sequence to where the source's is, so inserts after the swap do not collide.
-pub fn identity_catch_up(table: &TableDetail) -> Vec<String> {
-    let shadow = table.spec.shadow.quoted();
-    table
-        .spec
-        .columns
-        .iter()
-        .zip(table.columns.iter())
-        .filter_map(|(spec, d)| match (&d.identity, &d.owned_sequence, spec.reference) {
-            (Some(_), Some(seq), None) => Some(format!(
-                "SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence({}, {}), s.last_value, s.is_called) FROM {} s",
-                quote_literal(&shadow),
-                quote_literal(&spec.name),
-                seq.quoted()
-            )),
-            _ => None,
-        })
-        .collect()
-}
-
-/// For cutover: `serial` sequences the shadow shares through its defaults are
-/// owned by the source; move them to the shadow's columns before the old table
-/// can be dropped.
-pub fn sequence_ownership_moves(table: &TableDetail) -> Vec<String> {
-    let shadow = table.spec.shadow.quoted();
-    table
-        .columns
-        .iter()
-        .filter(|d| d.identity.is_none())
-        .filter_map(|d| {
-            d.owned_sequence.as_ref().map(|seq| {
-                format!(
-                    "ALTER SEQUENCE {} OWNED BY {shadow}.{}",
-                    seq.quoted(),
-                    quote_ident(&d.name)
-                )
-            })
-        })
-        .collect()
 }
 
 /// The shadow for a copy that builds the row key afterwards: what
@@ -889,25 +797,6 @@ mod tests {
             .iter()
             .any(|s| s.contains("CREATE INDEX \"_rekey_new_by_user\"")));
         assert!(!post.iter().any(|s| s.contains("REPLICA IDENTITY")));
-    }
-
-    #[test]
-    fn cutover_helpers() {
-        let t = sessions();
-        assert_eq!(
-            identity_catch_up(&t),
-            vec!["SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('\"public\".\"_rekey_new_sessions\"', 'id'), s.last_value, s.is_called) FROM \"public\".\"sessions_id_seq\" s".to_string()]
-        );
-        assert!(
-            sequence_ownership_moves(&t).is_empty(),
-            "identity sequences are not shared"
-        );
-        let r = renames(&t);
-        assert_eq!(r.len(), 3);
-        assert!(r.contains(&ObjectRename::Index {
-            shadow_name: "_rekey_new_by_user".into(),
-            original: "by_user".into()
-        }));
     }
 
     #[test]

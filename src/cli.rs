@@ -1,5 +1,5 @@
-//! The command-line contract, parsed by clap into a validated [`crate::config`]
-//! before any work starts.
+//! The command-line contract: clap parses and validates the arguments before
+//! any work starts; `commands` turns them into each command's configuration.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -346,7 +346,7 @@ pub struct BeforeCutover {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VerificationSummary {
     /// Source against shadow before the swap, with `pg-rekey verify`'s
-    /// consistent point ([`crate::verify::run`]); `None` when not reached.
+    /// consistent point ([`crate::verify::run()`]); `None` when not reached.
     pub before_cutover: Option<BeforeCutover>,
     /// How the old-against-new comparison was made.
     pub method: String,

@@ -28,14 +28,14 @@ use crate::pg::Lsn;
 ///
 /// Sets `synchronous_commit = on` on the session first; a caller that writes
 /// fences while holding locks does that once with [`prepare`] and then calls
-/// [`write`], one round trip.
+/// [`write()`], one round trip.
 pub async fn emit(client: &Client, token: &str) -> Result<Lsn, Error> {
     prepare(client).await?;
     write(client, token).await
 }
 
 /// Make `client` a fence session: `synchronous_commit = on`, so the fence's
-/// commit is flushed (and so decodable) when [`write`] returns.
+/// commit is flushed (and so decodable) when [`write()`] returns.
 pub async fn prepare(client: &Client) -> Result<(), Error> {
     client
         .batch_execute("SET synchronous_commit = on")

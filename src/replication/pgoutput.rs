@@ -4,7 +4,7 @@
 //! no I/O and keeps no state (relation metadata is the caller's business).
 //!
 //! Invariants and why they hold:
-//! - **Never panics.** Every read goes through [`Reader`], whose only access to the
+//! - **Never panics.** Every read goes through one bounds-checked reader, whose only access to the
 //!   buffer is `slice::get` with a checked end; values are cut with `Bytes::slice`
 //!   only after that check succeeded. Counts from the wire are never trusted for
 //!   allocation: vectors are pre-sized to `min(count, bytes remaining)`, since each

@@ -65,7 +65,7 @@ pub async fn abort(spec: &ConnSpec, tables: &[QualifiedName]) -> Result<Vec<Abor
             .collect();
         if !done_jobs.contains(&job.job_id) {
             done_jobs.push(job.job_id);
-            abort_job(spec, &admin, &members).await?;
+            abort_job(&admin, &members).await?;
         }
         results.push(AbortResult {
             table: t.to_string(),
@@ -76,11 +76,7 @@ pub async fn abort(spec: &ConnSpec, tables: &[QualifiedName]) -> Result<Vec<Abor
     Ok(results)
 }
 
-async fn abort_job(
-    spec: &ConnSpec,
-    admin: &Client,
-    members: &[&state::JobRow],
-) -> Result<(), Error> {
+async fn abort_job(admin: &Client, members: &[&state::JobRow]) -> Result<(), Error> {
     for j in members {
         // Tell the owner; ignore a refused transition (already aborted/failed).
         let _ = state::set_phase(admin, &j.source, Phase::Aborted).await;
@@ -104,7 +100,7 @@ async fn abort_job(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        drop_slot(spec, admin, slot).await;
+        drop_slot(admin, slot).await;
     }
     if let Some(publication) = members.iter().find_map(|j| j.publication_name.clone()) {
         drop_publication(admin, &publication).await;
@@ -132,7 +128,7 @@ async fn slot_active(admin: &Client, slot: &str) -> Result<Option<i32>, Error> {
 /// Drop a replication slot if it exists, terminating a walsender that still
 /// holds it. Retries briefly: a just-stopped walsender releases its slot
 /// asynchronously. Best effort, logged.
-pub async fn drop_slot(_spec: &ConnSpec, admin: &Client, slot: &str) {
+pub async fn drop_slot(admin: &Client, slot: &str) {
     for attempt in 0..50 {
         let row = admin
             .query_opt(

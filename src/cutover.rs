@@ -358,7 +358,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             QualifiedName::new(t.job.source.schema.clone(), t.names.old_table.clone()).to_string(),
         ));
     }
-    after_commit(cfg, &admin, &targets, &mut report).await;
+    after_commit(&admin, &targets, &mut report).await;
     Ok(report)
 }
 
@@ -897,12 +897,7 @@ async fn lock_statements(
 }
 
 /// Validate the `NOT VALID` keys, analyze, and see the slots go.
-async fn after_commit(
-    cfg: &CutoverConfig,
-    admin: &Client,
-    targets: &[Target],
-    report: &mut CutoverReport,
-) {
+async fn after_commit(admin: &Client, targets: &[Target], report: &mut CutoverReport) {
     let new_tables: Vec<QualifiedName> = targets.iter().map(|t| t.job.source.clone()).collect();
     match not_valid_constraints(admin, targets).await {
         Ok(list) => {
@@ -952,7 +947,7 @@ async fn after_commit(
             match row {
                 Ok(None) => break,
                 Ok(Some(r)) if !r.get::<_, bool>(0) || Instant::now() >= deadline => {
-                    crate::abort::drop_slot(&cfg.spec, admin, &slot).await;
+                    crate::abort::drop_slot(admin, &slot).await;
                     if let Some(p) = &publication {
                         crate::abort::drop_publication(admin, p).await;
                     }

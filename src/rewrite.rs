@@ -216,7 +216,7 @@ async fn run_job(
         let (repl, consistent, map) = match prepared {
             Ok(Some(v)) => v,
             Ok(None) => {
-                cleanup(&cfg.spec, &admin, &objects, Cleanup::Abort).await;
+                cleanup(&admin, &objects, Cleanup::Abort).await;
                 return Ok(RewriteOutcome::Aborted);
             }
             Err(e) => {
@@ -224,7 +224,7 @@ async fn run_job(
                 for t in &objects.tables {
                     let _ = state::set_error(&admin, t, &e.to_string()).await;
                 }
-                cleanup(&cfg.spec, &admin, &objects, Cleanup::Failed).await;
+                cleanup(&admin, &objects, Cleanup::Failed).await;
                 return Err(e);
             }
         };
@@ -510,7 +510,7 @@ async fn stream_until_done(
         match result {
             Ok((LoopEnd::CutOver, stream)) => {
                 finish_stream(stream).await;
-                cleanup(&cfg.spec, admin, o, Cleanup::CutOver).await;
+                cleanup(admin, o, Cleanup::CutOver).await;
                 info!("every table is cut over; slot and publication dropped");
                 return Ok(RewriteOutcome::CutOver);
             }
@@ -519,7 +519,7 @@ async fn stream_until_done(
                 // would make dropping it wait forever.
                 applier.rollback().await;
                 finish_stream(stream).await;
-                cleanup(&cfg.spec, admin, o, Cleanup::Abort).await;
+                cleanup(admin, o, Cleanup::Abort).await;
                 return Ok(RewriteOutcome::Aborted);
             }
             Err(e) if e.is_transient() && attempt < 8 => {
@@ -717,8 +717,8 @@ enum Cleanup {
 }
 
 /// Best effort, each step logged.
-async fn cleanup(spec: &ConnSpec, admin: &Client, o: &JobObjects, mode: Cleanup) {
-    crate::abort::drop_slot(spec, admin, &o.slot).await;
+async fn cleanup(admin: &Client, o: &JobObjects, mode: Cleanup) {
+    crate::abort::drop_slot(admin, &o.slot).await;
     crate::abort::drop_publication(admin, &o.publication).await;
     if mode != Cleanup::CutOver {
         for s in &o.shadows {

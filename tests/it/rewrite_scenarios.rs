@@ -483,17 +483,26 @@ async fn abort_cleans_up_after_an_owner_that_is_gone() {
     // slot stays in use, and `abort` has to terminate it to drop the slot.
     let row = state::get_job(&c, &public("items")).await.unwrap().unwrap();
     let slot = row.slot_name.clone().unwrap();
-    let lingering = ReplicationClient::connect(&db.spec)
-        .await
-        .unwrap()
-        .start_replication(
-            &slot,
-            row.applied_lsn.unwrap(),
-            &[row.publication_name.clone().unwrap()],
-            StartOptions::default(),
-        )
-        .await
-        .unwrap();
+    // The killed task's own walsender may still hold the slot for a moment
+    // (SQLSTATE 55006): wait until this one gets it.
+    let lingering = wait_for(
+        "the slot to be free for the lingering walsender",
+        Duration::from_secs(30),
+        || async {
+            ReplicationClient::connect(&db.spec)
+                .await
+                .ok()?
+                .start_replication(
+                    &slot,
+                    row.applied_lsn.unwrap(),
+                    &[row.publication_name.clone().unwrap()],
+                    StartOptions::default(),
+                )
+                .await
+                .ok()
+        },
+    )
+    .await;
     let holder = walsender_pid(&c).await.expect("the slot is in use");
 
     let res = abort::abort(&db.spec, &[public("items")]).await.unwrap();

@@ -129,13 +129,15 @@ impl Error {
 ///
 /// Class 08 (connection exception), 40001/40P01 (serialization failure,
 /// deadlock), 55P03 (lock not available), 57P01–57P03 (admin shutdown, crash
-/// shutdown, cannot connect now), 53300 (too many connections) and 57014
-/// (query cancelled, as by `lock_timeout`'s cousin `statement_timeout`).
+/// shutdown, cannot connect now), 53300 (too many connections), 57014
+/// (query cancelled, as by `lock_timeout`'s cousin `statement_timeout`) and
+/// 55006 (object in use: after a dropped stream the old WAL sender can still
+/// hold the replication slot for a moment).
 pub fn is_transient_sqlstate(code: &str) -> bool {
     code.starts_with("08")
         || matches!(
             code,
-            "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300" | "57014"
+            "40001" | "40P01" | "55P03" | "55006" | "57P01" | "57P02" | "57P03" | "53300" | "57014"
         )
 }
 
@@ -209,7 +211,7 @@ mod tests {
     #[test]
     fn classifies_sqlstates() {
         for c in [
-            "08006", "08001", "40001", "40P01", "55P03", "57P01", "53300",
+            "08006", "08001", "40001", "40P01", "55P03", "55006", "57P01", "53300",
         ] {
             assert!(is_transient_sqlstate(c), "{c}");
         }

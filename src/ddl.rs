@@ -307,7 +307,20 @@ pub fn post_copy(table: &TableDetail) -> Vec<String> {
 /// the swap's locks, after the final drain, the keys see exactly the source's
 /// rows; they are validated after commit, outside the lock.
 pub fn foreign_keys(table: &TableDetail, parent: &ParentSpec) -> Vec<String> {
-    let shadow = table.spec.shadow.quoted();
+    foreign_keys_on(table, parent, &table.spec.shadow)
+}
+
+/// [`foreign_keys`] on the table named `on`. The cutover creates them after
+/// the swap's renames, on the new table by its final name (the source's), so
+/// a key to itself or to another table swapped in the same transaction binds
+/// to the new table by name, and the swap's catalog read (done before the
+/// locks) never has to account for keys that did not exist yet.
+pub fn foreign_keys_on(
+    table: &TableDetail,
+    parent: &ParentSpec,
+    on: &QualifiedName,
+) -> Vec<String> {
+    let shadow = on.quoted();
     let mut out = Vec::new();
     for fk in &table.foreign_keys {
         let name = quote_ident(&fk.name);

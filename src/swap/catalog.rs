@@ -3,7 +3,9 @@
 //! Call [`load_dependents`] (or [`load_dependents_many`] for several tables,
 //! pipelined) inside the swap transaction, after the locks are taken: nothing
 //! about either table can change from then on, so what is read is what the
-//! swap statements act on. Every definition is rendered with
+//! swap statements act on. Or read before the locks, after a
+//! [`fingerprint`], and use the read only if the fingerprint taken under the
+//! locks is the same (see there why that is equivalent). Every definition is rendered with
 //! `search_path = ''` (set for the duration of the load, then restored), so
 //! the text is schema-qualified and means the same in any session.
 
@@ -219,6 +221,129 @@ SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)
                          WHERE p.oid = d.objid AND p.polrelid <> $1)))
  ORDER BY 1";
 
+/// A fingerprint of every catalog row the swap depends on, for the named
+/// tables (`$1` schemas, `$2` names: the sources and the shadows); see
+/// [`fingerprint`]. Each row is represented by its identity and its `xmin`:
+/// any committed `INSERT`, `UPDATE` or `DELETE` of such a row changes the
+/// set. Every lookup is a join from a short list of OIDs to an indexed key
+/// column, so the planner uses the catalog indexes however large the
+/// catalog is (measured: ~6 ms with 4,000 other tables in the database,
+/// against ~25 ms for the same query written with `IN (SELECT …)` over
+/// common table expressions), except `confrelid`, which has no index and is
+/// scanned once, as the incoming-foreign-key read scans it.
+const FINGERPRINT: &str = "
+WITH RECURSIVE
+base(oid) AS MATERIALIZED (
+    SELECT c.oid
+      FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[]) AS t(schema_name, table_name)
+      JOIN pg_catalog.pg_namespace n ON n.nspname = t.schema_name::pg_catalog.name
+      JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name::pg_catalog.name),
+views(oid) AS (
+    SELECT r.ev_class
+      FROM base b
+      JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = b.oid
+      JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+     WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND r.ev_class <> d.refobjid
+  UNION
+    SELECT r.ev_class
+      FROM views v
+      JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = v.oid
+      JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
+     WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND r.ev_class <> v.oid),
+incoming(oid, conrelid, xmin) AS MATERIALIZED (
+    SELECT k.oid, k.conrelid, k.xmin FROM pg_catalog.pg_constraint k WHERE k.confrelid IN (SELECT oid FROM base)),
+owned(oids) AS MATERIALIZED (
+    SELECT pg_catalog.array_agg(oid) FROM (SELECT oid FROM base UNION SELECT oid FROM views) x),
+rel(oids) AS MATERIALIZED (
+    SELECT pg_catalog.array_agg(DISTINCT x.oid) FROM (
+        SELECT u.oid FROM owned, unnest(owned.oids) AS u(oid)
+      UNION ALL
+        SELECT x.indexrelid FROM owned, unnest(owned.oids) AS u(oid)
+          JOIN pg_catalog.pg_index x ON x.indrelid = u.oid
+      UNION ALL
+        SELECT d.objid FROM base b
+          JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = b.oid
+         WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+      UNION ALL
+        SELECT conrelid FROM incoming
+      UNION ALL
+        SELECT k.confrelid FROM base b JOIN pg_catalog.pg_constraint k ON k.conrelid = b.oid
+         WHERE k.confrelid <> 0) x),
+rels(oid) AS (SELECT u.oid FROM rel, unnest(rel.oids) AS u(oid)),
+members(classid, oid, xmin) AS MATERIALIZED (
+    SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass::pg_catalog.oid, k.oid, k.xmin
+      FROM rels JOIN pg_catalog.pg_constraint k ON k.conrelid = rels.oid
+  UNION
+    SELECT 'pg_catalog.pg_constraint'::pg_catalog.regclass::pg_catalog.oid, oid, xmin FROM incoming
+  UNION ALL
+    SELECT 'pg_catalog.pg_trigger'::pg_catalog.regclass::pg_catalog.oid, t.oid, t.xmin
+      FROM rels JOIN pg_catalog.pg_trigger t ON t.tgrelid = rels.oid
+  UNION ALL
+    SELECT 'pg_catalog.pg_policy'::pg_catalog.regclass::pg_catalog.oid, p.oid, p.xmin
+      FROM rels JOIN pg_catalog.pg_policy p ON p.polrelid = rels.oid
+  UNION ALL
+    SELECT 'pg_catalog.pg_rewrite'::pg_catalog.regclass::pg_catalog.oid, w.oid, w.xmin
+      FROM rels JOIN pg_catalog.pg_rewrite w ON w.ev_class = rels.oid
+  UNION ALL
+    SELECT 'pg_catalog.pg_attrdef'::pg_catalog.regclass::pg_catalog.oid, ad.oid, ad.xmin
+      FROM rels JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = rels.oid
+  UNION ALL
+    SELECT 'pg_catalog.pg_publication_rel'::pg_catalog.regclass::pg_catalog.oid, pr.oid, pr.xmin
+      FROM rels JOIN pg_catalog.pg_publication_rel pr ON pr.prrelid = rels.oid
+  UNION ALL
+    SELECT 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid, c.oid, c.xmin
+      FROM rels JOIN pg_catalog.pg_class c ON c.oid = rels.oid),
+mem(classids, oids) AS MATERIALIZED (
+    SELECT pg_catalog.array_agg(classid), pg_catalog.array_agg(oid) FROM members),
+refs(classid, oid, subid) AS MATERIALIZED (
+    SELECT DISTINCT d.refclassid, d.refobjid, d.refobjsubid
+      FROM mem, unnest(mem.classids, mem.oids) AS u(classid, oid)
+      JOIN pg_catalog.pg_depend d ON d.classid = u.classid AND d.objid = u.oid),
+ref(oids) AS MATERIALIZED (SELECT pg_catalog.array_agg(oid) FROM refs),
+items(item) AS (
+    SELECT 'o' || oid FROM base
+  UNION ALL
+    SELECT 'm' || m.classid || '/' || m.oid || '/' || m.xmin FROM members m
+  UNION ALL
+    SELECT 'a' || a.attrelid || '/' || a.attnum || '/' || a.xmin
+      FROM rels JOIN pg_catalog.pg_attribute a ON a.attrelid = rels.oid
+  UNION ALL
+    SELECT 'x' || x.indexrelid || '/' || x.xmin
+      FROM rels JOIN pg_catalog.pg_index x ON x.indrelid = rels.oid
+  UNION ALL
+    SELECT 's' || s.seqrelid || '/' || s.xmin
+      FROM rels JOIN pg_catalog.pg_sequence s ON s.seqrelid = rels.oid
+  UNION ALL
+    SELECT 'd' || d.classid || '/' || d.objid || '/' || d.objsubid || '/' || d.refobjid || '/'
+           || d.refobjsubid || '/' || d.deptype::pg_catalog.text || '/' || d.xmin
+      FROM rels JOIN pg_catalog.pg_depend d
+        ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = rels.oid
+  UNION ALL
+    SELECT 'c' || e.objoid || '/' || e.classoid || '/' || e.objsubid || '/' || e.xmin
+      FROM mem, unnest(mem.oids) AS u(oid) JOIN pg_catalog.pg_description e ON e.objoid = u.oid
+  UNION ALL
+    SELECT 'p' || p.oid || '/' || p.xmin FROM pg_catalog.pg_publication p
+     WHERE p.oid IN (SELECT pr.prpubid FROM rels JOIN pg_catalog.pg_publication_rel pr ON pr.prrelid = rels.oid)
+  UNION ALL
+    SELECT 'r' || f.oid || '/' || f.xmin
+      FROM refs JOIN pg_catalog.pg_proc f ON f.oid = refs.oid
+     WHERE refs.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+  UNION ALL
+    SELECT 't' || y.oid || '/' || y.xmin
+      FROM refs JOIN pg_catalog.pg_type y ON y.oid = refs.oid
+     WHERE refs.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
+  UNION ALL
+    SELECT 'k' || c.oid || '/' || c.xmin
+      FROM refs JOIN pg_catalog.pg_class c ON c.oid = refs.oid
+     WHERE refs.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND refs.subid = 0
+  UNION ALL
+    SELECT 'b' || a.attrelid || '/' || a.attnum || '/' || a.xmin
+      FROM refs JOIN pg_catalog.pg_attribute a ON a.attrelid = refs.oid AND a.attnum = refs.subid
+     WHERE refs.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND refs.subid > 0
+  UNION ALL
+    SELECT 'n' || n.oid || '/' || n.xmin FROM pg_catalog.pg_namespace n)
+SELECT pg_catalog.md5(pg_catalog.string_agg(item, ',' ORDER BY item)), pg_catalog.count(*) FROM items";
+
 struct TableRow {
     oid: u32,
     owner: String,
@@ -361,6 +486,98 @@ pub async fn load_dependents_many<C: GenericClient + Sync>(
     Ok(deps)
 }
 
+/// A fingerprint of the catalog state [`load_dependents_many`] reads for
+/// these `(source, shadow)` pairs: equal fingerprints at two moments mean no
+/// transaction changed any of that state in between.
+///
+/// # Why a fingerprint is enough
+///
+/// The cutover reads the dependents **before** it takes its locks (that read
+/// is the slow part) and takes the fingerprint twice: just before that read,
+/// and again under the locks. The fingerprint lists, with its `xmin`, every
+/// catalog row the read depends on: the `pg_class` and `pg_attribute` rows
+/// of the tables, of the views over them (recursively), of their indexes,
+/// owned sequences, referencing and referenced tables; the constraints,
+/// triggers, policies, rewrite rules, column defaults and publication
+/// memberships of those relations; their comments (`pg_description`); the
+/// `pg_depend` rows that point at them; the `pg_proc`, `pg_type`, `pg_class`
+/// and `pg_attribute` rows that the views, triggers, policies, defaults and
+/// constraints refer to (their names appear in rendered definitions); and
+/// every schema. An `UPDATE` gives a row a new `xmin`, an `INSERT` or
+/// `DELETE` changes the set, and the lookups are by the same keys the read
+/// uses, so a new trigger, grant (`relacl` is in the `pg_class` row), policy,
+/// view, index, comment or publication membership changes the fingerprint —
+/// and so does a rename of a function or column that a definition names.
+/// Updates the server makes in place (statistics, `relfrozenxid`) keep
+/// `xmin` and change nothing the swap uses. So if the fingerprint taken
+/// under the locks equals the one taken before the read, the read describes
+/// the catalog as it is under the locks; if not, the cutover reads again,
+/// under the locks.
+///
+/// Not covered: role renames (privileges and policies name roles; a renamed
+/// role makes the `GRANT` fail and the swap roll back) and renames of
+/// operators and collations named in definitions (the re-created object then
+/// fails the same way, or the name is re-bound by a same-named object created
+/// in between).
+pub async fn fingerprint<C: GenericClient + Sync>(
+    client: &C,
+    pairs: &[(QualifiedName, QualifiedName)],
+) -> Result<String, tokio_postgres::Error> {
+    let (schemas, names) = fingerprint_params(pairs);
+    let row = client
+        .query_typed_one(
+            FINGERPRINT,
+            &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
+        )
+        .await?;
+    Ok(fingerprint_of(&row))
+}
+
+/// [`fingerprint`] as a statement prepared once on a session, so that taking
+/// it again costs only its execution. With `plan_cache_mode =
+/// force_generic_plan` on that session, the first execution plans it and
+/// later ones reuse the plan: the cutover executes it once before the locks
+/// and once under them (planning is about half of its cost).
+pub struct Fingerprinter(tokio_postgres::Statement);
+
+impl Fingerprinter {
+    /// Prepare the statement on `client`'s session.
+    pub async fn prepare<C: GenericClient + Sync>(
+        client: &C,
+    ) -> Result<Fingerprinter, tokio_postgres::Error> {
+        client
+            .prepare_typed(FINGERPRINT, &[Type::TEXT_ARRAY, Type::TEXT_ARRAY])
+            .await
+            .map(Fingerprinter)
+    }
+
+    /// [`fingerprint`], on the session the statement was prepared on (or a
+    /// transaction of it).
+    pub async fn take<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        pairs: &[(QualifiedName, QualifiedName)],
+    ) -> Result<String, tokio_postgres::Error> {
+        let (schemas, names) = fingerprint_params(pairs);
+        let row = client.query_one(&self.0, &[&schemas, &names]).await?;
+        Ok(fingerprint_of(&row))
+    }
+}
+
+fn fingerprint_params(pairs: &[(QualifiedName, QualifiedName)]) -> (Vec<&str>, Vec<&str>) {
+    pairs
+        .iter()
+        .flat_map(|(source, shadow)| [source, shadow])
+        .map(|t| (t.schema.as_str(), t.name.as_str()))
+        .unzip()
+}
+
+fn fingerprint_of(row: &Row) -> String {
+    let hash: Option<String> = row.get(0);
+    let count: i64 = row.get(1);
+    format!("{}/{count}", hash.unwrap_or_default())
+}
+
 /// Stages 2 (everything keyed by the two OIDs) and 3 (the views' details)
 /// for one table.
 async fn load<C: GenericClient + Sync>(
@@ -494,6 +711,11 @@ async fn load<C: GenericClient + Sync>(
     // Unmatched objects are reported by the caller (the swap warns about
     // them; a cache-warming read before the lock must not).
     let (renames, unmatched) = match_objects(&src_objects, &shd_objects);
+    let constraint_comments = src_objects
+        .iter()
+        .filter(|o| o.kind == ObjectKind::Constraint)
+        .filter_map(|o| o.comment.clone().map(|c| (o.name.clone(), c)))
+        .collect();
 
     let replica_identity = match src.replident.as_str() {
         "f" => ReplicaIdentity::Full,
@@ -549,6 +771,7 @@ async fn load<C: GenericClient + Sync>(
         sequences,
         renames,
         unmatched,
+        constraint_comments,
     })
 }
 

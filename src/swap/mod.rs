@@ -5,8 +5,10 @@
 //!
 //! # Parts
 //!
-//! - [`load_dependents`] (I/O, [`catalog`]): reads, under the lock, what hangs
-//!   off a source table and its shadow. Definitions are rendered by the
+//! - [`load_dependents`] (I/O, [`catalog`]): reads what hangs off a source
+//!   table and its shadow — under the lock, or before it together with a
+//!   [`catalog::fingerprint`] that proves the read still current under the
+//!   lock (what the cutover does). Definitions are rendered by the
 //!   server with `search_path = ''`, so every name in them is schema-qualified
 //!   and means the same in any session. Definitions name the *source* table
 //!   by its name; once the shadow holds that name, the same text means the new
@@ -496,6 +498,10 @@ pub struct Dependents {
     /// Source indexes and constraints with no counterpart on the shadow
     /// (they stay on the old table; logged).
     pub unmatched: Vec<String>,
+    /// `(name, comment)` of the source's CHECK and FOREIGN KEY constraints
+    /// that have a comment. The cutover creates the new table's foreign keys
+    /// after the swap statements and carries their comments from here.
+    pub constraint_comments: Vec<(String, String)>,
 }
 
 /// Names for one swap.

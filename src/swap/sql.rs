@@ -981,6 +981,7 @@ mod tests {
             sequences: vec![],
             renames: vec![],
             unmatched: vec![],
+            constraint_comments: vec![],
         }
     }
 

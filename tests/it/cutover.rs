@@ -333,3 +333,116 @@ async fn auto_cutover_swaps_once_streaming_and_status_follows() {
     assert_eq!(ty, "uuid");
     drop(stop_tx);
 }
+
+/// The swap is built from a catalog read taken before the locks; DDL that
+/// commits while the cutover waits for its locks must still be carried: the
+/// fingerprint taken under the locks differs, and the cutover reads the
+/// dependents again, under the locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_committed_while_cutover_waits_for_its_lock_is_carried() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workload::create_schema(&c).await.unwrap();
+    workload::seed(&c, 50, 500).await.unwrap();
+    let reader = format!("{}_late_reader", db.name);
+    c.batch_execute(&format!("CREATE ROLE \"{reader}\""))
+        .await
+        .unwrap();
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let rcfg = rewrite_cfg(&db, &["sessions"]);
+    let job = tokio::spawn(async move {
+        rewrite::run(&rcfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
+    });
+    wait_phase(&c, &["sessions"], "streaming").await;
+
+    // Hold the source (in a mode that lets the catalog read before the locks
+    // through), let the cutover build its swap and queue for the lock.
+    let blocker = db.client().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE sessions IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut cfg = cutover_cfg(&db, &["sessions"]);
+    cfg.attempts = 1;
+    cfg.lock_timeout = Duration::from_secs(30);
+    let cutover = tokio::spawn(async move { cutover::run(&cfg).await });
+    let queued = Duration::from_secs(30);
+    wait_for("the cutover to queue for the source's lock", queued, || async {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'public.sessions'::regclass AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n > 0).then_some(())
+    })
+    .await;
+    // Then change what the swap must carry, and let it have the lock.
+    blocker
+        .batch_execute(&format!(
+            "GRANT SELECT ON sessions TO \"{reader}\";
+             COMMENT ON TABLE sessions IS 'added late';
+             CREATE FUNCTION late_fn() RETURNS trigger LANGUAGE plpgsql AS
+                 $$BEGIN NEW.token := NEW.token || '+late'; RETURN NEW; END$$;
+             CREATE TRIGGER sessions_late BEFORE INSERT ON sessions
+                 FOR EACH ROW EXECUTE FUNCTION late_fn();
+             CREATE VIEW late_sessions AS SELECT id, user_id FROM sessions;
+             COMMIT"
+        ))
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), cutover)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(report.swapped, "{report:?}");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::CutOver);
+
+    // Everything added in the window is on the new table.
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT has_table_privilege('{reader}', 'public.sessions', 'SELECT'),
+                        obj_description('public.sessions'::regclass, 'pg_class'),
+                        (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.sessions'::regclass AND tgname = 'sessions_late'),
+                        (SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+                          WHERE attrelid = 'public.late_sessions'::regclass AND attname = 'user_id')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the late grant");
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some("added late")
+    );
+    assert_eq!(row.get::<_, i64>(2), 1, "the late trigger");
+    assert_eq!(
+        row.get::<_, String>(3),
+        "uuid",
+        "the late view reads the new table"
+    );
+    let token: String = c
+        .query_one(
+            "INSERT INTO sessions (user_id, token) SELECT uuid_id, 't' FROM users WHERE id = 1 RETURNING token",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(token, "t+late", "the late trigger fires on the new table");
+    let phases: Vec<&str> = report.attempts[0].phases.iter().map(|p| p.phase).collect();
+    assert!(
+        phases.contains(&"dependents"),
+        "the catalog changed after the swap was built, so it was read again under the locks: {phases:?}"
+    );
+}

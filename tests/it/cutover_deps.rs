@@ -210,7 +210,7 @@ async fn describe(c: &Client, name: &str) -> Vec<String> {
         ("policies", "SELECT format('%s %s %s %s %s %s', policyname, permissive, roles, cmd, qual, with_check) FROM pg_policies WHERE schemaname = 'public' AND tablename = $1 ORDER BY 1"),
         ("triggers", "SELECT format('%s %s %s', tgname, tgenabled, pg_get_triggerdef(oid)) FROM pg_trigger WHERE tgrelid = $1::text::regclass AND NOT tgisinternal ORDER BY 1"),
         ("indexes", "SELECT format('%s replident=%s', indexrelid::regclass, indisreplident) FROM pg_index WHERE indrelid = $1::text::regclass ORDER BY 1"),
-        ("constraints", "SELECT format('%s %s', conname, contype) FROM pg_constraint WHERE conrelid = $1::text::regclass ORDER BY 1"),
+        ("constraints", "SELECT format('%s %s valid=%s comment=%s', conname, contype, convalidated, obj_description(oid, 'pg_constraint')) FROM pg_constraint WHERE conrelid = $1::text::regclass ORDER BY 1"),
         ("publications", "SELECT pubname::text FROM pg_publication_tables WHERE schemaname = 'public' AND tablename = $1 AND pubname NOT LIKE 'pg\\_rekey%' ORDER BY 1"),
         ("comments", "SELECT format('%s=%s', coalesce(a.attname, '<table>'), d.description) FROM pg_description d LEFT JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid WHERE d.objoid = $1::text::regclass AND d.classoid = 'pg_class'::regclass ORDER BY 1"),
         ("index comments", "SELECT format('%s=%s', x.indexrelid::regclass, obj_description(x.indexrelid, 'pg_class')) FROM pg_index x WHERE x.indrelid = $1::text::regclass AND obj_description(x.indexrelid, 'pg_class') IS NOT NULL ORDER BY 1"),
@@ -369,6 +369,8 @@ async fn add_dependents(db: &TestDb, c: &Client) -> Roles {
         COMMENT ON COLUMN chat_messages.content IS 'the text';
         COMMENT ON COLUMN chat_messages.sender_id IS 'who wrote it';
         COMMENT ON INDEX chat_messages_sender_idx IS 'by sender';
+        COMMENT ON CONSTRAINT chat_messages_sender_id_fkey ON chat_messages IS 'the author';
+        COMMENT ON CONSTRAINT chat_messages_content_check ON chat_messages IS 'bounded';
 
         CREATE PUBLICATION app_pub FOR TABLE chat_messages;
         "#
@@ -582,6 +584,14 @@ async fn dependents_scenario(multi_table_writers: bool) {
     assert!(report.swapped, "{report:?}");
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     eprintln!("cutover attempts: {:?}", report.attempts);
+    // Nothing changed the catalog during the cutover: the swap built before
+    // the locks was used, and the dependents were not read under them.
+    let last = report.attempts.last().unwrap();
+    assert!(
+        last.phases.iter().all(|p| p.phase != "dependents"),
+        "{:?}",
+        last.phases
+    );
     let old = "public._rekey_old_chat_messages";
     assert_eq!(
         report.tables,

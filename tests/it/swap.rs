@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use pg_rekey::pg::QualifiedName;
+use pg_rekey::swap::catalog::{fingerprint, Fingerprinter};
 use pg_rekey::swap::{
     execute_swap, load_dependents, swap_sql, swap_sql_many, validate_after, SwapError, SwapNames,
 };
@@ -656,4 +657,87 @@ async fn two_tables_swap_together_with_a_key_and_a_view_between_them() {
         .await
         .expect_err("key to the new chat_messages");
     assert_eq!(bad.as_db_error().map(|d| d.code().code()), Some("23503"));
+}
+
+/// The cutover builds the swap before it takes its locks and trusts that
+/// build only when the catalog fingerprint is unchanged under the locks: the
+/// fingerprint must change with everything the swap carries, and must not
+/// change with what an application does all day.
+#[tokio::test]
+async fn fingerprint_changes_with_every_carried_dependent_and_only_then() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let roles = schema(&db, &c).await;
+    let pairs = [(src(), shadow())];
+    let fp = || async { fingerprint(&c, &pairs).await.unwrap() };
+    let start = fp().await;
+    // The prepared form (generic plan, as the cutover runs it) agrees.
+    c.batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    let prepared = Fingerprinter::prepare(&c).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(prepared.take(&c, &pairs).await.unwrap(), start);
+    }
+    c.batch_execute("RESET plan_cache_mode").await.unwrap();
+    // Writes, statistics, vacuum, sequence use: nothing the swap reads.
+    for sql in [
+        "INSERT INTO chat_messages (chat_id, user_id, body) VALUES (1, 1, 'x')",
+        "UPDATE users SET name = 'renamed' WHERE id = 1",
+        "INSERT INTO _rekey_new_chat_messages (id, chat_id, user_id, body) OVERRIDING SYSTEM VALUE SELECT 1000, 1, uuid, 'y' FROM users WHERE id = 1",
+        "ANALYZE chat_messages",
+        "ANALYZE _rekey_new_chat_messages",
+        "VACUUM chat_messages",
+        "VACUUM (FREEZE) users",
+        "SELECT nextval('chat_messages_seq_no_seq')",
+        "CREATE TABLE unrelated (id int)",
+        "GRANT SELECT ON unrelated TO PUBLIC",
+    ] {
+        c.batch_execute(sql).await.unwrap();
+        assert_eq!(fp().await, start, "{sql}");
+    }
+    let reader = &roles.reader;
+    let mut last = start;
+    for ddl in [
+        format!("GRANT SELECT ON chat_messages TO {reader}"),
+        format!("GRANT UPDATE (body) ON chat_messages TO {reader}"),
+        format!("GRANT SELECT ON _rekey_new_chat_messages TO {reader}"),
+        format!("ALTER TABLE chat_messages OWNER TO {reader}"),
+        "COMMENT ON TABLE chat_messages IS 'changed'".into(),
+        "COMMENT ON COLUMN chat_messages.chat_id IS 'chat'".into(),
+        "COMMENT ON CONSTRAINT chat_messages_body_check ON chat_messages IS 'short'".into(),
+        "COMMENT ON CONSTRAINT chat_messages_user_id_fkey ON chat_messages IS 'author'".into(),
+        "COMMENT ON TRIGGER chat_messages_audit ON chat_messages IS 'audit'".into(),
+        "ALTER TABLE chat_messages ENABLE TRIGGER chat_messages_refuse".into(),
+        "CREATE TRIGGER chat_messages_audit2 AFTER UPDATE ON chat_messages FOR EACH ROW EXECUTE FUNCTION audit_fn()".into(),
+        "ALTER FUNCTION audit_fn() RENAME TO audit_fn_renamed".into(),
+        format!("CREATE POLICY late ON chat_messages FOR UPDATE TO {reader} USING (true)"),
+        "ALTER POLICY chat_one ON chat_messages USING (chat_id = 2)".into(),
+        "ALTER TABLE chat_messages FORCE ROW LEVEL SECURITY".into(),
+        "CREATE VIEW chat_messages_v3 AS SELECT id FROM chat_messages_v2".into(),
+        "COMMENT ON VIEW chat_messages_v2 IS 'second'".into(),
+        format!("GRANT SELECT ON chat_messages_v2 TO {reader}"),
+        "CREATE VIEW chat_authors AS SELECT m.id, u.name FROM chat_messages m JOIN users u ON u.id = m.user_id".into(),
+        "ALTER TABLE users RENAME COLUMN name TO full_name".into(),
+        "CREATE INDEX chat_messages_body_idx ON chat_messages (body)".into(),
+        "ALTER INDEX chat_messages_user_idx RENAME TO chat_messages_user_idx2".into(),
+        "CREATE INDEX _rekey_new_chat_messages_body_idx ON _rekey_new_chat_messages (body)".into(),
+        "ALTER PUBLICATION app_pub DROP TABLE chat_messages".into(),
+        "CREATE PUBLICATION late_pub FOR TABLE _rekey_new_chat_messages".into(),
+        "ALTER TABLE message_reads DROP CONSTRAINT message_reads_message_id_fkey".into(),
+        "ALTER TABLE chat_messages REPLICA IDENTITY FULL".into(),
+        "ALTER SEQUENCE chat_messages_seq_no_seq INCREMENT BY 2".into(),
+        "ALTER TABLE chat_messages ALTER COLUMN created_at SET DEFAULT now() - interval '1 second'".into(),
+        "ALTER TABLE chat_messages ADD COLUMN late text".into(),
+    ] {
+        c.batch_execute(&ddl).await.unwrap();
+        let now = fp().await;
+        assert_ne!(now, last, "{ddl}");
+        last = now;
+    }
+    // And stable again once the DDL stops.
+    c.batch_execute("INSERT INTO chats (title) VALUES ('three'); ANALYZE chat_messages")
+        .await
+        .unwrap();
+    assert_eq!(fp().await, last);
 }

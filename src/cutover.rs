@@ -719,10 +719,12 @@ async fn attempt_once(
     // statements it will run under the locks (a fresh backend spends most of
     // a catalog read loading its caches).
     // Generic plans on this session: the statements prepared here are
-    // planned once, before the locks, not again under them.
+    // planned once, before the locks, not again under them. The empty
+    // `search_path` is the one the locked part sets (a cached plan is made
+    // again when `search_path` differs from the one it was made under).
     let fingerprinter = async {
         session
-            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .batch_execute("SET plan_cache_mode = force_generic_plan; SET search_path = ''")
             .await?;
         swap::catalog::Fingerprinter::prepare(&*session).await
     }

@@ -446,3 +446,150 @@ async fn ddl_committed_while_cutover_waits_for_its_lock_is_carried() {
         "the catalog changed after the swap was built, so it was read again under the locks: {phases:?}"
     );
 }
+
+/// Old and new `sessions` hold the same rows (reference translated).
+async fn old_equals_new_sessions(c: &tokio_postgres::Client) {
+    let (missing, extra) = compare_translated(
+        c,
+        "public._rekey_old_sessions",
+        "public.sessions",
+        &["user_id"],
+        "users",
+        "id",
+        "uuid_id",
+    )
+    .await;
+    assert_eq!((missing, extra), (0, 0), "old and new agree");
+}
+
+/// The server commits the swap but the cutover's connection drops before
+/// the answer arrives: the cutover must find out from the catalog and job
+/// rows that the swap happened, report it, and never run it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_dropped_after_the_swap_committed_is_reported_as_swapped_once() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workload::create_schema(&c).await.unwrap();
+    workload::seed(&c, 50, 500).await.unwrap();
+    let source_oid: u32 = c
+        .query_one("SELECT 'public.sessions'::regclass::oid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let rcfg = rewrite_cfg(&db, &["sessions"]);
+    let job = tokio::spawn(async move {
+        rewrite::run(&rcfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
+    });
+    wait_phase(&c, &["sessions"], "streaming").await;
+
+    let proxy = crate::support::proxy::CommitDropProxy::start(&db.spec).await;
+    let mut cfg = cutover_cfg(&db, &["sessions"]);
+    cfg.spec = proxy.spec.clone();
+    let report = cutover::run(&cfg).await.unwrap();
+    assert_eq!(
+        proxy.drops.load(Ordering::SeqCst),
+        1,
+        "the connection was dropped during COMMIT"
+    );
+    assert!(report.swapped, "{report:?}");
+    assert_eq!(report.attempts.len(), 1, "{:?}", report.attempts);
+    assert_eq!(report.attempts[0].outcome, "swapped");
+    assert_eq!(
+        report.tables,
+        vec![(
+            "public.sessions".to_string(),
+            "public._rekey_old_sessions".to_string()
+        )]
+    );
+    // The catalog agrees: the old table is the source, renamed once.
+    let (old_oid, new_is_uuid): (u32, bool) = {
+        let r = c
+            .query_one(
+                "SELECT 'public._rekey_old_sessions'::regclass::oid,
+                        (SELECT atttypid = 'uuid'::regtype FROM pg_attribute
+                          WHERE attrelid = 'public.sessions'::regclass AND attname = 'user_id')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(old_oid, source_oid);
+    assert!(new_is_uuid);
+    // A second cutover finds it done and does nothing.
+    let again = cutover::run(&cutover_cfg(&db, &["sessions"]))
+        .await
+        .unwrap();
+    assert!(again.swapped && again.attempts.is_empty(), "{again:?}");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::CutOver);
+    old_equals_new_sessions(&c).await;
+}
+
+/// The connection drops during COMMIT *before* the swap commits (the backend
+/// dies at commit time): nothing was swapped, the attempt counts as failed,
+/// and the next attempt swaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_dropped_before_the_swap_committed_is_retried() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workload::create_schema(&c).await.unwrap();
+    workload::seed(&c, 50, 500).await.unwrap();
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let rcfg = rewrite_cfg(&db, &["sessions"]);
+    let job = tokio::spawn(async move {
+        rewrite::run(&rcfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
+    });
+    wait_phase(&c, &["sessions"], "streaming").await;
+    // At COMMIT of the first transaction that records the cutover, the
+    // backend terminates itself (a deferred trigger runs just before the
+    // commit record is written). The sequence is not transactional, so it
+    // happens once.
+    c.batch_execute(
+        "CREATE SEQUENCE public.kill_once;
+         CREATE FUNCTION public.kill_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.phase = 'cut_over' AND nextval('public.kill_once') = 1 THEN
+                 PERFORM pg_terminate_backend(pg_backend_pid());
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE CONSTRAINT TRIGGER kill_at_commit AFTER UPDATE ON pgrekey.jobs
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.kill_at_commit();",
+    )
+    .await
+    .unwrap();
+    let report = cutover::run(&cutover_cfg(&db, &["sessions"]))
+        .await
+        .unwrap();
+    assert!(report.swapped, "{report:?}");
+    assert_eq!(report.attempts.len(), 2, "{:?}", report.attempts);
+    assert!(
+        report.attempts[0].outcome.starts_with("error")
+            && report.attempts[0].lock_hold_ms.is_some(),
+        "{:?}",
+        report.attempts[0]
+    );
+    assert_eq!(report.attempts[1].outcome, "swapped");
+    let fired: i64 = c
+        .query_one("SELECT last_value FROM public.kill_once", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(fired >= 1, "the backend was terminated at commit");
+    c.batch_execute("DROP TRIGGER kill_at_commit ON pgrekey.jobs")
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::CutOver);
+    old_equals_new_sessions(&c).await;
+}

@@ -81,7 +81,10 @@
 //! left table's catalog entry ([`catalog::load_table`]).
 //!
 //! The parent is not rewritten: it is the same table with the same integer
-//! key and uuid column before and after cutover. It is found from the
+//! key and uuid column before and after cutover. It is the one the job
+//! recorded (the parent its rewrite translated through) unless the caller
+//! names one ([`RunOptions::parent`]). For a job row without that record it
+//! is found from the
 //! reference columns' single-column foreign keys: an integer key on the left
 //! (the source, or the old table, which keeps its keys) names the parent; a
 //! uuid key on the right (the new table gets them at the swap) names the
@@ -503,7 +506,14 @@ async fn plan_pair(
     }
     let refs = references(&left, &right, &lcols, &rcols).map_err(bad)?;
 
-    let (parent_table, uuid_column) = match choice {
+    // The parent the job recorded (the one its rewrite translated through)
+    // unless the caller names one; inferred from the foreign keys only for
+    // jobs that predate the record.
+    let recorded = job.parent.as_ref().map(|(t, u)| ParentChoice {
+        table: t.clone(),
+        uuid_column: u.clone(),
+    });
+    let (parent_table, uuid_column) = match choice.or(recorded.as_ref()) {
         Some(c) => (c.table.clone(), c.uuid_column.clone()),
         None => {
             let mut keys = Vec::new();

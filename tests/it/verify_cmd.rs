@@ -438,11 +438,13 @@ async fn uses_the_parent_uuid_column_the_job_recorded() {
     let t = table(&report, "sessions");
     assert!(t.verdict.left_rows > 0, "{report}");
     // Translated through the other uuid column, every row would differ.
-    let mut other = RunOptions::default();
-    other.parent = Some(verify::ParentChoice {
-        table: QualifiedName::new("public", "users"),
-        uuid_column: "legacy_uuid".into(),
-    });
+    let other = RunOptions {
+        parent: Some(verify::ParentChoice {
+            table: QualifiedName::new("public", "users"),
+            uuid_column: "legacy_uuid".into(),
+        }),
+        ..RunOptions::default()
+    };
     let report = verify::run(&db.spec, &names(&["sessions"]), &other)
         .await
         .unwrap();

@@ -714,29 +714,27 @@ async fn attempt_once(
             phases: phases.list.clone(),
         };
     let no_phases = Phases::new(started);
-    // Before any lock is requested: build the swap from a catalog read
-    // (fingerprinted), and warm this backend's catalog caches for the
+    // Before any lock is requested: build the swap from a fingerprinted
+    // catalog read, and warm this backend's catalog caches for the
     // statements it will run under the locks (a fresh backend spends most of
-    // a catalog read loading its caches).
-    // Generic plans on this session: the statements prepared here are
-    // planned once, before the locks, not again under them. The empty
-    // `search_path` is the one the locked part sets (a cached plan is made
-    // again when `search_path` differs from the one it was made under).
-    let fingerprinter = async {
+    // a catalog read loading its caches). Generic plans on this session: the
+    // statements prepared here are planned once, before the locks, not again
+    // under them. The empty `search_path` is the one the locked part sets (a
+    // cached plan is made again when `search_path` differs from the one it
+    // was made under).
+    let before = async {
         session
             .batch_execute("SET plan_cache_mode = force_generic_plan; SET search_path = ''")
-            .await?;
-        swap::catalog::Fingerprinter::prepare(&*session).await
-    }
-    .await
-    .map_err(Error::db("prepare the catalog fingerprint"));
-    let prepared = match fingerprinter {
-        Ok(f) => prepare(&*session, &f, targets, parent, attempt == 1)
             .await
-            .map(|p| (f, p)),
-        Err(e) => Err(e),
-    };
-    let (fingerprinter, prepared) = match prepared {
+            .map_err(Error::db("configure the cutover session"))?;
+        let fingerprinter = swap::catalog::Fingerprinter::prepare(&*session)
+            .await
+            .map_err(Error::db("prepare the catalog fingerprint"))?;
+        let prepared = prepare(&*session, &fingerprinter, targets, parent, attempt == 1).await?;
+        Ok::<_, Error>((fingerprinter, prepared))
+    }
+    .await;
+    let (fingerprinter, prepared) = match before {
         Ok(p) => p,
         Err(e) => {
             return Err((

@@ -36,6 +36,34 @@ pub fn cutover_cfg(db: &TestDb, tables: &[&str]) -> CutoverConfig {
     }
 }
 
+type RewriteJob = tokio::task::JoinHandle<Result<RewriteOutcome, pg_rekey::Error>>;
+
+/// Start `rewrite` of `tables` in a task and wait until they stream. Keep
+/// the sender: dropping it stops the rewrite.
+async fn start_rewrite(
+    db: &TestDb,
+    c: &tokio_postgres::Client,
+    tables: &[&str],
+) -> (watch::Sender<bool>, RewriteJob) {
+    let (tx, rx) = watch::channel(false);
+    let rcfg = rewrite_cfg(db, tables);
+    let job = tokio::spawn(async move {
+        rewrite::run(&rcfg, rx, pg_rekey::progress::JobProgress::new()).await
+    });
+    wait_phase(c, tables, "streaming").await;
+    (tx, job)
+}
+
+/// The rewrite exits on its own, reporting its tables cut over.
+async fn assert_cut_over(job: RewriteJob) {
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .expect("the rewrite exits after the cutover")
+        .expect("the rewrite task did not panic")
+        .expect("the rewrite succeeded");
+    assert_eq!(outcome, RewriteOutcome::CutOver);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_tables_swap_atomically_under_writes_and_nothing_is_lost() {
     let db = TestDb::new().await;
@@ -91,12 +119,7 @@ async fn five_tables_swap_atomically_under_writes_and_nothing_is_lost() {
     eprintln!("workload: {}", stats.summary());
 
     // The rewrite process saw cut_over, dropped its slot and publication, and exited 0.
-    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(outcome, RewriteOutcome::CutOver);
+    assert_cut_over(job).await;
     let slots: i64 = c
         .query_one(
             "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
@@ -194,12 +217,7 @@ async fn a_lock_holder_makes_cutover_give_up_then_succeed_later() {
     let c = db.client().await;
     workload::create_schema(&c).await.unwrap();
     workload::seed(&c, 50, 500).await.unwrap();
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let rcfg = rewrite_cfg(&db, &["sessions"]);
-    let job = tokio::spawn(async move {
-        rewrite::run(&rcfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
-    });
-    wait_phase(&c, &["sessions"], "streaming").await;
+    let (_stop, job) = start_rewrite(&db, &c, &["sessions"]).await;
 
     // A long transaction holding a lock on the source.
     let blocker = db.client().await;
@@ -248,12 +266,7 @@ async fn a_lock_holder_makes_cutover_give_up_then_succeed_later() {
         .await
         .unwrap();
     assert!(report.swapped, "{report:?}");
-    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(outcome, RewriteOutcome::CutOver);
+    assert_cut_over(job).await;
     let (missing, extra) = compare_translated(
         &c,
         "public._rekey_old_sessions",
@@ -310,12 +323,7 @@ async fn auto_cutover_swaps_once_streaming_and_status_follows() {
         .await
         .unwrap()
         .unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(outcome, RewriteOutcome::CutOver);
+    assert_cut_over(job).await;
     let rows = pg_rekey::status::load(&c).await.unwrap();
     assert!(
         rows.iter()
@@ -348,12 +356,7 @@ async fn ddl_committed_while_cutover_waits_for_its_lock_is_carried() {
     c.batch_execute(&format!("CREATE ROLE \"{reader}\""))
         .await
         .unwrap();
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let rcfg = rewrite_cfg(&db, &["sessions"]);
-    let job = tokio::spawn(async move {
-        rewrite::run(&rcfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
-    });
-    wait_phase(&c, &["sessions"], "streaming").await;
+    let (_stop, job) = start_rewrite(&db, &c, &["sessions"]).await;
 
     // Hold the source (in a mode that lets the catalog read before the locks
     // through), let the cutover build its swap and queue for the lock.
@@ -399,12 +402,7 @@ async fn ddl_committed_while_cutover_waits_for_its_lock_is_carried() {
         .unwrap()
         .unwrap();
     assert!(report.swapped, "{report:?}");
-    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(outcome, RewriteOutcome::CutOver);
+    assert_cut_over(job).await;
 
     // Everything added in the window is on the new table.
     let row = c
@@ -476,12 +474,7 @@ async fn connection_dropped_after_the_swap_committed_is_reported_as_swapped_once
         .await
         .unwrap()
         .get(0);
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let rcfg = rewrite_cfg(&db, &["sessions"]);
-    let job = tokio::spawn(async move {
-        rewrite::run(&rcfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
-    });
-    wait_phase(&c, &["sessions"], "streaming").await;
+    let (_stop, job) = start_rewrite(&db, &c, &["sessions"]).await;
 
     let proxy = crate::support::proxy::CommitDropProxy::start(&db.spec).await;
     let mut cfg = cutover_cfg(&db, &["sessions"]);
@@ -522,12 +515,7 @@ async fn connection_dropped_after_the_swap_committed_is_reported_as_swapped_once
         .await
         .unwrap();
     assert!(again.swapped && again.attempts.is_empty(), "{again:?}");
-    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(outcome, RewriteOutcome::CutOver);
+    assert_cut_over(job).await;
     old_equals_new_sessions(&c).await;
 }
 
@@ -540,12 +528,7 @@ async fn connection_dropped_before_the_swap_committed_is_retried() {
     let c = db.client().await;
     workload::create_schema(&c).await.unwrap();
     workload::seed(&c, 50, 500).await.unwrap();
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let rcfg = rewrite_cfg(&db, &["sessions"]);
-    let job = tokio::spawn(async move {
-        rewrite::run(&rcfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
-    });
-    wait_phase(&c, &["sessions"], "streaming").await;
+    let (_stop, job) = start_rewrite(&db, &c, &["sessions"]).await;
     // At COMMIT of the first transaction that records the cutover, the
     // backend terminates itself (a deferred trigger runs just before the
     // commit record is written). The sequence is not transactional, so it
@@ -585,11 +568,6 @@ async fn connection_dropped_before_the_swap_committed_is_retried() {
     c.batch_execute("DROP TRIGGER kill_at_commit ON pgrekey.jobs")
         .await
         .unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(outcome, RewriteOutcome::CutOver);
+    assert_cut_over(job).await;
     old_equals_new_sessions(&c).await;
 }

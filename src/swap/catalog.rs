@@ -188,6 +188,9 @@ SELECT i.relname::text, pg_catalog.pg_get_indexdef(x.indexrelid),
 /// matches the source's key to itself) and its actions, not by the target
 /// columns: a reference column's key targets the parent's uuid column on the
 /// shadow and its integer key on the source, and is still the same key.
+/// `NOT NULL` constraints (`n`, catalogued from PostgreSQL 18 on, named
+/// `<table>_<column>_not_null` by default) are matched by their definition
+/// (`NOT NULL <column>`), so the new table's get the source's names too.
 const CONSTRAINTS: &str = "
 SELECT k.conname::text, k.contype::text, k.convalidated,
        pg_catalog.obj_description(k.oid, 'pg_constraint'),
@@ -199,7 +202,7 @@ SELECT k.conname::text, k.contype::text, k.convalidated,
               k.confupdtype, k.confdeltype, k.confmatchtype, k.condeferrable, k.condeferred)
             ELSE pg_catalog.pg_get_constraintdef(k.oid) END
   FROM pg_catalog.pg_constraint k
- WHERE k.conrelid = $1 AND k.contype IN ('p', 'u', 'x', 'f', 'c')
+ WHERE k.conrelid = $1 AND k.contype IN ('p', 'u', 'x', 'f', 'c', 'n')
  ORDER BY k.conname";
 
 /// Objects bound to the table by OID that the swap cannot carry: functions

@@ -6,7 +6,8 @@
 //! read the catalogs at all is an `Err`.
 //!
 //! What is refused (blockers) and why:
-//! - server: `wal_level` not `logical`; no free replication slot or WAL sender;
+//! - server: older than PostgreSQL 14 (pgoutput has no `messages` option, and
+//!   the fences need it); `wal_level` not `logical`; no free replication slot or WAL sender;
 //!   a role without REPLICATION (or superuser, or `rds_replication`); no CREATE
 //!   on the database (the state schema and the publication need it).
 //! - parent: no single-column integer primary key; the uuid column missing, not
@@ -295,6 +296,8 @@ pub fn suggests_user_reference(column: &str) -> bool {
 
 const SERVER_SQL: &str = "
 SELECT pg_catalog.current_setting('wal_level') AS wal_level,
+       pg_catalog.current_setting('server_version_num')::int4 AS version_num,
+       pg_catalog.current_setting('server_version') AS version,
        pg_catalog.current_setting('max_replication_slots')::int4 AS max_slots,
        (SELECT count(*) FROM pg_catalog.pg_replication_slots)::int4 AS used_slots,
        pg_catalog.current_setting('max_wal_senders')::int4 AS max_senders,
@@ -655,11 +658,30 @@ pub fn table_findings(detail: &TableDetail, parent: &ParentSpec) -> Vec<Finding>
     out
 }
 
+/// Oldest server the stream works with: pgoutput's `messages` option (the
+/// fences of `cutover` and `verify`) came with PostgreSQL 14.
+pub const MIN_SERVER_VERSION_NUM: i32 = 140000;
+
+/// A blocker when the server is older than [`MIN_SERVER_VERSION_NUM`].
+fn version_finding(version_num: i32, version: String) -> Option<Finding> {
+    (version_num < MIN_SERVER_VERSION_NUM).then(|| {
+        Finding::new(
+            Severity::Blocker,
+            "server_version",
+            format!(
+                "PostgreSQL {version} is too old: pg-rekey needs 14 or newer (its stream asks pgoutput for logical decoding messages, \
+                 added in 14, to fence cutover and verify); upgrade the server first"
+            ),
+        )
+    })
+}
+
 async fn server_checks(client: &Client, out: &mut Vec<Finding>) -> Result<(), PlanError> {
     let r = client
         .query_one(SERVER_SQL, &[])
         .await
         .map_err(PlanError::db("reading server settings"))?;
+    out.extend(version_finding(r.get("version_num"), r.get("version")));
     let wal_level: String = r.get("wal_level");
     if wal_level != "logical" {
         out.push(Finding::new(Severity::Blocker, "wal_level", format!(
@@ -897,6 +919,17 @@ async fn suggestive_names(client: &Client, out: &mut Vec<Finding>) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_older_than_14_are_blocked_with_the_reason() {
+        let f = version_finding(130023, "13.23".into()).expect("13 is refused");
+        assert_eq!(f.code, "server_version");
+        assert!(matches!(f.severity, Severity::Blocker));
+        assert!(f.message.contains("13.23") && f.message.contains("14 or newer"));
+        for ok in [140000, 150018, 180004] {
+            assert!(version_finding(ok, String::new()).is_none(), "{ok}");
+        }
+    }
 
     #[test]
     fn suggestive_names() {

@@ -305,6 +305,21 @@ fn pg_bin(program: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{program} not found in $PG_BIN or /usr/lib/postgresql/*/bin"))
 }
 
+/// The major version a PostgreSQL client program reports
+/// (`pg_receivewal (PostgreSQL) 15.18 …` → 15).
+fn program_major(program: &std::path::Path) -> i32 {
+    let out = Command::new(program)
+        .arg("--version")
+        .output()
+        .expect("run --version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(')')
+        .nth(1)
+        .and_then(|v| v.trim().split(['.', ' ']).next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read a version from {text:?}"))
+}
+
 /// A child process killed (by its own handle) when the test ends.
 struct Kill(Child);
 
@@ -397,23 +412,42 @@ async fn replica_lag_counts_physical_walsenders_and_not_logical_ones() {
     // A physical WAL receiver is counted.
     let dir = std::env::temp_dir().join(db.unique("receivewal"));
     std::fs::create_dir_all(&dir).unwrap();
-    let physical = Kill(
-        Command::new(pg_bin("pg_receivewal"))
-            .args(["-d", &spec.to_dsn(), "-D"])
-            .arg(&dir)
-            .args(["--no-loop", "-s", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pg_receivewal"),
-    );
+    // pg_receivewal when it can stream from this server (it refuses servers
+    // newer than itself), else the tests' own minimal physical client.
+    let receivewal = pg_bin("pg_receivewal");
+    let client_major = program_major(&receivewal);
+    let server_major: i32 = c
+        .query_one(
+            "SELECT current_setting('server_version_num')::int / 10000",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut _receivewal = None;
+    let mut _own_client = None;
+    if client_major >= server_major {
+        _receivewal = Some(Kill(
+            Command::new(&receivewal)
+                .args(["-d", &spec.to_dsn(), "-D"])
+                .arg(&dir)
+                .args(["--no-loop", "-s", "1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start pg_receivewal"),
+        ));
+    } else {
+        _own_client = Some(crate::support::physical::PhysicalStream::start(&spec).await);
+    }
     wait_for("the physical walsender", WAIT, || async {
         (walsenders().await == 1).then_some(())
     })
     .await;
     let obs = observe(&c, None).await.unwrap();
     assert_eq!((obs.replicas, obs.replicas_hidden), (1, 0), "{obs:?}");
-    drop(physical);
+    drop(_receivewal);
+    drop(_own_client);
     let _ = std::fs::remove_dir_all(&dir);
     drop_slot(&db, &slot).await;
 }

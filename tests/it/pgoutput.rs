@@ -209,7 +209,19 @@ impl Fixture {
 
     /// The next transaction, checked for Begin/Commit consistency and
     /// confirmed once read, as the real consumer confirms once applied.
+    /// The next transaction with something in it. PostgreSQL 14 also sends
+    /// transactions that changed nothing published as an empty BEGIN/COMMIT
+    /// (15 and later skip them); those are confirmed and passed over.
     async fn next_txn(&mut self) -> Txn {
+        loop {
+            let txn = self.next_txn_or_empty().await;
+            if !txn.body.is_empty() {
+                return txn;
+            }
+        }
+    }
+
+    async fn next_txn_or_empty(&mut self) -> Txn {
         let begin = match self.next_message().await {
             LogicalMessage::Begin(b) => b,
             other => panic!("expected Begin, got {other:?}"),
@@ -1073,10 +1085,6 @@ async fn origin_message_follows_begin_when_the_session_has_an_origin() {
         .batch_execute("SELECT pg_replication_origin_session_reset()")
         .await
         .unwrap();
-    f.sql
-        .execute("SELECT pg_replication_origin_drop($1)", &[&origin])
-        .await
-        .unwrap();
     // Without an origin: no Origin message.
     f.sql
         .batch_execute("INSERT INTO o VALUES (2)")
@@ -1108,6 +1116,12 @@ async fn origin_message_follows_begin_when_the_session_has_an_origin() {
     assert_eq!(txn.changes, vec![Change::Insert("o".into(), vec![t("1")])]);
     let plain = f.next_txn().await;
     assert_eq!(plain.origin(), None);
+    // Dropped only now: PostgreSQL 14 looks the origin's name up while it
+    // decodes, and leaves the Origin message out when the origin is gone.
+    f.sql
+        .execute("SELECT pg_replication_origin_drop($1)", &[&origin])
+        .await
+        .unwrap();
     assert_eq!(
         plain.changes,
         vec![Change::Insert("o".into(), vec![t("2")])]

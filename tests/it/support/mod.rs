@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod physical;
 pub mod proxy;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -571,3 +571,50 @@ async fn connection_dropped_before_the_swap_committed_is_retried() {
     assert_cut_over(job).await;
     old_equals_new_sessions(&c).await;
 }
+
+/// One cutover for tables served by two different `rewrite` processes: both
+/// swap in the same transaction, and both processes see it and exit, their
+/// slots gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_of_two_rewrite_processes_cut_over_together() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workload::create_schema(&c).await.unwrap();
+    workload::seed(&c, 50, 500).await.unwrap();
+    let (_stop_a, job_a) = start_rewrite(&db, &c, &["sessions"]).await;
+    let (_stop_b, job_b) = start_rewrite(&db, &c, &["chat_messages"]).await;
+    let jobs = state::list_jobs(&c).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_ne!(jobs[0].job_id, jobs[1].job_id, "two separate jobs");
+
+    let report = cutover::run(&cutover_cfg(&db, &["sessions", "chat_messages"]))
+        .await
+        .unwrap();
+    assert!(report.swapped, "{report:?}");
+    assert_eq!(report.attempts.len(), 1, "{:?}", report.attempts);
+    assert_eq!(
+        report.tables,
+        vec![
+            (
+                "public.chat_messages".to_string(),
+                "public._rekey_old_chat_messages".to_string()
+            ),
+            (
+                "public.sessions".to_string(),
+                "public._rekey_old_sessions".to_string()
+            ),
+        ]
+    );
+    assert_cut_over(job_a).await;
+    assert_cut_over(job_b).await;
+    let slots: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "both rewrites dropped their slots");
+    old_equals_new_sessions(&c).await;
+}

@@ -54,6 +54,24 @@ async fn start_rewrite(
     (tx, job)
 }
 
+/// A database with the example schema (50 users, 500 rows) and a rewrite of
+/// `tables` streaming.
+async fn small_streaming(
+    tables: &[&str],
+) -> (
+    TestDb,
+    tokio_postgres::Client,
+    watch::Sender<bool>,
+    RewriteJob,
+) {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workload::create_schema(&c).await.unwrap();
+    workload::seed(&c, 50, 500).await.unwrap();
+    let (stop, job) = start_rewrite(&db, &c, tables).await;
+    (db, c, stop, job)
+}
+
 /// The rewrite exits on its own, reporting its tables cut over.
 async fn assert_cut_over(job: RewriteJob) {
     let outcome = tokio::time::timeout(Duration::from_secs(60), job)
@@ -213,11 +231,7 @@ async fn five_tables_swap_atomically_under_writes_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_holder_makes_cutover_give_up_then_succeed_later() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    workload::create_schema(&c).await.unwrap();
-    workload::seed(&c, 50, 500).await.unwrap();
-    let (_stop, job) = start_rewrite(&db, &c, &["sessions"]).await;
+    let (db, c, _stop, job) = small_streaming(&["sessions"]).await;
 
     // A long transaction holding a lock on the source.
     let blocker = db.client().await;
@@ -348,15 +362,11 @@ async fn auto_cutover_swaps_once_streaming_and_status_follows() {
 /// dependents again, under the locks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_committed_while_cutover_waits_for_its_lock_is_carried() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    workload::create_schema(&c).await.unwrap();
-    workload::seed(&c, 50, 500).await.unwrap();
+    let (db, c, _stop, job) = small_streaming(&["sessions"]).await;
     let reader = format!("{}_late_reader", db.name);
     c.batch_execute(&format!("CREATE ROLE \"{reader}\""))
         .await
         .unwrap();
-    let (_stop, job) = start_rewrite(&db, &c, &["sessions"]).await;
 
     // Hold the source (in a mode that lets the catalog read before the locks
     // through), let the cutover build its swap and queue for the lock.
@@ -369,19 +379,7 @@ async fn ddl_committed_while_cutover_waits_for_its_lock_is_carried() {
     cfg.attempts = 1;
     cfg.lock_timeout = Duration::from_secs(30);
     let cutover = tokio::spawn(async move { cutover::run(&cfg).await });
-    let queued = Duration::from_secs(30);
-    wait_for("the cutover to queue for the source's lock", queued, || async {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE relation = 'public.sessions'::regclass AND NOT granted",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (n > 0).then_some(())
-    })
-    .await;
+    crate::support::wait_lock_queued(&c, "public.sessions").await;
     // Then change what the swap must carry, and let it have the lock.
     blocker
         .batch_execute(&format!(
@@ -465,16 +463,12 @@ async fn old_equals_new_sessions(c: &tokio_postgres::Client) {
 /// rows that the swap happened, report it, and never run it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_dropped_after_the_swap_committed_is_reported_as_swapped_once() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    workload::create_schema(&c).await.unwrap();
-    workload::seed(&c, 50, 500).await.unwrap();
+    let (db, c, _stop, job) = small_streaming(&["sessions"]).await;
     let source_oid: u32 = c
         .query_one("SELECT 'public.sessions'::regclass::oid", &[])
         .await
         .unwrap()
         .get(0);
-    let (_stop, job) = start_rewrite(&db, &c, &["sessions"]).await;
 
     let proxy = crate::support::proxy::CommitDropProxy::start(&db.spec).await;
     let mut cfg = cutover_cfg(&db, &["sessions"]);
@@ -524,11 +518,7 @@ async fn connection_dropped_after_the_swap_committed_is_reported_as_swapped_once
 /// and the next attempt swaps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_dropped_before_the_swap_committed_is_retried() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    workload::create_schema(&c).await.unwrap();
-    workload::seed(&c, 50, 500).await.unwrap();
-    let (_stop, job) = start_rewrite(&db, &c, &["sessions"]).await;
+    let (db, c, _stop, job) = small_streaming(&["sessions"]).await;
     // At COMMIT of the first transaction that records the cutover, the
     // backend terminates itself (a deferred trigger runs just before the
     // commit record is written). The sequence is not transactional, so it
@@ -577,11 +567,7 @@ async fn connection_dropped_before_the_swap_committed_is_retried() {
 /// slots gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_of_two_rewrite_processes_cut_over_together() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    workload::create_schema(&c).await.unwrap();
-    workload::seed(&c, 50, 500).await.unwrap();
-    let (_stop_a, job_a) = start_rewrite(&db, &c, &["sessions"]).await;
+    let (db, c, _stop_a, job_a) = small_streaming(&["sessions"]).await;
     let (_stop_b, job_b) = start_rewrite(&db, &c, &["chat_messages"]).await;
     let jobs = state::list_jobs(&c).await.unwrap();
     assert_eq!(jobs.len(), 2);

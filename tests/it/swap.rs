@@ -3,8 +3,6 @@
 //! it) swapped in one transaction, and everything bound to the source's
 //! identity checked on the new table, by catalog and by behaviour.
 
-use std::time::Duration;
-
 use pg_rekey::pg::QualifiedName;
 use pg_rekey::swap::catalog::{fingerprint, Fingerprinter};
 use pg_rekey::swap::{
@@ -12,7 +10,7 @@ use pg_rekey::swap::{
 };
 use tokio_postgres::Client;
 
-use crate::support::{wait_for, TestDb};
+use crate::support::TestDb;
 
 fn src() -> QualifiedName {
     QualifiedName::new("public", "chat_messages")
@@ -268,18 +266,7 @@ async fn swap_carries_every_dependent_to_the_new_table() {
                 .map(|r| r.get::<_, i64>(0))
         })
     };
-    wait_for("the writer to wait for the lock", Duration::from_secs(10), || async {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'chat_messages'::regclass",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        (n > 0).then_some(())
-    })
-    .await;
+    crate::support::wait_lock_queued(&c, "chat_messages").await;
 
     let deps = load_dependents(&txn, &src(), &shadow()).await.unwrap();
     assert_eq!(deps.views.len(), 2);

@@ -174,6 +174,27 @@ where
     }
 }
 
+/// Wait until some session queues for a lock on `relation` (a name as
+/// `regclass` reads it).
+pub async fn wait_lock_queued(c: &Client, relation: &str) {
+    wait_for(
+        &format!("a session to queue for a lock on {relation}"),
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = $1::text::regclass",
+                    &[&relation],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n > 0).then_some(())
+        },
+    )
+    .await
+}
+
 /// Rows of `source` (integer references translated through `parent`) that are
 /// not in `shadow`, and rows of `shadow` not in the translated source:
 /// `(missing, extra)`. `refs` are the reference columns; every other column is

@@ -138,14 +138,7 @@ async fn five_tables_swap_atomically_under_writes_and_nothing_is_lost() {
 
     // The rewrite process saw cut_over, dropped its slot and publication, and exited 0.
     assert_cut_over(job).await;
-    let slots: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let slots = crate::support::slots_in_database(&c).await;
     assert_eq!(slots, 0);
 
     for t in REFERENCING_TABLES {
@@ -593,14 +586,7 @@ async fn tables_of_two_rewrite_processes_cut_over_together() {
     );
     assert_cut_over(job_a).await;
     assert_cut_over(job_b).await;
-    let slots: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let slots = crate::support::slots_in_database(&c).await;
     assert_eq!(slots, 0, "both rewrites dropped their slots");
     old_equals_new_sessions(&c).await;
 }

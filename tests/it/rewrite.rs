@@ -69,14 +69,7 @@ pub fn refs_of(table: &str) -> &'static [&'static str] {
 }
 
 async fn assert_no_leftovers(c: &Client) {
-    let slots: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let slots = crate::support::slots_in_database(c).await;
     let pubs: i64 = c
         .query_one("SELECT count(*) FROM pg_publication", &[])
         .await

@@ -174,6 +174,17 @@ where
     }
 }
 
+/// Replication slots of the current database.
+pub async fn slots_in_database(c: &Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Wait until some session queues for a lock on `relation` (a name as
 /// `regclass` reads it).
 pub async fn wait_lock_queued(c: &Client, relation: &str) {

@@ -42,10 +42,11 @@
 //! same round trip as the column check. Equal: no transaction changed any of
 //! that state since the read, so the statements are exactly what a read now
 //! would produce, and they run as built. Different (DDL committed in
-//! between, typically while the attempt waited for its locks): the
-//! dependents are read again under the locks, as before, at the old cost
-//! (the `dependents` step in the attempt's report). A stale build is never
-//! used. The new tables' foreign keys are created after the renames, on the
+//! between, typically while the attempt waited for its locks): the attempt
+//! rolls back and gives the locks back (outcome `catalog_changed`), the
+//! sources' details are read again, and the next attempt builds the swap
+//! anew. A stale build is never used, and the hold never includes the
+//! catalog read. The new tables' foreign keys are created after the renames, on the
 //! final names, so the read never has to account for keys that do not exist
 //! yet, and `--dry-run` prints exactly the statements an attempt runs.
 //!
@@ -134,7 +135,8 @@ pub struct AttemptReport {
     pub lock_wait_ms: f64,
     /// Time the locks were held, ms (absent when they were never granted).
     pub lock_hold_ms: Option<f64>,
-    /// `swapped`, `lock_timeout`, `drain_timeout`, or an error.
+    /// `swapped`, `lock_timeout`, `drain_timeout`, `catalog_changed` (DDL
+    /// committed after the swap was built; rolled back), or an error.
     pub outcome: String,
     /// Where the hold went, step by step, in order (empty when the locks
     /// were never granted).
@@ -146,9 +148,8 @@ pub struct AttemptReport {
 pub struct PhaseTime {
     /// The step: `fence` (written), `drain` (every job applied past it),
     /// `checks` (shadows locked, columns and catalog fingerprint re-read),
-    /// `dependents` (only when the catalog changed since the swap was built:
-    /// read again under the locks), `swap_and_state` (swap statements, new
-    /// foreign keys, job rows), `commit`.
+    /// `swap_and_state` (swap statements, new foreign keys, job rows),
+    /// `commit`.
     pub phase: &'static str,
     /// Milliseconds.
     pub ms: f64,
@@ -254,7 +255,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             }
         }
     }
-    let targets = load_targets(&admin, jobs).await?;
+    let mut targets = load_targets(&admin, jobs).await?;
     let parent = load_parent_of(&admin, &targets).await?;
 
     if cfg.dry_run {
@@ -340,10 +341,20 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                         outcome = %a.outcome,
                         "cutover attempt"
                     );
+                    let changed = a.outcome == CATALOG_CHANGED;
                     report.attempts.push(a);
                     if swapped {
                         report.swapped = true;
                         break;
+                    }
+                    if changed {
+                        if let Err(e) = refresh_details(&admin, &mut targets, &parent).await {
+                            for t in &targets {
+                                let _ =
+                                    state::set_phase(&admin, &t.job.source, Phase::Streaming).await;
+                            }
+                            return Err(e);
+                        }
                     }
                 }
                 Err((a, e)) => {
@@ -417,6 +428,30 @@ async fn load_targets(admin: &Client, jobs: Vec<JobRow>) -> Result<Vec<Target>, 
     // Fixed lock order.
     targets.sort_by(|a, b| a.job.source.cmp(&b.job.source));
     Ok(targets)
+}
+
+/// After an attempt found the catalog changed: read each source's detail
+/// again (its own foreign keys, created on the new table at the swap, may
+/// have changed), keeping the check that its columns did not.
+async fn refresh_details(
+    admin: &Client,
+    targets: &mut [Target],
+    parent: &ParentSpec,
+) -> Result<(), Error> {
+    for t in targets.iter_mut() {
+        let fresh = catalog::load_table(admin, &t.job.source, parent).await?;
+        if fresh.spec.oid != t.detail.spec.oid || fresh.spec.columns != t.detail.spec.columns {
+            return Err(columns_changed(&t.job.source));
+        }
+        t.detail = fresh;
+    }
+    Ok(())
+}
+
+fn columns_changed(table: &QualifiedName) -> Error {
+    Error::Data(format!(
+        "the columns of {table} changed since the job was planned; abort the job and start again"
+    ))
 }
 
 async fn load_parent_of(admin: &Client, targets: &[Target]) -> Result<ParentSpec, Error> {
@@ -650,10 +685,7 @@ fn check_columns(targets: &[Target], now: Vec<(usize, u32, Vec<ColumnSpec>)>) ->
                 *oid == t.detail.spec.oid && *cols == t.detail.spec.columns
             });
         if !same {
-            return Err(Error::Data(format!(
-                "the columns of {} changed since the job was planned; abort the job and start again",
-                t.job.source
-            )));
+            return Err(columns_changed(&t.job.source));
         }
     }
     Ok(())
@@ -678,6 +710,10 @@ SELECT t.ord, c.oid, a.attnum, a.attname::text, a.atttypid,
   JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name::pg_catalog.name
   JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY t.ord, a.attnum";
+
+/// The outcome of an attempt that found the catalog changed under its locks
+/// since it built the swap (it rolled back; the next attempt builds anew).
+const CATALOG_CHANGED: &str = "catalog_changed";
 
 /// Longest pause between two polls of the jobs' applied positions while the
 /// locks are held (see [`crate::fence::wait_drained_every`]).
@@ -852,16 +888,13 @@ async fn attempt_once(
         phases.mark("checks");
         // Unchanged fingerprint: the swap built before the locks is the one
         // a read now would build (see `swap::catalog::fingerprint`).
-        // Otherwise something changed in between: read again, under the locks.
+        // Otherwise something changed in between: give the locks back and
+        // let the next attempt build the swap again.
         tracing::debug!(before = %prepared.fingerprint, under_lock = %fingerprint, "catalog fingerprints");
-        let swap = if fingerprint == prepared.fingerprint {
-            prepared.swap
-        } else {
-            info!("the catalog changed since the swap was built; reading the dependents again under the locks");
-            let swap = read_and_build(&txn, targets, parent, true).await?;
-            phases.mark("dependents");
-            swap
-        };
+        if fingerprint != prepared.fingerprint {
+            return Ok(None);
+        }
+        let swap = prepared.swap;
         let old_names: Vec<QualifiedName> = targets
             .iter()
             .map(|t| QualifiedName::new(t.job.source.schema.clone(), t.names.old_table.clone()))
@@ -883,12 +916,29 @@ async fn attempt_once(
             r?;
         }
         phases.mark("swap_and_state");
-        Ok::<SwapSql, Error>(swap)
+        Ok::<Option<SwapSql>, Error>(Some(swap))
     }
     .await;
-    if let Err(e) = body {
-        let _ = txn.rollback().await;
-        return Err(fail(e, &phases));
+    match body {
+        Err(e) => {
+            let _ = txn.rollback().await;
+            return Err(fail(e, &phases));
+        }
+        Ok(None) => {
+            let _ = txn.rollback().await;
+            warn!(
+                attempt,
+                "the catalog changed since the swap was built (DDL on the tables or their dependents); \
+                 locks given back, the next attempt builds it again"
+            );
+            return Ok(report(
+                wait,
+                Some(locked.elapsed()),
+                CATALOG_CHANGED.into(),
+                &phases,
+            ));
+        }
+        Ok(Some(_)) => {}
     }
     if let Err(e) = txn.commit().await {
         // Did the commit happen? Ask the catalog before anything else.

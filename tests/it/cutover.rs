@@ -351,8 +351,8 @@ async fn auto_cutover_swaps_once_streaming_and_status_follows() {
 
 /// The swap is built from a catalog read taken before the locks; DDL that
 /// commits while the cutover waits for its locks must still be carried: the
-/// fingerprint taken under the locks differs, and the cutover reads the
-/// dependents again, under the locks.
+/// fingerprint taken under the locks differs, the attempt gives the locks
+/// back, and the next one builds the swap again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_committed_while_cutover_waits_for_its_lock_is_carried() {
     let (db, c, _stop, job) = small_streaming(&["sessions"]).await;
@@ -369,7 +369,7 @@ async fn ddl_committed_while_cutover_waits_for_its_lock_is_carried() {
         .await
         .unwrap();
     let mut cfg = cutover_cfg(&db, &["sessions"]);
-    cfg.attempts = 1;
+    cfg.attempts = 2;
     cfg.lock_timeout = Duration::from_secs(30);
     let cutover = tokio::spawn(async move { cutover::run(&cfg).await });
     crate::support::wait_lock_queued(&c, "public.sessions").await;
@@ -383,6 +383,9 @@ async fn ddl_committed_while_cutover_waits_for_its_lock_is_carried() {
              CREATE TRIGGER sessions_late BEFORE INSERT ON sessions
                  FOR EACH ROW EXECUTE FUNCTION late_fn();
              CREATE VIEW late_sessions AS SELECT id, user_id FROM sessions;
+             COMMENT ON CONSTRAINT sessions_user_id_fkey ON sessions IS 'late key comment';
+             ALTER TABLE sessions ADD CONSTRAINT sessions_late_fk
+                 FOREIGN KEY (id) REFERENCES sessions (id) NOT VALID;
              COMMIT"
         ))
         .await
@@ -429,11 +432,34 @@ async fn ddl_committed_while_cutover_waits_for_its_lock_is_carried() {
         .unwrap()
         .get(0);
     assert_eq!(token, "t+late", "the late trigger fires on the new table");
-    let phases: Vec<&str> = report.attempts[0].phases.iter().map(|p| p.phase).collect();
-    assert!(
-        phases.contains(&"dependents"),
-        "the catalog changed after the swap was built, so it was read again under the locks: {phases:?}"
+    // The new table's own keys as the source had them at the swap: the late
+    // key (validated after commit) and the late comment on the user key.
+    let keys: Vec<String> = c
+        .query(
+            "SELECT format('%s valid=%s comment=%s', conname, convalidated, obj_description(oid, 'pg_constraint'))
+               FROM pg_constraint WHERE conrelid = 'public.sessions'::regclass AND contype = 'f' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "sessions_late_fk valid=t comment=",
+            "sessions_user_id_fkey valid=t comment=late key comment",
+        ]
     );
+    let outcomes: Vec<&str> = report.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["catalog_changed", "swapped"],
+        "the catalog changed after the first attempt built the swap: {:?}",
+        report.attempts
+    );
+    assert!(report.attempts[0].lock_hold_ms.is_some());
 }
 
 /// Old and new `sessions` hold the same rows (reference translated).

@@ -97,35 +97,6 @@ async fn catch_up(c: &tokio_postgres::Client) -> Duration {
     t.elapsed()
 }
 
-/// The rows of [`workload::seed`] (same tables, same spread, a TOASTed value
-/// in 2% of sessions and 5% of applications), with 64-bit arithmetic:
-/// `workload::seed` computes `g * 104729` in `integer` and so stops at about
-/// 100k rows.
-fn seed_sql(users: u64, rows: u64) -> String {
-    let users = users.max(1);
-    let per = (rows / 5).max(1);
-    let big =
-        "(SELECT string_agg(md5(random()::text || x::text), '') FROM generate_series(1, 300) x)";
-    format!(
-        "INSERT INTO users (email) SELECT 'user' || g || '@example.com' FROM generate_series(1, {users}) g;
-         INSERT INTO sessions (user_id, token, payload)
-           SELECT 1 + (g * 7919) % {users}, md5(g::text),
-                  CASE WHEN g % 50 = 0 THEN {big} ELSE 'p' || g END
-           FROM generate_series(1::bigint, {per}) g;
-         INSERT INTO api_access_tokens (user_id, name, scopes)
-           SELECT 1 + (g * 104729) % {users}, 'token-' || g, ARRAY['read', 'write']
-           FROM generate_series(1::bigint, {per}) g;
-         INSERT INTO partner_applications (created_by_user_id, title, body)
-           SELECT CASE WHEN g % 10 = 0 THEN NULL ELSE 1 + (g * 31) % {users} END, 'app ' || g,
-                  CASE WHEN g % 20 = 0 THEN {big} ELSE 'body ' || g END
-           FROM generate_series(1::bigint, {per}) g;
-         INSERT INTO chat_messages (sender_id, content)
-           SELECT 1 + (g * 13) % {users}, 'hello ' || g FROM generate_series(1::bigint, {per}) g;
-         INSERT INTO message_reads (message_id, reader_id)
-           SELECT g, 1 + (g * 17) % {users} FROM generate_series(1::bigint, {per}) g;"
-    )
-}
-
 async fn one_run(admin: &tokio_postgres::Client, cluster: &Cluster, n: u64) -> Run {
     let rows = env_u64("PGREKEY_BENCH_ROWS", 200_000);
     let users = env_u64("PGREKEY_BENCH_USERS", 20_000);
@@ -143,7 +114,7 @@ async fn one_run(admin: &tokio_postgres::Client, cluster: &Cluster, n: u64) -> R
     let c = connect(&spec, "bench").await.unwrap();
     workload::create_schema(&c).await.unwrap();
     let t = Instant::now();
-    c.batch_execute(&seed_sql(users, rows)).await.unwrap();
+    workload::seed(&c, users, rows).await.unwrap();
     c.batch_execute("VACUUM ANALYZE").await.unwrap();
     eprintln!(
         "run {n}: seeded {rows} rows, {users} users in {:.1}s",

@@ -105,18 +105,18 @@ pub async fn seed(client: &Client, users: u64, rows: u64) -> Result<(), Error> {
          INSERT INTO sessions (user_id, token, payload)
            SELECT 1 + (g * 7919) % {users}, md5(g::text),
                   CASE WHEN g % 50 = 0 THEN {BIG_TEXT_SQL} ELSE 'p' || g END
-           FROM generate_series(1, {per}) g;
+           FROM generate_series(1::int8, {per}) g;
          INSERT INTO api_access_tokens (user_id, name, scopes)
            SELECT 1 + (g * 104729) % {users}, 'token-' || g, ARRAY['read', 'write']
-           FROM generate_series(1, {per}) g;
+           FROM generate_series(1::int8, {per}) g;
          INSERT INTO partner_applications (created_by_user_id, title, body)
            SELECT CASE WHEN g % 10 = 0 THEN NULL ELSE 1 + (g * 31) % {users} END, 'app ' || g,
                   CASE WHEN g % 20 = 0 THEN {BIG_TEXT_SQL} ELSE 'body ' || g END
-           FROM generate_series(1, {per}) g;
+           FROM generate_series(1::int8, {per}) g;
          INSERT INTO chat_messages (sender_id, content)
-           SELECT 1 + (g * 13) % {users}, 'hello ' || g FROM generate_series(1, {per}) g;
+           SELECT 1 + (g * 13) % {users}, 'hello ' || g FROM generate_series(1::int8, {per}) g;
          INSERT INTO message_reads (message_id, reader_id)
-           SELECT g, 1 + (g * 17) % {users} FROM generate_series(1, {per}) g;
+           SELECT g, 1 + (g * 17) % {users} FROM generate_series(1::int8, {per}) g;
          ANALYZE;"
     );
     client

@@ -73,3 +73,24 @@ async fn workload_writes_every_table_and_reads() {
         );
     }
 }
+
+/// The seed's spreading arithmetic runs in 64 bits: above ~100 k rows a
+/// 32-bit `g * 104729` overflowed and `demo --rows 200000` failed.
+#[tokio::test]
+async fn seed_takes_more_than_a_hundred_thousand_rows() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workload::create_schema(&c).await.unwrap();
+    workload::seed(&c, 50, 110_000).await.unwrap();
+    let counts: Vec<i64> = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM sessions), (SELECT count(*) FROM api_access_tokens),
+                    (SELECT count(*) FROM chat_messages), (SELECT count(*) FROM message_reads),
+                    (SELECT count(DISTINCT user_id) FROM api_access_tokens)",
+            &[],
+        )
+        .await
+        .map(|r| (0..5).map(|i| r.get(i)).collect())
+        .unwrap();
+    assert_eq!(counts, [22_000, 22_000, 22_000, 22_000, 50]);
+}

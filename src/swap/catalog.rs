@@ -5,9 +5,10 @@
 //! about either table can change from then on, so what is read is what the
 //! swap statements act on. Or read before the locks, after a
 //! [`fingerprint`], and use the read only if the fingerprint taken under the
-//! locks is the same (see there why that is equivalent). Every definition is rendered with
-//! `search_path = ''` (set for the duration of the load, then restored), so
-//! the text is schema-qualified and means the same in any session.
+//! locks is the same (see there why that is equivalent). Every definition is
+//! rendered with `search_path = ''` (set for the duration of the load, then
+//! restored), so the text is schema-qualified and means the same in any
+//! session.
 
 use std::collections::BTreeSet;
 
@@ -514,8 +515,8 @@ pub async fn load_dependents_many<C: GenericClient + Sync>(
 /// Updates the server makes in place (statistics, `relfrozenxid`) keep
 /// `xmin` and change nothing the swap uses. So if the fingerprint taken
 /// under the locks equals the one taken before the read, the read describes
-/// the catalog as it is under the locks; if not, the cutover reads again,
-/// under the locks.
+/// the catalog as it is under the locks; if not, the cutover gives the
+/// locks back and builds the swap again in its next attempt.
 ///
 /// Not covered: role renames (privileges and policies name roles; a renamed
 /// role makes the `GRANT` fail and the swap roll back) and renames of

@@ -119,6 +119,17 @@ fn human_bytes(b: i64) -> String {
     }
 }
 
+/// `copied/estimate` while the estimate means something; the count alone
+/// when the planner's estimate is missing (a table never analyzed reads 0 or
+/// -1) or already passed, instead of a confusing `50000/0`.
+fn rows_cell(copied: i64, estimate: i64) -> String {
+    if estimate > 0 && estimate >= copied {
+        format!("{copied}/{estimate}")
+    } else {
+        copied.to_string()
+    }
+}
+
 /// A table for terminals.
 pub fn render(rows: &[TableStatus]) -> String {
     if rows.is_empty() {
@@ -137,7 +148,7 @@ pub fn render(rows: &[TableStatus]) -> String {
         lines.push([
             r.table.clone(),
             r.phase.clone(),
-            format!("{}/{}", r.rows_copied, r.rows_estimate),
+            rows_cell(r.rows_copied, r.rows_estimate),
             r.lag_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
             r.wal_retained_bytes
                 .map(human_bytes)
@@ -204,5 +215,14 @@ mod tests {
             "{text}"
         );
         assert_eq!(render(&[]), "no pg-rekey jobs\n");
+    }
+
+    #[test]
+    fn rows_show_the_estimate_only_while_it_means_something() {
+        assert_eq!(rows_cell(10, 12), "10/12");
+        assert_eq!(rows_cell(12, 12), "12/12");
+        assert_eq!(rows_cell(50_000, 0), "50000");
+        assert_eq!(rows_cell(0, -1), "0");
+        assert_eq!(rows_cell(13, 12), "13");
     }
 }

@@ -234,7 +234,9 @@ pub struct LockArgs {
     /// Longest the locks may be held while draining before giving them back.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub max_hold: Duration,
-    /// Attempts before giving up.
+    /// Attempts before giving up. An attempt gives the locks back on a lock
+    /// timeout, on a drain longer than --max-hold, or when DDL changed the
+    /// tables' dependents after it built the swap (the next one rebuilds it).
     #[arg(long, default_value_t = 10)]
     pub attempts: u32,
     /// Pause after the first failed attempt; doubles each time (capped at 10 s).

@@ -554,8 +554,8 @@ async fn prepare(
 /// swap ([`swap_plan`]); with `report`, warn about source indexes and
 /// constraints that have no counterpart on the shadow (they stay on the old
 /// table).
-async fn read_and_build<C: tokio_postgres::GenericClient + Sync>(
-    c: &C,
+async fn read_and_build(
+    c: &Client,
     targets: &[Target],
     parent: &ParentSpec,
     report: bool,

@@ -38,3 +38,6 @@ CREATE INDEX IF NOT EXISTS jobs_job_id ON pgrekey.jobs (job_id);
 ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS parent_schema text;
 ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS parent_table text;
 ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS parent_uuid_column text;
+-- The id map of the job's process: parent rows held and bytes used.
+ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS id_map_users bigint;
+ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS id_map_bytes bigint;

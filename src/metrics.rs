@@ -357,6 +357,19 @@ pub fn render(progress: &JobProgress) -> String {
         &[],
         hold.as_secs_f64() * 1000.0,
     );
+    let (map_users, map_bytes) = progress.id_map();
+    o.family(
+        "pg_rekey_id_map_users",
+        "gauge",
+        "Parent rows in the key → uuid map, as loaded under the snapshot.",
+    );
+    o.sample("pg_rekey_id_map_users", &[], map_users as f64);
+    o.family(
+        "pg_rekey_id_map_bytes",
+        "gauge",
+        "Heap bytes of the key → uuid map, as loaded under the snapshot.",
+    );
+    o.sample("pg_rekey_id_map_bytes", &[], map_bytes as f64);
     let th = &snap.throttle;
     o.family(
         "pg_rekey_copy_throttle",

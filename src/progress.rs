@@ -321,6 +321,8 @@ pub struct JobProgress {
     /// Replica lag in µs plus one; 0 means "no replica seen".
     replica_lag_us1: AtomicU64,
     throttle_pauses: AtomicU64,
+    id_map_users: AtomicU64,
+    id_map_bytes: AtomicU64,
 }
 
 impl JobProgress {
@@ -333,6 +335,8 @@ impl JobProgress {
             last_lock_wait_us: AtomicU64::new(0),
             last_lock_hold_us: AtomicU64::new(0),
             attempts: Mutex::new(Vec::new()),
+            id_map_users: AtomicU64::new(0),
+            id_map_bytes: AtomicU64::new(0),
             throttle_state: AtomicU8::new(0),
             throttle_reason: Mutex::new(None),
             replica_lag_us1: AtomicU64::new(0),
@@ -399,6 +403,20 @@ impl JobProgress {
     /// Cutover attempts so far.
     pub fn cutover_attempt_count(&self) -> u64 {
         self.cutover_attempts.load(Relaxed)
+    }
+
+    /// Record the id map's size (parent rows, bytes) after its load.
+    pub fn set_id_map(&self, users: u64, bytes: u64) {
+        self.id_map_users.store(users, Relaxed);
+        self.id_map_bytes.store(bytes, Relaxed);
+    }
+
+    /// The id map's size as recorded: parent rows and bytes (zeros before the load).
+    pub fn id_map(&self) -> (u64, u64) {
+        (
+            self.id_map_users.load(Relaxed),
+            self.id_map_bytes.load(Relaxed),
+        )
     }
 
     /// Lock wait and hold of the last cutover attempt (zero before any).

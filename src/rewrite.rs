@@ -355,7 +355,9 @@ async fn prepare_and_copy(
     let map = IdMap::load(&sources[0], parent)
         .await
         .map_err(|e| Error::Data(e.to_string()))?;
-    info!(parent = %parent.table, entries = map.len(), memory_bytes = map.memory_bytes(), "id map loaded under the snapshot");
+    let (users, bytes) = (map.len() as u64, map.memory_bytes() as u64);
+    progress.set_id_map(users, bytes);
+    state::record_id_map(admin, o.job_id, users as i64, bytes as i64).await?;
 
     // The throttle watches the server while the copy runs and holds the copy
     // between batches; it stops when `_stop_throttle` and the copy options

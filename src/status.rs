@@ -37,6 +37,10 @@ pub struct TableStatus {
     pub applied_lsn: Option<String>,
     /// Last update of the row.
     pub updated_at: String,
+    /// Parent rows in the job's id map, as recorded at its load.
+    pub id_map_users: Option<i64>,
+    /// Bytes of the job's id map, as recorded at its load.
+    pub id_map_bytes: Option<i64>,
 }
 
 /// Read every job and its slot.
@@ -101,6 +105,8 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
             slot_name: j.slot_name,
             applied_lsn: j.applied_lsn.map(|l| l.to_string()),
             updated_at: j.updated_at,
+            id_map_users: j.id_map_users,
+            id_map_bytes: j.id_map_bytes,
         });
     }
     Ok(out)
@@ -182,6 +188,31 @@ pub fn render(rows: &[TableStatus]) -> String {
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
+    out.push_str(&id_map_lines(rows));
+    out
+}
+
+/// One line per job whose id map size was recorded: rows, memory and bytes
+/// per user (the map is held by the job's `rewrite` process).
+fn id_map_lines(rows: &[TableStatus]) -> String {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = String::new();
+    for r in rows {
+        if let (Some(users), Some(bytes)) = (r.id_map_users, r.id_map_bytes) {
+            if seen.insert(r.job_id.as_str()) {
+                let per = if users > 0 {
+                    bytes as f64 / users as f64
+                } else {
+                    0.0
+                };
+                out.push_str(&format!(
+                    "id map of job {}: {users} users, {} ({per:.1} B/user) at load\n",
+                    &r.job_id[..r.job_id.len().min(8)],
+                    human_bytes(bytes)
+                ));
+            }
+        }
+    }
     out
 }
 
@@ -206,10 +237,22 @@ mod tests {
             slot_name: Some("s".into()),
             applied_lsn: Some("0/1".into()),
             updated_at: "now".into(),
+            id_map_users: None,
+            id_map_bytes: None,
         };
-        let text = render(&[row]);
+        let text = render(std::slice::from_ref(&row));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
+        let with_map = TableStatus {
+            id_map_users: Some(1000),
+            id_map_bytes: Some(16_400),
+            ..row.clone()
+        };
+        let text = render(&[with_map.clone(), with_map]);
+        assert!(
+            text.ends_with("id map of job j: 1000 users, 16.0 KiB (16.4 B/user) at load\n"),
+            "{text}"
+        );
         assert!(
             lines[1].starts_with("public.sessions  streaming  10/12  2.0 KiB  5.0 MiB"),
             "{text}"

@@ -286,6 +286,23 @@ pub async fn record_snapshot<C: GenericClient>(
     Ok(())
 }
 
+/// Record the size of the job's id map (parent rows and bytes) for `status`.
+pub async fn record_id_map<C: GenericClient>(
+    client: &C,
+    job_id: Uuid,
+    users: i64,
+    bytes: i64,
+) -> Result<(), StateError> {
+    client
+        .execute(
+            "UPDATE pgrekey.jobs SET id_map_users = $2, id_map_bytes = $3, updated_at = now() WHERE job_id = $1",
+            &[&job_id, &users, &bytes],
+        )
+        .await
+        .map_err(db(format!("recording the id map size of job {job_id}")))?;
+    Ok(())
+}
+
 /// Move a table's job to `phase`, if [`Phase::can_become`] allows it.
 pub async fn set_phase<C: GenericClient>(
     client: &C,
@@ -477,6 +494,10 @@ pub struct JobRow {
     pub owner_pid: Option<i32>,
     /// Owner host name.
     pub owner_host: Option<String>,
+    /// Parent rows in the id map of the job's process, as recorded at load.
+    pub id_map_users: Option<i64>,
+    /// Bytes that id map used, as recorded at load.
+    pub id_map_bytes: Option<i64>,
     /// RFC 3339, UTC.
     pub created_at: String,
     /// RFC 3339, UTC.
@@ -510,6 +531,7 @@ const SELECT_JOBS: &str = "
 SELECT source_schema, source_table, phase, shadow_table, old_table, rows_copied, rows_estimate,
        lag_bytes, last_error, job_id, source_oid, slot_name, publication_name, consistent_lsn,
        applied_lsn, owner_pid, owner_host, parent_schema, parent_table, parent_uuid_column,
+       id_map_users, id_map_bytes,
        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at,
        to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS updated_at
 FROM pgrekey.jobs";
@@ -551,6 +573,8 @@ fn job_row(r: &Row) -> JobRow {
             .map(|l| Lsn(u64::from(l))),
         owner_pid: r.get("owner_pid"),
         owner_host: r.get("owner_host"),
+        id_map_users: r.get("id_map_users"),
+        id_map_bytes: r.get("id_map_bytes"),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
         source,

@@ -894,6 +894,8 @@ mod tests {
             applied_lsn: None,
             owner_pid: None,
             owner_host: None,
+            id_map_users: None,
+            id_map_bytes: None,
             created_at: String::new(),
             updated_at: String::new(),
             source,

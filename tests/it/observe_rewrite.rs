@@ -149,6 +149,23 @@ async fn the_binary_serves_metrics_and_logs_one_json_object_per_line() {
     );
     assert!(sample(&body, &format!("pg_rekey_lag_bytes{table}")).is_some());
     assert!(sample(&body, &format!("pg_rekey_wal_retained_bytes{table}")).is_some());
+    // The id map's size: 100 users in a dense window, 16 bytes a user and
+    // a bit (plus the bitset's rounding), in the metrics and in `status`.
+    assert_eq!(
+        sample(&body, "pg_rekey_id_map_users"),
+        Some(100.0),
+        "{body}"
+    );
+    let map_bytes = sample(&body, "pg_rekey_id_map_bytes").expect("id map bytes");
+    assert!(
+        (1600.0..=1700.0).contains(&map_bytes),
+        "{map_bytes}\n{body}"
+    );
+    let rows = pg_rekey::status::load(&c).await.unwrap();
+    assert_eq!(rows[0].id_map_users, Some(100));
+    assert_eq!(rows[0].id_map_bytes, Some(map_bytes as i64));
+    let text = pg_rekey::status::render(&rows);
+    assert!(text.contains(": 100 users, "), "{text}");
 
     // Changes made now are applied and counted.
     c.batch_execute("UPDATE orders SET note = 'changed' WHERE id <= 10")

@@ -128,6 +128,14 @@ pub struct ColumnDetail {
     pub collation: Option<String>,
     /// Column comment.
     pub comment: Option<String>,
+    /// `attstorage` (`p`, `e`, `m`, `x`) when it differs from the type's default.
+    pub storage: Option<char>,
+    /// `attcompression` (`p` pglz, `l` lz4) when set (14+).
+    pub compression: Option<char>,
+    /// `attstattarget` when set (`ALTER COLUMN … SET STATISTICS`).
+    pub statistics: Option<i32>,
+    /// `attoptions` (`n_distinct=100`, …).
+    pub options: Vec<String>,
 }
 
 /// Options of an identity column's sequence.
@@ -601,6 +609,18 @@ async fn load_table_inner(
             owned_sequence,
             collation: r.get("collation"),
             comment: r.get("comment"),
+            storage: {
+                let storage: String = r.get("storage");
+                let type_storage: String = r.get("type_storage");
+                (storage != type_storage)
+                    .then(|| storage.chars().next())
+                    .flatten()
+            },
+            compression: first_char_opt(r.get("compression")),
+            statistics: r.get::<_, Option<i32>>("stattarget").filter(|n| *n >= 0),
+            options: r
+                .get::<_, Option<Vec<String>>>("options")
+                .unwrap_or_default(),
         });
     }
 

@@ -3,6 +3,7 @@
 mod support;
 
 mod apply_pipeline;
+mod carry;
 mod copy;
 mod cutover;
 mod cutover_deps;

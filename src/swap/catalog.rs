@@ -33,7 +33,8 @@ SELECT c.oid, pg_catalog.pg_get_userbyid(c.relowner), c.relkind::text,
 
 const TABLE_ACL: &str = "
 SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END,
-       pg_catalog.pg_get_userbyid(a.grantor), a.privilege_type, a.is_grantable
+       pg_catalog.pg_get_userbyid(a.grantor), a.privilege_type, a.is_grantable,
+       c.relacl IS NULL
   FROM pg_catalog.pg_class c,
        LATERAL pg_catalog.aclexplode(coalesce(c.relacl, pg_catalog.acldefault('r', c.relowner))) a
  WHERE c.oid = $1
@@ -668,6 +669,7 @@ async fn load<C: GenericClient + Sync>(
 
     let acl = acl.map_err(err)?;
     let shadow_acl = shadow_acl.map_err(err)?;
+    let shadow_acl_default = shadow_acl.owner_default && shadow_acl.columns.is_empty();
     let mut shadow_grantees: BTreeSet<Grantee> = BTreeSet::new();
     for p in shadow_acl
         .table
@@ -776,6 +778,7 @@ async fn load<C: GenericClient + Sync>(
         shadow_owner: shd.owner,
         acl,
         shadow_grantees: shadow_grantees.into_iter().collect(),
+        shadow_acl_default,
         rls_enabled: src.rls_enabled,
         rls_forced: src.rls_forced,
         policies,
@@ -837,7 +840,10 @@ async fn load_acl<C: GenericClient + Sync>(
         rows_by_oid(client, TABLE_ACL, oid),
         rows_by_oid(client, COLUMN_ACL, oid)
     );
-    let table = table_rows?
+    let table_rows = table_rows?;
+    // An empty (non-NULL) ACL explodes into no rows: not the owner's default.
+    let owner_default = table_rows.first().is_some_and(|r| r.get::<_, bool>(4));
+    let table = table_rows
         .iter()
         .map(|r| Privilege {
             grantee: Grantee::from_nullable(r.get(0)),
@@ -863,7 +869,11 @@ async fn load_acl<C: GenericClient + Sync>(
             }),
         }
     }
-    Ok(Acl { table, columns })
+    Ok(Acl {
+        owner_default,
+        table,
+        columns,
+    })
 }
 
 async fn load_triggers<C: GenericClient + Sync>(

@@ -267,6 +267,10 @@ pub struct ColumnPrivileges {
 /// made explicit (`acldefault` when `relacl` is NULL), plus column ACLs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Acl {
+    /// `relacl` is NULL: nobody ever granted or revoked anything on the
+    /// table itself, and `table` is the owner's default. The swap then leaves
+    /// the new table's `relacl` NULL too instead of spelling the default out.
+    pub owner_default: bool,
     /// Table-level entries.
     pub table: Vec<Privilege>,
     /// Column-level entries, by column.
@@ -476,6 +480,9 @@ pub struct Dependents {
     pub acl: Acl,
     /// Every grantee in the shadow's table and column ACLs (revoked first).
     pub shadow_grantees: Vec<Grantee>,
+    /// The shadow's `relacl` is NULL and none of its columns has an ACL:
+    /// nothing to revoke, and an owner-default source ACL needs no statement.
+    pub shadow_acl_default: bool,
     /// `relrowsecurity`.
     pub rls_enabled: bool,
     /// `relforcerowsecurity`.

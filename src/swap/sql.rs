@@ -490,7 +490,15 @@ fn table_steps(out: &mut Vec<SwapStep>, d: &Dependents) {
     }
     let mut revoke: Vec<Grantee> = d.shadow_grantees.clone();
     revoke.push(Grantee::Role(d.shadow_owner.clone()));
-    acl_steps(out, &label, &t, &d.owner, &revoke, &d.acl);
+    acl_steps(
+        out,
+        &label,
+        &t,
+        &d.owner,
+        &revoke,
+        d.shadow_acl_default,
+        &d.acl,
+    );
     step(
         out,
         &label,
@@ -690,27 +698,38 @@ const PRIVILEGES: &[&str] = &[
 /// the owner and PUBLIC, then grant each entry. A grant made by someone other
 /// than the owner is replayed as that grantor (`SET LOCAL ROLE`), after the
 /// grant that gave the grantor its grant option.
+///
+/// When `acl` is the owner's default (`relacl` NULL) and so is the target's
+/// (`target_default`: NULL `relacl`, no column ACLs), the table-level ACL is
+/// left alone: any `GRANT` or `REVOKE` on the table would store the default
+/// explicitly, the same rights but not the same catalog. Column grants only
+/// touch `attacl` and are replayed either way.
+#[allow(clippy::too_many_arguments)]
 fn acl_steps(
     out: &mut Vec<SwapStep>,
     label: &str,
     target: &str,
     owner: &str,
     revoke: &[Grantee],
+    target_default: bool,
     acl: &Acl,
 ) {
+    let keep_default = acl.owner_default && target_default;
     let mut from: Vec<Grantee> = revoke.to_vec();
     from.push(Grantee::Public);
     from.push(Grantee::Role(owner.to_string()));
     from.sort();
     from.dedup();
-    step(
-        out,
-        label,
-        format!(
-            "REVOKE ALL ON TABLE {target} FROM {} CASCADE",
-            from.iter().map(Grantee::sql).collect::<Vec<_>>().join(", ")
-        ),
-    );
+    if !keep_default {
+        step(
+            out,
+            label,
+            format!(
+                "REVOKE ALL ON TABLE {target} FROM {} CASCADE",
+                from.iter().map(Grantee::sql).collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
 
     // Table level: (grantor, grantee, grantable) → privileges, one GRANT each.
     // Column level: (grantor, grantee, grantable, privilege) → columns.
@@ -719,7 +738,7 @@ fn acl_steps(
     for p in acl
         .table
         .iter()
-        .filter(|p| PRIVILEGES.contains(&p.privilege.as_str()))
+        .filter(|p| !keep_default && PRIVILEGES.contains(&p.privilege.as_str()))
     {
         table_grants
             .entry((p.grantor.clone(), p.grantee.clone(), p.grantable))
@@ -943,7 +962,8 @@ fn view_steps(out: &mut Vec<SwapStep>, v: &View) {
             ),
         );
     }
-    acl_steps(out, &label, &name, &v.owner, &[], &v.acl);
+    // A re-created view starts with a NULL ACL and no column ACLs.
+    acl_steps(out, &label, &name, &v.owner, &[], true, &v.acl);
     if let Some(c) = &v.comment {
         step(
             out,
@@ -1025,6 +1045,7 @@ mod tests {
             shadow_owner: "rekey".into(),
             acl: Acl::default(),
             shadow_grantees: vec![],
+            shadow_acl_default: false,
             rls_enabled: false,
             rls_forced: false,
             policies: vec![],
@@ -1440,6 +1461,7 @@ mod tests {
             };
         d.shadow_grantees = vec![Grantee::Role("stray".into())];
         d.acl = Acl {
+            owner_default: false,
             table: vec![
                 p(Some("app"), "app", "SELECT", false),
                 p(Some("lead"), "app", "SELECT", true),
@@ -1480,6 +1502,26 @@ mod tests {
             !sql.iter().any(|x| x.contains("DROP TABLE")),
             "unknown privilege words are never pasted"
         );
+
+        // The owner's default (NULL relacl) on both sides: no table-level
+        // statement at all, column grants still replayed.
+        d.acl.owner_default = true;
+        d.acl.table = vec![p(Some("app"), "app", "SELECT", false)];
+        d.shadow_acl_default = true;
+        let sql = swap_sql(&d, &SwapNames::derive(&d.source)).sql();
+        assert!(
+            !sql.iter()
+                .any(|x| x.contains("REVOKE") || x.contains("GRANT SELECT")),
+            "{sql:#?}"
+        );
+        assert!(sql.contains(
+            &"GRANT UPDATE (\"a\", \"b\") ON TABLE \"public\".\"t\" TO \"reader\"".to_string()
+        ));
+        // The shadow got grants of its own: revoke and spell it out.
+        d.shadow_acl_default = false;
+        let sql = swap_sql(&d, &SwapNames::derive(&d.source)).sql();
+        assert!(sql.iter().any(|x| x.starts_with("REVOKE ALL ON TABLE")));
+        assert!(sql.contains(&"GRANT SELECT ON TABLE \"public\".\"t\" TO \"app\"".to_string()));
     }
 
     #[test]

@@ -728,6 +728,7 @@ mod tests {
             reloptions: vec!["fillfactor=70".into()],
             tablespace: None,
             row_estimate: 0,
+            rows_known: true,
             table_bytes: 0,
             index_bytes: 0,
         }

@@ -74,6 +74,9 @@ pub struct TableDetail {
     pub tablespace: Option<String>,
     /// `reltuples`, 0 when never analyzed.
     pub row_estimate: i64,
+    /// `reltuples` is known (`>= 0`): the table was vacuumed, analyzed or
+    /// indexed at least once. When false, `row_estimate` is 0 and means nothing.
+    pub rows_known: bool,
     /// `pg_table_size` (heap, TOAST, maps).
     pub table_bytes: i64,
     /// `pg_indexes_size`.
@@ -702,6 +705,7 @@ async fn load_table_inner(
             .unwrap_or_default(),
         tablespace: t.get("tablespace"),
         row_estimate: t.get("row_estimate"),
+        rows_known: t.get("rows_known"),
         table_bytes: t.get("table_bytes"),
         index_bytes: t.get("index_bytes"),
     })

@@ -9,6 +9,7 @@ mod cutover;
 mod cutover_deps;
 mod ddl;
 mod demo;
+mod exit_codes;
 mod harness;
 mod observe;
 mod observe_rewrite;

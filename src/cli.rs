@@ -363,6 +363,40 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn help_and_readme_state_the_one_exit_code_rule() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains(EXIT_CODES_HELP), "{help}");
+        let rule = "0 done; 1 found something or gave up with nothing harmed";
+        assert!(EXIT_CODES_HELP.contains(rule));
+        let readme = include_str!("../README.md");
+        assert!(
+            readme.contains("**0** done; **1** found something or gave\nup with nothing harmed"),
+            "the README states the same rule"
+        );
+        // Each command's own line in --help names its codes.
+        for (cmd, codes) in [
+            ("plan", "Exit 0 ready, 1 blockers found, 2 error"),
+            ("rewrite", "Exit 0 cut over, 1 stopped"),
+            ("status", "Exit 0, 2 error"),
+            ("abort", "Exit 0, 2 error"),
+            (
+                "cutover",
+                "Exit 0 swapped, 1 gave up or the swap rolled back",
+            ),
+            (
+                "verify",
+                "Exit 0 equal, 1 different or no consistent point reached, 2 error",
+            ),
+        ] {
+            let mut c = Cli::command();
+            let sub = c.find_subcommand_mut(cmd).expect(cmd);
+            let text = sub.render_long_help().to_string().replace('\n', " ");
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(text.contains(codes), "{cmd}: {text}");
+        }
+    }
+
+    #[test]
     fn sizes_parse_as_postgresql_writes_them() {
         assert_eq!(parse_size("65536"), Ok(65536));
         assert_eq!(parse_size("0"), Ok(0));

@@ -13,6 +13,13 @@ SELECT a.attnum,
        CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
             THEN pg_catalog.format('%I.%I', cn.nspname, co.collname) END AS collation,
        pg_catalog.col_description(a.attrelid, a.attnum) AS comment,
+       a.attstorage::text AS storage,
+       t.typstorage::text AS type_storage,
+       -- Through jsonb so one text serves every version: attcompression is
+       -- 14+, attstattarget is NULL for the default from 17 on and -1 before.
+       NULLIF(pg_catalog.to_jsonb(a) ->> 'attcompression', '') AS compression,
+       (pg_catalog.to_jsonb(a) ->> 'attstattarget')::int4 AS stattarget,
+       a.attoptions AS options,
        seq.nspname AS seq_schema,
        seq.relname AS seq_name,
        s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache, s.seqcycle

@@ -5,6 +5,8 @@ SELECT c.oid,
        c.relpersistence::text AS relpersistence,
        c.relreplident::text AS relreplident,
        greatest(c.reltuples, 0)::int8 AS row_estimate,
+       -- -1 (14+): never vacuumed, analyzed or indexed; the estimate means nothing.
+       c.reltuples >= 0 AS rows_known,
        CASE WHEN c.relkind IN ('r', 'p') THEN pg_catalog.pg_table_size(c.oid) ELSE 0 END AS table_bytes,
        CASE WHEN c.relkind IN ('r', 'p') THEN pg_catalog.pg_indexes_size(c.oid) ELSE 0 END AS index_bytes,
        pg_catalog.obj_description(c.oid, 'pg_class') AS comment,

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The exit-code rule of every command, shown under `--help`.
+pub const EXIT_CODES_HELP: &str = "Exit codes (every command): 0 done; 1 found something or gave up with nothing harmed (plan blockers, verify differences or no consistent point, a cutover that gave up or whose swap rolled back, a rewrite refused by its preflight or stopped by its data or by Ctrl-C); 2 error.";
+
 /// Rewrite integer references to `users.id` into UUID references, online.
 #[derive(Debug, Parser)]
-#[command(name = "pg-rekey", version, about, long_about = None, propagate_version = true)]
+#[command(name = "pg-rekey", version, about, long_about = None, propagate_version = true, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// Options every command takes.
     #[command(flatten)]
@@ -51,17 +54,21 @@ pub enum Command {
     /// Exit 0 ready, 1 blockers found, 2 error.
     Plan(PlanArgs),
     /// Create the shadows, copy, then stream until the tables are cut over.
+    /// Exit 0 cut over, 1 stopped with the sources untouched (refused by the
+    /// preflight, stopped by the data, Ctrl-C or abort), 2 error.
     Rewrite(RewriteArgs),
     /// One line per table being rewritten: phase, rows, lag, errors.
+    /// Exit 0, 2 error.
     Status(StatusArgs),
     /// Stop the job for these tables and remove its shadows, slot, publication
-    /// and state. The source tables are untouched. Idempotent.
+    /// and state. The source tables are untouched. Idempotent. Exit 0, 2 error.
     Abort(AbortArgs),
     /// Swap shadows into place in one short locked transaction.
-    /// Exit 0 swapped, 1 gave up with the sources untouched, 2 error.
+    /// Exit 0 swapped, 1 gave up or the swap rolled back (sources untouched,
+    /// still streaming), 2 error.
     Cutover(CutoverArgs),
     /// Compare source and shadow (before cutover) or old and new (after).
-    /// Exit 0 equal, 1 different, 2 error.
+    /// Exit 0 equal, 1 different or no consistent point reached, 2 error.
     Verify(VerifyArgs),
     /// Try the whole tool on a throwaway PostgreSQL (or, with --dsn, in a
     /// fresh database on that server): example schema, concurrent workload,
@@ -114,8 +121,10 @@ pub struct RewriteArgs {
     /// Parent table.
     #[command(flatten)]
     pub parent: ParentArgs,
-    /// Tables to rewrite (repeatable, at least one).
-    #[arg(long = "table", required = true)]
+    /// Tables to rewrite (repeatable). Default: every table with a foreign
+    /// key to the parent's primary key, as `plan` finds them (the list is
+    /// printed before the work starts).
+    #[arg(long = "table")]
     pub tables: Vec<String>,
     /// When to cut over.
     #[arg(long, value_enum, default_value_t = CutoverMode::Manual)]
@@ -354,6 +363,40 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn help_and_readme_state_the_one_exit_code_rule() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains(EXIT_CODES_HELP), "{help}");
+        let rule = "0 done; 1 found something or gave up with nothing harmed";
+        assert!(EXIT_CODES_HELP.contains(rule));
+        let readme = include_str!("../README.md");
+        assert!(
+            readme.contains("**0** done; **1** found something or gave\nup with nothing harmed"),
+            "the README states the same rule"
+        );
+        // Each command's own line in --help names its codes.
+        for (cmd, codes) in [
+            ("plan", "Exit 0 ready, 1 blockers found, 2 error"),
+            ("rewrite", "Exit 0 cut over, 1 stopped"),
+            ("status", "Exit 0, 2 error"),
+            ("abort", "Exit 0, 2 error"),
+            (
+                "cutover",
+                "Exit 0 swapped, 1 gave up or the swap rolled back",
+            ),
+            (
+                "verify",
+                "Exit 0 equal, 1 different or no consistent point reached, 2 error",
+            ),
+        ] {
+            let mut c = Cli::command();
+            let sub = c.find_subcommand_mut(cmd).expect(cmd);
+            let text = sub.render_long_help().to_string().replace('\n', " ");
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(text.contains(codes), "{cmd}: {text}");
+        }
+    }
+
+    #[test]
     fn sizes_parse_as_postgresql_writes_them() {
         assert_eq!(parse_size("65536"), Ok(65536));
         assert_eq!(parse_size("0"), Ok(0));
@@ -489,9 +532,16 @@ mod tests {
             }
             _ => panic!("wrong command"),
         }
+        match Cli::try_parse_from(["pg-rekey", "rewrite"])
+            .unwrap()
+            .command
+        {
+            Command::Rewrite(r) => assert!(r.tables.is_empty(), "default: discovered"),
+            _ => panic!("wrong command"),
+        }
         assert!(
-            Cli::try_parse_from(["pg-rekey", "rewrite"]).is_err(),
-            "--table is required"
+            Cli::try_parse_from(["pg-rekey", "cutover"]).is_err(),
+            "cutover needs --table"
         );
         assert!(Cli::try_parse_from([
             "pg-rekey",

@@ -1,6 +1,8 @@
 //! The commands behind the CLI: each turns validated arguments into work and
-//! an exit code (0 ok, 1 "found something" — blockers, differences, gave up —
-//! 2 error, which the binary prints).
+//! an exit code by one rule (0 done; 1 found something or gave up with
+//! nothing harmed — blockers, differences, a cutover that gave up, a stopped
+//! rewrite; 2 error). An `Err` is printed by the binary and mapped to 1 or 2
+//! by [`Error::exit_code`].
 
 use std::io::Write;
 use std::sync::Arc;
@@ -143,13 +145,23 @@ async fn rewrite(
     a: RewriteArgs,
 ) -> Result<ExitCode, Error> {
     let spec = conn_spec(dsn)?;
-    let mut cfg = crate::rewrite::RewriteConfig::new(
-        spec,
-        QualifiedName::parse(&a.parent.parent, "public")
-            .map_err(|e| Error::Config(format!("--parent: {e}")))?,
-        a.parent.uuid_column.clone(),
-        parse_tables(&a.tables)?,
-    );
+    let parent = QualifiedName::parse(&a.parent.parent, "public")
+        .map_err(|e| Error::Config(format!("--parent: {e}")))?;
+    let mut tables = parse_tables(&a.tables)?;
+    if tables.is_empty() {
+        tables = discover_tables(&spec, &parent, &a.parent.uuid_column).await?;
+        print(&format!(
+            "no --table given: rewriting the {} table(s) with a foreign key to {parent}'s key, as plan finds them: {}\n",
+            tables.len(),
+            tables
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?;
+    }
+    let mut cfg =
+        crate::rewrite::RewriteConfig::new(spec, parent, a.parent.uuid_column.clone(), tables);
     cfg.throttle = throttle_limits(&a);
     let progress = JobProgress::new();
     // Metrics and the renderer live as long as the rewrite; `done` ends them.
@@ -193,6 +205,36 @@ async fn rewrite(
             Ok(1)
         }
     }
+}
+
+/// The tables `plan` takes without `--table`: every table with a foreign
+/// key to the parent's primary key (pg-rekey's own tables left out).
+pub async fn discover_tables(
+    spec: &ConnSpec,
+    parent: &QualifiedName,
+    uuid_column: &str,
+) -> Result<Vec<QualifiedName>, Error> {
+    let client = pg::connect(spec, "rewrite-discover").await?;
+    // As `plan` does: only the parent's key is needed to find the tables;
+    // any other problem of the parent is left to the rewrite's preflight,
+    // which reports it with every other blocker.
+    let mut facts = crate::plan::catalog::parent_facts(&client, parent, uuid_column).await?;
+    let (Some(attnum), Some(key)) = (facts.key_attnum, facts.key_column.clone()) else {
+        return Err(match facts.problems.is_empty() {
+            true => crate::plan::PlanError::ParentNoPrimaryKey {
+                table: parent.clone(),
+            },
+            false => facts.problems.remove(0),
+        }
+        .into());
+    };
+    let tables = crate::plan::catalog::discover_by_key(&client, facts.oid, attnum).await?;
+    if tables.is_empty() {
+        return Err(Error::Config(format!(
+            "no table has a foreign key to {parent}({key}): nothing to rewrite; name tables with --table"
+        )));
+    }
+    Ok(tables)
 }
 
 async fn status(dsn: Option<&str>, a: StatusArgs) -> Result<ExitCode, Error> {

@@ -35,7 +35,10 @@
 //! NOT NULL, identity and stored generated columns, validated CHECK
 //! constraints, the primary key (or, without one, the replica identity index:
 //! the apply engine needs the row key from the start), reloptions, tablespace,
-//! replica identity setting, table and column comments.
+//! replica identity setting, table and column comments, and each column's
+//! storage, compression, statistics target and attribute options (`ALTER
+//! COLUMN … SET STORAGE / SET COMPRESSION / SET STATISTICS / SET (…)`; storage
+//! and compression not on reference columns, which `uuid` refuses).
 //!
 //! A reference column loses its default (an integer expression cannot default
 //! a uuid); the preflight warns about it.
@@ -216,6 +219,7 @@ pub fn create_shadow(table: &TableDetail, parent: &ParentSpec) -> Vec<String> {
             ));
         }
     }
+    out.extend(column_settings(table));
     match table.replica_identity.as_str() {
         "f" => out.push(format!("ALTER TABLE {shadow} REPLICA IDENTITY FULL")),
         "n" => out.push(format!("ALTER TABLE {shadow} REPLICA IDENTITY NOTHING")),
@@ -234,6 +238,53 @@ pub fn create_shadow(table: &TableDetail, parent: &ParentSpec) -> Vec<String> {
                 quote_ident(&detail.name),
                 quote_literal(comment)
             ));
+        }
+    }
+    out
+}
+
+/// Per-column settings that `CREATE TABLE` cannot say: storage, compression,
+/// statistics target and attribute options (`n_distinct`, …), so the new
+/// table keeps the source's. Storage and compression are left out for
+/// reference columns: `uuid` is fixed-length and accepts neither.
+fn column_settings(table: &TableDetail) -> Vec<String> {
+    let shadow = table.spec.shadow.quoted();
+    let mut out = Vec::new();
+    for (spec, detail) in table.spec.columns.iter().zip(table.columns.iter()) {
+        let col = quote_ident(&spec.name);
+        let alter = |what: String| format!("ALTER TABLE {shadow} ALTER COLUMN {col} {what}");
+        let is_ref = spec.reference.is_some();
+        let storage = match detail.storage {
+            Some('p') => Some("PLAIN"),
+            Some('e') => Some("EXTERNAL"),
+            Some('m') => Some("MAIN"),
+            Some('x') => Some("EXTENDED"),
+            _ => None,
+        };
+        if let (Some(storage), false) = (storage, is_ref) {
+            out.push(alter(format!("SET STORAGE {storage}")));
+        }
+        let compression = match detail.compression {
+            Some('p') => Some("pglz"),
+            Some('l') => Some("lz4"),
+            _ => None,
+        };
+        if let (Some(method), false) = (compression, is_ref) {
+            out.push(alter(format!("SET COMPRESSION {method}")));
+        }
+        if let Some(n) = detail.statistics {
+            out.push(alter(format!("SET STATISTICS {n}")));
+        }
+        if !detail.options.is_empty() {
+            let opts: Vec<String> = detail
+                .options
+                .iter()
+                .map(|o| match o.split_once('=') {
+                    Some((k, v)) => format!("{} = {}", quote_ident(k), quote_literal(v)),
+                    None => quote_ident(o),
+                })
+                .collect();
+            out.push(alter(format!("SET ({})", opts.join(", "))));
         }
     }
     out
@@ -493,6 +544,10 @@ mod tests {
                 owned_sequence: None,
                 collation: None,
                 comment: None,
+                storage: None,
+                compression: None,
+                statistics: None,
+                options: Vec::new(),
             },
         )
     }
@@ -673,6 +728,7 @@ mod tests {
             reloptions: vec!["fillfactor=70".into()],
             tablespace: None,
             row_estimate: 0,
+            rows_known: true,
             table_bytes: 0,
             index_bytes: 0,
         }
@@ -769,6 +825,37 @@ mod tests {
                 && pos("\"user_id\"") < pos("\"token\"")
                 && pos("\"token\"") < pos("\"parent_id\"")
         );
+    }
+
+    #[test]
+    fn column_storage_compression_statistics_and_options_are_carried() {
+        let mut t = sessions();
+        t.columns[2].storage = Some('e');
+        t.columns[2].compression = Some('p');
+        t.columns[2].statistics = Some(500);
+        t.columns[1].options = vec!["n_distinct=100".into()];
+        // On a reference column, storage and compression are not carried.
+        t.columns[1].storage = Some('x');
+        t.columns[1].compression = Some('l');
+        t.columns[1].statistics = Some(0);
+        let sql = create_shadow(&t, &parent());
+        let s = "ALTER TABLE \"public\".\"_rekey_new_sessions\" ALTER COLUMN";
+        for want in [
+            format!("{s} \"token\" SET STORAGE EXTERNAL"),
+            format!("{s} \"token\" SET COMPRESSION pglz"),
+            format!("{s} \"token\" SET STATISTICS 500"),
+            format!("{s} \"user_id\" SET STATISTICS 0"),
+            format!("{s} \"user_id\" SET (\"n_distinct\" = '100')"),
+        ] {
+            assert!(sql.contains(&want), "{want} missing from {sql:#?}");
+        }
+        assert!(!sql
+            .iter()
+            .any(|x| x.contains("\"user_id\" SET STORAGE")
+                || x.contains("\"user_id\" SET COMPRESSION")));
+        // The keyless variant keeps them too (it is what the rewrite runs).
+        let keyless = create_shadow_for_copy(&t, &parent());
+        assert!(keyless.contains(&format!("{s} \"token\" SET STORAGE EXTERNAL")));
     }
 
     #[test]

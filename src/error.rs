@@ -72,6 +72,16 @@ pub enum Error {
     #[error("stopped: {0}")]
     Stopped(String),
 
+    /// The preflight found blockers, so nothing was created; the message is
+    /// the whole plan (printed once, by whoever reports the error).
+    #[error("{0}")]
+    Blocked(String),
+
+    /// Every attempt ended without the result and nothing was changed (for
+    /// example no consistent point for `verify` within its attempts).
+    #[error("{0}")]
+    GaveUp(String),
+
     /// Local I/O.
     #[error("{context}: {source}")]
     Io {
@@ -108,6 +118,25 @@ impl Error {
             Error::Replication(e) => e.is_transient(),
             Error::Swap(e) => e.is_transient(),
             _ => false,
+        }
+    }
+
+    /// The process exit code of a command that ended with this error, by
+    /// the one rule every command follows: **1** when the command found
+    /// something or gave up with nothing harmed — preflight blockers
+    /// ([`Error::Blocked`]), the data stopping a rewrite (an orphaned
+    /// reference, a `TRUNCATE`, DDL: [`Error::Data`], shadows kept for
+    /// inspection, sources untouched), a swap that failed and rolled back
+    /// ([`Error::Swap`], sources untouched and still streaming), retries
+    /// exhausted ([`Error::GaveUp`]), an interruption ([`Error::Stopped`]);
+    /// **2** for every other error (arguments, connection, privileges, a
+    /// failed statement, the catalogs unreadable). Success is 0.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Blocked(_) | Error::Data(_) | Error::GaveUp(_) | Error::Stopped(_) => 1,
+            Error::Swap(crate::swap::SwapError::Catalog { .. }) => 2,
+            Error::Swap(_) => 1,
+            _ => 2,
         }
     }
 
@@ -217,6 +246,28 @@ mod tests {
         }
         for c in ["23505", "42P01", "42501", "55000", "22P02", "XX000"] {
             assert!(!is_transient_sqlstate(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn exit_codes_follow_one_rule() {
+        for found in [
+            Error::Blocked("plan".into()),
+            Error::Data("orphan".into()),
+            Error::GaveUp("no consistent point".into()),
+            Error::Stopped("ctrl-c".into()),
+            Error::Swap(crate::swap::SwapError::Unsupported {
+                table: crate::pg::QualifiedName::new("public", "t"),
+                objects: vec![],
+            }),
+        ] {
+            assert_eq!(found.exit_code(), 1, "{found}");
+        }
+        for error in [
+            Error::Config("bad flag".into()),
+            Error::Precondition("no snapshot".into()),
+        ] {
+            assert_eq!(error.exit_code(), 2, "{error}");
         }
     }
 

@@ -1,7 +1,10 @@
 //! The `pg-rekey` command: parse arguments, run, map the outcome to an exit code.
 //!
-//! Exit codes: 0 success; 1 "found something" (plan blockers, verify
-//! differences, a cutover that gave up, a stopped rewrite); 2 error.
+//! Exit codes, one rule for every command: 0 done; 1 found something or
+//! gave up with nothing harmed (plan blockers, verify differences, a cutover
+//! that gave up or whose swap rolled back, a rewrite refused by its
+//! preflight or stopped by its data, Ctrl-C); 2 error. Errors map to 1 or 2
+//! by [`pg_rekey::Error::exit_code`].
 
 use clap::Parser;
 
@@ -22,7 +25,7 @@ fn main() -> std::process::ExitCode {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {}", pg_rekey::error::chain(&e));
-            std::process::ExitCode::from(2)
+            std::process::ExitCode::from(e.exit_code())
         }
     }
 }

@@ -149,6 +149,11 @@ pub async fn run(
         match &result {
             Ok(RewriteOutcome::CutOver) => t.set_phase(progress::Phase::CutOver),
             Ok(RewriteOutcome::Aborted) => t.set_phase(progress::Phase::Aborted),
+            // The plan is the error's message, reported once by the caller;
+            // not once per table.
+            Err(Error::Blocked(_)) => {
+                t.fail("refused: the preflight found blockers (see the plan); nothing was created")
+            }
             Err(e) => t.fail(e.to_string()),
         }
     }
@@ -181,7 +186,7 @@ async fn run_job(
         )
         .await?;
         if report.has_blockers() {
-            return Err(Error::Precondition(format!(
+            return Err(Error::Blocked(format!(
                 "preflight found blockers; nothing was created:\n{report}"
             )));
         }

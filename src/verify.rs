@@ -312,6 +312,10 @@ impl From<VerifyError> for crate::error::Error {
                 context: format!("verifying {table} ({step})"),
                 source,
             },
+            // Nothing was changed; the operator may simply retry (exit 1).
+            gave_up @ VerifyError::NoConsistentPoint { .. } => {
+                crate::error::Error::GaveUp(gave_up.to_string())
+            }
             other => crate::error::Error::Precondition(other.to_string()),
         }
     }

@@ -74,6 +74,9 @@ pub struct TableDetail {
     pub tablespace: Option<String>,
     /// `reltuples`, 0 when never analyzed.
     pub row_estimate: i64,
+    /// `reltuples` is known (`>= 0`): the table was vacuumed, analyzed or
+    /// indexed at least once. When false, `row_estimate` is 0 and means nothing.
+    pub rows_known: bool,
     /// `pg_table_size` (heap, TOAST, maps).
     pub table_bytes: i64,
     /// `pg_indexes_size`.
@@ -128,6 +131,14 @@ pub struct ColumnDetail {
     pub collation: Option<String>,
     /// Column comment.
     pub comment: Option<String>,
+    /// `attstorage` (`p`, `e`, `m`, `x`) when it differs from the type's default.
+    pub storage: Option<char>,
+    /// `attcompression` (`p` pglz, `l` lz4) when set (14+).
+    pub compression: Option<char>,
+    /// `attstattarget` when set (`ALTER COLUMN … SET STATISTICS`).
+    pub statistics: Option<i32>,
+    /// `attoptions` (`n_distinct=100`, …).
+    pub options: Vec<String>,
 }
 
 /// Options of an identity column's sequence.
@@ -601,6 +612,18 @@ async fn load_table_inner(
             owned_sequence,
             collation: r.get("collation"),
             comment: r.get("comment"),
+            storage: {
+                let storage: String = r.get("storage");
+                let type_storage: String = r.get("type_storage");
+                (storage != type_storage)
+                    .then(|| storage.chars().next())
+                    .flatten()
+            },
+            compression: first_char_opt(r.get("compression")),
+            statistics: r.get::<_, Option<i32>>("stattarget").filter(|n| *n >= 0),
+            options: r
+                .get::<_, Option<Vec<String>>>("options")
+                .unwrap_or_default(),
         });
     }
 
@@ -682,6 +705,7 @@ async fn load_table_inner(
             .unwrap_or_default(),
         tablespace: t.get("tablespace"),
         row_estimate: t.get("row_estimate"),
+        rows_known: t.get("rows_known"),
         table_bytes: t.get("table_bytes"),
         index_bytes: t.get("index_bytes"),
     })

@@ -156,8 +156,9 @@ pub struct TablePlan {
     pub references: Vec<ReferencePlan>,
     /// Row identity columns.
     pub key: Vec<String>,
-    /// Estimated rows.
-    pub row_estimate: i64,
+    /// Estimated rows (`reltuples`); `None` when the table was never
+    /// vacuumed or analyzed, so the server has no estimate.
+    pub row_estimate: Option<i64>,
     /// Estimated bytes the shadow needs (table, indexes, wider references).
     pub bytes_needed: i64,
     /// Everything read from the catalogs (not serialized).
@@ -225,12 +226,18 @@ impl fmt::Display for PlanReport {
         }
         writeln!(f, "rewrite would rebuild {} table(s):", self.tables.len())?;
         for t in &self.tables {
+            let rows = match t.row_estimate {
+                Some(n) => format!("~{n} rows"),
+                None => format!(
+                    "rows unknown: never analyzed, {} on disk",
+                    human_bytes(t.detail.table_bytes)
+                ),
+            };
             writeln!(
                 f,
-                "  {} -> shadow {} (~{} rows, ~{} needed; key {})",
+                "  {} -> shadow {} ({rows}, ~{} needed; key {})",
                 t.table,
                 t.shadow_table,
-                t.row_estimate,
                 human_bytes(t.bytes_needed),
                 t.key.join(", ")
             )?;
@@ -546,7 +553,7 @@ fn table_plan(detail: TableDetail) -> TablePlan {
             .iter()
             .filter_map(|&i| detail.spec.columns.get(i).map(|c| c.name.clone()))
             .collect(),
-        row_estimate: detail.row_estimate,
+        row_estimate: detail.rows_known.then_some(detail.row_estimate),
         bytes_needed: bytes_needed(&detail),
         references,
         detail,

@@ -33,7 +33,8 @@ SELECT c.oid, pg_catalog.pg_get_userbyid(c.relowner), c.relkind::text,
 
 const TABLE_ACL: &str = "
 SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END,
-       pg_catalog.pg_get_userbyid(a.grantor), a.privilege_type, a.is_grantable
+       pg_catalog.pg_get_userbyid(a.grantor), a.privilege_type, a.is_grantable,
+       c.relacl IS NULL
   FROM pg_catalog.pg_class c,
        LATERAL pg_catalog.aclexplode(coalesce(c.relacl, pg_catalog.acldefault('r', c.relowner))) a
  WHERE c.oid = $1
@@ -174,10 +175,20 @@ SELECT a.attname::text, sn.nspname::text, s.relname::text, d.deptype::text,
  ORDER BY a.attnum, s.relname";
 
 /// Indexes that back no PRIMARY KEY / UNIQUE / EXCLUDE constraint of the table.
+///
+/// The fourth column is the index's shape (see [`CatalogObject::shape`]):
+/// built from `pg_index` and `pg_am`, never from printed text.
 const INDEXES: &str = "
 SELECT i.relname::text, pg_catalog.pg_get_indexdef(x.indexrelid),
-       pg_catalog.obj_description(x.indexrelid, 'pg_class')
+       pg_catalog.obj_description(x.indexrelid, 'pg_class'),
+       pg_catalog.concat_ws('|', x.indisunique, am.amname, x.indnkeyatts,
+              ARRAY(SELECT coalesce(a.attname::text, '')
+                      FROM unnest(x.indkey::pg_catalog.int2[]) WITH ORDINALITY u(n, o)
+                      LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.n
+                     ORDER BY u.o)::text,
+              x.indexprs IS NOT NULL, x.indpred IS NOT NULL)
   FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+  JOIN pg_catalog.pg_am am ON am.oid = i.relam
  WHERE x.indrelid = $1
    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k
                     WHERE k.conindid = x.indexrelid AND k.conrelid = x.indrelid
@@ -201,7 +212,11 @@ SELECT k.conname::text, k.contype::text, k.convalidated,
                      ORDER BY u.o)::text,
               CASE WHEN k.confrelid = k.conrelid THEN 0::oid ELSE k.confrelid END::text,
               k.confupdtype, k.confdeltype, k.confmatchtype, k.condeferrable, k.condeferred)
-            ELSE pg_catalog.pg_get_constraintdef(k.oid) END
+            ELSE pg_catalog.pg_get_constraintdef(k.oid) END,
+       pg_catalog.concat_ws('|', k.contype,
+              ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, o)
+                      JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n
+                     ORDER BY u.o)::text)
   FROM pg_catalog.pg_constraint k
  WHERE k.conrelid = $1 AND k.contype IN ('p', 'u', 'x', 'f', 'c', 'n')
  ORDER BY k.conname";
@@ -654,6 +669,7 @@ async fn load<C: GenericClient + Sync>(
 
     let acl = acl.map_err(err)?;
     let shadow_acl = shadow_acl.map_err(err)?;
+    let shadow_acl_default = shadow_acl.owner_default && shadow_acl.columns.is_empty();
     let mut shadow_grantees: BTreeSet<Grantee> = BTreeSet::new();
     for p in shadow_acl
         .table
@@ -762,6 +778,7 @@ async fn load<C: GenericClient + Sync>(
         shadow_owner: shd.owner,
         acl,
         shadow_grantees: shadow_grantees.into_iter().collect(),
+        shadow_acl_default,
         rls_enabled: src.rls_enabled,
         rls_forced: src.rls_forced,
         policies,
@@ -823,7 +840,10 @@ async fn load_acl<C: GenericClient + Sync>(
         rows_by_oid(client, TABLE_ACL, oid),
         rows_by_oid(client, COLUMN_ACL, oid)
     );
-    let table = table_rows?
+    let table_rows = table_rows?;
+    // An empty (non-NULL) ACL explodes into no rows: not the owner's default.
+    let owner_default = table_rows.first().is_some_and(|r| r.get::<_, bool>(4));
+    let table = table_rows
         .iter()
         .map(|r| Privilege {
             grantee: Grantee::from_nullable(r.get(0)),
@@ -849,7 +869,11 @@ async fn load_acl<C: GenericClient + Sync>(
             }),
         }
     }
-    Ok(Acl { table, columns })
+    Ok(Acl {
+        owner_default,
+        table,
+        columns,
+    })
 }
 
 async fn load_triggers<C: GenericClient + Sync>(
@@ -953,6 +977,7 @@ async fn load_objects<C: GenericClient + Sync>(
             kind: ObjectKind::Index,
             name: r.get(0),
             key: index_key(&def, regclass),
+            shape: r.get(3),
             validated: true,
             comment: r.get(2),
         });
@@ -972,6 +997,7 @@ async fn load_objects<C: GenericClient + Sync>(
             } else {
                 constraint_key(&contype, &def)
             },
+            shape: r.get(5),
             validated: r.get(2),
             comment: r.get(3),
         });

@@ -37,11 +37,17 @@
 //!   identity column's sequence cannot move, so the new table's identity
 //!   sequence is set to the old one's `last_value`/`is_called`, read inside the
 //!   swap transaction (no insert into the source can run while it is locked).
-//! - **Names.** Index and constraint names are matched by definition, not by
-//!   name (see [`sql::match_objects`]): index definitions with the index and
-//!   table name cut off, constraint definitions without `NOT VALID`, foreign
-//!   keys by their columns, target table and actions (a reference column's key
-//!   targets `users(uuid)` instead of `users(id)` but is the same key). The old
+//! - **Names.** Index and constraint names are paired by construction, not
+//!   by printed text (see [`sql::match_objects`]): the shadow object built
+//!   from source object `n` is the one the shadow DDL named after `n`
+//!   (`_rekey_new_n` for indexes and index-backed constraints, `n` itself for
+//!   CHECK and FOREIGN KEY constraints), provided it has the same kind and
+//!   shape (uniqueness, access method, columns, expression and predicate
+//!   present; a constraint's type and columns). Only objects left over — made
+//!   on the shadow by hand under other names — are matched by definition
+//!   (index definitions with the index and table name cut off, constraint
+//!   definitions without `NOT VALID`, foreign keys by their columns, target
+//!   table and actions). The old
 //!   table's indexes and index-backed constraints (their names share the
 //!   schema's relation namespace) are renamed to [`old_object_name`] first,
 //!   then the shadow's get the originals.
@@ -261,6 +267,10 @@ pub struct ColumnPrivileges {
 /// made explicit (`acldefault` when `relacl` is NULL), plus column ACLs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Acl {
+    /// `relacl` is NULL: nobody ever granted or revoked anything on the
+    /// table itself, and `table` is the owner's default. The swap then leaves
+    /// the new table's `relacl` NULL too instead of spelling the default out.
+    pub owner_default: bool,
     /// Table-level entries.
     pub table: Vec<Privilege>,
     /// Column-level entries, by column.
@@ -470,6 +480,9 @@ pub struct Dependents {
     pub acl: Acl,
     /// Every grantee in the shadow's table and column ACLs (revoked first).
     pub shadow_grantees: Vec<Grantee>,
+    /// The shadow's `relacl` is NULL and none of its columns has an ACL:
+    /// nothing to revoke, and an owner-default source ACL needs no statement.
+    pub shadow_acl_default: bool,
     /// `relrowsecurity`.
     pub rls_enabled: bool,
     /// `relforcerowsecurity`.

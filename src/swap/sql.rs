@@ -44,6 +44,12 @@ pub struct CatalogObject {
     pub name: String,
     /// The matching key ([`index_key`], [`constraint_key`]).
     pub key: String,
+    /// What the object is made of, independent of how the server prints
+    /// it: for an index its uniqueness, access method, key and INCLUDE
+    /// column names (empty for an expression), number of key columns and
+    /// whether it is partial; for a constraint its type and column names.
+    /// A shadow object paired by construction must have the same shape.
+    pub shape: String,
     /// `convalidated` (always true for indexes).
     pub validated: bool,
     /// Its comment.
@@ -76,45 +82,95 @@ pub fn constraint_key(contype: &str, definition: &str) -> String {
     format!("{contype}|{def}")
 }
 
-/// Pair source and shadow objects with equal kind and key, one to one; equal
-/// keys (duplicate indexes) pair in name order. Returns the pairs and the
-/// names of source objects left without a partner.
+/// Pair each source object with the shadow object built from it.
+///
+/// **By construction first.** The shadow DDL ([`crate::ddl`]) names the
+/// shadow's index or index-backed constraint built from source object `n`
+/// [`crate::ddl::shadow_object_name`]`(n)`, and keeps a CHECK or FOREIGN KEY
+/// constraint's own name; NOT NULL constraints (catalogued from 18 on) are
+/// named by the server after the shadow table, which gives the same derived
+/// name. So the shadow object with that name, of the same kind and the same
+/// [`CatalogObject::shape`], is the source object's counterpart — whatever
+/// text `pg_get_indexdef` prints for either (an index built from a printed
+/// predicate can print differently from the one it was built from: the casts
+/// inside `ANY (ARRAY[…])` move).
+///
+/// **Then by key**, for the objects left: equal kind and key
+/// ([`index_key`], [`constraint_key`], a foreign key's columns, target and
+/// actions), one to one, duplicates in name order. This only serves objects
+/// pg-rekey did not build (created on the shadow by hand under another
+/// name).
+///
+/// Returns the pairs and the names of source objects left without a partner.
 pub fn match_objects(
     source: &[CatalogObject],
     shadow: &[CatalogObject],
 ) -> (Vec<ObjectRename>, Vec<String>) {
-    let mut pool: BTreeMap<(u8, &str), Vec<&CatalogObject>> = BTreeMap::new();
     let kind_no = |k: ObjectKind| match k {
         ObjectKind::Index => 0u8,
         ObjectKind::IndexConstraint => 1,
         ObjectKind::Constraint => 2,
     };
-    let mut shadow_sorted: Vec<&CatalogObject> = shadow.iter().collect();
-    shadow_sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    for s in shadow_sorted.into_iter().rev() {
-        pool.entry((kind_no(s.kind), s.key.as_str()))
-            .or_default()
-            .push(s);
-    }
     let mut source_sorted: Vec<&CatalogObject> = source.iter().collect();
     source_sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let pair = |s: &CatalogObject, h: &CatalogObject| ObjectRename {
+        kind: s.kind,
+        original: s.name.clone(),
+        shadow: h.name.clone(),
+        comment: s.comment.clone(),
+        validate: s.validated && !h.validated,
+    };
+
+    // By construction: the name the shadow DDL gave the object built from `s`.
+    let mut taken: HashSet<&str> = HashSet::new();
     let mut pairs = Vec::new();
-    let mut unmatched = Vec::new();
+    let mut rest: Vec<&CatalogObject> = Vec::new();
     for s in source_sorted {
+        let derived = crate::ddl::shadow_object_name(&s.name);
+        let candidates: Vec<&str> = match s.kind {
+            ObjectKind::Constraint => vec![s.name.as_str(), derived.as_str()],
+            _ => vec![derived.as_str()],
+        };
+        let built = candidates.iter().find_map(|name| {
+            shadow.iter().find(|h| {
+                h.name == *name
+                    && h.kind == s.kind
+                    && h.shape == s.shape
+                    && !taken.contains(h.name.as_str())
+            })
+        });
+        match built {
+            Some(h) => {
+                taken.insert(h.name.as_str());
+                pairs.push(pair(s, h));
+            }
+            None => rest.push(s),
+        }
+    }
+
+    // By key, among what is left.
+    let mut pool: BTreeMap<(u8, &str), Vec<&CatalogObject>> = BTreeMap::new();
+    let mut shadow_sorted: Vec<&CatalogObject> = shadow
+        .iter()
+        .filter(|h| !taken.contains(h.name.as_str()))
+        .collect();
+    shadow_sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    for h in shadow_sorted.into_iter().rev() {
+        pool.entry((kind_no(h.kind), h.key.as_str()))
+            .or_default()
+            .push(h);
+    }
+    let mut unmatched = Vec::new();
+    for s in rest {
         match pool
             .get_mut(&(kind_no(s.kind), s.key.as_str()))
             .and_then(|v| v.pop())
         {
-            Some(h) => pairs.push(ObjectRename {
-                kind: s.kind,
-                original: s.name.clone(),
-                shadow: h.name.clone(),
-                comment: s.comment.clone(),
-                validate: s.validated && !h.validated,
-            }),
+            Some(h) => pairs.push(pair(s, h)),
             None => unmatched.push(s.name.clone()),
         }
     }
+    pairs.sort_by(|a, b| a.original.cmp(&b.original));
     (pairs, unmatched)
 }
 
@@ -434,7 +490,15 @@ fn table_steps(out: &mut Vec<SwapStep>, d: &Dependents) {
     }
     let mut revoke: Vec<Grantee> = d.shadow_grantees.clone();
     revoke.push(Grantee::Role(d.shadow_owner.clone()));
-    acl_steps(out, &label, &t, &d.owner, &revoke, &d.acl);
+    acl_steps(
+        out,
+        &label,
+        &t,
+        &d.owner,
+        &revoke,
+        d.shadow_acl_default,
+        &d.acl,
+    );
     step(
         out,
         &label,
@@ -634,27 +698,38 @@ const PRIVILEGES: &[&str] = &[
 /// the owner and PUBLIC, then grant each entry. A grant made by someone other
 /// than the owner is replayed as that grantor (`SET LOCAL ROLE`), after the
 /// grant that gave the grantor its grant option.
+///
+/// When `acl` is the owner's default (`relacl` NULL) and so is the target's
+/// (`target_default`: NULL `relacl`, no column ACLs), the table-level ACL is
+/// left alone: any `GRANT` or `REVOKE` on the table would store the default
+/// explicitly, the same rights but not the same catalog. Column grants only
+/// touch `attacl` and are replayed either way.
+#[allow(clippy::too_many_arguments)]
 fn acl_steps(
     out: &mut Vec<SwapStep>,
     label: &str,
     target: &str,
     owner: &str,
     revoke: &[Grantee],
+    target_default: bool,
     acl: &Acl,
 ) {
+    let keep_default = acl.owner_default && target_default;
     let mut from: Vec<Grantee> = revoke.to_vec();
     from.push(Grantee::Public);
     from.push(Grantee::Role(owner.to_string()));
     from.sort();
     from.dedup();
-    step(
-        out,
-        label,
-        format!(
-            "REVOKE ALL ON TABLE {target} FROM {} CASCADE",
-            from.iter().map(Grantee::sql).collect::<Vec<_>>().join(", ")
-        ),
-    );
+    if !keep_default {
+        step(
+            out,
+            label,
+            format!(
+                "REVOKE ALL ON TABLE {target} FROM {} CASCADE",
+                from.iter().map(Grantee::sql).collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
 
     // Table level: (grantor, grantee, grantable) → privileges, one GRANT each.
     // Column level: (grantor, grantee, grantable, privilege) → columns.
@@ -663,7 +738,7 @@ fn acl_steps(
     for p in acl
         .table
         .iter()
-        .filter(|p| PRIVILEGES.contains(&p.privilege.as_str()))
+        .filter(|p| !keep_default && PRIVILEGES.contains(&p.privilege.as_str()))
     {
         table_grants
             .entry((p.grantor.clone(), p.grantee.clone(), p.grantable))
@@ -887,7 +962,8 @@ fn view_steps(out: &mut Vec<SwapStep>, v: &View) {
             ),
         );
     }
-    acl_steps(out, &label, &name, &v.owner, &[], &v.acl);
+    // A re-created view starts with a NULL ACL and no column ACLs.
+    acl_steps(out, &label, &name, &v.owner, &[], true, &v.acl);
     if let Some(c) = &v.comment {
         step(
             out,
@@ -933,6 +1009,7 @@ mod tests {
             kind,
             name: name.into(),
             key: key.into(),
+            shape: key.into(),
             validated,
             comment: None,
         }
@@ -968,6 +1045,7 @@ mod tests {
             shadow_owner: "rekey".into(),
             acl: Acl::default(),
             shadow_grantees: vec![],
+            shadow_acl_default: false,
             rls_enabled: false,
             rls_forced: false,
             policies: vec![],
@@ -1097,6 +1175,56 @@ mod tests {
             ]
         );
         assert_eq!(unmatched, vec!["t_expr".to_string()]);
+    }
+
+    #[test]
+    fn objects_pair_by_the_name_they_were_built_under_whatever_their_text() {
+        // The shadow's predicate prints differently (casts moved), and two
+        // source indexes share one definition: only the construction tells
+        // which is which.
+        let shape = "t|btree|1|{user_id}|f|t";
+        let mut src_idx = obj(
+            ObjectKind::Index,
+            "unique_wip",
+            "UNIQUE USING btree (user_id) WHERE ((status)::text = ANY ((ARRAY['a'::character varying])::text[]))",
+            true,
+        );
+        src_idx.shape = shape.into();
+        let mut shd_idx = obj(
+            ObjectKind::Index,
+            "_rekey_new_unique_wip",
+            "UNIQUE USING btree (user_id) WHERE ((status)::text = ANY (ARRAY[('a'::character varying)::text]))",
+            true,
+        );
+        shd_idx.shape = shape.into();
+        let a = obj(ObjectKind::Index, "s_a", "USING btree (s)", true);
+        let b = obj(ObjectKind::Index, "s_b", "USING btree (s)", true);
+        let mut b_shd = b.clone();
+        b_shd.name = "_rekey_new_s_b".into();
+        let mut a_shd = a.clone();
+        a_shd.name = "_rekey_new_s_a".into();
+        // Built under the derived name but of another shape: not its partner.
+        let mut other = obj(ObjectKind::Index, "other", "USING btree (x)", true);
+        other.shape = "f|btree|1|{x}|f|f".into();
+        let mut other_shd = other.clone();
+        other_shd.name = "_rekey_new_other".into();
+        other_shd.shape = "f|btree|1|{y}|f|f".into();
+        other_shd.key = "USING btree (y)".into();
+        let (pairs, unmatched) =
+            match_objects(&[src_idx, b, a, other], &[a_shd, shd_idx, b_shd, other_shd]);
+        let map: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|p| (p.original.as_str(), p.shadow.as_str()))
+            .collect();
+        assert_eq!(
+            map,
+            vec![
+                ("s_a", "_rekey_new_s_a"),
+                ("s_b", "_rekey_new_s_b"),
+                ("unique_wip", "_rekey_new_unique_wip"),
+            ]
+        );
+        assert_eq!(unmatched, vec!["other".to_string()]);
     }
 
     #[test]
@@ -1333,6 +1461,7 @@ mod tests {
             };
         d.shadow_grantees = vec![Grantee::Role("stray".into())];
         d.acl = Acl {
+            owner_default: false,
             table: vec![
                 p(Some("app"), "app", "SELECT", false),
                 p(Some("lead"), "app", "SELECT", true),
@@ -1373,6 +1502,26 @@ mod tests {
             !sql.iter().any(|x| x.contains("DROP TABLE")),
             "unknown privilege words are never pasted"
         );
+
+        // The owner's default (NULL relacl) on both sides: no table-level
+        // statement at all, column grants still replayed.
+        d.acl.owner_default = true;
+        d.acl.table = vec![p(Some("app"), "app", "SELECT", false)];
+        d.shadow_acl_default = true;
+        let sql = swap_sql(&d, &SwapNames::derive(&d.source)).sql();
+        assert!(
+            !sql.iter()
+                .any(|x| x.contains("REVOKE") || x.contains("GRANT SELECT")),
+            "{sql:#?}"
+        );
+        assert!(sql.contains(
+            &"GRANT UPDATE (\"a\", \"b\") ON TABLE \"public\".\"t\" TO \"reader\"".to_string()
+        ));
+        // The shadow got grants of its own: revoke and spell it out.
+        d.shadow_acl_default = false;
+        let sql = swap_sql(&d, &SwapNames::derive(&d.source)).sql();
+        assert!(sql.iter().any(|x| x.starts_with("REVOKE ALL ON TABLE")));
+        assert!(sql.contains(&"GRANT SELECT ON TABLE \"public\".\"t\" TO \"app\"".to_string()));
     }
 
     #[test]

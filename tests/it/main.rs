@@ -3,11 +3,13 @@
 mod support;
 
 mod apply_pipeline;
+mod carry;
 mod copy;
 mod cutover;
 mod cutover_deps;
 mod ddl;
 mod demo;
+mod exit_codes;
 mod harness;
 mod observe;
 mod observe_rewrite;

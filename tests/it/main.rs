@@ -7,6 +7,7 @@ mod copy;
 mod cutover;
 mod cutover_deps;
 mod ddl;
+mod deferred;
 mod demo;
 mod harness;
 mod observe;

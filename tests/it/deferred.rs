@@ -59,15 +59,21 @@ async fn count(c: &Client, query: &str) -> i64 {
 
 /// The schema, seeded, with a rewrite of `items` and `members` streaming.
 async fn streaming() -> (TestDb, Client, Job) {
+    streaming_with(|_| {}).await
+}
+
+/// [`streaming`], with the rewrite's configuration adjusted by `tweak`.
+async fn streaming_with(tweak: impl FnOnce(&mut RewriteConfig)) -> (TestDb, Client, Job) {
     let db = TestDb::new().await;
     let c = db.client().await;
     sql(&c, SCHEMA).await;
-    let cfg = RewriteConfig::new(
+    let mut cfg = RewriteConfig::new(
         db.spec.clone(),
         public("users"),
         "uuid",
         vec![public("items"), public("members")],
     );
+    tweak(&mut cfg);
     let (stop, rx) = watch::channel(false);
     let handle = tokio::spawn(async move {
         rewrite::run(&cfg, rx, pg_rekey::progress::JobProgress::new()).await
@@ -377,6 +383,45 @@ async fn reference_with_no_parent_at_commit_stops_even_after_other_parents_arriv
         before,
         "nothing of the orphan's transaction applied"
     );
+    abort_both(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_transaction_larger_than_the_bound_stops_saying_so() {
+    let (db, c, job) = streaming_with(|cfg| cfg.batch.max_txn_buffer = 64 * 1024).await;
+    // Under the bound: held and applied.
+    sql(
+        &c,
+        "BEGIN;
+           INSERT INTO items (user_id, note) SELECT 8001, 'small ' || g FROM generate_series(1, 20) g;
+           INSERT INTO users (id, name) VALUES (8001, 'after 20 children');
+         COMMIT",
+    )
+    .await;
+    catch_up(&c).await;
+    assert_both_translated(&c).await;
+    same_rows_for(&c, "items", "8001", false).await;
+    let before = shadow_rows(&c).await;
+    // Over it: the job stops (it never applies part of a transaction).
+    sql(
+        &c,
+        "BEGIN;
+           INSERT INTO items (user_id, note) SELECT 8002, repeat('x', 200) FROM generate_series(1, 2000) g;
+           INSERT INTO users (id, name) VALUES (8002, 'after 2000 children');
+         COMMIT",
+    )
+    .await;
+    let text = expect_stopped(&c, job).await;
+    for part in [
+        "inserts later",
+        "64.0 KiB",
+        "parents first",
+        "max_txn_buffer",
+        "abort",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+    assert_eq!(shadow_rows(&c).await, before, "nothing of it applied");
     abort_both(&db).await;
 }
 

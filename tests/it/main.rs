@@ -9,6 +9,7 @@ mod cutover_deps;
 mod ddl;
 mod deferred;
 mod demo;
+mod django;
 mod harness;
 mod observe;
 mod observe_rewrite;

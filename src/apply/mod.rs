@@ -612,7 +612,7 @@ impl Applier {
         })?;
         let lookup = TxnLookup {
             map: &self.map,
-            deleted: &self.txn.deleted,
+            deleted: self.txn.deleted(),
             ahead: self.txn.ahead.as_ref(),
         };
         Ok(f(&RowTranslator {
@@ -658,10 +658,10 @@ impl Applier {
                 self.parent_delete_key(old_key);
             }
         }
-        self.txn.uuid_taken(key, uuid);
+        self.txn.holds(key, uuid);
         // Deleted earlier in this transaction and back now: references the
         // transaction wrote to the key in between are the new row's at commit.
-        if let Some(gone) = self.txn.deleted.remove(&key) {
+        if let Some(gone) = self.txn.undelete(key) {
             self.map_set(key, uuid);
             if gone != uuid {
                 return self.follow_uuid_change(gone, uuid).await;
@@ -696,7 +696,7 @@ impl Applier {
         if let Some(uuid) = self.map.get(key) {
             self.map_undo.push((self.txn_final, key, Some(uuid)));
             self.map.remove(key);
-            self.txn.deleted.insert(key, uuid);
+            self.txn.delete(key, uuid);
         }
     }
 

@@ -43,10 +43,18 @@ pub const MAX_WRITTEN_KEYS: usize = 1 << 20;
 pub struct TxnState {
     /// Parent keys deleted in this transaction (and not inserted again), with
     /// the uuid each had when deleted.
-    pub deleted: HashMap<i64, Uuid>,
+    deleted: HashMap<i64, Uuid>,
+    /// Every uuid a key deleted in this transaction had.
+    deleted_uuids: HashSet<Uuid>,
     /// Parent keys this transaction wrote references to; `None` once more
     /// than [`MAX_WRITTEN_KEYS`] (then every deleted key counts as written).
     written: Option<HashSet<i64>>,
+    /// Of the uuids deleted keys had, those a parent row holds again now
+    /// (a key change moves the uuid to another key), with the key; and the
+    /// reverse. Only such uuids are tracked, so this stays within the size
+    /// of `deleted`.
+    holders: HashMap<Uuid, i64>,
+    held_by: HashMap<i64, Uuid>,
     /// The rest of the transaction, held after a reference that did not
     /// resolve yet.
     pub buffer: Option<Buffer>,
@@ -58,7 +66,10 @@ impl Default for TxnState {
     fn default() -> Self {
         TxnState {
             deleted: HashMap::new(),
+            deleted_uuids: HashSet::new(),
             written: Some(HashSet::new()),
+            holders: HashMap::new(),
+            held_by: HashMap::new(),
             buffer: None,
             ahead: None,
         }
@@ -78,23 +89,56 @@ impl TxnState {
     }
 
     /// Parent keys deleted by this transaction, absent at its commit, that it
-    /// wrote references to — with the uuid such references hold. Sorted by
-    /// key (deterministic errors).
+    /// wrote references to — with the uuid such references hold. A uuid
+    /// another key holds now (a key change) is left out: rows holding it
+    /// reference that key. Sorted by key (deterministic errors).
     pub fn orphan_candidates(&self) -> Vec<(i64, Uuid)> {
         let mut v: Vec<(i64, Uuid)> = self
             .deleted
             .iter()
-            .filter(|(k, _)| self.written.as_ref().is_none_or(|w| w.contains(k)))
+            .filter(|(k, u)| {
+                self.written.as_ref().is_none_or(|w| w.contains(k)) && !self.holders.contains_key(u)
+            })
             .map(|(k, u)| (*k, *u))
             .collect();
         v.sort_unstable();
         v
     }
 
-    /// A parent row now holds `uuid` under `key`: a deleted key whose uuid
-    /// that was is no longer what rows holding the uuid reference.
-    pub fn uuid_taken(&mut self, key: i64, uuid: Uuid) {
-        self.deleted.retain(|k, u| *k == key || *u != uuid);
+    /// Keys deleted in this transaction, with their uuids.
+    pub fn deleted(&self) -> &HashMap<i64, Uuid> {
+        &self.deleted
+    }
+
+    /// Parent key `key`, which had `uuid`, was deleted (or changed to
+    /// another key).
+    pub fn delete(&mut self, key: i64, uuid: Uuid) {
+        self.gone(key);
+        self.deleted.insert(key, uuid);
+        self.deleted_uuids.insert(uuid);
+    }
+
+    /// Parent key `key` exists again: the uuid it had when deleted, if it was.
+    pub fn undelete(&mut self, key: i64) -> Option<Uuid> {
+        self.deleted.remove(&key)
+    }
+
+    /// A parent row of this transaction now holds `uuid` under `key`.
+    pub fn holds(&mut self, key: i64, uuid: Uuid) {
+        self.gone(key);
+        if self.deleted_uuids.contains(&uuid) {
+            self.holders.insert(uuid, key);
+            self.held_by.insert(key, uuid);
+        }
+    }
+
+    /// Parent key `key` no longer holds the uuid recorded for it.
+    fn gone(&mut self, key: i64) {
+        if let Some(u) = self.held_by.remove(&key) {
+            if self.holders.get(&u) == Some(&key) {
+                self.holders.remove(&u);
+            }
+        }
     }
 }
 
@@ -345,13 +389,19 @@ mod tests {
     #[test]
     fn orphan_candidates_are_deleted_and_written() {
         let mut s = TxnState::default();
-        s.deleted.insert(1, Uuid::from_u128(1));
-        s.deleted.insert(2, Uuid::from_u128(2));
+        s.delete(1, Uuid::from_u128(1));
+        s.delete(2, Uuid::from_u128(2));
         s.record_written(2);
         s.record_written(3);
         assert_eq!(s.orphan_candidates(), vec![(2, Uuid::from_u128(2))]);
         // Another key took uuid 2: rows holding it are that key's.
-        s.uuid_taken(9, Uuid::from_u128(2));
+        s.holds(9, Uuid::from_u128(2));
+        assert!(s.orphan_candidates().is_empty());
+        // Until that key is gone too.
+        s.delete(9, Uuid::from_u128(2));
+        assert_eq!(s.orphan_candidates(), vec![(2, Uuid::from_u128(2))]);
+        assert_eq!(s.undelete(9), Some(Uuid::from_u128(2)));
+        s.holds(9, Uuid::from_u128(2));
         assert!(s.orphan_candidates().is_empty());
         // Past the bound every deleted key is a candidate.
         s.written = Some((0..MAX_WRITTEN_KEYS as i64).map(|k| k + 100).collect());

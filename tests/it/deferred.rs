@@ -237,14 +237,29 @@ async fn parent_uuid_changed_and_child_inserted_in_one_transaction_either_order(
            UPDATE users SET uuid = gen_random_uuid() WHERE id = 5011;
            UPDATE members SET team = 'moved' WHERE user_id = 5011;
          COMMIT",
+        // The parent's key changes (its uuid goes with it), children after;
+        // `members` finds its rows by the old key, which is gone by then.
+        "BEGIN;
+           UPDATE users SET id = 9040 WHERE id = 40;
+           UPDATE members SET user_id = 9040 WHERE user_id = 40;
+           UPDATE items SET user_id = 9040 WHERE user_id = 40;
+         COMMIT",
+        // Children first, then the key change.
+        "BEGIN;
+           UPDATE members SET user_id = 9041 WHERE user_id = 41;
+           UPDATE items SET user_id = 9041 WHERE user_id = 41;
+           UPDATE users SET id = 9041 WHERE id = 41;
+         COMMIT",
     ];
     for change in changes {
         sql(&c, change).await;
     }
     catch_up(&c).await;
     assert_both_translated(&c).await;
-    same_rows_for(&c, "items", "20, 21, 5010", false).await;
-    same_rows_for(&c, "members", "20, 21, 5010, 5011", false).await;
+    same_rows_for(&c, "items", "20, 21, 5010, 9040, 9041", false).await;
+    same_rows_for(&c, "members", "20, 21, 5010, 5011, 9040, 9041", false).await;
+    same_rows_for(&c, "items", "40, 41", true).await;
+    same_rows_for(&c, "members", "40, 41", true).await;
     job.stop().await;
 }
 

@@ -17,7 +17,7 @@
 //! # Memory
 //!
 //! `deleted` holds one entry per parent row deleted in the transaction. The
-//! written keys are at most [`MAX_WRITTEN_KEYS`] (≈ 40 MB); past that the
+//! written keys are at most [`MAX_WRITTEN_KEYS`] (≈ 20 MB); past that the
 //! set is dropped and every deleted key is checked at commit instead (the
 //! same answer, more queries). The buffer holds the decoded rest of one
 //! transaction, at most the configured number of bytes of row data

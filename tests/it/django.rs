@@ -135,16 +135,8 @@ async fn django_contrib_schema_rewritten_and_cut_over_under_deferred_child_first
     assert_eq!(found, expected, "{report:?}");
     assert!(!report.has_blockers(), "{:?}", report.findings);
 
-    let tables: Vec<QualifiedName> = REFERENCING.iter().map(|(t, _)| public(t)).collect();
-    let names: Vec<&str> = REFERENCING.iter().map(|(t, _)| *t).collect();
-    let cfg = RewriteConfig::new(db.spec.clone(), public("auth_user"), "uuid", tables.clone());
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let job = tokio::spawn(async move {
-        rewrite::run(&cfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
-    });
-    wait_phase(&c, &names, "streaming").await;
-
-    // Two writers until the swap makes their integer writes fail.
+    // Two writers, from before the rewrite starts until the swap makes
+    // their integer writes fail.
     let stop = Arc::new(AtomicBool::new(false));
     let commits = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
@@ -166,6 +158,16 @@ async fn django_contrib_schema_rewritten_and_cut_over_under_deferred_child_first
             None
         }));
     }
+    let tables: Vec<QualifiedName> = REFERENCING.iter().map(|(t, _)| public(t)).collect();
+    let names: Vec<&str> = REFERENCING.iter().map(|(t, _)| *t).collect();
+    let cfg = RewriteConfig::new(db.spec.clone(), public("auth_user"), "uuid", tables.clone());
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let job = tokio::spawn(async move {
+        rewrite::run(&cfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
+    });
+    // Writes committed during the copy come through the slot.
+    wait_phase(&c, &names, "streaming").await;
+
     let at = commits.load(Ordering::Relaxed);
     wait_for("writes while streaming", Duration::from_secs(120), || {
         let commits = commits.clone();

@@ -587,6 +587,49 @@ mod tests {
     }
 
     #[test]
+    fn references_name_what_a_row_image_writes() {
+        let s = spec();
+        let b = bind_relation(
+            &s,
+            &rel(&[
+                ("id", 20, true),
+                ("user_id", 20, false),
+                ("blob", 25, false),
+            ]),
+            Lsn(1),
+        )
+        .unwrap();
+        let tr = RowTranslator {
+            spec: &s,
+            bound: &b,
+            map: &map,
+            lsn: Lsn(9),
+        };
+        // Only reference columns; NULL and unchanged values name no key.
+        let row = vec![t("10"), t("77"), t("5")];
+        assert_eq!(tr.references(&row).collect::<Vec<_>>(), vec![77]);
+        let row = vec![t("10"), TupleValue::Null, t("5")];
+        assert!(tr.references(&row).next().is_none());
+        let row = vec![t("10"), TupleValue::UnchangedToast, t("5")];
+        assert!(tr.references(&row).next().is_none());
+        let e = TranslateError::OrphanAtCommit {
+            table: "public.sessions".into(),
+            column: "user_id".into(),
+            value: 6001,
+            lsn: Lsn(0x10),
+        };
+        let text = e.to_string();
+        for part in [
+            "public.sessions.user_id = 6001",
+            "its own transaction deleted",
+            "LSN 0/10",
+            "abort",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from {text}");
+        }
+    }
+
+    #[test]
     fn parent_rows() {
         let u = "6f1e0c1e-0000-4000-8000-000000000001";
         assert_eq!(
@@ -599,6 +642,9 @@ mod tests {
         );
         assert!(parent_entry(&vec![t("x"), t(u)], 0, 1).is_err());
         assert!(parent_entry(&vec![t("3")], 0, 1).is_err());
+        // An old key tuple: the key, or nothing when the identity leaves it out.
+        assert_eq!(parent_key(&vec![t("3"), TupleValue::Null], 0), Some(3));
+        assert_eq!(parent_key(&vec![TupleValue::Null, t(u)], 0), None);
     }
 
     #[test]

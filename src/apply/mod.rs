@@ -407,7 +407,7 @@ impl Applier {
         };
         buf.push(msg, lsn).map_err(|bytes| {
             Error::Data(format!(
-                "the transaction committing at LSN {} references a parent row it inserts later, and the rest of it ({} at LSN {lsn}) exceeds the {} pg-rekey holds in memory to resolve references at commit; load such data parents first or in smaller transactions (or raise BatchLimits::max_txn_buffer), then `pg-rekey abort` and start the rewrite again",
+                "the transaction committing at LSN {} references a parent row it inserts later, and the rest of it ({} at LSN {lsn}) exceeds the {} pg-rekey holds in memory to resolve references at commit; load such data parents first or in smaller transactions, then `pg-rekey abort` and start the rewrite again (embedding pg-rekey as a library: BatchLimits::max_txn_buffer sets the bound)",
                 self.txn_final,
                 crate::progress::format_bytes(bytes as u64),
                 crate::progress::format_bytes(self.limits.max_txn_buffer as u64),

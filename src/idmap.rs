@@ -15,10 +15,16 @@
 //!   engine calls [`IdMap::upsert`] / [`IdMap::remove`] for each parent change
 //!   *before* translating the rows that follow it in the stream. A user
 //!   inserted in a transaction and referenced in the same or a later one is
-//!   therefore always found: its insert precedes the reference in commit order
-//!   (within a transaction, in statement order).
+//!   therefore always found: its insert precedes the reference in commit order.
+//!   Within one transaction a deferred foreign key lets the reference come
+//!   first; the apply engine then resolves it at the transaction's commit
+//!   (see [`crate::apply`], "References resolve at commit").
+//! * A parent DELETE removes the key (the apply engine keeps its uuid for
+//!   the rest of that transaction only, to find rows that still hold it).
 //! * A parent key change (UPDATE of `id`) is a `remove(old)` then an
 //!   `upsert(new, uuid)`; a change of the uuid is an `upsert` of the same key.
+//!   Every such change is undone if its transaction is replayed after a
+//!   failure ([`crate::apply::Applier::revert_map_after`]).
 //!
 //! The map never invents a value: a key absent from the map is reported to the
 //! caller, who stops with an error naming the table, column and value.

@@ -3,9 +3,71 @@
 //! # Invariants
 //!
 //! - **Commit order.** Changes are applied in the order the stream delivers
-//!   them, which is the source's commit order. The id map is updated from the
-//!   parent's own changes in that same order, so a user inserted in one
-//!   transaction and referenced in the same or a later one is always found.
+//!   them, which is the source's commit order (pgoutput, protocol 1 without
+//!   streaming, sends a transaction's changes in execution order at its
+//!   commit). The id map is updated from the parent's own changes in that
+//!   same order; within a transaction, references resolve as of its commit
+//!   (next point).
+//! - **References resolve at commit.** What must hold is the source's state
+//!   at each commit: a foreign key that is `DEFERRABLE INITIALLY DEFERRED`
+//!   (Django creates every key so) is checked only then, so inside a
+//!   transaction a child may name a parent inserted later, a parent may be
+//!   deleted before its children, or deleted and inserted again. The
+//!   argument, per source transaction `T`, assuming the shadow equals the
+//!   source before `T` with every reference translated through the parent's
+//!   uuid at that point (true after the copy, see [`crate::copy`]):
+//!   1. *Every row image `T` writes is translated through the uuid its
+//!      parent key has at `T`'s commit, or `T` stops the job.* A reference is
+//!      resolved, at its change, through [`txn::TxnLookup`]: the map (the
+//!      parent as of this point of `T`), else the keys `T` deleted so far,
+//!      else nothing — and then nothing of the change is applied: the rest
+//!      of `T` is held ([`txn::Buffer`]) until its `Commit`, when every
+//!      parent row image of `T` is known, and replayed in order with a
+//!      [`txn::Lookahead`] that also resolves a key to the *first* row image
+//!      `T` gives it later. A key found nowhere is an orphan at commit
+//!      (nothing in `T` creates it): the job stops, naming table, column,
+//!      value and LSN. Whatever uuid a reference got, every later change of
+//!      that key's uuid in `T` re-points it (next item), so at commit it
+//!      holds the key's uuid at commit.
+//!   2. *A parent key's uuid changing is followed, in order.* An UPDATE of a
+//!      parent row's uuid (A → B), and an INSERT of a key `T` deleted
+//!      earlier with another uuid (A → B: the children `T` still has of the
+//!      key belong to the new row at commit), re-point every shadow row
+//!      holding A to B ([`sql::follow_uuid_change`]) before the next change
+//!      is applied. A reference resolved through the lookahead to the
+//!      key's first later image is exactly what that image's INSERT then
+//!      finds in the map: nothing to re-point, and later changes follow.
+//!   3. *Rows are found by their current values.* An UPDATE or DELETE of a
+//!      child finds its row by key; a key holding a reference is translated
+//!      through the same lookup, so it names the uuid the shadow row holds
+//!      now — including for a parent `T` already deleted (its uuid is kept
+//!      for the rest of `T`), the order in which Django deletes.
+//!   4. *No reference survives its parent.* A DELETE (or key change) of a
+//!      parent removes the key from the map, so no later transaction
+//!      resolves it. At `T`'s commit, for every key `T` deleted and did not
+//!      insert again *and* wrote references to, the shadow is checked for
+//!      rows still holding its uuid (`SELECT EXISTS … WHERE ref = uuid`,
+//!      every reference column): one found is an orphan at commit — the
+//!      source's key cannot have held — and the job stops, naming table,
+//!      column, value and the commit's LSN. A valid source never trips it.
+//!
+//!   Hence after `T` the shadow equals the source at `T`'s commit,
+//!   translated through the parent's uuids at that commit. All of it
+//!   happens inside the shadow transaction, before the commit's position is
+//!   recorded, so exactly-once, the undo of the map and pipelining are
+//!   unchanged. Limits: a transaction is held only after its first
+//!   unresolved reference, at most [`BatchLimits::max_txn_buffer`] bytes of
+//!   row data (256 MiB by default; a larger one stops the job saying so);
+//!   the commit check counts written keys up to [`txn::MAX_WRITTEN_KEYS`]
+//!   and past that checks every deleted key. Not detected here: an orphan
+//!   made by deleting a parent whose children were written by *earlier*
+//!   transactions while the source's key is dropped or disabled (the
+//!   shadow keeps the old uuid; `verify` reports the row and the new key's
+//!   `VALIDATE CONSTRAINT` after cutover fails on it), and a uuid that moves
+//!   from one parent key to another within one transaction while children
+//!   of the first are written and kept (a key change of the parent whose
+//!   children are neither cascaded nor checked, or a `DEFERRABLE` unique
+//!   constraint on the uuid column).
 //! - **Exactly once.** Several source transactions may share one shadow
 //!   transaction. Before that shadow transaction commits, the end LSN of the
 //!   last source commit in it is written to `pg_rekey.jobs.applied_lsn` *in the
@@ -27,9 +89,10 @@
 //!   old one are re-pointed (`UPDATE shadow SET ref = new WHERE ref = old`,
 //!   every reference column of every table) in the same shadow transaction,
 //!   before any later change is applied; references written afterwards carry
-//!   the new uuid through the map. A parent INSERT of a key the map already
-//!   holds (a deleted parent's key reused) re-points nothing: no row can
-//!   still reference a deleted parent while the source's foreign key holds.
+//!   the new uuid through the map. A parent INSERT of a key deleted by an
+//!   *earlier* transaction re-points nothing: no row can still reference a
+//!   parent deleted at an earlier commit while the source's foreign key
+//!   holds (one deleted earlier in the *same* transaction is item 2 above).
 //!   The parent's uuid column is unique and (unless the constraint is
 //!   `DEFERRABLE`) checked row by row, so at each change the old uuid
 //!   belonged to this key alone and the re-pointing cannot catch another
@@ -63,6 +126,7 @@
 
 pub mod sql;
 pub mod translate;
+pub mod txn;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -80,7 +144,10 @@ use crate::plan::model::{ParentSpec, TableSpec};
 use crate::replication::pgoutput::{LogicalMessage, Relation};
 
 use sql::StatementShape;
-use translate::{bind_relation, parent_entry, BoundRelation, RowTranslator, TranslateError};
+use translate::{
+    bind_relation, parent_entry, parent_key, BoundRelation, RowTranslator, TranslateError,
+};
+use txn::{Buffer, Lookahead, TxnLookup, TxnState};
 
 /// Row changes sent to the shadow and not yet confirmed by the server, at
 /// most. Enough to hide the round trip; small enough that an error is
@@ -107,6 +174,21 @@ pub struct BatchLimits {
     pub max_changes: usize,
     /// Commit when the open shadow transaction is this old.
     pub max_age: Duration,
+    /// Bytes of row data held, at most, of one source transaction that
+    /// references a parent row it inserts later (see [`txn`]).
+    pub max_txn_buffer: usize,
+}
+
+/// Default [`BatchLimits::max_txn_buffer`]: 256 MiB.
+pub const DEFAULT_MAX_TXN_BUFFER: usize = 256 << 20;
+
+/// What [`Applier::change`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Applied (or nothing to apply).
+    Done,
+    /// A reference to a parent key not known yet: nothing applied.
+    Unresolved,
 }
 
 impl Default for BatchLimits {
@@ -114,6 +196,7 @@ impl Default for BatchLimits {
         BatchLimits {
             max_changes: 5_000,
             max_age: Duration::from_millis(200),
+            max_txn_buffer: DEFAULT_MAX_TXN_BUFFER,
         }
     }
 }
@@ -175,6 +258,8 @@ pub struct Applier {
     /// first: (the change's `txn_final`, key, previous uuid or `None` when
     /// absent). See [`Applier::revert_map_after`].
     map_undo: Vec<(Lsn, i64, Option<uuid::Uuid>)>,
+    /// The source transaction being received (see [`txn`]).
+    txn: TxnState,
 }
 
 impl Applier {
@@ -228,6 +313,7 @@ impl Applier {
             stats: ApplyStats::default(),
             txn_final: applied,
             map_undo: Vec::new(),
+            txn: TxnState::default(),
         })
     }
 
@@ -266,9 +352,14 @@ impl Applier {
                 self.skipping = b.final_lsn < self.skip_before;
                 self.in_source_txn = true;
                 self.txn_final = b.final_lsn;
+                self.txn = TxnState::default();
                 Ok(Applied::Nothing)
             }
             LogicalMessage::Commit(c) => {
+                if !self.skipping {
+                    self.resolve_at_commit(c.commit_lsn).await?;
+                }
+                self.txn = TxnState::default();
                 self.stats.transactions += 1;
                 self.in_source_txn = false;
                 if c.end_lsn > self.last_end {
@@ -283,7 +374,11 @@ impl Applier {
                 }
                 Ok(Applied::Committed(c.end_lsn))
             }
-            LogicalMessage::Relation(r) => self.relation(r).map(|_| Applied::Nothing),
+            // Relations are bound even in a skipped transaction (later ones
+            // need them); in a held one they keep their place in the order.
+            LogicalMessage::Relation(r) if self.txn.buffer.is_none() => {
+                self.relation(&r).map(|_| Applied::Nothing)
+            }
             LogicalMessage::Message(m) if m.prefix == FENCE_PREFIX => Ok(Applied::Fence(
                 String::from_utf8_lossy(&m.content).into_owned(),
             )),
@@ -291,6 +386,108 @@ impl Applier {
                 Ok(Applied::Nothing)
             }
             _ if self.skipping => Ok(Applied::Nothing),
+            msg => {
+                if self.txn.buffer.is_some() {
+                    self.hold(msg, lsn)?;
+                } else if self.change(&msg).await? == Step::Unresolved {
+                    tracing::debug!(lsn = %lsn, commit = %self.txn_final,
+                        "a reference to a parent not seen yet; holding the rest of the transaction until its commit");
+                    self.txn.buffer = Some(Buffer::new(self.limits.max_txn_buffer));
+                    self.hold(msg, lsn)?;
+                }
+                Ok(Applied::Nothing)
+            }
+        }
+    }
+
+    /// Keep a message of the held transaction for its commit.
+    fn hold(&mut self, msg: LogicalMessage, lsn: Lsn) -> Result<(), Error> {
+        let Some(buf) = self.txn.buffer.as_mut() else {
+            return Ok(());
+        };
+        buf.push(msg, lsn).map_err(|bytes| {
+            Error::Data(format!(
+                "the transaction committing at LSN {} references a parent row it inserts later, and the rest of it ({} at LSN {lsn}) exceeds the {} pg-rekey holds in memory to resolve references at commit; load such data parents first or in smaller transactions, then `pg-rekey abort` and start the rewrite again (embedding pg-rekey as a library: BatchLimits::max_txn_buffer sets the bound)",
+                self.txn_final,
+                crate::progress::format_bytes(bytes as u64),
+                crate::progress::format_bytes(self.limits.max_txn_buffer as u64),
+            ))
+        })
+    }
+
+    /// At a source transaction's commit: replay what was held (every parent
+    /// row of the transaction is known now), then check that no reference
+    /// it wrote points at a parent it deleted.
+    async fn resolve_at_commit(&mut self, commit_lsn: Lsn) -> Result<(), Error> {
+        if let Some(buf) = self.txn.buffer.take() {
+            let held = buf.bytes();
+            let msgs = buf.into_messages();
+            tracing::debug!(messages = msgs.len(), bytes = held, commit = %commit_lsn, "replaying a held transaction at its commit");
+            self.txn.ahead = Some(Lookahead::build(
+                &msgs,
+                self.parent.oid,
+                self.parent_cols,
+                (&self.parent.key_column, &self.parent.uuid_column),
+            ));
+            for (i, (msg, lsn)) in msgs.into_iter().enumerate() {
+                self.cur_lsn = lsn;
+                if let Some(a) = self.txn.ahead.as_mut() {
+                    a.pos = i;
+                }
+                // With the lookahead every reference resolves or is an error.
+                self.change(&msg).await?;
+            }
+            self.txn.ahead = None;
+        }
+        self.cur_lsn = commit_lsn;
+        let candidates = self.txn.orphan_candidates();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        // The checks read the shadow after every change of the transaction.
+        self.settle().await?;
+        for (key, uuid) in candidates {
+            for t in self.tables.values() {
+                for (pos, c) in t.spec.columns.iter().enumerate() {
+                    if c.reference.is_none() {
+                        continue;
+                    }
+                    let text = sql::references_uuid(&t.spec, pos);
+                    let found: bool = self
+                        .client
+                        .query_one(text.as_str(), &[&translate::Param::Uuid(uuid)])
+                        .await
+                        .map_err(Error::db(format!(
+                            "check {} for references to a deleted parent at LSN {commit_lsn}",
+                            t.spec.shadow
+                        )))?
+                        .get(0);
+                    if found {
+                        return Err(data(TranslateError::OrphanAtCommit {
+                            table: t.spec.source.to_string(),
+                            column: c.name.clone(),
+                            value: key,
+                            lsn: commit_lsn,
+                        }));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply one row change (or relation) of the current transaction.
+    /// `Unresolved`: a reference to a parent key not known yet, outside a
+    /// replay — nothing was applied; the caller holds the rest of the
+    /// transaction.
+    async fn change(&mut self, msg: &LogicalMessage) -> Result<Step, Error> {
+        let lsn = self.cur_lsn;
+        let parent = self.parent.oid;
+        let (oid, translated, must_hit) = match msg {
+            LogicalMessage::Relation(r) => {
+                self.relation(r)?;
+                return Ok(Step::Done);
+            }
             LogicalMessage::Truncate(t) => {
                 let names: Vec<String> = t
                     .relations
@@ -304,51 +501,66 @@ impl Applier {
                     })
                     .collect();
                 if names.is_empty() {
-                    return Ok(Applied::Nothing);
+                    return Ok(Step::Done);
                 }
-                Err(Error::Data(format!(
+                return Err(Error::Data(format!(
                     "TRUNCATE of {} at LSN {lsn}: pg-rekey never empties a shadow on its own; the job stopped with the shadow as it was. Run `pg-rekey abort` and start the rewrite again",
                     names.join(", ")
-                )))
+                )));
             }
-            LogicalMessage::Insert(i) => {
-                if i.relation == self.parent.oid {
-                    self.parent_row(&i.new, false).await?;
-                    return Ok(Applied::Nothing);
-                }
-                let (shape, params) = {
-                    let tr = self.translator(i.relation)?;
-                    tr.insert(&i.new).map_err(data)?
-                };
-                self.exec(i.relation, shape, params, false).await
+            LogicalMessage::Insert(i) if i.relation == parent => {
+                self.parent_row(None, &i.new, false).await?;
+                return Ok(Step::Done);
             }
-            LogicalMessage::Update(u) => {
-                if u.relation == self.parent.oid {
-                    self.parent_row(&u.new, true).await?;
-                    return Ok(Applied::Nothing);
-                }
-                let (shape, params) = {
-                    let tr = self.translator(u.relation)?;
-                    tr.update(u.old.as_ref(), &u.new).map_err(data)?
-                };
-                self.exec(u.relation, shape, params, true).await
+            LogicalMessage::Update(u) if u.relation == parent => {
+                self.parent_row(u.old.as_ref(), &u.new, true).await?;
+                return Ok(Step::Done);
             }
-            LogicalMessage::Delete(d) => {
-                if d.relation == self.parent.oid {
-                    // Deleted parents stay in the map: a change replayed from
-                    // before the delete may still reference them.
-                    return Ok(Applied::Nothing);
-                }
-                let (shape, params) = {
-                    let tr = self.translator(d.relation)?;
-                    tr.delete(&d.old).map_err(data)?
-                };
-                self.exec(d.relation, shape, params, true).await
+            LogicalMessage::Delete(d) if d.relation == parent => {
+                self.parent_delete(d.old.tuple())?;
+                return Ok(Step::Done);
             }
+            LogicalMessage::Insert(i) => (
+                i.relation,
+                self.translate(i.relation, |tr| {
+                    let (shape, params) = tr.insert(&i.new)?;
+                    Ok((shape, params, tr.references(&i.new).collect::<Vec<_>>()))
+                })?,
+                false,
+            ),
+            LogicalMessage::Update(u) => (
+                u.relation,
+                self.translate(u.relation, |tr| {
+                    let (shape, params) = tr.update(u.old.as_ref(), &u.new)?;
+                    Ok((shape, params, tr.references(&u.new).collect::<Vec<_>>()))
+                })?,
+                true,
+            ),
+            LogicalMessage::Delete(d) => (
+                d.relation,
+                self.translate(d.relation, |tr| {
+                    let (shape, params) = tr.delete(&d.old)?;
+                    Ok((shape, params, Vec::new()))
+                })?,
+                true,
+            ),
+            _ => return Ok(Step::Done),
+        };
+        let (shape, params, written) = match translated {
+            Ok(t) => t,
+            Err(TranslateError::Orphan { .. }) if self.txn.ahead.is_none() => {
+                return Ok(Step::Unresolved)
+            }
+            Err(e) => return Err(data(e)),
+        };
+        for key in written {
+            self.txn.record_written(key);
         }
+        self.exec(oid, shape, params, must_hit).await?;
+        Ok(Step::Done)
     }
 
-    fn relation(&mut self, r: Relation) -> Result<(), Error> {
+    fn relation(&mut self, r: &Relation) -> Result<(), Error> {
         let lsn = self.cur_lsn;
         if r.oid == self.parent.oid {
             let find = |name: &str| r.columns.iter().position(|c| c.name == name);
@@ -371,14 +583,21 @@ impl Applier {
             return Ok(());
         }
         if let Some(t) = self.tables.get_mut(&r.oid) {
-            let bound = bind_relation(&t.spec, &r, lsn).map_err(data)?;
+            let bound = bind_relation(&t.spec, r, lsn).map_err(data)?;
             t.bound = Some(bound);
             // Statements prepared for an older shape stay valid: the shape is the same.
         }
         Ok(())
     }
 
-    fn translator(&self, oid: u32) -> Result<RowTranslator<'_, IdMap>, Error> {
+    /// Run `f` with the translator of table `oid`, references resolved as of
+    /// this point of the transaction ([`TxnLookup`]). The outer error: the
+    /// change cannot be attributed at all.
+    fn translate<T>(
+        &self,
+        oid: u32,
+        f: impl FnOnce(&RowTranslator<'_, TxnLookup<'_>>) -> Result<T, TranslateError>,
+    ) -> Result<Result<T, TranslateError>, Error> {
         let t = self.tables.get(&oid).ok_or_else(|| {
             Error::Data(format!(
                 "a change for relation oid {oid} at LSN {}, which this job does not rewrite; is another table in publication of this job?",
@@ -391,27 +610,38 @@ impl Applier {
                 t.spec.source, self.cur_lsn
             ))
         })?;
-        Ok(RowTranslator {
+        let lookup = TxnLookup {
+            map: &self.map,
+            deleted: self.txn.deleted(),
+            ahead: self.txn.ahead.as_ref(),
+        };
+        Ok(f(&RowTranslator {
             spec: &t.spec,
             bound,
-            map: &self.map,
+            map: &lookup,
             lsn: self.cur_lsn,
-        })
+        }))
     }
 
-    /// Keep the map current from a parent row; on an UPDATE that changed a
-    /// key's uuid, re-point the shadow rows written with the old one.
-    async fn parent_row(
-        &mut self,
-        tuple: &crate::replication::pgoutput::Tuple,
-        is_update: bool,
-    ) -> Result<(), Error> {
-        let (k, u) = self.parent_cols.ok_or_else(|| {
+    fn parent_cols(&self) -> Result<(usize, usize), Error> {
+        self.parent_cols.ok_or_else(|| {
             Error::Data(format!(
                 "a change for {} at LSN {} before its Relation message",
                 self.parent.table, self.cur_lsn
             ))
-        })?;
+        })
+    }
+
+    /// Keep the map current from a parent row (insert or update; `old` is
+    /// an update's old key or row). On a changed uuid, re-point the shadow
+    /// rows written with the old one.
+    async fn parent_row(
+        &mut self,
+        old: Option<&crate::replication::pgoutput::OldRow>,
+        tuple: &crate::replication::pgoutput::Tuple,
+        is_update: bool,
+    ) -> Result<(), Error> {
+        let (k, u) = self.parent_cols()?;
         let (key, uuid) = match parent_entry(tuple, k, u) {
             Ok(Some(entry)) => entry,
             Ok(None) => return Ok(()),
@@ -422,16 +652,58 @@ impl Applier {
                 )))
             }
         };
+        // A key change: the old key is gone (as if deleted).
+        if let Some(old_key) = old.and_then(|o| parent_key(o.tuple(), k)) {
+            if old_key != key {
+                self.parent_delete_key(old_key);
+            }
+        }
+        self.txn.holds(key, uuid);
+        // Deleted earlier in this transaction and back now: references the
+        // transaction wrote to the key in between are the new row's at commit.
+        if let Some(gone) = self.txn.undelete(key) {
+            self.map_set(key, uuid);
+            if gone != uuid {
+                return self.follow_uuid_change(gone, uuid).await;
+            }
+            return Ok(());
+        }
         let before = self.map.get(key);
         if before == Some(uuid) {
             return Ok(());
         }
-        self.map_undo.push((self.txn_final, key, before));
-        self.map.upsert(key, uuid);
+        self.map_set(key, uuid);
         match before {
             Some(old) if is_update => self.follow_uuid_change(old, uuid).await,
             _ => Ok(()),
         }
+    }
+
+    /// A parent row was deleted: its key leaves the map (the uuid is kept
+    /// for the rest of the transaction, see [`TxnState::deleted`]).
+    fn parent_delete(&mut self, old: &crate::replication::pgoutput::Tuple) -> Result<(), Error> {
+        let (k, _) = self.parent_cols()?;
+        match parent_key(old, k) {
+            Some(key) => self.parent_delete_key(key),
+            // The replica identity does not carry the key: nothing to remove.
+            None => tracing::debug!(parent = %self.parent.table, lsn = %self.cur_lsn,
+                "a parent delete without its key column; the key stays in the map"),
+        }
+        Ok(())
+    }
+
+    fn parent_delete_key(&mut self, key: i64) {
+        if let Some(uuid) = self.map.get(key) {
+            self.map_undo.push((self.txn_final, key, Some(uuid)));
+            self.map.remove(key);
+            self.txn.delete(key, uuid);
+        }
+    }
+
+    /// Set a map entry, remembering the previous one (see [`Applier::revert_map_after`]).
+    fn map_set(&mut self, key: i64, uuid: uuid::Uuid) {
+        self.map_undo.push((self.txn_final, key, self.map.get(key)));
+        self.map.upsert(key, uuid);
     }
 
     /// `UPDATE shadow SET ref = new WHERE ref = old` for every reference

@@ -112,6 +112,16 @@ pub fn follow_uuid_change(spec: &TableSpec, pos: usize) -> String {
     )
 }
 
+/// Whether any row of the shadow's column `pos` holds uuid `$1`: the
+/// commit-time check for references to a parent the transaction deleted.
+pub fn references_uuid(spec: &TableSpec, pos: usize) -> String {
+    format!(
+        "SELECT EXISTS (SELECT FROM {} WHERE {} = $1::uuid)",
+        spec.shadow.quoted(),
+        col(spec, pos)
+    )
+}
+
 fn where_clause(spec: &TableSpec, key: &[usize], offset: usize) -> String {
     key.iter()
         .enumerate()

@@ -59,8 +59,9 @@ impl ToSql for Param {
 /// Why a change cannot be applied. All are definite: the job stops.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TranslateError {
-    /// A reference to a parent key that does not exist.
-    #[error("{table}.{column} = {value} references no row of the parent table (change at LSN {lsn}); the source has an orphaned reference — fix or delete that row, then `pg-rekey abort` and start the rewrite again")]
+    /// A reference to a parent key that exists neither before the change
+    /// nor anywhere later in its transaction.
+    #[error("{table}.{column} = {value} references no row of the parent table, neither before this change nor later in its transaction (change at LSN {lsn}); at its commit the source has an orphaned reference (a foreign key dropped, disabled or bypassed) — fix or delete that row, then `pg-rekey abort` and start the rewrite again")]
     Orphan {
         /// Table.
         table: String,
@@ -69,6 +70,19 @@ pub enum TranslateError {
         /// The integer value.
         value: i64,
         /// Where in the stream.
+        lsn: Lsn,
+    },
+    /// A reference written by a transaction that also deleted its parent
+    /// row, still present at the transaction's commit.
+    #[error("{table}.{column} = {value} references a parent row that its own transaction deleted: at that transaction's commit (LSN {lsn}) the source has an orphaned reference (a foreign key dropped, disabled or bypassed) — fix or delete that row, then `pg-rekey abort` and start the rewrite again")]
+    OrphanAtCommit {
+        /// Table.
+        table: String,
+        /// Reference column.
+        column: String,
+        /// The integer value.
+        value: i64,
+        /// The transaction's commit LSN.
         lsn: Lsn,
     },
     /// The table's columns no longer match the job's plan (DDL ran).
@@ -237,6 +251,23 @@ impl<L: Lookup> RowTranslator<'_, L> {
         Ok(())
     }
 
+    /// The parent keys a new row image references (what an insert or an
+    /// update writes; NULL and unchanged values name none).
+    pub fn references<'t>(&'t self, new: &'t Tuple) -> impl Iterator<Item = i64> + 't {
+        self.bound
+            .positions
+            .iter()
+            .zip(new)
+            .filter_map(move |(&pos, v)| {
+                let kind = self.spec.columns.get(pos)?.reference?;
+                match v {
+                    TupleValue::Text(b) => parse_int(b),
+                    TupleValue::Binary(b) => parse_binary_int(b, kind),
+                    _ => None,
+                }
+            })
+    }
+
     /// Parameters of an insert.
     pub fn insert(&self, new: &Tuple) -> Result<(StatementShape, Vec<Param>), TranslateError> {
         self.checked_len(new)?;
@@ -322,6 +353,16 @@ fn parse_binary_int(b: &[u8], kind: IntKind) -> Option<i64> {
         (IntKind::Int2, 2) => Some(i64::from(i16::from_be_bytes([b[0], b[1]]))),
         (IntKind::Int4, 4) => Some(i64::from(i32::from_be_bytes(b.try_into().ok()?))),
         (IntKind::Int8, 8) => Some(i64::from_be_bytes(b.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+/// Read the parent's key from a row of the parent table (an old row: a
+/// delete's or a key change's). `None` when the row does not carry it (a
+/// replica identity that leaves the key column out).
+pub fn parent_key(tuple: &Tuple, key_idx: usize) -> Option<i64> {
+    match tuple.get(key_idx) {
+        Some(TupleValue::Text(b)) => parse_int(b),
         _ => None,
     }
 }
@@ -546,6 +587,49 @@ mod tests {
     }
 
     #[test]
+    fn references_name_what_a_row_image_writes() {
+        let s = spec();
+        let b = bind_relation(
+            &s,
+            &rel(&[
+                ("id", 20, true),
+                ("user_id", 20, false),
+                ("blob", 25, false),
+            ]),
+            Lsn(1),
+        )
+        .unwrap();
+        let tr = RowTranslator {
+            spec: &s,
+            bound: &b,
+            map: &map,
+            lsn: Lsn(9),
+        };
+        // Only reference columns; NULL and unchanged values name no key.
+        let row = vec![t("10"), t("77"), t("5")];
+        assert_eq!(tr.references(&row).collect::<Vec<_>>(), vec![77]);
+        let row = vec![t("10"), TupleValue::Null, t("5")];
+        assert!(tr.references(&row).next().is_none());
+        let row = vec![t("10"), TupleValue::UnchangedToast, t("5")];
+        assert!(tr.references(&row).next().is_none());
+        let e = TranslateError::OrphanAtCommit {
+            table: "public.sessions".into(),
+            column: "user_id".into(),
+            value: 6001,
+            lsn: Lsn(0x10),
+        };
+        let text = e.to_string();
+        for part in [
+            "public.sessions.user_id = 6001",
+            "its own transaction deleted",
+            "LSN 0/10",
+            "abort",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from {text}");
+        }
+    }
+
+    #[test]
     fn parent_rows() {
         let u = "6f1e0c1e-0000-4000-8000-000000000001";
         assert_eq!(
@@ -558,6 +642,9 @@ mod tests {
         );
         assert!(parent_entry(&vec![t("x"), t(u)], 0, 1).is_err());
         assert!(parent_entry(&vec![t("3")], 0, 1).is_err());
+        // An old key tuple: the key, or nothing when the identity leaves it out.
+        assert_eq!(parent_key(&vec![t("3"), TupleValue::Null], 0), Some(3));
+        assert_eq!(parent_key(&vec![TupleValue::Null, t(u)], 0), None);
     }
 
     #[test]

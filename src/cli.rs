@@ -242,8 +242,9 @@ pub struct LockArgs {
     /// Pause after the first failed attempt; doubles each time (capped at 10 s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
     pub backoff: Duration,
-    /// Refuse to start an attempt while a job is further behind than this many bytes.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    /// Refuse to start an attempt while a job is further behind than this
+    /// (e.g. 16MB, 512kB; a number alone is bytes).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16MB")]
     pub max_lag_bytes: u64,
 }
 
@@ -262,6 +263,10 @@ pub struct CutoverArgs {
     /// Do not verify before swapping.
     #[arg(long)]
     pub skip_verify: bool,
+    /// While the jobs are further behind than --max-lag-bytes, wait up to
+    /// this long for the lag to fall (e.g. 5m) instead of spending attempts.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait_for_lag: Option<Duration>,
 }
 
 /// `verify`.

@@ -118,6 +118,9 @@ pub struct CutoverConfig {
     pub backoff: Duration,
     /// Refuse to start an attempt while a job lags more than this.
     pub max_lag_bytes: u64,
+    /// Wait up to this long for the lag to fall under `max_lag_bytes`
+    /// instead of spending attempts on it (`None`: an attempt is spent).
+    pub wait_for_lag: Option<Duration>,
     /// Print the SQL instead of running it.
     pub dry_run: bool,
     /// Skip the verification before the swap.
@@ -141,6 +144,9 @@ pub struct AttemptReport {
     /// Where the hold went, step by step, in order (empty when the locks
     /// were never granted).
     pub phases: Vec<PhaseTime>,
+    /// On a lock timeout: the sessions that held locks on the tables.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lock_holders: Vec<crate::cutover_gate::LockHolder>,
 }
 
 /// Time one step of an attempt took while the locks were held.
@@ -298,26 +304,48 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         ids
     };
     let mut backoff = cfg.backoff;
+    let lag_deadline = cfg.wait_for_lag.map(|w| Instant::now() + w);
+    let mut last_lag = None;
+    let mut holders = Vec::new();
     for attempt in 1..=cfg.attempts.max(1) {
-        // Gate: small lag, or the drain under the lock would be long.
-        let lag = max_lag(&admin, &job_ids).await?;
+        // Gate: small lag, or the drain under the lock would be long. With
+        // --wait-for-lag, wait for it (within one deadline for the whole
+        // cutover) instead of spending the attempt.
+        let mut lag = crate::cutover_gate::max_lag(&admin, &job_ids).await?;
+        if lag > cfg.max_lag_bytes {
+            if let Some(deadline) = lag_deadline {
+                lag = crate::cutover_gate::wait_for_lag(
+                    &admin,
+                    &job_ids,
+                    cfg.max_lag_bytes,
+                    deadline,
+                    Duration::from_millis(500),
+                )
+                .await?;
+            }
+        }
+        last_lag = Some(lag);
         if lag > cfg.max_lag_bytes {
             let r = AttemptReport {
                 attempt,
                 lock_wait_ms: 0.0,
                 lock_hold_ms: None,
-                outcome: format!(
-                    "lag {lag} bytes above --max-lag-bytes {}",
-                    cfg.max_lag_bytes
-                ),
+                outcome: crate::cutover_gate::LAG_ABOVE_LIMIT.into(),
                 phases: vec![],
+                lock_holders: vec![],
             };
             warn!(
                 attempt,
-                lag_bytes = lag,
+                lag = %crate::progress::format_bytes(lag),
+                max_lag = %crate::progress::format_bytes(cfg.max_lag_bytes),
                 "not attempting: the jobs are too far behind"
             );
             report.attempts.push(r);
+            if lag_deadline.is_some() {
+                // The wait is over and the lag is still high: more attempts
+                // would only spend themselves the same way.
+                break;
+            }
         } else {
             let mut session = pg::connect(&cfg.spec, "cutover-lock").await?;
             let r = attempt_once(
@@ -332,7 +360,19 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             )
             .await;
             match r {
-                Ok(a) => {
+                Ok(mut a) => {
+                    if a.outcome == "lock_timeout" {
+                        a.lock_holders = crate::cutover_gate::lock_holders(
+                            &admin,
+                            &lock_relations(&targets, &parent),
+                        )
+                        .await
+                        .unwrap_or_default();
+                        holders = a.lock_holders.clone();
+                        for h in &a.lock_holders {
+                            warn!(attempt, holder = %h, "lock held by another session");
+                        }
+                    }
                     let swapped = a.outcome == "swapped";
                     info!(
                         attempt,
@@ -378,11 +418,12 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         for t in &targets {
             let _ = state::set_phase(&admin, &t.job.source, Phase::Streaming).await;
         }
-        report.reason = Some(format!(
-            "gave up after {} attempts; the sources are untouched and still streaming. Find what holds the locks \
-             (SELECT pid, query FROM pg_stat_activity WHERE wait_event_type = 'Lock' OR state = 'idle in transaction') \
-             or raise --lock-timeout / --max-hold, then run cutover again",
-            report.attempts.len()
+        let outcomes: Vec<&str> = report.attempts.iter().map(|a| a.outcome.as_str()).collect();
+        report.reason = Some(crate::cutover_gate::give_up_reason(
+            &outcomes,
+            &holders,
+            cfg.max_lag_bytes,
+            last_lag,
         ));
         return Ok(report);
     }
@@ -748,6 +789,7 @@ async fn attempt_once(
             lock_hold_ms: hold.map(ms),
             outcome,
             phases: phases.list.clone(),
+            lock_holders: vec![],
         };
     let no_phases = Phases::new(started);
     // Before any lock is requested: build the swap from a fingerprinted
@@ -1161,16 +1203,12 @@ async fn confirm_swapped_in_catalog(admin: &Client, job: &JobRow) -> Result<(), 
     }
 }
 
-async fn max_lag(admin: &Client, job_ids: &[Uuid]) -> Result<u64, Error> {
-    let row = admin
-        .query_one(
-            "SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(applied_lsn, consistent_lsn))), 0)::bigint
-               FROM pgrekey.jobs WHERE job_id = ANY($1)",
-            &[&job_ids],
-        )
-        .await
-        .map_err(Error::db("read the jobs' lag"))?;
-    Ok(row.get::<_, i64>(0).max(0) as u64)
+/// The relations whose locks an attempt waits for (the sources and the
+/// parent), to name who holds them after a lock timeout.
+fn lock_relations(targets: &[Target], parent: &ParentSpec) -> Vec<u32> {
+    let mut oids: Vec<u32> = targets.iter().map(|t| t.job.source_oid).collect();
+    oids.push(parent.oid);
+    oids
 }
 
 /// `rewrite --cutover auto`: wait until every table of `cfg` is streaming
@@ -1206,7 +1244,7 @@ pub async fn auto(cfg: CutoverConfig, mut shutdown: tokio::sync::watch::Receiver
         }
         let mut ids: Vec<Uuid> = jobs.iter().map(|j| j.job_id).collect();
         ids.dedup();
-        match max_lag(&admin, &ids).await {
+        match crate::cutover_gate::max_lag(&admin, &ids).await {
             Ok(lag) if lag <= cfg.max_lag_bytes => {}
             _ => continue,
         }

@@ -1282,6 +1282,7 @@ fn cutover_config(spec: &ConnSpec, tables: &[QualifiedName]) -> CutoverConfig {
         attempts: 10,
         backoff: Duration::from_millis(100),
         max_lag_bytes: 16 * 1024 * 1024,
+        wait_for_lag: None,
         dry_run: false,
         // The scenario runs the same verify just before (to report it) and
         // compares old against new itself, exactly at the swap.
@@ -1467,6 +1468,7 @@ mod tests {
             lock_hold_ms: Some(23.1),
             outcome: "swapped".into(),
             phases: vec![],
+            lock_holders: vec![],
         });
         s.verification.error = None;
         s.verification.passed = true;

@@ -11,6 +11,7 @@ mod demo;
 mod harness;
 mod observe;
 mod observe_rewrite;
+mod operator;
 mod pgoutput;
 mod plan;
 mod replication;

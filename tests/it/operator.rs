@@ -1,0 +1,193 @@
+//! The operator's seat (issue 15): one lag figure for `status` and the
+//! cutover's go/no-go, waiting for the lag instead of spending attempts,
+//! naming lock holders, and the post-commit steps of a cutover.
+
+use std::time::Duration;
+
+use pg_rekey::cutover;
+use pg_rekey::rewrite::{self, RewriteOutcome};
+use pg_rekey::workload;
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+use crate::rewrite::{example_config, wait_phase};
+use crate::support::{wait_for, TestDb};
+
+type RewriteJob = tokio::task::JoinHandle<Result<RewriteOutcome, pg_rekey::Error>>;
+
+/// The example schema with a few users and rows, and a rewrite of `tables`
+/// streaming.
+async fn streaming(tables: &[&str]) -> (TestDb, Client, watch::Sender<bool>, RewriteJob) {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workload::create_schema(&c).await.unwrap();
+    workload::seed(&c, 20, 200).await.unwrap();
+    let (tx, rx) = watch::channel(false);
+    let rcfg = example_config(&db, tables);
+    let job = tokio::spawn(async move {
+        rewrite::run(&rcfg, rx, pg_rekey::progress::JobProgress::new()).await
+    });
+    wait_phase(&c, tables, "streaming").await;
+    (db, c, tx, job)
+}
+
+async fn finish(tx: watch::Sender<bool>, job: RewriteJob) -> RewriteOutcome {
+    let _ = tx.send(true);
+    tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .expect("the rewrite ends")
+        .expect("no panic")
+        .expect("the rewrite succeeded")
+}
+
+/// `status`'s lag of `table`, bytes.
+async fn status_lag(c: &Client, table: &str) -> Option<i64> {
+    pg_rekey::status::load(c)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|s| s.table == format!("public.{table}"))?
+        .lag_bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_job_is_caught_up_for_status_and_for_the_cutover() {
+    let (db, c, _tx, job) = streaming(&["sessions"]).await;
+    // Megabytes of WAL on a table the job does not stream: the job's tables
+    // get no writes, so no applied position is ever recorded.
+    c.batch_execute(
+        "CREATE TABLE noise (id bigserial PRIMARY KEY, pad text);
+         INSERT INTO noise (pad) SELECT repeat('x', 500) FROM generate_series(1, 20000)",
+    )
+    .await
+    .unwrap();
+    let applied: Option<String> = c
+        .query_one(
+            "SELECT max(applied_lsn)::text FROM pgrekey.jobs WHERE source_table = 'sessions'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, None, "the job applied nothing");
+    wait_for(
+        "status to show the quiet job caught up",
+        Duration::from_secs(60),
+        || async { status_lag(&c, "sessions").await.filter(|l| *l < 1 << 20) },
+    )
+    .await;
+    // The cutover gates on the same figure: one attempt, no lag refusal.
+    let mut cfg = crate::cutover::cutover_cfg(&db, &["sessions"]);
+    cfg.max_lag_bytes = 1 << 20;
+    cfg.attempts = 1;
+    let report = cutover::run(&cfg).await.unwrap();
+    assert!(report.swapped, "{:?} {:?}", report.reason, report.attempts);
+    assert_eq!(report.attempts[0].outcome, "swapped");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::CutOver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_timeout_names_the_session_that_held_the_lock() {
+    let (db, c, tx, job) = streaming(&["sessions"]).await;
+    let blocker = db.client().await;
+    blocker
+        .batch_execute(
+            "SET application_name = 'blocker-app'; BEGIN; LOCK TABLE sessions IN ROW EXCLUSIVE MODE",
+        )
+        .await
+        .unwrap();
+    let pid: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut cfg = crate::cutover::cutover_cfg(&db, &["sessions"]);
+    cfg.attempts = 2;
+    cfg.lock_timeout = Duration::from_millis(100);
+    cfg.backoff = Duration::from_millis(10);
+    let report = cutover::run(&cfg).await.unwrap();
+    assert!(!report.swapped);
+    assert!(
+        report.attempts.iter().all(|a| a.outcome == "lock_timeout"),
+        "{:?}",
+        report.attempts
+    );
+    let holder = report.attempts[0]
+        .lock_holders
+        .iter()
+        .find(|h| h.pid == pid)
+        .unwrap_or_else(|| panic!("blocker not named: {:?}", report.attempts[0]));
+    assert_eq!(holder.application_name, "blocker-app");
+    assert_eq!(holder.state, "idle in transaction");
+    assert!(holder.query_start.is_some());
+    assert!(
+        holder.lock.contains("RowExclusiveLock on sessions"),
+        "{holder:?}"
+    );
+    let reason = report.reason.unwrap();
+    assert!(reason.contains("(2 lock_timeout)"), "{reason}");
+    assert!(
+        reason.contains(&format!("pid {pid} (blocker-app, idle in transaction")),
+        "{reason}"
+    );
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    drop(c);
+    assert_eq!(finish(tx, job).await, RewriteOutcome::Aborted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_lag_waits_instead_of_spending_attempts() {
+    let (db, c, _tx, job) = streaming(&["sessions"]).await;
+    // Hold the apply back: it needs the shadow, which this session locks.
+    let blocker = db.client().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE _rekey_new_sessions IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    c.batch_execute(
+        "INSERT INTO sessions (user_id, token, payload)
+         SELECT 1 + g % 20, md5(g::text), repeat('p', 200) FROM generate_series(1, 5000) g",
+    )
+    .await
+    .unwrap();
+    let limit = 64 * 1024;
+    wait_for(
+        "the job to fall behind",
+        Duration::from_secs(60),
+        || async { status_lag(&c, "sessions").await.filter(|l| *l > limit) },
+    )
+    .await;
+
+    // Without --wait-for-lag the attempt is spent, and the summary says why.
+    let mut cfg = crate::cutover::cutover_cfg(&db, &["sessions"]);
+    cfg.max_lag_bytes = limit as u64;
+    cfg.attempts = 1;
+    let report = cutover::run(&cfg).await.unwrap();
+    assert!(!report.swapped);
+    assert_eq!(report.attempts[0].outcome, "lag_above_limit");
+    let reason = report.reason.unwrap();
+    assert!(reason.contains("--wait-for-lag"), "{reason}");
+    assert!(!reason.contains("lock"), "not a lock problem: {reason}");
+
+    // With it, the cutover waits for the apply to catch up and swaps on its
+    // first attempt.
+    cfg.wait_for_lag = Some(Duration::from_secs(120));
+    let run = tokio::spawn(async move { cutover::run(&cfg).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert!(report.swapped, "{:?} {:?}", report.reason, report.attempts);
+    assert_eq!(report.attempts.len(), 1, "{:?}", report.attempts);
+    assert_eq!(report.attempts[0].outcome, "swapped");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::CutOver);
+}

@@ -170,13 +170,16 @@ async fn rewrite(
         render_options(log_format, &a),
     );
     let shutdown = shutdown_signal();
-    if a.cutover == crate::cli::CutoverMode::Auto {
+    let auto = (a.cutover == crate::cli::CutoverMode::Auto).then(|| {
         tokio::spawn(crate::cutover::auto(
             auto_cutover_config(&cfg, &a.lock),
             shutdown.clone(),
-        ));
-    }
+        ))
+    });
     let result = crate::rewrite::run(&cfg, shutdown, Arc::clone(&progress)).await;
+    if let Some(auto) = auto {
+        finish_auto_cutover(auto, &result).await;
+    }
     let _ = done_tx.send(true);
     // The renderer draws the final state before it returns.
     let _ = renderer.await;
@@ -192,6 +195,20 @@ async fn rewrite(
             print("stopped: the job's shadows, slot, publication and state were removed; the source tables are untouched\n")?;
             Ok(1)
         }
+    }
+}
+
+/// The rewrite ended: a cut-over job's automatic cutover is still running
+/// its post-commit steps (validation, ANALYZE), which must not be cut off by
+/// the process exiting — wait for them. Any other end: stop it.
+async fn finish_auto_cutover(
+    auto: tokio::task::JoinHandle<()>,
+    result: &Result<crate::rewrite::RewriteOutcome, Error>,
+) {
+    if matches!(result, Ok(crate::rewrite::RewriteOutcome::CutOver)) {
+        let _ = auto.await;
+    } else {
+        auto.abort();
     }
 }
 

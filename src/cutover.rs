@@ -236,7 +236,20 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                 .push((j.table.clone(), j.old_table.clone().unwrap_or_default()));
         }
         report.swapped = true;
-        info!("already cut over; nothing to do");
+        // A cutover cut off after its commit left validation or ANALYZE
+        // undone: finish it now.
+        let tables: Vec<QualifiedName> = jobs.iter().map(|j| j.source.clone()).collect();
+        let pending = crate::cutover_finish::pending(&admin, &tables).await?;
+        if pending.is_empty() || cfg.dry_run {
+            info!("already cut over; nothing to do");
+        } else {
+            info!(
+                constraints = pending.constraints.len(),
+                tables = pending.analyze.len(),
+                "already cut over; completing the validation and ANALYZE left pending"
+            );
+            report.warnings = crate::cutover_finish::complete(&admin, &pending).await;
+        }
         return Ok(report);
     }
     if let Some(j) = jobs.iter().find(|j| j.phase() == Some(Phase::CutOver)) {
@@ -1096,17 +1109,20 @@ async fn lock_statements(
 /// Validate the `NOT VALID` keys, analyze, and see the slots go.
 async fn after_commit(admin: &Client, targets: &[Target], report: &mut CutoverReport) {
     let new_tables: Vec<QualifiedName> = targets.iter().map(|t| t.job.source.clone()).collect();
-    match not_valid_constraints(admin, targets).await {
-        Ok(list) => {
-            if let Err(e) = swap::validate_after(admin, &list, &new_tables).await {
-                report.warnings.push(format!(
-                    "the swap is committed, but validating its foreign keys failed: {e}. Fix the offending rows, then run ALTER TABLE … VALIDATE CONSTRAINT"
-                ));
-            }
+    // Every constraint validated and every table analyzed, each on its own
+    // (one that fails does not skip the others); see `cutover_finish`.
+    match crate::cutover_finish::not_valid_constraints(admin, &new_tables).await {
+        Ok(constraints) => {
+            let pending = crate::cutover_finish::Pending {
+                constraints,
+                analyze: new_tables.clone(),
+            };
+            let warnings = crate::cutover_finish::complete(admin, &pending).await;
+            report.warnings.extend(warnings);
         }
-        Err(e) => report
-            .warnings
-            .push(format!("could not list constraints to validate: {e}")),
+        Err(e) => report.warnings.push(format!(
+            "could not list constraints to validate: {e}; run `pg-rekey cutover` for these tables again to finish"
+        )),
     }
     // The rewrite processes see cut_over and drop their slots; a job whose
     // owner is gone is cleaned here.
@@ -1155,34 +1171,6 @@ async fn after_commit(admin: &Client, targets: &[Target], report: &mut CutoverRe
             }
         }
     }
-}
-
-/// Every `NOT VALID` foreign key on the new tables and on tables referencing them.
-async fn not_valid_constraints(
-    admin: &Client,
-    targets: &[Target],
-) -> Result<Vec<swap::ValidateConstraint>, Error> {
-    let names: Vec<String> = targets.iter().map(|t| t.job.source.quoted()).collect();
-    let rows = admin
-        .query(
-            "SELECT n.nspname, c.relname, con.conname
-               FROM pg_constraint con
-               JOIN pg_class c ON c.oid = con.conrelid
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE NOT con.convalidated AND con.contype IN ('f', 'c')
-                AND (con.conrelid = ANY (SELECT x::regclass FROM unnest($1::text[]) x)
-                     OR con.confrelid = ANY (SELECT x::regclass FROM unnest($1::text[]) x))",
-            &[&names],
-        )
-        .await
-        .map_err(Error::db("list constraints to validate"))?;
-    Ok(rows
-        .iter()
-        .map(|r| swap::ValidateConstraint {
-            table: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-            name: r.get(2),
-        })
-        .collect())
 }
 
 async fn confirm_swapped_in_catalog(admin: &Client, job: &JobRow) -> Result<(), Error> {
@@ -1239,6 +1227,11 @@ pub async fn auto(cfg: CutoverConfig, mut shutdown: tokio::sync::watch::Receiver
             Ok(j) => j,
             Err(_) => continue, // not registered yet
         };
+        if jobs.iter().all(|j| j.phase() == Some(Phase::CutOver)) {
+            // Cut over by someone else (a manual `cutover`), which ran the
+            // post-commit steps itself.
+            return;
+        }
         if jobs.iter().any(|j| j.phase() != Some(Phase::Streaming)) {
             continue;
         }

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod commands;
 pub mod copy;
 pub mod cutover;
+pub mod cutover_finish;
 pub mod cutover_gate;
 pub mod ddl;
 pub mod demo;

@@ -89,6 +89,23 @@ async fn a_quiet_job_is_caught_up_for_status_and_for_the_cutover() {
         .unwrap()
         .unwrap();
     assert_eq!(outcome, RewriteOutcome::CutOver);
+
+    // A post-commit step left pending (as by a process cut off after the
+    // commit) is completed by the next cutover of the table.
+    c.batch_execute("ALTER TABLE sessions ADD CONSTRAINT positive_id CHECK (id > 0) NOT VALID")
+        .await
+        .unwrap();
+    let again = cutover::run(&cfg).await.unwrap();
+    assert!(again.swapped && again.warnings.is_empty(), "{again:?}");
+    let valid: bool = c
+        .query_one(
+            "SELECT convalidated FROM pg_constraint WHERE conname = 'positive_id'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(valid, "the pending validation was completed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,4 +207,106 @@ async fn wait_for_lag_waits_instead_of_spending_attempts() {
         .unwrap()
         .unwrap();
     assert_eq!(outcome, RewriteOutcome::CutOver);
+}
+
+/// Run the `pg-rekey` binary against the test database: (exit code, stdout,
+/// stderr). `stdin` is not a terminal, so nothing asks.
+pub async fn cli(db: &TestDb, args: &[&str]) -> (i32, String, String) {
+    cli_env(db, args, &[]).await
+}
+
+/// [`cli`] with extra environment variables.
+pub async fn cli_env(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pg-rekey"));
+    cmd.arg("--dsn")
+        .arg(db.spec.to_dsn())
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .expect("pg-rekey finished")
+        .expect("run pg-rekey");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrite_cutover_auto_validates_and_analyzes_before_it_exits() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workload::create_schema(&c).await.unwrap();
+    workload::seed(&c, 20, 400).await.unwrap();
+    let (code, out, err) = cli(
+        &db,
+        &[
+            "rewrite",
+            "--parent",
+            "users",
+            "--uuid-column",
+            "uuid_id",
+            "--table",
+            "sessions",
+            "--table",
+            "api_access_tokens",
+            "--cutover",
+            "auto",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let not_valid: Vec<String> = c
+        .query(
+            "SELECT conrelid::regclass::text || '.' || conname FROM pg_constraint
+              WHERE NOT convalidated
+                AND conrelid IN ('sessions'::regclass, 'api_access_tokens'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        not_valid.is_empty(),
+        "still NOT VALID: {not_valid:?}\n{err}"
+    );
+    let fks: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated
+                AND conrelid IN ('sessions'::regclass, 'api_access_tokens'::regclass)
+                AND confrelid = 'users'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fks, 2, "both new tables reference users, validated");
+    // The statistics of the ANALYZE reach pg_stat_* asynchronously on 14.
+    wait_for(
+        "both new tables to show their ANALYZE",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_user_tables
+                      WHERE relid IN ('sessions'::regclass, 'api_access_tokens'::regclass)
+                        AND analyze_count > 0",
+                    &[],
+                )
+                .await
+                .ok()?
+                .get(0);
+            (n == 2).then_some(())
+        },
+    )
+    .await;
+    assert!(err.contains("table analyzed"), "{err}");
 }

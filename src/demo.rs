@@ -1378,7 +1378,7 @@ async fn verify_all(
     let mut all_equal = true;
     for (s, old) in specs.iter().zip(old_tables) {
         let v = verify::verify_table(verifier, s, parent, old, &s.source, &opts).await?;
-        info!(table = %s.source, equal = v.equal, old_rows = v.left_rows, new_rows = v.right_rows, "verified");
+        tracing::debug!(table = %s.source, equal = v.equal, old_rows = v.left_rows, new_rows = v.right_rows, "verified");
         all_equal &= v.equal;
         summary.verification.rows_compared += v.left_rows;
         if let Some(ts) = summary

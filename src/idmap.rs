@@ -115,7 +115,7 @@ impl IdMap {
         parser
             .finish()
             .map_err(|e| Error::Data(format!("{}: {e}", context())))?;
-        tracing::info!(
+        tracing::debug!(
             parent = %parent.table,
             rows = map.len(),
             bytes = map.memory_bytes(),

@@ -921,7 +921,7 @@ impl LogRenderer {
                 .map(|d| d.as_secs());
             tracing::info!(
                 table = %snap.table,
-                phase = snap.phase.as_str(),
+                phase = %snap.phase.as_str(),
                 rows_copied = snap.rows_copied,
                 rows_estimate = snap.rows_estimate,
                 rate = rate.map(|r| r.round()).unwrap_or(0.0),
@@ -930,8 +930,8 @@ impl LogRenderer {
                 lag_bytes = snap.lag_bytes,
                 lag_seconds = (snap.lag_seconds * 1000.0).round() / 1000.0,
                 wal_retained_bytes = snap.wal_retained_bytes,
-                throttle = throttle.state.as_str(),
-                last_error = snap.last_error.as_deref(),
+                throttle = %throttle.state.as_str(),
+                last_error = snap.last_error.as_deref().map(tracing::field::display),
                 "progress"
             );
         }
@@ -1361,11 +1361,11 @@ mod tests {
             .unwrap();
         for field in [
             "progress",
-            "phase=\"copying\"",
+            "phase=copying",
             "rows_copied=42",
             "rows_estimate=100",
             "lag_bytes=0",
-            "throttle=\"proceed\"",
+            "throttle=proceed",
         ] {
             assert!(line.contains(field), "{field} missing in {line}");
         }

@@ -310,3 +310,99 @@ async fn rewrite_cutover_auto_validates_and_analyzes_before_it_exits() {
     .await;
     assert!(err.contains("table analyzed"), "{err}");
 }
+
+/// A scratch directory for one test's files.
+fn scratch(db: &TestDb) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgrekey-{}", db.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_a_rewrite_and_cutover_are_one_quiet_line_per_event() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workload::create_schema(&c).await.unwrap();
+    workload::seed(&c, 20, 300).await.unwrap();
+    let dir = scratch(&db);
+    let rewrite_log = dir.join("rewrite.log");
+    let cutover_log = dir.join("cutover.json");
+    let mut rewrite = tokio::process::Command::new(env!("CARGO_BIN_EXE_pg-rekey"))
+        .arg("--dsn")
+        .arg(db.spec.to_dsn())
+        .args(["rewrite", "--parent", "users", "--uuid-column", "uuid_id"])
+        .args(["--table", "sessions", "--log-file"])
+        .arg(&rewrite_log)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_phase(&c, &["sessions"], "streaming").await;
+    c.batch_execute("UPDATE sessions SET token = token || 'x' WHERE id % 3 = 0")
+        .await
+        .unwrap();
+    let log = cutover_log.to_str().unwrap();
+    let (code, out, err) = cli(
+        &db,
+        &[
+            "cutover",
+            "--table",
+            "sessions",
+            "--log-format",
+            "json",
+            "--log-file",
+            log,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.is_empty(), "the log went to the file: {err}");
+    let status = tokio::time::timeout(Duration::from_secs(60), rewrite.wait())
+        .await
+        .expect("the rewrite exits after the cutover")
+        .unwrap();
+    assert!(status.success());
+
+    let text = std::fs::read_to_string(&rewrite_log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 5, "{text}");
+    for l in &lines {
+        assert!(
+            l.starts_with("20") && (l.contains(" INFO ") || l.contains("DEBUG")),
+            "one event per line, no WARN at a normal end: {l}"
+        );
+        for noise in ["Some(", "None", "{tables=", "rewrite{", "\x1b["] {
+            assert!(!l.contains(noise), "{noise:?} in {l}");
+        }
+    }
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("slot created"), 1, "said once: {text}");
+    assert_eq!(count("replication slot created"), 0, "{text}");
+    assert_eq!(count("id map loaded"), 1, "{text}");
+    assert_eq!(count("loaded key"), 0, "{text}");
+    assert_eq!(count("CopyDone"), 0, "{text}");
+    assert!(
+        lines
+            .iter()
+            .filter(|l| !l.contains(" progress table="))
+            .all(|l| l.contains("job=")),
+        "{text}"
+    );
+
+    let json = std::fs::read_to_string(&cutover_log).unwrap();
+    let mut messages = Vec::new();
+    for l in json.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v.get("spans").is_none(), "no span list: {l}");
+        assert_ne!(v["level"], "WARN", "{l}");
+        messages.push(v["message"].as_str().unwrap_or_default().to_string());
+    }
+    for m in ["cutover attempt", "table verified", "table analyzed"] {
+        assert!(messages.iter().any(|x| x == m), "{m} missing: {json}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

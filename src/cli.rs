@@ -239,6 +239,13 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Clear the rows of finished jobs (cut over, aborted) and of failed jobs
+    /// whose slot and shadow are gone. Old tables are kept.
+    #[arg(long)]
+    pub prune: bool,
+    /// Redraw every INTERVAL until interrupted (e.g. 2s).
+    #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "2s", conflicts_with = "prune")]
+    pub watch: Option<Duration>,
 }
 
 /// `abort`.
@@ -247,6 +254,9 @@ pub struct AbortArgs {
     /// Tables whose jobs to abort (repeatable, at least one).
     #[arg(long = "table", required = true)]
     pub tables: Vec<String>,
+    /// Do not ask for confirmation on a terminal.
+    #[arg(short, long)]
+    pub yes: bool,
 }
 
 /// Lock budget of a cutover.
@@ -291,6 +301,12 @@ pub struct CutoverArgs {
     /// this long for the lag to fall (e.g. 5m) instead of spending attempts.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub wait_for_lag: Option<Duration>,
+    /// Do not ask for confirmation on a terminal.
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Machine-readable report (every attempt, lock holders, warnings).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `verify`.

@@ -189,10 +189,24 @@ async fn rewrite(
     match result? {
         crate::rewrite::RewriteOutcome::CutOver => {
             print("every table is cut over\n")?;
+            let swapped: Vec<(String, String)> = cfg
+                .tables
+                .iter()
+                .map(|t| {
+                    let old = crate::swap::SwapNames::derive(t).old_table;
+                    (
+                        t.to_string(),
+                        QualifiedName::new(t.schema.clone(), old).to_string(),
+                    )
+                })
+                .collect();
+            print(&crate::guide::next_after_swap(&swapped))?;
             Ok(0)
         }
         crate::rewrite::RewriteOutcome::Aborted => {
             print("stopped: the job's shadows, slot, publication and state were removed; the source tables are untouched\n")?;
+            let names: Vec<String> = cfg.tables.iter().map(|t| t.to_string()).collect();
+            print(&crate::guide::next_after_rewrite_stopped(&names))?;
             Ok(1)
         }
     }
@@ -215,6 +229,20 @@ async fn finish_auto_cutover(
 async fn status(dsn: Option<&str>, a: StatusArgs) -> Result<ExitCode, Error> {
     let spec = conn_spec(dsn)?;
     let client = pg::connect(&spec, "status").await?;
+    if a.prune {
+        let pruned = crate::guide::prune(&client).await?;
+        if a.json {
+            let text =
+                serde_json::to_string_pretty(&pruned).map_err(|e| Error::Config(e.to_string()))?;
+            print(&format!("{text}\n"))?;
+        } else {
+            print(&crate::guide::render_pruned(&pruned))?;
+        }
+        return Ok(0);
+    }
+    if let Some(every) = a.watch {
+        return crate::status::watch(&client, every, a.json).await;
+    }
     let report = crate::status::load(&client).await?;
     if a.json {
         let text =
@@ -229,7 +257,29 @@ async fn status(dsn: Option<&str>, a: StatusArgs) -> Result<ExitCode, Error> {
 async fn abort(dsn: Option<&str>, a: AbortArgs) -> Result<ExitCode, Error> {
     let spec = conn_spec(dsn)?;
     let tables = parse_tables(&a.tables)?;
+    if !a.yes && crate::guide::interactive() {
+        let admin = pg::connect(&spec, "abort-confirm").await?;
+        let jobs = crate::guide::jobs_of(&admin, &tables).await?;
+        if jobs
+            .iter()
+            .any(|j| j.phase() != Some(crate::state::Phase::CutOver))
+            && !crate::guide::confirm(&crate::guide::abort_plan(&jobs), false)?
+        {
+            print("not confirmed; nothing was done\n")?;
+            return Ok(1);
+        }
+    }
     let results = crate::abort::abort(&spec, &tables).await?;
+    let aborted: Vec<String> = results
+        .iter()
+        .filter(|r| r.outcome == "aborted")
+        .flat_map(|r| std::iter::once(r.table.clone()).chain(r.with.iter().cloned()))
+        .fold(Vec::new(), |mut v, t| {
+            if !v.contains(&t) {
+                v.push(t);
+            }
+            v
+        });
     let mut text = String::new();
     for r in results {
         let line = match r.outcome.as_str() {
@@ -244,6 +294,7 @@ async fn abort(dsn: Option<&str>, a: AbortArgs) -> Result<ExitCode, Error> {
         };
         text.push_str(&line);
     }
+    text.push_str(&crate::guide::next_after_abort(&aborted));
     print(&text)?;
     Ok(0)
 }
@@ -262,8 +313,46 @@ async fn cutover(dsn: Option<&str>, a: CutoverArgs) -> Result<ExitCode, Error> {
         skip_verify: a.skip_verify,
         verify_chunk_rows: 10_000,
     };
+    if !cfg.dry_run && !a.yes && crate::guide::interactive() {
+        let admin = pg::connect(&cfg.spec, "cutover-confirm").await?;
+        let jobs = crate::guide::jobs_of(&admin, &cfg.tables).await?;
+        let pending: Vec<_> = jobs
+            .into_iter()
+            .filter(|j| j.phase() != Some(crate::state::Phase::CutOver))
+            .collect();
+        if !pending.is_empty()
+            && !crate::guide::confirm(
+                &crate::guide::cutover_plan(&pending, !cfg.skip_verify),
+                false,
+            )?
+        {
+            print("not confirmed; nothing was done\n")?;
+            return Ok(1);
+        }
+    }
     let report = crate::cutover::run(&cfg).await?;
-    print(&render_cutover(&report))?;
+    if a.json {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        print(&format!("{text}\n"))?;
+    } else {
+        print(&render_cutover(&report))?;
+        let names: Vec<String> = cfg.tables.iter().map(|t| t.to_string()).collect();
+        if cfg.dry_run {
+            print(&format!(
+                "-- next: the same command without --dry-run swaps: pg-rekey cutover {}\n",
+                names
+                    .iter()
+                    .map(|t| format!("--table {t}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))?;
+        } else if report.swapped {
+            print(&crate::guide::next_after_swap(&report.tables))?;
+        } else {
+            print(&crate::guide::next_after_give_up(&names))?;
+        }
+    }
     Ok(if report.swapped || cfg.dry_run { 0 } else { 1 })
 }
 

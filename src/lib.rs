@@ -31,6 +31,7 @@ pub mod demo;
 pub mod embedded;
 pub mod error;
 pub mod fence;
+pub mod guide;
 pub mod idmap;
 pub mod lag;
 pub mod metrics;

@@ -17,6 +17,10 @@ pub struct TableStatus {
     pub shadow_table: String,
     /// The old table after cutover.
     pub old_table: Option<String>,
+    /// Whether the old table still exists (`None` before cutover). A job
+    /// whose old table was dropped by hand is finished: `status --prune`
+    /// clears its row.
+    pub old_table_exists: Option<bool>,
     /// Rows copied.
     pub rows_copied: i64,
     /// Estimated rows.
@@ -75,6 +79,16 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
             }
             None => (None, None),
         };
+        let old_table_exists = match &j.old_table {
+            Some(old) => Some(
+                client
+                    .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[old])
+                    .await
+                    .map_err(Error::db("look for the old table"))?
+                    .get::<_, bool>(0),
+            ),
+            None => None,
+        };
         let live = lags.iter().find(|l| l.job_id == j.job_id);
         let (lag, lag_seconds) = match (j.phase.as_str(), live) {
             ("copying" | "streaming" | "cutting_over", Some(l)) => {
@@ -87,6 +101,7 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
             phase: j.phase,
             shadow_table: j.shadow_table,
             old_table: j.old_table,
+            old_table_exists,
             rows_copied: j.rows_copied,
             rows_estimate: j.rows_estimate,
             lag_bytes: lag,
@@ -158,7 +173,11 @@ pub fn render(rows: &[TableStatus]) -> String {
             r.wal_retained_bytes
                 .map(human_bytes)
                 .unwrap_or_else(|| "-".into()),
-            r.old_table.clone().unwrap_or_else(|| "-".into()),
+            match (&r.old_table, r.old_table_exists) {
+                (Some(o), Some(false)) => format!("{o} (dropped)"),
+                (Some(o), _) => o.clone(),
+                (None, _) => "-".into(),
+            },
             r.error.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
@@ -187,7 +206,48 @@ pub fn render(rows: &[TableStatus]) -> String {
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
+    let finished = rows
+        .iter()
+        .filter(|r| matches!(r.phase.as_str(), "cut_over" | "aborted"))
+        .count();
+    if finished > 0 {
+        out.push_str(&format!(
+            "{finished} finished job row{} (kept for the record); `pg-rekey status --prune` clears {}\n",
+            if finished == 1 { "" } else { "s" },
+            if finished == 1 { "it" } else { "them" }
+        ));
+    }
     out
+}
+
+/// `status --watch`: redraw every `every` until Ctrl-C. On a terminal the
+/// screen is cleared between draws; otherwise (and with `--json`, one
+/// object per line) each draw is appended.
+pub async fn watch(client: &Client, every: std::time::Duration, json: bool) -> Result<u8, Error> {
+    use std::io::IsTerminal;
+    let terminal = std::io::stdout().is_terminal();
+    let mut stop = crate::commands::shutdown_signal();
+    loop {
+        let rows = load(client).await?;
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let text = if json {
+            let v = serde_json::json!({ "at": now.to_string(), "tables": rows });
+            format!("{v}\n")
+        } else if terminal {
+            format!(
+                "\x1b[H\x1b[2J{now}  (every {}; Ctrl-C to stop)\n{}",
+                humantime::format_duration(every),
+                render(&rows)
+            )
+        } else {
+            format!("{now}\n{}\n", render(&rows))
+        };
+        crate::commands::print(&text)?;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(0),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +261,7 @@ mod tests {
             phase: "streaming".into(),
             shadow_table: "public._rekey_new_sessions".into(),
             old_table: None,
+            old_table_exists: None,
             rows_copied: 10,
             rows_estimate: 12,
             lag_bytes: Some(2048),

@@ -406,3 +406,129 @@ async fn logs_of_a_rewrite_and_cutover_are_one_quiet_line_per_event() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Run `pg-rekey ARGS` on a pseudo-terminal (util-linux `script`), typing
+/// `input`: (exit code, everything the terminal showed).
+async fn on_terminal(db: &TestDb, args: &str, input: &str) -> (i32, String) {
+    use tokio::io::AsyncWriteExt;
+    let cmd = format!(
+        "'{}' --dsn '{}' {args}",
+        env!("CARGO_BIN_EXE_pg-rekey"),
+        db.spec.to_dsn()
+    );
+    let mut child = tokio::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("DATABASE_URL")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux script runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("the command ends")
+        .unwrap();
+    drop(stdin);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmations_on_a_terminal_next_steps_and_prune() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    workload::create_schema(&c).await.unwrap();
+    workload::seed(&c, 20, 200).await.unwrap();
+    let start = |t: &'static str| {
+        let (tx, rx) = watch::channel(false);
+        let rcfg = example_config(&db, &[t]);
+        let job = tokio::spawn(async move {
+            rewrite::run(&rcfg, rx, pg_rekey::progress::JobProgress::new()).await
+        });
+        (tx, job)
+    };
+    let (_tx1, sessions_job) = start("sessions");
+    let (_tx2, tokens_job) = start("api_access_tokens");
+    wait_phase(&c, &["sessions", "api_access_tokens"], "streaming").await;
+
+    // On a terminal, abort shows what it will remove and asks; "n" keeps all.
+    let (code, shown) = on_terminal(&db, "abort --table api_access_tokens", "n\n").await;
+    assert_eq!(code, 1, "{shown}");
+    assert!(shown.contains("abort will stop and remove"), "{shown}");
+    assert!(
+        shown.contains("shadow public._rekey_new_api_access_tokens"),
+        "{shown}"
+    );
+    assert!(shown.contains("Proceed? [y/N]"), "{shown}");
+    assert!(shown.contains("not confirmed; nothing was done"), "{shown}");
+    let phase: String = c
+        .query_one(
+            "SELECT phase FROM pgrekey.jobs WHERE source_table = 'api_access_tokens'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(phase, "streaming");
+    // "y" goes ahead, and the output ends with the next step.
+    let (code, shown) = on_terminal(&db, "abort --table api_access_tokens", "y\n").await;
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("public.api_access_tokens: aborted"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("next: to start again, pg-rekey plan --table public.api_access_tokens"),
+        "{shown}"
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(60), tokens_job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::Aborted);
+
+    // Off a terminal: no question (stdin is closed, so one would fail), and
+    // the swap ends with what to do next.
+    let (code, out, err) = cli(&db, &["cutover", "--table", "sessions", "--skip-verify"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!out.contains("Proceed?") && !err.contains("Proceed?"));
+    assert!(
+        out.contains("pg-rekey verify --table public.sessions"),
+        "{out}"
+    );
+    assert!(
+        out.contains("DROP TABLE public._rekey_old_sessions"),
+        "{out}"
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(60), sessions_job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::CutOver);
+
+    // The finished row stays listed, with a way to clear it; an old table
+    // dropped by hand is said to be dropped.
+    let (_, out, _) = cli(&db, &["status"]).await;
+    assert!(out.contains("cut_over"), "{out}");
+    assert!(out.contains("status --prune"), "{out}");
+    c.batch_execute("DROP TABLE _rekey_old_sessions")
+        .await
+        .unwrap();
+    let (_, out, _) = cli(&db, &["status"]).await;
+    assert!(
+        out.contains("public._rekey_old_sessions (dropped)"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&db, &["status", "--prune"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "cleared public.sessions (cut_over)\n");
+    let (_, out, _) = cli(&db, &["status"]).await;
+    assert_eq!(out, "no pg-rekey jobs\n");
+}

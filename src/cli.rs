@@ -8,7 +8,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Rewrite integer references to `users.id` into UUID references, online.
 #[derive(Debug, Parser)]
-#[command(name = "pg-rekey", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "pg-rekey",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = crate::cli_help::TOP
+)]
 pub struct Cli {
     /// Options every command takes.
     #[command(flatten)]
@@ -73,28 +80,65 @@ pub enum LogFormat {
 pub enum Command {
     /// Show what `rewrite` would do and every preflight finding.
     /// Exit 0 ready, 1 blockers found, 2 error.
+    #[command(after_help = crate::cli_help::PLAN)]
     Plan(PlanArgs),
     /// Create the shadows, copy, then stream until the tables are cut over.
+    #[command(after_help = crate::cli_help::REWRITE)]
     Rewrite(RewriteArgs),
     /// One line per table being rewritten: phase, rows, lag, errors.
+    #[command(after_help = crate::cli_help::STATUS)]
     Status(StatusArgs),
     /// Stop the job for these tables and remove its shadows, slot, publication
     /// and state. The source tables are untouched. Idempotent.
+    #[command(after_help = crate::cli_help::ABORT)]
     Abort(AbortArgs),
     /// Swap shadows into place in one short locked transaction.
     /// Exit 0 swapped, 1 gave up with the sources untouched, 2 error.
+    #[command(after_help = crate::cli_help::CUTOVER)]
     Cutover(CutoverArgs),
     /// Compare source and shadow (before cutover) or old and new (after).
     /// Exit 0 equal, 1 different, 2 error.
+    #[command(after_help = crate::cli_help::VERIFY)]
     Verify(VerifyArgs),
     /// Try the whole tool on a throwaway PostgreSQL (or, with --dsn, in a
     /// fresh database on that server): example schema, concurrent workload,
     /// rewrite, cutover, verification, summary. Removes what it started.
     /// Exit 0 verified, 1 not, 2 error.
+    #[command(after_help = crate::cli_help::DEMO)]
     Demo(DemoArgs),
     /// Run the demo's workload, rewrite and cutover against --dsn for a
     /// duration, in a database it creates and drops. Exit 0 verified, 1 not, 2 error.
+    #[command(after_help = crate::cli_help::SOAK)]
     Soak(SoakArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = crate::cli_help::COMPLETIONS)]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), generated from this command line.
+    #[command(after_help = crate::cli_help::MAN)]
+    Man,
+}
+
+/// Hooks run at phase changes (see `crate::hooks`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct HookArgs {
+    /// Run every executable in DIR named on-<event>[-…] at each phase change
+    /// (copy-done, streaming, ready-for-cutover, before-cutover,
+    /// cutover-attempt-failed, swapped, cutover-gave-up, failed, aborted),
+    /// with the job's facts in PGREKEY_* environment variables. A failing
+    /// before-cutover hook vetoes the attempt.
+    #[arg(long, value_name = "DIR")]
+    pub hook_dir: Option<std::path::PathBuf>,
+    /// Run CMD (through sh -c) at every phase change, PGREKEY_EVENT naming it.
+    #[arg(long, value_name = "CMD")]
+    pub on_event: Option<String>,
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// The parent table and its uuid column.
@@ -164,6 +208,9 @@ pub struct RewriteArgs {
     /// terminal (or with --log-format json). On a terminal, bars are shown.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
     pub progress_interval: Duration,
+    /// Hooks.
+    #[command(flatten)]
+    pub hooks: HookArgs,
 }
 
 /// Parse a listen address: `IP:PORT`, `[IPv6]:PORT` or `HOSTNAME:PORT` (the
@@ -257,6 +304,9 @@ pub struct AbortArgs {
     /// Do not ask for confirmation on a terminal.
     #[arg(short, long)]
     pub yes: bool,
+    /// Hooks.
+    #[command(flatten)]
+    pub hooks: HookArgs,
 }
 
 /// Lock budget of a cutover.
@@ -307,6 +357,9 @@ pub struct CutoverArgs {
     /// Machine-readable report (every attempt, lock holders, warnings).
     #[arg(long)]
     pub json: bool,
+    /// Hooks.
+    #[command(flatten)]
+    pub hooks: HookArgs,
 }
 
 /// `verify`.

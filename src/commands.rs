@@ -48,6 +48,11 @@ pub fn print(text: &str) -> Result<(), Error> {
     }
 }
 
+/// Write bytes to stdout; a closed pipe is not an error.
+fn write_bytes(b: &[u8]) -> Result<(), Error> {
+    print(&String::from_utf8_lossy(b))
+}
+
 /// A channel that turns `true` on Ctrl-C (SIGINT) or SIGTERM.
 pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
@@ -89,6 +94,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Verify(a) => verify(dsn, a).await,
         Command::Demo(a) => demo(dsn, a).await,
         Command::Soak(a) => soak(dsn, a).await,
+        Command::Completions(a) => {
+            write_bytes(&crate::cli_help::completions(a.shell))?;
+            Ok(0)
+        }
+        Command::Man => {
+            let page = crate::cli_help::man_page().map_err(|e| Error::Io {
+                context: "render the manual page".into(),
+                source: e,
+            })?;
+            write_bytes(&page)?;
+            Ok(0)
+        }
     }
 }
 
@@ -172,15 +189,23 @@ async fn rewrite(
     let shutdown = shutdown_signal();
     let auto = (a.cutover == crate::cli::CutoverMode::Auto).then(|| {
         tokio::spawn(crate::cutover::auto(
-            auto_cutover_config(&cfg, &a.lock),
+            auto_cutover_config(&cfg, &a.lock, &a.hooks),
             shutdown.clone(),
         ))
     });
+    let events = spawn_rewrite_events(
+        hooks(&a.hooks),
+        Arc::clone(&progress),
+        a.lock.max_lag_bytes,
+        done(),
+    );
     let result = crate::rewrite::run(&cfg, shutdown, Arc::clone(&progress)).await;
+    rewrite_end_hook(&hooks(&a.hooks), &cfg.tables, &result).await;
     if let Some(auto) = auto {
         finish_auto_cutover(auto, &result).await;
     }
     let _ = done_tx.send(true);
+    let _ = events.await;
     // The renderer draws the final state before it returns.
     let _ = renderer.await;
     if let Some(m) = metrics {
@@ -209,6 +234,85 @@ async fn rewrite(
             print(&crate::guide::next_after_rewrite_stopped(&names))?;
             Ok(1)
         }
+    }
+}
+
+/// The hooks of the flags.
+fn hooks(a: &crate::cli::HookArgs) -> crate::hooks::Hooks {
+    crate::hooks::Hooks {
+        dir: a.hook_dir.clone(),
+        command: a.on_event.clone(),
+    }
+}
+
+/// Fire the rewrite's phase-change hooks (copy-done, streaming,
+/// ready-for-cutover) from its live progress, each once, until `done`.
+fn spawn_rewrite_events(
+    hooks: crate::hooks::Hooks,
+    progress: Arc<JobProgress>,
+    max_lag_bytes: u64,
+    done: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use crate::hooks::{Event, Facts};
+    use crate::progress::Phase;
+    tokio::spawn(async move {
+        if !hooks.any() {
+            return;
+        }
+        tokio::pin!(done);
+        let mut fired: Vec<Event> = Vec::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = &mut done => return,
+                _ = tick.tick() => {}
+            }
+            let snaps: Vec<_> = progress.tables().iter().map(|t| t.snapshot()).collect();
+            if snaps.is_empty() {
+                continue;
+            }
+            let facts = Facts {
+                lag_bytes: snaps.iter().map(|s| s.lag_bytes).max(),
+                ..Facts::tables(snaps.iter().map(|s| s.table.clone()))
+            };
+            let streaming = snaps.iter().all(|s| s.phase == Phase::Streaming);
+            let due = [
+                (Event::CopyDone, snaps.iter().all(|s| s.copy_done)),
+                (Event::Streaming, streaming),
+                (
+                    Event::ReadyForCutover,
+                    streaming && snaps.iter().all(|s| s.lag_bytes <= max_lag_bytes),
+                ),
+            ];
+            for (event, now) in due {
+                if now && !fired.contains(&event) {
+                    fired.push(event);
+                    hooks.run(event, &facts).await;
+                }
+            }
+        }
+    })
+}
+
+/// The rewrite's end: `failed` or `aborted` hooks (a swap fires `swapped`
+/// from the cutover that made it).
+async fn rewrite_end_hook(
+    hooks: &crate::hooks::Hooks,
+    tables: &[QualifiedName],
+    result: &Result<crate::rewrite::RewriteOutcome, Error>,
+) {
+    use crate::hooks::{Event, Facts};
+    let (event, error) = match result {
+        Ok(crate::rewrite::RewriteOutcome::CutOver) => return,
+        Ok(crate::rewrite::RewriteOutcome::Aborted) => (Event::Aborted, None),
+        Err(e) => (Event::Failed, Some(e.to_string())),
+    };
+    if hooks.any() {
+        let facts = Facts {
+            error,
+            ..Facts::tables(tables)
+        };
+        hooks.run(event, &facts).await;
     }
 }
 
@@ -294,6 +398,14 @@ async fn abort(dsn: Option<&str>, a: AbortArgs) -> Result<ExitCode, Error> {
         };
         text.push_str(&line);
     }
+    if !aborted.is_empty() && (a.hooks.hook_dir.is_some() || a.hooks.on_event.is_some()) {
+        hooks(&a.hooks)
+            .run(
+                crate::hooks::Event::Aborted,
+                &crate::hooks::Facts::tables(&aborted),
+            )
+            .await;
+    }
     text.push_str(&crate::guide::next_after_abort(&aborted));
     print(&text)?;
     Ok(0)
@@ -309,6 +421,7 @@ async fn cutover(dsn: Option<&str>, a: CutoverArgs) -> Result<ExitCode, Error> {
         backoff: a.lock.backoff,
         max_lag_bytes: a.lock.max_lag_bytes,
         wait_for_lag: a.wait_for_lag,
+        hooks: hooks(&a.hooks),
         dry_run: a.dry_run,
         skip_verify: a.skip_verify,
         verify_chunk_rows: 10_000,
@@ -443,6 +556,7 @@ pub async fn verify(dsn: Option<&str>, a: VerifyArgs) -> Result<ExitCode, Error>
 fn auto_cutover_config(
     cfg: &crate::rewrite::RewriteConfig,
     lock: &crate::cli::LockArgs,
+    hook_args: &crate::cli::HookArgs,
 ) -> crate::cutover::CutoverConfig {
     crate::cutover::CutoverConfig {
         spec: cfg.spec.clone(),
@@ -453,6 +567,7 @@ fn auto_cutover_config(
         backoff: lock.backoff,
         max_lag_bytes: lock.max_lag_bytes,
         wait_for_lag: None,
+        hooks: hooks(hook_args),
         dry_run: false,
         skip_verify: false,
         verify_chunk_rows: 10_000,

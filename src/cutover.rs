@@ -121,6 +121,8 @@ pub struct CutoverConfig {
     /// Wait up to this long for the lag to fall under `max_lag_bytes`
     /// instead of spending attempts on it (`None`: an attempt is spent).
     pub wait_for_lag: Option<Duration>,
+    /// Hooks run before each attempt (a failure vetoes it) and at the end.
+    pub hooks: crate::hooks::Hooks,
     /// Print the SQL instead of running it.
     pub dry_run: bool,
     /// Skip the verification before the swap.
@@ -359,6 +361,8 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                 // would only spend themselves the same way.
                 break;
             }
+        } else if let Some(veto) = before_cutover_hook(cfg, &job_ids, attempt, lag).await {
+            report.attempts.push(veto);
         } else {
             let mut session = pg::connect(&cfg.spec, "cutover-lock").await?;
             let r = attempt_once(
@@ -395,6 +399,9 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                         "cutover attempt"
                     );
                     let changed = a.outcome == CATALOG_CHANGED;
+                    if !swapped {
+                        attempt_failed_hook(cfg, &a).await;
+                    }
                     report.attempts.push(a);
                     if swapped {
                         report.swapped = true;
@@ -438,6 +445,16 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             cfg.max_lag_bytes,
             last_lag,
         ));
+        if cfg.hooks.any() {
+            let facts = crate::hooks::Facts {
+                outcome: report.attempts.last().map(|a| a.outcome.clone()),
+                error: report.reason.clone(),
+                ..crate::hooks::Facts::tables(&cfg.tables)
+            };
+            cfg.hooks
+                .run(crate::hooks::Event::CutoverGaveUp, &facts)
+                .await;
+        }
         return Ok(report);
     }
     for t in &targets {
@@ -447,7 +464,79 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         ));
     }
     after_commit(&admin, &targets, &mut report).await;
+    if cfg.hooks.any() {
+        let facts = crate::hooks::Facts {
+            job_id: Some(
+                job_ids
+                    .iter()
+                    .map(|j| j.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            attempt: report.attempts.last().map(|a| a.attempt),
+            outcome: Some("swapped".into()),
+            old_tables: report.tables.iter().map(|(_, o)| o.clone()).collect(),
+            ..crate::hooks::Facts::tables(&cfg.tables)
+        };
+        cfg.hooks.run(crate::hooks::Event::Swapped, &facts).await;
+    }
     Ok(report)
+}
+
+/// Run the `before-cutover` hooks; `Some(report)` when one failed and so
+/// vetoed this attempt.
+async fn before_cutover_hook(
+    cfg: &CutoverConfig,
+    job_ids: &[Uuid],
+    attempt: u32,
+    lag: u64,
+) -> Option<AttemptReport> {
+    if !cfg.hooks.any() {
+        return None;
+    }
+    let facts = crate::hooks::Facts {
+        job_id: Some(
+            job_ids
+                .iter()
+                .map(|j| j.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        attempt: Some(attempt),
+        lag_bytes: Some(lag),
+        ..crate::hooks::Facts::tables(&cfg.tables)
+    };
+    let failures = cfg
+        .hooks
+        .run(crate::hooks::Event::BeforeCutover, &facts)
+        .await;
+    let first = failures.first()?;
+    warn!(
+        attempt,
+        "the before-cutover hook vetoed the attempt: {first}"
+    );
+    Some(AttemptReport {
+        attempt,
+        lock_wait_ms: 0.0,
+        lock_hold_ms: None,
+        outcome: crate::cutover_gate::VETOED_BY_HOOK.into(),
+        phases: vec![],
+        lock_holders: vec![],
+    })
+}
+
+/// Run the `cutover-attempt-failed` hooks (failures are only logged).
+async fn attempt_failed_hook(cfg: &CutoverConfig, a: &AttemptReport) {
+    if cfg.hooks.any() {
+        let facts = crate::hooks::Facts {
+            attempt: Some(a.attempt),
+            outcome: Some(a.outcome.clone()),
+            ..crate::hooks::Facts::tables(&cfg.tables)
+        };
+        cfg.hooks
+            .run(crate::hooks::Event::CutoverAttemptFailed, &facts)
+            .await;
+    }
 }
 
 async fn load_jobs(admin: &Client, tables: &[QualifiedName]) -> Result<Vec<JobRow>, Error> {

@@ -19,6 +19,9 @@ use crate::progress::format_bytes;
 /// Outcome of an attempt that was not started because the jobs lagged.
 pub const LAG_ABOVE_LIMIT: &str = "lag_above_limit";
 
+/// Outcome of an attempt a `before-cutover` hook vetoed.
+pub const VETOED_BY_HOOK: &str = "vetoed_by_hook";
+
 /// The largest byte lag among `job_ids`.
 pub async fn max_lag(admin: &Client, job_ids: &[Uuid]) -> Result<u64, Error> {
     Ok(crate::lag::job_lags(admin, Some(job_ids))
@@ -175,6 +178,9 @@ pub fn give_up_reason(
             ),
             "drain_timeout" => "The jobs did not apply the fence within --max-hold while the locks were held: \
                  they are behind; wait for `pg-rekey status` to show a small lag, or raise --max-hold."
+                .to_string(),
+            VETOED_BY_HOOK => "The before-cutover hook failed and so vetoed the attempt (see its output in the log); \
+                 fix what it checks, or run cutover without it."
                 .to_string(),
             "catalog_changed" => "DDL on the tables or their dependents kept committing while the swap was built; \
                  stop the DDL and run cutover again."

@@ -1283,6 +1283,7 @@ fn cutover_config(spec: &ConnSpec, tables: &[QualifiedName]) -> CutoverConfig {
         backoff: Duration::from_millis(100),
         max_lag_bytes: 16 * 1024 * 1024,
         wait_for_lag: None,
+        hooks: Default::default(),
         dry_run: false,
         // The scenario runs the same verify just before (to report it) and
         // compares old against new itself, exactly at the swap.

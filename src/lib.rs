@@ -21,6 +21,7 @@
 pub mod abort;
 pub mod apply;
 pub mod cli;
+pub mod cli_help;
 pub mod commands;
 pub mod copy;
 pub mod cutover;
@@ -32,6 +33,7 @@ pub mod embedded;
 pub mod error;
 pub mod fence;
 pub mod guide;
+pub mod hooks;
 pub mod idmap;
 pub mod lag;
 pub mod metrics;

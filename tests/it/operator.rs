@@ -244,6 +244,12 @@ async fn rewrite_cutover_auto_validates_and_analyzes_before_it_exits() {
     let c = db.client().await;
     workload::create_schema(&c).await.unwrap();
     workload::seed(&c, 20, 400).await.unwrap();
+    let dir = scratch(&db);
+    let events = dir.join("events");
+    let hook = format!(
+        "echo \"$PGREKEY_EVENT $PGREKEY_TABLES $PGREKEY_OLD_TABLES\" >> '{}'",
+        events.display()
+    );
     let (code, out, err) = cli(
         &db,
         &[
@@ -258,10 +264,34 @@ async fn rewrite_cutover_auto_validates_and_analyzes_before_it_exits() {
             "api_access_tokens",
             "--cutover",
             "auto",
+            "--on-event",
+            &hook,
         ],
     )
     .await;
     assert_eq!(code, 0, "{out}\n{err}");
+    // The hooks saw each phase change, in order, with the tables.
+    let seen = std::fs::read_to_string(&events).unwrap();
+    let names: Vec<&str> = seen.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "copy-done",
+            "streaming",
+            "ready-for-cutover",
+            "before-cutover",
+            "swapped"
+        ],
+        "{seen}"
+    );
+    let swapped = seen.lines().last().unwrap();
+    assert!(
+        swapped.starts_with("swapped public.sessions,public.api_access_tokens ")
+            && swapped.contains("public._rekey_old_sessions")
+            && swapped.contains("public._rekey_old_api_access_tokens"),
+        "{seen}"
+    );
+    assert!(out.contains("next:"), "{out}");
     let not_valid: Vec<String> = c
         .query(
             "SELECT conrelid::regclass::text || '.' || conname FROM pg_constraint
@@ -531,4 +561,67 @@ async fn confirmations_on_a_terminal_next_steps_and_prune() {
     assert_eq!(out, "cleared public.sessions (cut_over)\n");
     let (_, out, _) = cli(&db, &["status"]).await;
     assert_eq!(out, "no pg-rekey jobs\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_before_cutover_hook_vetoes_the_attempt() {
+    use std::os::unix::fs::PermissionsExt;
+    let (db, _c, _tx, job) = streaming(&["sessions"]).await;
+    let dir = scratch(&db);
+    let hooks = dir.join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let record = dir.join("record");
+    let vetoed_once = dir.join("vetoed");
+    let write = |name: &str, body: String| {
+        let p = hooks.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    // Vetoes the first attempt, allows the next.
+    write(
+        "on-before-cutover",
+        format!(
+            "echo \"$PGREKEY_EVENT attempt=$PGREKEY_ATTEMPT tables=$PGREKEY_TABLES lag=$PGREKEY_LAG_BYTES\" >> '{r}'\n\
+             if [ ! -e '{v}' ]; then touch '{v}'; echo 'not now' >&2; exit 3; fi\n",
+            r = record.display(),
+            v = vetoed_once.display()
+        ),
+    );
+    write(
+        "on-swapped-record",
+        format!(
+            "echo \"$PGREKEY_EVENT attempt=$PGREKEY_ATTEMPT old=$PGREKEY_OLD_TABLES\" >> '{}'\n",
+            record.display()
+        ),
+    );
+    // Not executable: not run.
+    std::fs::write(hooks.join("on-swapped-disabled"), "#!/bin/sh\nexit 1\n").unwrap();
+
+    let mut cfg = crate::cutover::cutover_cfg(&db, &["sessions"]);
+    cfg.attempts = 3;
+    cfg.backoff = Duration::from_millis(10);
+    cfg.hooks = pg_rekey::hooks::Hooks {
+        dir: Some(hooks.clone()),
+        command: None,
+    };
+    let report = cutover::run(&cfg).await.unwrap();
+    assert!(report.swapped, "{:?}", report.attempts);
+    let outcomes: Vec<&str> = report.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["vetoed_by_hook", "swapped"]);
+    let seen = std::fs::read_to_string(&record).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.len(), 3, "{seen}");
+    assert!(
+        lines[0].starts_with("before-cutover attempt=1 tables=public.sessions lag="),
+        "{seen}"
+    );
+    assert!(lines[1].starts_with("before-cutover attempt=2 "), "{seen}");
+    assert_eq!(lines[2], "swapped attempt=2 old=public._rekey_old_sessions");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::CutOver);
+    let _ = std::fs::remove_dir_all(&dir);
 }

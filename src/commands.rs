@@ -426,6 +426,8 @@ async fn cutover(dsn: Option<&str>, a: CutoverArgs) -> Result<ExitCode, Error> {
         skip_verify: a.skip_verify,
         verify_chunk_rows: 10_000,
     };
+    crate::guide::require_tables(&pg::connect(&cfg.spec, "cutover-check").await?, &cfg.tables)
+        .await?;
     if !cfg.dry_run && !a.yes && crate::guide::interactive() {
         let admin = pg::connect(&cfg.spec, "cutover-confirm").await?;
         let jobs = crate::guide::jobs_of(&admin, &cfg.tables).await?;
@@ -541,6 +543,7 @@ pub async fn verify(dsn: Option<&str>, a: VerifyArgs) -> Result<ExitCode, Error>
     let spec = conn_spec(dsn)?;
     let tables = parse_tables(&a.tables)?;
     let opts = verify_options(&a)?;
+    crate::guide::require_tables(&pg::connect(&spec, "verify-check").await?, &tables).await?;
     let report = crate::verify::run(&spec, &tables, &opts).await?;
     if a.json {
         let text =

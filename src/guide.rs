@@ -126,6 +126,41 @@ pub async fn jobs_of(client: &Client, tables: &[QualifiedName]) -> Result<Vec<Jo
         .collect())
 }
 
+/// Refuse tables that do not exist, before a command's own checks would
+/// suggest acting on them (e.g. starting a rewrite of a table that is not
+/// there). Lists the jobs that do exist.
+pub async fn require_tables(client: &Client, tables: &[QualifiedName]) -> Result<(), Error> {
+    let names: Vec<String> = tables.iter().map(|t| t.quoted()).collect();
+    let rows = client
+        .query(
+            "SELECT x FROM unnest($1::text[]) x WHERE to_regclass(x) IS NULL",
+            &[&names],
+        )
+        .await
+        .map_err(Error::db("look up the tables"))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<String> = tables
+        .iter()
+        .filter(|t| rows.iter().any(|r| r.get::<_, String>(0) == t.quoted()))
+        .map(|t| t.to_string())
+        .collect();
+    let jobs: Vec<String> = match state::list_jobs(client).await {
+        Ok(j) => j.into_iter().map(|j| j.table).collect(),
+        Err(_) => vec![],
+    };
+    Err(Error::Config(format!(
+        "no table {} in this database; {}",
+        missing.join(", "),
+        if jobs.is_empty() {
+            "there are no pg-rekey jobs either".to_string()
+        } else {
+            format!("the tables with pg-rekey jobs are: {}", jobs.join(", "))
+        }
+    )))
+}
+
 /// Next steps after a swap: `(table, old table)` pairs.
 pub fn next_after_swap(swapped: &[(String, String)]) -> String {
     let tables: Vec<String> = swapped.iter().map(|(t, _)| t.clone()).collect();

@@ -625,3 +625,82 @@ async fn a_failing_before_cutover_hook_vetoes_the_attempt() {
     assert_eq!(outcome, RewriteOutcome::CutOver);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_conventions_color_help_completions_man_and_hints() {
+    let (db, _c, tx, job) = streaming(&["sessions"]).await;
+
+    // --color always colours the level; NO_COLOR on a terminal does not.
+    let (code, out, err) = cli(&db, &["--color", "always", "verify", "--table", "sessions"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("\x1b[32m INFO\x1b[0m"), "{err}");
+    let (code, _, err) = cli(&db, &["--color", "never", "verify", "--table", "sessions"]).await;
+    assert_eq!(code, 0);
+    assert!(err.contains(" INFO ") && !err.contains("\x1b["), "{err}");
+    let (code, shown) = on_terminal(&db, "verify --table sessions", "").await;
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains(" INFO "), "{shown}");
+    assert!(!shown.contains("\x1b[3"), "NO_COLOR is honoured: {shown:?}");
+
+    // A table that does not exist is named as such, never offered a rewrite.
+    let (code, out, err) = cli(&db, &["verify", "--table", "nosuch"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        err.contains("no table public.nosuch in this database"),
+        "{err}"
+    );
+    assert!(err.contains("public.sessions"), "lists the jobs: {err}");
+    assert!(!err.contains("pg-rekey rewrite"), "{err}");
+    let (code, _, err) = cli(&db, &["cutover", "--table", "nosuch", "--yes"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("no table public.nosuch"), "{err}");
+
+    // Help: examples everywhere, global flags grouped, --dsn not required.
+    for sub in [
+        "plan",
+        "rewrite",
+        "status",
+        "abort",
+        "cutover",
+        "verify",
+        "demo",
+        "soak",
+        "completions",
+        "man",
+    ] {
+        let (code, out, _) = cli(&db, &[sub, "--help"]).await;
+        assert_eq!(code, 0, "{sub}");
+        assert!(out.contains("Examples:\n  pg-rekey"), "{sub}: {out}");
+        assert!(out.contains("Global options:"), "{sub}: {out}");
+        let usage = out.lines().find(|l| l.starts_with("Usage:")).unwrap();
+        assert!(!usage.contains("--dsn"), "{sub}: {usage}");
+    }
+    let (_, out, _) = cli(&db, &["cutover", "--help"]).await;
+    for flag in [
+        "--wait-for-lag",
+        "--yes",
+        "--json",
+        "--hook-dir",
+        "--max-lag-bytes <SIZE>",
+    ] {
+        assert!(out.contains(flag), "{flag}: {out}");
+    }
+
+    // Completions and the man page come from the same definition.
+    let (code, bash, _) = cli(&db, &["completions", "bash"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        bash.contains("complete -F _pg__rekey") && bash.contains("--wait-for-lag"),
+        "{bash}"
+    );
+    let (code, zsh, _) = cli(&db, &["completions", "zsh"]).await;
+    assert_eq!(code, 0);
+    assert!(zsh.starts_with("#compdef pg-rekey"), "{zsh}");
+    let (code, man, _) = cli(&db, &["man"]).await;
+    assert_eq!(code, 0);
+    assert!(man.contains(".TH pg-rekey 1"), "{man}");
+    assert!(man.contains(".TH pg-rekey-cutover 1"), "{man}");
+
+    drop(tx);
+    let _ = job.await;
+}

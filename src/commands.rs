@@ -193,6 +193,11 @@ async fn rewrite(
             shutdown.clone(),
         ))
     });
+    let indexes = crate::step_progress::spawn_index_watch(
+        cfg.spec.clone(),
+        std::time::Duration::from_secs(5),
+        done(),
+    );
     let events = spawn_rewrite_events(
         hooks(&a.hooks),
         Arc::clone(&progress),
@@ -206,6 +211,7 @@ async fn rewrite(
     }
     let _ = done_tx.send(true);
     let _ = events.await;
+    let _ = indexes.await;
     // The renderer draws the final state before it returns.
     let _ = renderer.await;
     if let Some(m) = metrics {
@@ -445,7 +451,10 @@ async fn cutover(dsn: Option<&str>, a: CutoverArgs) -> Result<ExitCode, Error> {
             return Ok(1);
         }
     }
-    let report = crate::cutover::run(&cfg).await?;
+    let shown = crate::step_progress::watch_verify(std::time::Duration::from_secs(10));
+    let report = crate::cutover::run(&cfg).await;
+    shown.finish().await;
+    let report = report?;
     if a.json {
         let text =
             serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
@@ -544,7 +553,10 @@ pub async fn verify(dsn: Option<&str>, a: VerifyArgs) -> Result<ExitCode, Error>
     let tables = parse_tables(&a.tables)?;
     let opts = verify_options(&a)?;
     crate::guide::require_tables(&pg::connect(&spec, "verify-check").await?, &tables).await?;
-    let report = crate::verify::run(&spec, &tables, &opts).await?;
+    let shown = crate::step_progress::watch_verify(std::time::Duration::from_secs(10));
+    let report = crate::verify::run(&spec, &tables, &opts).await;
+    shown.finish().await;
+    let report = report?;
     if a.json {
         let text =
             serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;

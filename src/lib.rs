@@ -45,6 +45,7 @@ pub mod rewrite;
 pub mod soak;
 pub mod state;
 pub mod status;
+pub mod step_progress;
 pub mod swap;
 pub mod telemetry;
 pub mod throttle;

@@ -704,3 +704,27 @@ async fn cli_conventions_color_help_completions_man_and_hints() {
     drop(tx);
     let _ = job.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_shows_chunks_of_total_rate_and_eta_on_a_terminal() {
+    let (db, c, tx, job) = streaming(&["sessions"]).await;
+    c.batch_execute(
+        "INSERT INTO sessions (user_id, token) SELECT 1 + g % 20, md5(g::text) FROM generate_series(1, 4000) g;
+         ANALYZE sessions",
+    )
+    .await
+    .unwrap();
+    let (code, shown) = on_terminal(&db, "verify --table sessions --chunk-rows 5", "").await;
+    assert_eq!(code, 0, "{shown}");
+    let line = shown
+        .split(['\r', '\n'])
+        .find(|l| l.contains("verify public.sessions: chunk "))
+        .unwrap_or_else(|| panic!("no progress shown: {shown:?}"));
+    assert!(
+        line.contains(" of ~8"),
+        "the total from the estimate: {line}"
+    );
+    assert!(line.contains(" rows/s"), "{line}");
+    drop(tx);
+    let _ = job.await;
+}

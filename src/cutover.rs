@@ -714,7 +714,7 @@ async fn read_and_build(
                 .filter(|u| !t.detail.foreign_keys.iter().any(|fk| &fk.name == *u))
                 .collect();
             if !unmatched.is_empty() {
-                warn!(table = %t.job.source, objects = ?unmatched,
+                warn!(table = %t.job.source, objects = %unmatched.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", "),
                     "source indexes/constraints without a counterpart on the shadow stay on the old table");
             }
         }

@@ -161,6 +161,8 @@ async fn one_run(admin: &tokio_postgres::Client, cluster: &Cluster, n: u64) -> R
         attempts: 10,
         backoff: Duration::from_millis(500),
         max_lag_bytes: 16 * 1024 * 1024,
+        wait_for_lag: None,
+        hooks: Default::default(),
         dry_run: false,
         skip_verify: true,
         verify_chunk_rows: 10_000,

@@ -92,7 +92,7 @@ async fn abort_job(admin: &Client, members: &[&state::JobRow]) -> Result<(), Err
                 .iter()
                 .any(|r| members.iter().any(|m| m.job_id == r.job_id));
             if !rows_left {
-                info!(slot, "the job's owner cleaned up");
+                info!(slot = %slot, "the job's owner cleaned up");
                 return Ok(());
             }
             if active.is_none() {
@@ -151,7 +151,7 @@ pub async fn drop_slot(admin: &Client, slot: &str) {
                         .await
                     {
                         Ok(_) => {
-                            info!(slot, "replication slot dropped");
+                            tracing::debug!(slot = %slot, "replication slot dropped");
                             return;
                         }
                         Err(e) => {

@@ -11,7 +11,14 @@ pub const EXIT_CODES_HELP: &str = "Exit codes (every command): 0 done; 1 found s
 
 /// Rewrite integer references to `users.id` into UUID references, online.
 #[derive(Debug, Parser)]
-#[command(name = "pg-rekey", version, about, long_about = None, propagate_version = true, after_help = EXIT_CODES_HELP)]
+#[command(
+    name = "pg-rekey",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = crate::cli_help::TOP
+)]
 pub struct Cli {
     /// Options every command takes.
     #[command(flatten)]
@@ -23,19 +30,43 @@ pub struct Cli {
 
 /// Options every command takes.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Connection string: a libpq URL (postgres://user@host/db) or key=value
     /// pairs. PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD and ~/.pgpass fill
     /// what it leaves out, as in psql.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "DSN"
+    )]
     pub dsn: Option<String>,
-    /// Log format on stderr. With `json`, every log line is one JSON object
-    /// and progress is logged as lines too (no bars, even on a terminal).
+    /// Log format. With `json`, every log line is one JSON object and
+    /// progress is logged as lines too (no bars, even on a terminal).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Write the log to this file (appended) instead of stderr.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub log_file: Option<std::path::PathBuf>,
+    /// Colour: `auto` colours on a terminal unless NO_COLOR is set.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    pub color: ColorChoice,
     /// More detail in logs (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+}
+
+/// When to write colour codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
 }
 
 /// Log output format.
@@ -52,32 +83,68 @@ pub enum LogFormat {
 pub enum Command {
     /// Show what `rewrite` would do and every preflight finding.
     /// Exit 0 ready, 1 blockers found, 2 error.
+    #[command(after_help = crate::cli_help::PLAN)]
     Plan(PlanArgs),
     /// Create the shadows, copy, then stream until the tables are cut over.
-    /// Exit 0 cut over, 1 stopped with the sources untouched (refused by the
-    /// preflight, stopped by the data, Ctrl-C or abort), 2 error.
+    #[command(after_help = crate::cli_help::REWRITE)]
     Rewrite(RewriteArgs),
     /// One line per table being rewritten: phase, rows, lag, errors.
     /// Exit 0, 2 error.
+    #[command(after_help = crate::cli_help::STATUS)]
     Status(StatusArgs),
     /// Stop the job for these tables and remove its shadows, slot, publication
-    /// and state. The source tables are untouched. Idempotent. Exit 0, 2 error.
+    /// and state. The source tables are untouched. Idempotent. Asks first on a
+    /// terminal (--yes skips). Exit 0, 1 not confirmed, 2 error.
+    #[command(after_help = crate::cli_help::ABORT)]
     Abort(AbortArgs),
     /// Swap shadows into place in one short locked transaction.
-    /// Exit 0 swapped, 1 gave up or the swap rolled back (sources untouched,
-    /// still streaming), 2 error.
+    /// Exit 0 swapped, 1 gave up or the swap rolled back or not confirmed
+    /// (sources untouched, still streaming), 2 error.
+    #[command(after_help = crate::cli_help::CUTOVER)]
     Cutover(CutoverArgs),
     /// Compare source and shadow (before cutover) or old and new (after).
     /// Exit 0 equal, 1 different or no consistent point reached, 2 error.
+    #[command(after_help = crate::cli_help::VERIFY)]
     Verify(VerifyArgs),
     /// Try the whole tool on a throwaway PostgreSQL (or, with --dsn, in a
     /// fresh database on that server): example schema, concurrent workload,
     /// rewrite, cutover, verification, summary. Removes what it started.
     /// Exit 0 verified, 1 not, 2 error.
+    #[command(after_help = crate::cli_help::DEMO)]
     Demo(DemoArgs),
     /// Run the demo's workload, rewrite and cutover against --dsn for a
     /// duration, in a database it creates and drops. Exit 0 verified, 1 not, 2 error.
+    #[command(after_help = crate::cli_help::SOAK)]
     Soak(SoakArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = crate::cli_help::COMPLETIONS)]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), generated from this command line.
+    #[command(after_help = crate::cli_help::MAN)]
+    Man,
+}
+
+/// Hooks run at phase changes (see `crate::hooks`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct HookArgs {
+    /// Run every executable in DIR named on-<event>[-…] at each phase change
+    /// (copy-done, streaming, ready-for-cutover, before-cutover,
+    /// cutover-attempt-failed, swapped, cutover-gave-up, failed, aborted),
+    /// with the job's facts in PGREKEY_* environment variables. A failing
+    /// before-cutover hook vetoes the attempt.
+    #[arg(long, value_name = "DIR")]
+    pub hook_dir: Option<std::path::PathBuf>,
+    /// Run CMD (through sh -c) at every phase change, PGREKEY_EVENT naming it.
+    #[arg(long, value_name = "CMD")]
+    pub on_event: Option<String>,
+}
+
+/// `completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// The parent table and its uuid column.
@@ -149,6 +216,9 @@ pub struct RewriteArgs {
     /// terminal (or with --log-format json). On a terminal, bars are shown.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
     pub progress_interval: Duration,
+    /// Hooks.
+    #[command(flatten)]
+    pub hooks: HookArgs,
 }
 
 /// Parse a listen address: `IP:PORT`, `[IPv6]:PORT` or `HOSTNAME:PORT` (the
@@ -224,6 +294,13 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Clear the rows of finished jobs (cut over, aborted) and of failed jobs
+    /// whose slot and shadow are gone. Old tables are kept.
+    #[arg(long)]
+    pub prune: bool,
+    /// Redraw every INTERVAL until interrupted (e.g. 2s).
+    #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "2s", conflicts_with = "prune")]
+    pub watch: Option<Duration>,
 }
 
 /// `abort`.
@@ -232,6 +309,12 @@ pub struct AbortArgs {
     /// Tables whose jobs to abort (repeatable, at least one).
     #[arg(long = "table", required = true)]
     pub tables: Vec<String>,
+    /// Do not ask for confirmation on a terminal.
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Hooks.
+    #[command(flatten)]
+    pub hooks: HookArgs,
 }
 
 /// Lock budget of a cutover.
@@ -251,8 +334,9 @@ pub struct LockArgs {
     /// Pause after the first failed attempt; doubles each time (capped at 10 s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
     pub backoff: Duration,
-    /// Refuse to start an attempt while a job is further behind than this many bytes.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    /// Refuse to start an attempt while a job is further behind than this
+    /// (e.g. 16MB, 512kB; a number alone is bytes).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16MB")]
     pub max_lag_bytes: u64,
 }
 
@@ -271,6 +355,19 @@ pub struct CutoverArgs {
     /// Do not verify before swapping.
     #[arg(long)]
     pub skip_verify: bool,
+    /// While the jobs are further behind than --max-lag-bytes, wait up to
+    /// this long for the lag to fall (e.g. 5m) instead of spending attempts.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait_for_lag: Option<Duration>,
+    /// Do not ask for confirmation on a terminal.
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Machine-readable report (every attempt, lock holders, warnings).
+    #[arg(long)]
+    pub json: bool,
+    /// Hooks.
+    #[command(flatten)]
+    pub hooks: HookArgs,
 }
 
 /// `verify`.
@@ -378,7 +475,7 @@ mod tests {
             ("plan", "Exit 0 ready, 1 blockers found, 2 error"),
             ("rewrite", "Exit 0 cut over, 1 stopped"),
             ("status", "Exit 0, 2 error"),
-            ("abort", "Exit 0, 2 error"),
+            ("abort", "Exit 0, 1 not confirmed, 2 error"),
             (
                 "cutover",
                 "Exit 0 swapped, 1 gave up or the swap rolled back",

@@ -50,6 +50,11 @@ pub fn print(text: &str) -> Result<(), Error> {
     }
 }
 
+/// Write bytes to stdout; a closed pipe is not an error.
+fn write_bytes(b: &[u8]) -> Result<(), Error> {
+    print(&String::from_utf8_lossy(b))
+}
+
 /// A channel that turns `true` on Ctrl-C (SIGINT) or SIGTERM.
 pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
@@ -91,6 +96,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Verify(a) => verify(dsn, a).await,
         Command::Demo(a) => demo(dsn, a).await,
         Command::Soak(a) => soak(dsn, a).await,
+        Command::Completions(a) => {
+            write_bytes(&crate::cli_help::completions(a.shell))?;
+            Ok(0)
+        }
+        Command::Man => {
+            let page = crate::cli_help::man_page().map_err(|e| Error::Io {
+                context: "render the manual page".into(),
+                source: e,
+            })?;
+            write_bytes(&page)?;
+            Ok(0)
+        }
     }
 }
 
@@ -182,14 +199,31 @@ async fn rewrite(
         render_options(log_format, &a),
     );
     let shutdown = shutdown_signal();
-    if a.cutover == crate::cli::CutoverMode::Auto {
+    let auto = (a.cutover == crate::cli::CutoverMode::Auto).then(|| {
         tokio::spawn(crate::cutover::auto(
-            auto_cutover_config(&cfg, &a.lock),
+            auto_cutover_config(&cfg, &a.lock, &a.hooks),
             shutdown.clone(),
-        ));
-    }
+        ))
+    });
+    let indexes = crate::step_progress::spawn_index_watch(
+        cfg.spec.clone(),
+        std::time::Duration::from_secs(5),
+        done(),
+    );
+    let events = spawn_rewrite_events(
+        hooks(&a.hooks),
+        Arc::clone(&progress),
+        a.lock.max_lag_bytes,
+        done(),
+    );
     let result = crate::rewrite::run(&cfg, shutdown, Arc::clone(&progress)).await;
+    rewrite_end_hook(&hooks(&a.hooks), &cfg.tables, &result).await;
+    if let Some(auto) = auto {
+        finish_auto_cutover(auto, &result).await;
+    }
     let _ = done_tx.send(true);
+    let _ = events.await;
+    let _ = indexes.await;
     // The renderer draws the final state before it returns.
     let _ = renderer.await;
     if let Some(m) = metrics {
@@ -198,10 +232,24 @@ async fn rewrite(
     match result? {
         crate::rewrite::RewriteOutcome::CutOver => {
             print("every table is cut over\n")?;
+            let swapped: Vec<(String, String)> = cfg
+                .tables
+                .iter()
+                .map(|t| {
+                    let old = crate::swap::SwapNames::derive(t).old_table;
+                    (
+                        t.to_string(),
+                        QualifiedName::new(t.schema.clone(), old).to_string(),
+                    )
+                })
+                .collect();
+            print(&crate::guide::next_after_swap(&swapped))?;
             Ok(0)
         }
         crate::rewrite::RewriteOutcome::Aborted => {
             print("stopped: the job's shadows, slot, publication and state were removed; the source tables are untouched\n")?;
+            let names: Vec<String> = cfg.tables.iter().map(|t| t.to_string()).collect();
+            print(&crate::guide::next_after_rewrite_stopped(&names))?;
             Ok(1)
         }
     }
@@ -237,9 +285,116 @@ pub async fn discover_tables(
     Ok(tables)
 }
 
+/// The hooks of the flags.
+fn hooks(a: &crate::cli::HookArgs) -> crate::hooks::Hooks {
+    crate::hooks::Hooks {
+        dir: a.hook_dir.clone(),
+        command: a.on_event.clone(),
+    }
+}
+
+/// Fire the rewrite's phase-change hooks (copy-done, streaming,
+/// ready-for-cutover) from its live progress, each once, until `done`.
+fn spawn_rewrite_events(
+    hooks: crate::hooks::Hooks,
+    progress: Arc<JobProgress>,
+    max_lag_bytes: u64,
+    done: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use crate::hooks::{Event, Facts};
+    use crate::progress::Phase;
+    tokio::spawn(async move {
+        if !hooks.any() {
+            return;
+        }
+        tokio::pin!(done);
+        let mut fired: Vec<Event> = Vec::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = &mut done => return,
+                _ = tick.tick() => {}
+            }
+            let snaps: Vec<_> = progress.tables().iter().map(|t| t.snapshot()).collect();
+            if snaps.is_empty() {
+                continue;
+            }
+            let facts = Facts {
+                lag_bytes: snaps.iter().map(|s| s.lag_bytes).max(),
+                ..Facts::tables(snaps.iter().map(|s| s.table.clone()))
+            };
+            let streaming = snaps.iter().all(|s| s.phase == Phase::Streaming);
+            let due = [
+                (Event::CopyDone, snaps.iter().all(|s| s.copy_done)),
+                (Event::Streaming, streaming),
+                (
+                    Event::ReadyForCutover,
+                    streaming && snaps.iter().all(|s| s.lag_bytes <= max_lag_bytes),
+                ),
+            ];
+            for (event, now) in due {
+                if now && !fired.contains(&event) {
+                    fired.push(event);
+                    hooks.run(event, &facts).await;
+                }
+            }
+        }
+    })
+}
+
+/// The rewrite's end: `failed` or `aborted` hooks (a swap fires `swapped`
+/// from the cutover that made it).
+async fn rewrite_end_hook(
+    hooks: &crate::hooks::Hooks,
+    tables: &[QualifiedName],
+    result: &Result<crate::rewrite::RewriteOutcome, Error>,
+) {
+    use crate::hooks::{Event, Facts};
+    let (event, error) = match result {
+        Ok(crate::rewrite::RewriteOutcome::CutOver) => return,
+        Ok(crate::rewrite::RewriteOutcome::Aborted) => (Event::Aborted, None),
+        Err(e) => (Event::Failed, Some(e.to_string())),
+    };
+    if hooks.any() {
+        let facts = Facts {
+            error,
+            ..Facts::tables(tables)
+        };
+        hooks.run(event, &facts).await;
+    }
+}
+
+/// The rewrite ended: a cut-over job's automatic cutover is still running
+/// its post-commit steps (validation, ANALYZE), which must not be cut off by
+/// the process exiting — wait for them. Any other end: stop it.
+async fn finish_auto_cutover(
+    auto: tokio::task::JoinHandle<()>,
+    result: &Result<crate::rewrite::RewriteOutcome, Error>,
+) {
+    if matches!(result, Ok(crate::rewrite::RewriteOutcome::CutOver)) {
+        let _ = auto.await;
+    } else {
+        auto.abort();
+    }
+}
+
 async fn status(dsn: Option<&str>, a: StatusArgs) -> Result<ExitCode, Error> {
     let spec = conn_spec(dsn)?;
     let client = pg::connect(&spec, "status").await?;
+    if a.prune {
+        let pruned = crate::guide::prune(&client).await?;
+        if a.json {
+            let text =
+                serde_json::to_string_pretty(&pruned).map_err(|e| Error::Config(e.to_string()))?;
+            print(&format!("{text}\n"))?;
+        } else {
+            print(&crate::guide::render_pruned(&pruned))?;
+        }
+        return Ok(0);
+    }
+    if let Some(every) = a.watch {
+        return crate::status::watch(&client, every, a.json).await;
+    }
     let report = crate::status::load(&client).await?;
     if a.json {
         let text =
@@ -254,7 +409,29 @@ async fn status(dsn: Option<&str>, a: StatusArgs) -> Result<ExitCode, Error> {
 async fn abort(dsn: Option<&str>, a: AbortArgs) -> Result<ExitCode, Error> {
     let spec = conn_spec(dsn)?;
     let tables = parse_tables(&a.tables)?;
+    if !a.yes && crate::guide::interactive() {
+        let admin = pg::connect(&spec, "abort-confirm").await?;
+        let jobs = crate::guide::jobs_of(&admin, &tables).await?;
+        if jobs
+            .iter()
+            .any(|j| j.phase() != Some(crate::state::Phase::CutOver))
+            && !crate::guide::confirm(&crate::guide::abort_plan(&jobs), false)?
+        {
+            print("not confirmed; nothing was done\n")?;
+            return Ok(1);
+        }
+    }
     let results = crate::abort::abort(&spec, &tables).await?;
+    let aborted: Vec<String> = results
+        .iter()
+        .filter(|r| r.outcome == "aborted")
+        .flat_map(|r| std::iter::once(r.table.clone()).chain(r.with.iter().cloned()))
+        .fold(Vec::new(), |mut v, t| {
+            if !v.contains(&t) {
+                v.push(t);
+            }
+            v
+        });
     let mut text = String::new();
     for r in results {
         let line = match r.outcome.as_str() {
@@ -269,6 +446,15 @@ async fn abort(dsn: Option<&str>, a: AbortArgs) -> Result<ExitCode, Error> {
         };
         text.push_str(&line);
     }
+    if !aborted.is_empty() && (a.hooks.hook_dir.is_some() || a.hooks.on_event.is_some()) {
+        hooks(&a.hooks)
+            .run(
+                crate::hooks::Event::Aborted,
+                &crate::hooks::Facts::tables(&aborted),
+            )
+            .await;
+    }
+    text.push_str(&crate::guide::next_after_abort(&aborted));
     print(&text)?;
     Ok(0)
 }
@@ -282,12 +468,57 @@ async fn cutover(dsn: Option<&str>, a: CutoverArgs) -> Result<ExitCode, Error> {
         attempts: a.lock.attempts,
         backoff: a.lock.backoff,
         max_lag_bytes: a.lock.max_lag_bytes,
+        wait_for_lag: a.wait_for_lag,
+        hooks: hooks(&a.hooks),
         dry_run: a.dry_run,
         skip_verify: a.skip_verify,
         verify_chunk_rows: 10_000,
     };
-    let report = crate::cutover::run(&cfg).await?;
-    print(&render_cutover(&report))?;
+    crate::guide::require_tables(&pg::connect(&cfg.spec, "cutover-check").await?, &cfg.tables)
+        .await?;
+    if !cfg.dry_run && !a.yes && crate::guide::interactive() {
+        let admin = pg::connect(&cfg.spec, "cutover-confirm").await?;
+        let jobs = crate::guide::jobs_of(&admin, &cfg.tables).await?;
+        let pending: Vec<_> = jobs
+            .into_iter()
+            .filter(|j| j.phase() != Some(crate::state::Phase::CutOver))
+            .collect();
+        if !pending.is_empty()
+            && !crate::guide::confirm(
+                &crate::guide::cutover_plan(&pending, !cfg.skip_verify),
+                false,
+            )?
+        {
+            print("not confirmed; nothing was done\n")?;
+            return Ok(1);
+        }
+    }
+    let shown = crate::step_progress::watch_verify(std::time::Duration::from_secs(10));
+    let report = crate::cutover::run(&cfg).await;
+    shown.finish().await;
+    let report = report?;
+    if a.json {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        print(&format!("{text}\n"))?;
+    } else {
+        print(&render_cutover(&report))?;
+        let names: Vec<String> = cfg.tables.iter().map(|t| t.to_string()).collect();
+        if cfg.dry_run {
+            print(&format!(
+                "-- next: the same command without --dry-run swaps: pg-rekey cutover {}\n",
+                names
+                    .iter()
+                    .map(|t| format!("--table {t}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ))?;
+        } else if report.swapped {
+            print(&crate::guide::next_after_swap(&report.tables))?;
+        } else {
+            print(&crate::guide::next_after_give_up(&names))?;
+        }
+    }
     Ok(if report.swapped || cfg.dry_run { 0 } else { 1 })
 }
 
@@ -363,7 +594,11 @@ pub async fn verify(dsn: Option<&str>, a: VerifyArgs) -> Result<ExitCode, Error>
     let spec = conn_spec(dsn)?;
     let tables = parse_tables(&a.tables)?;
     let opts = verify_options(&a)?;
-    let report = crate::verify::run(&spec, &tables, &opts).await?;
+    crate::guide::require_tables(&pg::connect(&spec, "verify-check").await?, &tables).await?;
+    let shown = crate::step_progress::watch_verify(std::time::Duration::from_secs(10));
+    let report = crate::verify::run(&spec, &tables, &opts).await;
+    shown.finish().await;
+    let report = report?;
     if a.json {
         let text =
             serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
@@ -378,6 +613,7 @@ pub async fn verify(dsn: Option<&str>, a: VerifyArgs) -> Result<ExitCode, Error>
 fn auto_cutover_config(
     cfg: &crate::rewrite::RewriteConfig,
     lock: &crate::cli::LockArgs,
+    hook_args: &crate::cli::HookArgs,
 ) -> crate::cutover::CutoverConfig {
     crate::cutover::CutoverConfig {
         spec: cfg.spec.clone(),
@@ -387,6 +623,8 @@ fn auto_cutover_config(
         attempts: lock.attempts,
         backoff: lock.backoff,
         max_lag_bytes: lock.max_lag_bytes,
+        wait_for_lag: None,
+        hooks: hooks(hook_args),
         dry_run: false,
         skip_verify: false,
         verify_chunk_rows: 10_000,

@@ -118,6 +118,11 @@ pub struct CutoverConfig {
     pub backoff: Duration,
     /// Refuse to start an attempt while a job lags more than this.
     pub max_lag_bytes: u64,
+    /// Wait up to this long for the lag to fall under `max_lag_bytes`
+    /// instead of spending attempts on it (`None`: an attempt is spent).
+    pub wait_for_lag: Option<Duration>,
+    /// Hooks run before each attempt (a failure vetoes it) and at the end.
+    pub hooks: crate::hooks::Hooks,
     /// Print the SQL instead of running it.
     pub dry_run: bool,
     /// Skip the verification before the swap.
@@ -141,6 +146,9 @@ pub struct AttemptReport {
     /// Where the hold went, step by step, in order (empty when the locks
     /// were never granted).
     pub phases: Vec<PhaseTime>,
+    /// On a lock timeout: the sessions that held locks on the tables.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lock_holders: Vec<crate::cutover_gate::LockHolder>,
 }
 
 /// Time one step of an attempt took while the locks were held.
@@ -230,7 +238,20 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                 .push((j.table.clone(), j.old_table.clone().unwrap_or_default()));
         }
         report.swapped = true;
-        info!("already cut over; nothing to do");
+        // A cutover cut off after its commit left validation or ANALYZE
+        // undone: finish it now.
+        let tables: Vec<QualifiedName> = jobs.iter().map(|j| j.source.clone()).collect();
+        let pending = crate::cutover_finish::pending(&admin, &tables).await?;
+        if pending.is_empty() || cfg.dry_run {
+            info!("already cut over; nothing to do");
+        } else {
+            info!(
+                constraints = pending.constraints.len(),
+                tables = pending.analyze.len(),
+                "already cut over; completing the validation and ANALYZE left pending"
+            );
+            report.warnings = crate::cutover_finish::complete(&admin, &pending).await;
+        }
         return Ok(report);
     }
     if let Some(j) = jobs.iter().find(|j| j.phase() == Some(Phase::CutOver)) {
@@ -298,26 +319,50 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         ids
     };
     let mut backoff = cfg.backoff;
+    let lag_deadline = cfg.wait_for_lag.map(|w| Instant::now() + w);
+    let mut last_lag = None;
+    let mut holders = Vec::new();
     for attempt in 1..=cfg.attempts.max(1) {
-        // Gate: small lag, or the drain under the lock would be long.
-        let lag = max_lag(&admin, &job_ids).await?;
+        // Gate: small lag, or the drain under the lock would be long. With
+        // --wait-for-lag, wait for it (within one deadline for the whole
+        // cutover) instead of spending the attempt.
+        let mut lag = crate::cutover_gate::max_lag(&admin, &job_ids).await?;
+        if lag > cfg.max_lag_bytes {
+            if let Some(deadline) = lag_deadline {
+                lag = crate::cutover_gate::wait_for_lag(
+                    &admin,
+                    &job_ids,
+                    cfg.max_lag_bytes,
+                    deadline,
+                    Duration::from_millis(500),
+                )
+                .await?;
+            }
+        }
+        last_lag = Some(lag);
         if lag > cfg.max_lag_bytes {
             let r = AttemptReport {
                 attempt,
                 lock_wait_ms: 0.0,
                 lock_hold_ms: None,
-                outcome: format!(
-                    "lag {lag} bytes above --max-lag-bytes {}",
-                    cfg.max_lag_bytes
-                ),
+                outcome: crate::cutover_gate::LAG_ABOVE_LIMIT.into(),
                 phases: vec![],
+                lock_holders: vec![],
             };
             warn!(
                 attempt,
-                lag_bytes = lag,
+                lag = %crate::progress::format_bytes(lag),
+                max_lag = %crate::progress::format_bytes(cfg.max_lag_bytes),
                 "not attempting: the jobs are too far behind"
             );
             report.attempts.push(r);
+            if lag_deadline.is_some() {
+                // The wait is over and the lag is still high: more attempts
+                // would only spend themselves the same way.
+                break;
+            }
+        } else if let Some(veto) = before_cutover_hook(cfg, &job_ids, attempt, lag).await {
+            report.attempts.push(veto);
         } else {
             let mut session = pg::connect(&cfg.spec, "cutover-lock").await?;
             let r = attempt_once(
@@ -332,7 +377,19 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             )
             .await;
             match r {
-                Ok(a) => {
+                Ok(mut a) => {
+                    if a.outcome == "lock_timeout" {
+                        a.lock_holders = crate::cutover_gate::lock_holders(
+                            &admin,
+                            &lock_relations(&targets, &parent),
+                        )
+                        .await
+                        .unwrap_or_default();
+                        holders = a.lock_holders.clone();
+                        for h in &a.lock_holders {
+                            warn!(attempt, holder = %h, "lock held by another session");
+                        }
+                    }
                     let swapped = a.outcome == "swapped";
                     info!(
                         attempt,
@@ -342,6 +399,9 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                         "cutover attempt"
                     );
                     let changed = a.outcome == CATALOG_CHANGED;
+                    if !swapped {
+                        attempt_failed_hook(cfg, &a).await;
+                    }
                     report.attempts.push(a);
                     if swapped {
                         report.swapped = true;
@@ -378,12 +438,23 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         for t in &targets {
             let _ = state::set_phase(&admin, &t.job.source, Phase::Streaming).await;
         }
-        report.reason = Some(format!(
-            "gave up after {} attempts; the sources are untouched and still streaming. Find what holds the locks \
-             (SELECT pid, query FROM pg_stat_activity WHERE wait_event_type = 'Lock' OR state = 'idle in transaction') \
-             or raise --lock-timeout / --max-hold, then run cutover again",
-            report.attempts.len()
+        let outcomes: Vec<&str> = report.attempts.iter().map(|a| a.outcome.as_str()).collect();
+        report.reason = Some(crate::cutover_gate::give_up_reason(
+            &outcomes,
+            &holders,
+            cfg.max_lag_bytes,
+            last_lag,
         ));
+        if cfg.hooks.any() {
+            let facts = crate::hooks::Facts {
+                outcome: report.attempts.last().map(|a| a.outcome.clone()),
+                error: report.reason.clone(),
+                ..crate::hooks::Facts::tables(&cfg.tables)
+            };
+            cfg.hooks
+                .run(crate::hooks::Event::CutoverGaveUp, &facts)
+                .await;
+        }
         return Ok(report);
     }
     for t in &targets {
@@ -393,7 +464,79 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         ));
     }
     after_commit(&admin, &targets, &mut report).await;
+    if cfg.hooks.any() {
+        let facts = crate::hooks::Facts {
+            job_id: Some(
+                job_ids
+                    .iter()
+                    .map(|j| j.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            attempt: report.attempts.last().map(|a| a.attempt),
+            outcome: Some("swapped".into()),
+            old_tables: report.tables.iter().map(|(_, o)| o.clone()).collect(),
+            ..crate::hooks::Facts::tables(&cfg.tables)
+        };
+        cfg.hooks.run(crate::hooks::Event::Swapped, &facts).await;
+    }
     Ok(report)
+}
+
+/// Run the `before-cutover` hooks; `Some(report)` when one failed and so
+/// vetoed this attempt.
+async fn before_cutover_hook(
+    cfg: &CutoverConfig,
+    job_ids: &[Uuid],
+    attempt: u32,
+    lag: u64,
+) -> Option<AttemptReport> {
+    if !cfg.hooks.any() {
+        return None;
+    }
+    let facts = crate::hooks::Facts {
+        job_id: Some(
+            job_ids
+                .iter()
+                .map(|j| j.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        attempt: Some(attempt),
+        lag_bytes: Some(lag),
+        ..crate::hooks::Facts::tables(&cfg.tables)
+    };
+    let failures = cfg
+        .hooks
+        .run(crate::hooks::Event::BeforeCutover, &facts)
+        .await;
+    let first = failures.first()?;
+    warn!(
+        attempt,
+        "the before-cutover hook vetoed the attempt: {first}"
+    );
+    Some(AttemptReport {
+        attempt,
+        lock_wait_ms: 0.0,
+        lock_hold_ms: None,
+        outcome: crate::cutover_gate::VETOED_BY_HOOK.into(),
+        phases: vec![],
+        lock_holders: vec![],
+    })
+}
+
+/// Run the `cutover-attempt-failed` hooks (failures are only logged).
+async fn attempt_failed_hook(cfg: &CutoverConfig, a: &AttemptReport) {
+    if cfg.hooks.any() {
+        let facts = crate::hooks::Facts {
+            attempt: Some(a.attempt),
+            outcome: Some(a.outcome.clone()),
+            ..crate::hooks::Facts::tables(&cfg.tables)
+        };
+        cfg.hooks
+            .run(crate::hooks::Event::CutoverAttemptFailed, &facts)
+            .await;
+    }
 }
 
 async fn load_jobs(admin: &Client, tables: &[QualifiedName]) -> Result<Vec<JobRow>, Error> {
@@ -571,7 +714,7 @@ async fn read_and_build(
                 .filter(|u| !t.detail.foreign_keys.iter().any(|fk| &fk.name == *u))
                 .collect();
             if !unmatched.is_empty() {
-                warn!(table = %t.job.source, objects = ?unmatched,
+                warn!(table = %t.job.source, objects = %unmatched.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", "),
                     "source indexes/constraints without a counterpart on the shadow stay on the old table");
             }
         }
@@ -748,6 +891,7 @@ async fn attempt_once(
             lock_hold_ms: hold.map(ms),
             outcome,
             phases: phases.list.clone(),
+            lock_holders: vec![],
         };
     let no_phases = Phases::new(started);
     // Before any lock is requested: build the swap from a fingerprinted
@@ -1054,17 +1198,20 @@ async fn lock_statements(
 /// Validate the `NOT VALID` keys, analyze, and see the slots go.
 async fn after_commit(admin: &Client, targets: &[Target], report: &mut CutoverReport) {
     let new_tables: Vec<QualifiedName> = targets.iter().map(|t| t.job.source.clone()).collect();
-    match not_valid_constraints(admin, targets).await {
-        Ok(list) => {
-            if let Err(e) = swap::validate_after(admin, &list, &new_tables).await {
-                report.warnings.push(format!(
-                    "the swap is committed, but validating its foreign keys failed: {e}. Fix the offending rows, then run ALTER TABLE … VALIDATE CONSTRAINT"
-                ));
-            }
+    // Every constraint validated and every table analyzed, each on its own
+    // (one that fails does not skip the others); see `cutover_finish`.
+    match crate::cutover_finish::not_valid_constraints(admin, &new_tables).await {
+        Ok(constraints) => {
+            let pending = crate::cutover_finish::Pending {
+                constraints,
+                analyze: new_tables.clone(),
+            };
+            let warnings = crate::cutover_finish::complete(admin, &pending).await;
+            report.warnings.extend(warnings);
         }
-        Err(e) => report
-            .warnings
-            .push(format!("could not list constraints to validate: {e}")),
+        Err(e) => report.warnings.push(format!(
+            "could not list constraints to validate: {e}; run `pg-rekey cutover` for these tables again to finish"
+        )),
     }
     // The rewrite processes see cut_over and drop their slots; a job whose
     // owner is gone is cleaned here.
@@ -1115,34 +1262,6 @@ async fn after_commit(admin: &Client, targets: &[Target], report: &mut CutoverRe
     }
 }
 
-/// Every `NOT VALID` foreign key on the new tables and on tables referencing them.
-async fn not_valid_constraints(
-    admin: &Client,
-    targets: &[Target],
-) -> Result<Vec<swap::ValidateConstraint>, Error> {
-    let names: Vec<String> = targets.iter().map(|t| t.job.source.quoted()).collect();
-    let rows = admin
-        .query(
-            "SELECT n.nspname, c.relname, con.conname
-               FROM pg_constraint con
-               JOIN pg_class c ON c.oid = con.conrelid
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE NOT con.convalidated AND con.contype IN ('f', 'c')
-                AND (con.conrelid = ANY (SELECT x::regclass FROM unnest($1::text[]) x)
-                     OR con.confrelid = ANY (SELECT x::regclass FROM unnest($1::text[]) x))",
-            &[&names],
-        )
-        .await
-        .map_err(Error::db("list constraints to validate"))?;
-    Ok(rows
-        .iter()
-        .map(|r| swap::ValidateConstraint {
-            table: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-            name: r.get(2),
-        })
-        .collect())
-}
-
 async fn confirm_swapped_in_catalog(admin: &Client, job: &JobRow) -> Result<(), Error> {
     let row = admin
         .query_opt("SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2", &[
@@ -1161,16 +1280,12 @@ async fn confirm_swapped_in_catalog(admin: &Client, job: &JobRow) -> Result<(), 
     }
 }
 
-async fn max_lag(admin: &Client, job_ids: &[Uuid]) -> Result<u64, Error> {
-    let row = admin
-        .query_one(
-            "SELECT coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(applied_lsn, consistent_lsn))), 0)::bigint
-               FROM pgrekey.jobs WHERE job_id = ANY($1)",
-            &[&job_ids],
-        )
-        .await
-        .map_err(Error::db("read the jobs' lag"))?;
-    Ok(row.get::<_, i64>(0).max(0) as u64)
+/// The relations whose locks an attempt waits for (the sources and the
+/// parent), to name who holds them after a lock timeout.
+fn lock_relations(targets: &[Target], parent: &ParentSpec) -> Vec<u32> {
+    let mut oids: Vec<u32> = targets.iter().map(|t| t.job.source_oid).collect();
+    oids.push(parent.oid);
+    oids
 }
 
 /// `rewrite --cutover auto`: wait until every table of `cfg` is streaming
@@ -1201,12 +1316,17 @@ pub async fn auto(cfg: CutoverConfig, mut shutdown: tokio::sync::watch::Receiver
             Ok(j) => j,
             Err(_) => continue, // not registered yet
         };
+        if jobs.iter().all(|j| j.phase() == Some(Phase::CutOver)) {
+            // Cut over by someone else (a manual `cutover`), which ran the
+            // post-commit steps itself.
+            return;
+        }
         if jobs.iter().any(|j| j.phase() != Some(Phase::Streaming)) {
             continue;
         }
         let mut ids: Vec<Uuid> = jobs.iter().map(|j| j.job_id).collect();
         ids.dedup();
-        match max_lag(&admin, &ids).await {
+        match crate::cutover_gate::max_lag(&admin, &ids).await {
             Ok(lag) if lag <= cfg.max_lag_bytes => {}
             _ => continue,
         }

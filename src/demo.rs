@@ -1282,6 +1282,8 @@ fn cutover_config(spec: &ConnSpec, tables: &[QualifiedName]) -> CutoverConfig {
         attempts: 10,
         backoff: Duration::from_millis(100),
         max_lag_bytes: 16 * 1024 * 1024,
+        wait_for_lag: None,
+        hooks: Default::default(),
         dry_run: false,
         // The scenario runs the same verify just before (to report it) and
         // compares old against new itself, exactly at the swap.
@@ -1377,7 +1379,7 @@ async fn verify_all(
     let mut all_equal = true;
     for (s, old) in specs.iter().zip(old_tables) {
         let v = verify::verify_table(verifier, s, parent, old, &s.source, &opts).await?;
-        info!(table = %s.source, equal = v.equal, old_rows = v.left_rows, new_rows = v.right_rows, "verified");
+        tracing::debug!(table = %s.source, equal = v.equal, old_rows = v.left_rows, new_rows = v.right_rows, "verified");
         all_equal &= v.equal;
         summary.verification.rows_compared += v.left_rows;
         if let Some(ts) = summary
@@ -1467,6 +1469,7 @@ mod tests {
             lock_hold_ms: Some(23.1),
             outcome: "swapped".into(),
             phases: vec![],
+            lock_holders: vec![],
         });
         s.verification.error = None;
         s.verification.passed = true;

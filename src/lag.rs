@@ -164,14 +164,101 @@ impl LagTracker {
     }
 }
 
+/// Where a job stands in the stream: the furthest of the positions it is
+/// known to have reached — the applied position recorded with the shadows,
+/// the slot's confirmed position (which keepalives move on while only
+/// unpublished tables change, so a job whose tables had no writes still
+/// advances), and the slot's consistent point (before anything was applied).
+/// `None` when none is known. Every lag figure of pg-rekey — the progress
+/// bar, the metrics, `status` and the cutover's go/no-go — is the server's
+/// WAL position minus this.
+pub fn stands_at<I: IntoIterator<Item = Option<Lsn>>>(positions: I) -> Option<Lsn> {
+    positions.into_iter().flatten().max()
+}
+
+/// The lag of one job as seen from any session (`status`, `cutover`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct JobLag {
+    /// The job.
+    pub job_id: uuid::Uuid,
+    /// Server WAL position minus [`stands_at`].
+    pub bytes: u64,
+    /// How far behind in time: 0 when caught up in bytes, otherwise the
+    /// WAL sender's `flush_lag` for the slot (the time between a WAL record
+    /// being written and the job confirming it applied), `None` while no WAL
+    /// sender serves the slot or the server has no measurement yet.
+    pub seconds: Option<f64>,
+}
+
+/// One row per job: its positions, the server's, and the WAL sender's lag.
+const JOB_LAG_SQL: &str = "\
+SELECT j.job_id, pg_current_wal_lsn()::text, max(j.applied_lsn)::text, max(j.consistent_lsn)::text,
+       max(s.confirmed_flush_lsn)::text, max(extract(epoch FROM r.flush_lag))::float8
+  FROM pgrekey.jobs j
+  LEFT JOIN pg_replication_slots s ON s.slot_name = j.slot_name
+  LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+ WHERE $1::uuid[] IS NULL OR j.job_id = ANY($1)
+ GROUP BY j.job_id";
+
+/// The lag of each job (all jobs when `job_ids` is `None`), from the same
+/// positions the rewrite process measures (see [`stands_at`]). Reads the
+/// primary's WAL position: call it on the primary.
+pub async fn job_lags(
+    client: &Client,
+    job_ids: Option<&[uuid::Uuid]>,
+) -> Result<Vec<JobLag>, Error> {
+    let ids: Option<Vec<uuid::Uuid>> = job_ids.map(|i| i.to_vec());
+    let rows = client
+        .query(JOB_LAG_SQL, &[&ids])
+        .await
+        .map_err(Error::db("read the jobs' positions and lag"))?;
+    let lsn = |r: &tokio_postgres::Row, i: usize| -> Option<Lsn> {
+        r.get::<_, Option<String>>(i).and_then(|l| l.parse().ok())
+    };
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let server = lsn(r, 1).unwrap_or_default();
+            let at = stands_at([lsn(r, 2), lsn(r, 3), lsn(r, 4)]);
+            let bytes = at.map_or(0, |a| server.bytes_since(a));
+            JobLag {
+                job_id: r.get(0),
+                bytes,
+                seconds: lag_seconds(bytes, r.get::<_, Option<f64>>(5)),
+            }
+        })
+        .collect())
+}
+
+/// Time lag from the byte lag and the WAL sender's measurement: caught up
+/// in bytes is caught up in time (the server keeps showing its last
+/// measurement for a while after).
+pub fn lag_seconds(bytes: u64, flush_lag: Option<f64>) -> Option<f64> {
+    if bytes == 0 {
+        Some(0.0)
+    } else {
+        flush_lag.map(|s| s.max(0.0))
+    }
+}
+
 /// The poller's query: the server's WAL position and the WAL the job's slot
 /// retains (NULL before the slot exists).
 const POLL_SQL: &str = "\
 SELECT pg_current_wal_lsn()::text,
        (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8
+          FROM pg_replication_slots WHERE slot_name = $1::text),
+       (SELECT confirmed_flush_lsn::text
           FROM pg_replication_slots WHERE slot_name = $1::text)";
 
-async fn poll(client: &Client, slot: &str) -> Result<(Lsn, Option<u64>), Error> {
+/// One poll: the server's position, the WAL the slot retains and the slot's
+/// confirmed position (both `None` before the slot exists).
+struct Polled {
+    server: Lsn,
+    retained: Option<u64>,
+    confirmed: Option<Lsn>,
+}
+
+async fn poll(client: &Client, slot: &str) -> Result<Polled, Error> {
     let row = client
         .query_one(POLL_SQL, &[&slot])
         .await
@@ -189,7 +276,14 @@ async fn poll(client: &Client, slot: &str) -> Result<(Lsn, Option<u64>), Error> 
             "the server returned an unreadable WAL position: {e}"
         ))
     })?;
-    Ok((lsn, retained.map(|b| u64::try_from(b).unwrap_or(0))))
+    let confirmed: Option<String> = row
+        .try_get(2)
+        .map_err(Error::db("decode the slot's confirmed position"))?;
+    Ok(Polled {
+        server: lsn,
+        retained: retained.map(|b| u64::try_from(b).unwrap_or(0)),
+        confirmed: confirmed.and_then(|c| c.parse::<Lsn>().ok()),
+    })
 }
 
 /// Poll every `every` until `stop` resolves (or its sender is dropped),
@@ -232,22 +326,28 @@ pub fn spawn_poller(
                 },
             };
             match poll(&c, &slot).await {
-                Ok((server, retained)) => {
+                Ok(p) => {
                     if failing {
                         failing = false;
                         tracing::info!(task = "lag poller", "polling the WAL position again");
                     }
-                    if let Some(b) = retained {
+                    if let Some(b) = p.retained {
                         progress.set_wal_retained(b);
                     }
-                    if watermark.is_streaming() {
+                    // Measured from the moment the slot exists (its
+                    // consistent point is where the stream must start), so
+                    // the copy and index builds show the lag they build up,
+                    // and bytes and time start together.
+                    if p.confirmed.is_some() || watermark.is_streaming() {
                         let now = Instant::now();
                         let t = tracker.get_or_insert_with(|| LagTracker::new(now));
+                        let applied =
+                            stands_at([Some(watermark.applied()), p.confirmed]).unwrap_or_default();
                         let (bytes, time) = t.observe(
                             now,
                             SystemTime::now(),
-                            server,
-                            watermark.applied(),
+                            p.server,
+                            applied,
                             watermark.commit_time(),
                         );
                         for table in progress.tables() {
@@ -372,6 +472,24 @@ mod tests {
             );
         }
         assert_eq!(t.behind.len(), MAX_POLLS);
+    }
+
+    #[test]
+    fn a_quiet_job_stands_at_its_confirmed_position() {
+        // Applied never recorded (no writes to the tables), consistent point
+        // far back, the slot confirmed by keepalives near the server.
+        assert_eq!(
+            stands_at([None, Some(Lsn(100)), Some(Lsn(9_000))]),
+            Some(Lsn(9_000))
+        );
+        assert_eq!(
+            stands_at([Some(Lsn(9_100)), Some(Lsn(100)), Some(Lsn(9_000))]),
+            Some(Lsn(9_100))
+        );
+        assert_eq!(stands_at([None, None]), None);
+        assert_eq!(lag_seconds(0, Some(3.0)), Some(0.0));
+        assert_eq!(lag_seconds(10, Some(3.0)), Some(3.0));
+        assert_eq!(lag_seconds(10, None), None);
     }
 
     #[test]

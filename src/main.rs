@@ -10,7 +10,10 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = pg_rekey::cli::Cli::parse();
-    pg_rekey::telemetry::init(cli.global.log_format, cli.global.verbose);
+    if let Err(e) = pg_rekey::telemetry::init_from(&cli.global) {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

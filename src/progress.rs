@@ -583,6 +583,19 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
+/// An integer with thousands separators: `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A duration for people: `250ms`, `12.3s`, `3m05s`, `2h03m`, `1d02h`.
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
@@ -926,7 +939,7 @@ impl LogRenderer {
                 .map(|d| d.as_secs());
             tracing::info!(
                 table = %snap.table,
-                phase = snap.phase.as_str(),
+                phase = %snap.phase.as_str(),
                 rows_copied = snap.rows_copied,
                 rows_estimate = snap.rows_estimate,
                 rate = rate.map(|r| r.round()).unwrap_or(0.0),
@@ -935,8 +948,8 @@ impl LogRenderer {
                 lag_bytes = snap.lag_bytes,
                 lag_seconds = (snap.lag_seconds * 1000.0).round() / 1000.0,
                 wal_retained_bytes = snap.wal_retained_bytes,
-                throttle = throttle.state.as_str(),
-                last_error = snap.last_error.as_deref(),
+                throttle = %throttle.state.as_str(),
+                last_error = snap.last_error.as_deref().map(tracing::field::display),
                 "progress"
             );
         }
@@ -1211,6 +1224,10 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(7380)), "2h03m");
         assert_eq!(format_duration(Duration::from_secs(93_600)), "1d02h");
         assert_eq!(format_count(950.0), "950");
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(2_999_974), "2,999,974");
         assert_eq!(format_count(12_345.0), "12.3k");
         assert_eq!(format_count(4_560_000.0), "4.56M");
         assert_eq!(format_count(1_200_000_000.0), "1.20G");
@@ -1362,11 +1379,11 @@ mod tests {
             .unwrap();
         for field in [
             "progress",
-            "phase=\"copying\"",
+            "phase=copying",
             "rows_copied=42",
             "rows_estimate=100",
             "lag_bytes=0",
-            "throttle=\"proceed\"",
+            "throttle=proceed",
         ] {
             assert!(line.contains(field), "{field} missing in {line}");
         }

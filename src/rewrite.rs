@@ -204,7 +204,7 @@ async fn run_job(
     let span = tracing::info_span!("rewrite", job = %short);
     async move {
         register(&admin, &objects, &details, &parent).await?;
-        info!(tables = ?cfg.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(), slot = %objects.slot, "job registered");
+        info!(tables = %cfg.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "), slot = %objects.slot, "job registered");
         // Lag and slot WAL for the job's lifetime; the poller stops when
         // `_stop_poller` is dropped, however this block ends.
         let watermark = Watermark::new();

@@ -17,12 +17,18 @@ pub struct TableStatus {
     pub shadow_table: String,
     /// The old table after cutover.
     pub old_table: Option<String>,
+    /// Whether the old table still exists (`None` before cutover). A job
+    /// whose old table was dropped by hand is finished: `status --prune`
+    /// clears its row.
+    pub old_table_exists: Option<bool>,
     /// Rows copied.
     pub rows_copied: i64,
     /// Estimated rows.
     pub rows_estimate: i64,
     /// WAL bytes the job is behind the server (while streaming).
     pub lag_bytes: Option<i64>,
+    /// How far behind in time, seconds (see [`crate::lag::JobLag::seconds`]).
+    pub lag_seconds: Option<f64>,
     /// WAL retained by the job's slot, bytes.
     pub wal_retained_bytes: Option<i64>,
     /// Whether a process is streaming from the slot now.
@@ -46,58 +52,64 @@ pub struct TableStatus {
 /// Read every job and its slot.
 pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
     let jobs = state::list_jobs(client).await?;
-    let current: Option<String> = client
-        .query_one(
-            "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
-            &[],
-        )
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
         .await
-        .map_err(Error::db("read the current WAL position"))?
+        .map_err(Error::db("ask whether the server is a standby"))?
         .get(0);
-    let current = current.and_then(|c| c.parse::<crate::pg::Lsn>().ok());
+    // The same figure the rewrite process shows and the cutover gates on
+    // (see `crate::lag::stands_at`).
+    let lags = if in_recovery {
+        Vec::new()
+    } else {
+        crate::lag::job_lags(client, None).await?
+    };
     let mut out = Vec::with_capacity(jobs.len());
     for j in jobs {
-        let (retained, active, confirmed) = match &j.slot_name {
+        let (retained, active) = match &j.slot_name {
             Some(slot) => {
                 let row = client
                     .query_opt(
-                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active, confirmed_flush_lsn::text
+                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, active
                            FROM pg_replication_slots WHERE slot_name = $1",
                         &[slot],
                     )
                     .await
                     .map_err(Error::db("read pg_replication_slots"))?;
                 match row {
-                    Some(r) => (
-                        r.get::<_, Option<i64>>(0),
-                        Some(r.get::<_, bool>(1)),
-                        r.get::<_, Option<String>>(2)
-                            .and_then(|l| l.parse::<crate::pg::Lsn>().ok()),
-                    ),
-                    None => (None, None, None),
+                    Some(r) => (r.get::<_, Option<i64>>(0), Some(r.get::<_, bool>(1))),
+                    None => (None, None),
                 }
             }
-            None => (None, None, None),
+            None => (None, None),
         };
-        // The job stands at the furthest of its recorded applied position, the
-        // slot's confirmed position (which also moves while only unpublished
-        // tables change) and, before anything was applied, its consistent point.
-        let stands_at = [j.applied_lsn, confirmed, j.consistent_lsn]
-            .into_iter()
-            .flatten()
-            .max();
-        let lag = match (j.phase.as_str(), current, stands_at) {
-            ("streaming" | "cutting_over", Some(c), Some(a)) => Some(c.bytes_since(a) as i64),
-            _ => j.lag_bytes,
+        let old_table_exists = match &j.old_table {
+            Some(old) => Some(
+                client
+                    .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[old])
+                    .await
+                    .map_err(Error::db("look for the old table"))?
+                    .get::<_, bool>(0),
+            ),
+            None => None,
+        };
+        let live = lags.iter().find(|l| l.job_id == j.job_id);
+        let (lag, lag_seconds) = match (j.phase.as_str(), live) {
+            ("copying" | "streaming" | "cutting_over", Some(l)) => {
+                (Some(i64::try_from(l.bytes).unwrap_or(i64::MAX)), l.seconds)
+            }
+            _ => (j.lag_bytes, None),
         };
         out.push(TableStatus {
             table: j.table,
             phase: j.phase,
             shadow_table: j.shadow_table,
             old_table: j.old_table,
+            old_table_exists,
             rows_copied: j.rows_copied,
             rows_estimate: j.rows_estimate,
             lag_bytes: lag,
+            lag_seconds,
             wal_retained_bytes: retained,
             slot_active: active,
             error: j.error,
@@ -113,15 +125,21 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
 }
 
 fn human_bytes(b: i64) -> String {
-    let b = b as f64;
-    if b >= 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.1} GiB", b / 1024.0 / 1024.0 / 1024.0)
-    } else if b >= 1024.0 * 1024.0 {
-        format!("{:.1} MiB", b / 1024.0 / 1024.0)
-    } else if b >= 1024.0 {
-        format!("{:.1} KiB", b / 1024.0)
-    } else {
-        format!("{b} B")
+    crate::progress::format_bytes(u64::try_from(b).unwrap_or(0))
+}
+
+/// The lag as the progress bar shows it: bytes, and time when known.
+fn lag_cell(bytes: Option<i64>, seconds: Option<f64>) -> String {
+    match (bytes, seconds) {
+        (None, _) => "-".into(),
+        (Some(b), None) => human_bytes(b),
+        (Some(b), Some(s)) => format!(
+            "{} / {}",
+            human_bytes(b),
+            crate::progress::format_duration(
+                std::time::Duration::try_from_secs_f64(s).unwrap_or_default()
+            )
+        ),
     }
 }
 
@@ -129,10 +147,12 @@ fn human_bytes(b: i64) -> String {
 /// when the planner's estimate is missing (a table never analyzed reads 0 or
 /// -1) or already passed, instead of a confusing `50000/0`.
 fn rows_cell(copied: i64, estimate: i64) -> String {
+    use crate::progress::thousands;
+    let n = |v: i64| thousands(u64::try_from(v).unwrap_or(0));
     if estimate > 0 && estimate >= copied {
-        format!("{copied}/{estimate}")
+        format!("{}/{}", n(copied), n(estimate))
     } else {
-        copied.to_string()
+        n(copied)
     }
 }
 
@@ -155,11 +175,15 @@ pub fn render(rows: &[TableStatus]) -> String {
             r.table.clone(),
             r.phase.clone(),
             rows_cell(r.rows_copied, r.rows_estimate),
-            r.lag_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
+            lag_cell(r.lag_bytes, r.lag_seconds),
             r.wal_retained_bytes
                 .map(human_bytes)
                 .unwrap_or_else(|| "-".into()),
-            r.old_table.clone().unwrap_or_else(|| "-".into()),
+            match (&r.old_table, r.old_table_exists) {
+                (Some(o), Some(false)) => format!("{o} (dropped)"),
+                (Some(o), _) => o.clone(),
+                (None, _) => "-".into(),
+            },
             r.error.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
@@ -189,6 +213,17 @@ pub fn render(rows: &[TableStatus]) -> String {
         out.push('\n');
     }
     out.push_str(&id_map_lines(rows));
+    let finished = rows
+        .iter()
+        .filter(|r| matches!(r.phase.as_str(), "cut_over" | "aborted"))
+        .count();
+    if finished > 0 {
+        out.push_str(&format!(
+            "{finished} finished job row{} (kept for the record); `pg-rekey status --prune` clears {}\n",
+            if finished == 1 { "" } else { "s" },
+            if finished == 1 { "it" } else { "them" }
+        ));
+    }
     out
 }
 
@@ -216,6 +251,36 @@ fn id_map_lines(rows: &[TableStatus]) -> String {
     out
 }
 
+/// `status --watch`: redraw every `every` until Ctrl-C. On a terminal the
+/// screen is cleared between draws; otherwise (and with `--json`, one
+/// object per line) each draw is appended.
+pub async fn watch(client: &Client, every: std::time::Duration, json: bool) -> Result<u8, Error> {
+    use std::io::IsTerminal;
+    let terminal = std::io::stdout().is_terminal();
+    let mut stop = crate::commands::shutdown_signal();
+    loop {
+        let rows = load(client).await?;
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let text = if json {
+            let v = serde_json::json!({ "at": now.to_string(), "tables": rows });
+            format!("{v}\n")
+        } else if terminal {
+            format!(
+                "\x1b[H\x1b[2J{now}  (every {}; Ctrl-C to stop)\n{}",
+                humantime::format_duration(every),
+                render(&rows)
+            )
+        } else {
+            format!("{now}\n{}\n", render(&rows))
+        };
+        crate::commands::print(&text)?;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(0),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,9 +292,11 @@ mod tests {
             phase: "streaming".into(),
             shadow_table: "public._rekey_new_sessions".into(),
             old_table: None,
+            old_table_exists: None,
             rows_copied: 10,
             rows_estimate: 12,
             lag_bytes: Some(2048),
+            lag_seconds: Some(0.25),
             wal_retained_bytes: Some(5 * 1024 * 1024),
             slot_active: Some(true),
             error: None,
@@ -254,7 +321,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            lines[1].starts_with("public.sessions  streaming  10/12  2.0 KiB  5.0 MiB"),
+            lines[1].starts_with("public.sessions  streaming  10/12  2.00 KiB / 250ms  5.00 MiB"),
             "{text}"
         );
         assert_eq!(render(&[]), "no pg-rekey jobs\n");
@@ -264,7 +331,8 @@ mod tests {
     fn rows_show_the_estimate_only_while_it_means_something() {
         assert_eq!(rows_cell(10, 12), "10/12");
         assert_eq!(rows_cell(12, 12), "12/12");
-        assert_eq!(rows_cell(50_000, 0), "50000");
+        assert_eq!(rows_cell(50_000, 0), "50,000");
+        assert_eq!(rows_cell(1_234_567, 2_000_000), "1,234,567/2,000,000");
         assert_eq!(rows_cell(0, -1), "0");
         assert_eq!(rows_cell(13, 12), "13");
     }

@@ -551,7 +551,7 @@ impl Poller {
                     // Warn once per outage; the previous decision stays.
                     if !self.failing {
                         self.failing = true;
-                        tracing::warn!(task = "copy throttle", error = %chain(&e), decision = ?self.current.state(), "cannot poll replica lag and slot WAL; keeping the last decision");
+                        tracing::warn!(task = "copy throttle", error = %chain(&e), decision = %self.current.state().as_str(), "cannot poll replica lag and slot WAL; keeping the last decision");
                     }
                 }
             }

@@ -342,6 +342,10 @@ pub async fn verify_table(
         return Err(VerifyError::ChunkRows { table });
     }
     let sql = CompareSql::new(spec, parent, left, right)?;
+    if crate::step_progress::verify_watched() {
+        let estimate = crate::step_progress::row_estimate(client, &left.quoted()).await;
+        crate::step_progress::verify_table_started(&table, estimate.div_ceil(opts.chunk_rows));
+    }
     let span = tracing::info_span!("verify", left = %left, right = %right);
     compare(client, &sql, left, right, opts, started)
         .instrument(span)
@@ -426,6 +430,7 @@ async fn compare(
         let matched = count(&counts, 1).map_err(db("reading chunk counts"))?;
         let differing = count(&counts, 2).map_err(db("reading chunk counts"))?;
         verdict.chunks += 1;
+        crate::step_progress::verify_chunk(left_rows);
         verdict.left_rows += left_rows;
         verdict.differing_rows += differing;
         matched_total += matched;

@@ -537,7 +537,7 @@ impl LogicalStream {
         let (params, major, _) = self.parts.take().unwrap_or_default();
         let FrameReader { io, buf, target } = rd;
         let io = io.unsplit(wr);
-        tracing::info!(slot = %self.slot, "logical replication stopped");
+        tracing::debug!(slot = %self.slot, "logical replication stopped");
         Ok(ReplicationClient::from_parts(
             FrameReader { io, buf, target },
             params,
@@ -572,7 +572,11 @@ async fn run_reader(
         Ok(()) => Ok(rd),
         Err(e) => {
             let stopping = shared.stopping.load(Ordering::SeqCst);
-            tracing::warn!(error = %e, stopping, "replication stream ended with an error");
+            if stopping {
+                tracing::debug!(error = %e, "replication stream ended while stopping");
+            } else {
+                tracing::warn!(error = %e, "replication stream ended with an error");
+            }
             if stopping || tx.is_closed() {
                 Err(e)
             } else {
@@ -632,6 +636,10 @@ async fn read_loop(
                 }
             },
             b'c' => {
+                // Our own stop may have been requested while this frame was
+                // being read: the server's CopyDone is then the answer to
+                // ours, the normal end of the stream, not an error.
+                stopping |= shared.stopping.load(Ordering::SeqCst);
                 if !stopping {
                     return Err(ReplicationError::Closed(
                         "the server ended the replication stream (CopyDone) unasked".into(),

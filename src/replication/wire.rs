@@ -714,7 +714,7 @@ impl ReplicationClient {
                 .unwrap_or("pgoutput")
                 .to_string(),
         };
-        tracing::info!(slot = %info.slot_name, consistent_point = %info.consistent_point, ?snapshot, "replication slot created");
+        tracing::debug!(slot = %info.slot_name, consistent_point = %info.consistent_point, snapshot = ?snapshot, "replication slot created");
         Ok(info)
     }
 
@@ -728,7 +728,7 @@ impl ReplicationClient {
             if wait { " WAIT" } else { "" }
         );
         self.query(&sql).await?;
-        tracing::info!(slot = name, "replication slot dropped");
+        tracing::debug!(slot = name, "replication slot dropped");
         Ok(())
     }
 
@@ -832,7 +832,7 @@ impl ReplicationClient {
                 other => self.common(other, &f.body)?,
             }
         }
-        tracing::info!(slot, start = %effective, publications = ?publications, wal_sender_timeout = ?timeout, "logical replication started");
+        tracing::debug!(slot, start = %effective, publications = %publications.join(","), wal_sender_timeout = %timeout.map(crate::progress::format_duration).unwrap_or_else(|| "off".into()), "logical replication started");
         Ok(LogicalStream::spawn(
             self,
             slot.to_string(),

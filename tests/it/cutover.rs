@@ -30,6 +30,8 @@ pub fn cutover_cfg(db: &TestDb, tables: &[&str]) -> CutoverConfig {
         attempts: 10,
         backoff: Duration::from_millis(100),
         max_lag_bytes: 64 * 1024 * 1024,
+        wait_for_lag: None,
+        hooks: Default::default(),
         dry_run: false,
         skip_verify: true,
         verify_chunk_rows: 10_000,

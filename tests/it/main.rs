@@ -15,6 +15,7 @@ mod exit_codes;
 mod harness;
 mod observe;
 mod observe_rewrite;
+mod operator;
 mod pgoutput;
 mod plan;
 mod replication;

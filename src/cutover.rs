@@ -210,7 +210,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
     if cfg.tables.is_empty() {
         return Err(Error::Config("cutover needs at least one --table".into()));
     }
-    let admin = pg::connect(&cfg.spec, "cutover-admin").await?;
+    let admin = pg::connect_cutover(&cfg.spec, "cutover-admin").await?;
     let mut report = CutoverReport {
         swapped: false,
         tables: vec![],
@@ -230,7 +230,18 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                 .push((j.table.clone(), j.old_table.clone().unwrap_or_default()));
         }
         report.swapped = true;
-        info!("already cut over; nothing to do");
+        // A cutover killed right after COMMIT left its new keys NOT VALID.
+        let sources: Vec<QualifiedName> = jobs.iter().map(|j| j.source.clone()).collect();
+        let left = not_valid_on(&admin, &sources).await?;
+        if left.is_empty() {
+            info!("already cut over; nothing to do");
+        } else {
+            info!(
+                constraints = left.len(),
+                "already cut over; validating the keys an interrupted cutover left NOT VALID"
+            );
+            swap::validate_after(&admin, &left, &sources).await?;
+        }
         return Ok(report);
     }
     if let Some(j) = jobs.iter().find(|j| j.phase() == Some(Phase::CutOver)) {
@@ -289,7 +300,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
     for t in &targets {
         let _ = state::set_phase(&admin, &t.job.source, Phase::CuttingOver).await;
     }
-    let fence_session = pg::connect(&cfg.spec, "cutover-fence").await?;
+    let fence_session = pg::connect_cutover(&cfg.spec, "cutover-fence").await?;
     crate::fence::prepare(&fence_session).await?;
     let job_ids: Vec<Uuid> = {
         let mut ids: Vec<Uuid> = targets.iter().map(|t| t.job.job_id).collect();
@@ -319,7 +330,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             );
             report.attempts.push(r);
         } else {
-            let mut session = pg::connect(&cfg.spec, "cutover-lock").await?;
+            let mut session = pg::connect_cutover(&cfg.spec, "cutover-lock").await?;
             let r = attempt_once(
                 cfg,
                 &mut session,
@@ -1120,7 +1131,16 @@ async fn not_valid_constraints(
     admin: &Client,
     targets: &[Target],
 ) -> Result<Vec<swap::ValidateConstraint>, Error> {
-    let names: Vec<String> = targets.iter().map(|t| t.job.source.quoted()).collect();
+    let sources: Vec<QualifiedName> = targets.iter().map(|t| t.job.source.clone()).collect();
+    not_valid_on(admin, &sources).await
+}
+
+/// Every `NOT VALID` foreign key or check on `tables` and on tables referencing them.
+async fn not_valid_on(
+    admin: &Client,
+    tables: &[QualifiedName],
+) -> Result<Vec<swap::ValidateConstraint>, Error> {
+    let names: Vec<String> = tables.iter().map(|t| t.quoted()).collect();
     let rows = admin
         .query(
             "SELECT n.nspname, c.relname, con.conname

@@ -197,6 +197,7 @@ impl Cluster {
             dbname: dbname.into(),
             application_name: "pg-rekey".into(),
             connect_timeout: std::time::Duration::from_secs(10),
+            options: Default::default(),
         }
     }
 

@@ -514,7 +514,7 @@ pub fn failure_hint(text: &str) -> Option<&'static str> {
     Some(
         if text.contains("UnknownIssuer") || text.contains("BadSignature") {
             "the server's certificate is not signed by a certificate authority in sslrootcert; point sslrootcert (or PGSSLROOTCERT) at the CA that issued the server's certificate"
-        } else if text.contains("NotValidForName") {
+        } else if text.contains("NotValidForName") || text.contains("not valid for name") {
             "the server's certificate does not name the host you connected to; connect with a host name the certificate lists (its subjectAltName), or use sslmode=verify-ca to check the chain only"
         } else if text.contains("Expired") || text.contains("NotValidYet") {
             "the server's certificate is outside its validity period; renew it or check this machine's clock"

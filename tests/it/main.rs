@@ -18,6 +18,7 @@ mod rewrite;
 mod rewrite_scenarios;
 mod state;
 mod swap;
+mod tls;
 mod verify;
 mod verify_cmd;
 mod workload;

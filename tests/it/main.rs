@@ -3,6 +3,7 @@
 mod support;
 
 mod apply_pipeline;
+mod connstr;
 mod copy;
 mod cutover;
 mod cutover_deps;

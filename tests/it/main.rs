@@ -6,6 +6,7 @@ mod apply_pipeline;
 mod connstr;
 mod copy;
 mod cutover;
+mod cutover_cleanup;
 mod cutover_deps;
 mod ddl;
 mod demo;

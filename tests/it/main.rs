@@ -11,6 +11,7 @@ mod cutover_deps;
 mod ddl;
 mod demo;
 mod harness;
+mod least_privilege;
 mod observe;
 mod observe_rewrite;
 mod pgoutput;

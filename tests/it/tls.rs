@@ -24,6 +24,9 @@ use crate::support::{self, TestDb};
 const TLS_ONLY_ROLE: &str = "rekey_tls_only";
 /// Role that must present a client certificate.
 const CERT_ROLE: &str = "rekey_cert";
+/// Role that logs in with SCRAM-SHA-256 over TLS (the server offers channel binding).
+const SCRAM_ROLE: &str = "rekey_tls_scram";
+const SCRAM_PASSWORD: &str = "tls-pw";
 
 /// Certificates made for this test binary.
 struct Pki {
@@ -93,6 +96,7 @@ fn tls_cluster() -> &'static Cluster {
             hba_lines: vec![
                 format!("hostnossl all {TLS_ONLY_ROLE} 127.0.0.1/32 reject"),
                 format!("hostssl all {CERT_ROLE} 127.0.0.1/32 cert"),
+                format!("hostssl all {SCRAM_ROLE} 127.0.0.1/32 scram-sha-256"),
             ],
             extra_conf: vec![
                 "log_connections = on".into(),
@@ -128,7 +132,9 @@ async fn tls_db() -> TestDb {
         .get_or_init(|| async {
             admin
                 .batch_execute(&format!(
-                    "CREATE ROLE {TLS_ONLY_ROLE} LOGIN REPLICATION; CREATE ROLE {CERT_ROLE} LOGIN REPLICATION"
+                    "CREATE ROLE {TLS_ONLY_ROLE} LOGIN REPLICATION; CREATE ROLE {CERT_ROLE} LOGIN REPLICATION;
+                     SET password_encryption = 'scram-sha-256';
+                     CREATE ROLE {SCRAM_ROLE} LOGIN REPLICATION PASSWORD '{SCRAM_PASSWORD}'"
                 ))
                 .await
                 .expect("create roles on the TLS server");
@@ -417,4 +423,21 @@ async fn direct_negotiation_on_17_and_later() {
         assert!(r.is_err());
         assert!(ReplicationClient::connect(&spec).await.is_err());
     }
+}
+
+#[tokio::test]
+async fn scram_over_tls_logs_in() {
+    let db = tls_db().await;
+    let spec = db.spec.with_user(SCRAM_ROLE, Some(SCRAM_PASSWORD));
+    let c = pg_rekey::pg::connect(&spec, "test")
+        .await
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    assert!(own_ssl(&c).await);
+    let mut r = ReplicationClient::connect(&spec)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    r.identify_system().await.unwrap();
+    let wrong = db.spec.with_user(SCRAM_ROLE, Some("nope"));
+    assert!(pg_rekey::pg::connect(&wrong, "test").await.is_err());
+    assert!(ReplicationClient::connect(&wrong).await.is_err());
 }

@@ -394,15 +394,20 @@ impl ConnSpec {
                 .ok_or_else(|| bad(&key, &v, "any, read-write, read-only, primary or standby"))?,
             None => TargetSessionAttrs::Any,
         };
-        for (name, allowed, fix) in [
-            ("gssencmode", &["disable", "prefer"][..], "GSSAPI encryption is not supported; use TLS (sslmode) instead"),
-            ("channel_binding", &["disable", "prefer"][..], "SCRAM channel binding is not implemented; use sslmode=verify-full to authenticate the server instead"),
-        ] {
+        for (name, allowed, fix) in [(
+            "gssencmode",
+            &["disable", "prefer"][..],
+            "GSSAPI encryption is not supported; use TLS (sslmode) instead",
+        )] {
             if let Some((key, v)) = get(name) {
                 if !allowed.contains(&v.as_str()) {
                     let known = ["require", "disable", "prefer"].contains(&v.as_str());
                     return Err(if known {
-                        ConnSpecError::Unsupported { key, value: v, fix: fix.to_string() }
+                        ConnSpecError::Unsupported {
+                            key,
+                            value: v,
+                            fix: fix.to_string(),
+                        }
                     } else {
                         bad(&key, &v, "disable, prefer or require")
                     });
@@ -1006,8 +1011,8 @@ mod tests {
                 "gssencmode=\"require\" is not supported",
             ),
             (
-                "channel_binding=require",
-                "channel_binding=\"require\" is not supported",
+                "channel_binding=always",
+                "invalid value \"always\" for channel_binding",
             ),
             (
                 "postgres://u:p%zz@h/d",

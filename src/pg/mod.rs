@@ -157,6 +157,11 @@ async fn connect_one(spec: &ConnSpec, purpose: &str, kind: &SessionKind) -> Resu
         Host::Unix(_) => SslMode::Disable,
         Host::Tcp(_) => tls.mode,
     };
+    cfg.channel_binding(match tls.channel_binding {
+        tls::ChannelBindingMode::Disable => tokio_postgres::config::ChannelBinding::Disable,
+        tls::ChannelBindingMode::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+        tls::ChannelBindingMode::Require => tokio_postgres::config::ChannelBinding::Require,
+    });
     if tls.negotiation == SslNegotiation::Direct {
         cfg.ssl_negotiation(PgSslNegotiation::Direct);
     }

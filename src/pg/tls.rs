@@ -28,9 +28,13 @@
 //! `postgresql` instead of sending an SSLRequest first; it needs `require` or
 //! stronger. Unix-domain sockets never use TLS, as in libpq.
 //!
+//! SCRAM authentication over TLS is bound to the channel
+//! (`tls-server-end-point`, `SCRAM-SHA-256-PLUS`) when the server offers it;
+//! `channel_binding=require` refuses to authenticate without it.
+//!
 //! Differences from libpq: host names are matched against the certificate's
 //! subjectAltName entries only (not the Common Name); certificate revocation
-//! lists and SCRAM channel binding are not supported.
+//! lists are not supported.
 
 use std::future::Future;
 use std::io;
@@ -135,6 +139,20 @@ pub struct TlsSettings {
     pub negotiation: SslNegotiation,
     /// `sslsni`: send the host name in the handshake (default on).
     pub no_sni: bool,
+    /// `channel_binding`: bind SCRAM authentication to the TLS channel.
+    pub channel_binding: ChannelBindingMode,
+}
+
+/// `channel_binding`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChannelBindingMode {
+    /// Never.
+    Disable,
+    /// When TLS is up and the server offers `SCRAM-SHA-256-PLUS` (libpq's default).
+    #[default]
+    Prefer,
+    /// Fail unless the server authenticated us with channel binding.
+    Require,
 }
 
 impl TlsSettings {
@@ -183,6 +201,15 @@ impl TlsSettings {
                 _ => return Err(bad(key, v, "0 or 1")),
             },
             None => false,
+        };
+        let channel_binding = match get("channel_binding") {
+            Some((key, v)) => match v.as_str() {
+                "disable" => ChannelBindingMode::Disable,
+                "prefer" => ChannelBindingMode::Prefer,
+                "require" => ChannelBindingMode::Require,
+                _ => return Err(bad(key, v, "disable, prefer or require")),
+            },
+            None => ChannelBindingMode::Prefer,
         };
         if let Some((key, v)) = get("sslcompression") {
             if v != "0" && v != "1" {
@@ -267,6 +294,7 @@ impl TlsSettings {
             client_key,
             negotiation,
             no_sni,
+            channel_binding,
         })
     }
 
@@ -293,6 +321,11 @@ impl TlsSettings {
         }
         if self.no_sni {
             s.push_str(" sslsni=0");
+        }
+        match self.channel_binding {
+            ChannelBindingMode::Prefer => {}
+            ChannelBindingMode::Disable => s.push_str(" channel_binding=disable"),
+            ChannelBindingMode::Require => s.push_str(" channel_binding=require"),
         }
         s
     }
@@ -641,7 +674,110 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for RustlsStream<S> {
     fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
-        // Not offered: the server then uses plain SCRAM-SHA-256.
-        tokio_postgres::tls::ChannelBinding::none()
+        match end_point_of(self.0.get_ref().1) {
+            Some(h) => tokio_postgres::tls::ChannelBinding::tls_server_end_point(h),
+            None => tokio_postgres::tls::ChannelBinding::none(),
+        }
+    }
+}
+
+/// The `tls-server-end-point` channel binding data of an established connection.
+pub fn end_point_of(conn: &rustls::ClientConnection) -> Option<Vec<u8>> {
+    server_end_point(conn.peer_certificates()?.first()?)
+}
+
+/// RFC 5929 `tls-server-end-point`: the hash of the server's certificate,
+/// with the hash function of the certificate's signature algorithm (SHA-256
+/// for MD5 and SHA-1). `None` for algorithms without one fixed hash (RSA-PSS,
+/// Ed25519): channel binding is then not offered.
+pub fn server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
+    const RSA: [u8; 8] = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA: [u8; 6] = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+    let oid = signature_algorithm_oid(cert_der)?;
+    let alg = if let Some(last) = oid.strip_prefix(&RSA[..]) {
+        match last {
+            [0x04] | [0x05] | [0x0b] => &ring::digest::SHA256, // md5, sha1, sha256 WithRSA
+            [0x0c] => &ring::digest::SHA384,
+            [0x0d] => &ring::digest::SHA512,
+            _ => return None,
+        }
+    } else if let Some(rest) = oid.strip_prefix(&ECDSA[..]) {
+        match rest {
+            [0x01] | [0x03, 0x02] => &ring::digest::SHA256, // ecdsa-with-SHA1, -SHA256
+            [0x03, 0x03] => &ring::digest::SHA384,
+            [0x03, 0x04] => &ring::digest::SHA512,
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    Some(ring::digest::digest(alg, cert_der).as_ref().to_vec())
+}
+
+/// One DER TLV: tag, contents, what follows.
+fn der_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *b.first()?;
+    let first = *b.get(1)?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | usize::from(*b.get(2 + i)?);
+        }
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    Some((tag, b.get(header..end)?, b.get(end..)?))
+}
+
+/// The OID of `Certificate.signatureAlgorithm`.
+fn signature_algorithm_oid(cert: &[u8]) -> Option<&[u8]> {
+    let (0x30, body, _) = der_tlv(cert)? else {
+        return None;
+    };
+    let (_, _tbs, rest) = der_tlv(body)?;
+    let (0x30, alg, _) = der_tlv(rest)? else {
+        return None;
+    };
+    let (0x06, oid, _) = der_tlv(alg)? else {
+        return None;
+    };
+    Some(oid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_point_hash_follows_the_signature_algorithm() {
+        for (alg, digest) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, &ring::digest::SHA256),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, &ring::digest::SHA384),
+        ] {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["h".to_string()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let der = cert.der().to_vec();
+            assert_eq!(
+                server_end_point(&der),
+                Some(ring::digest::digest(digest, &der).as_ref().to_vec())
+            );
+        }
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["h".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(server_end_point(cert.der()), None);
+        assert_eq!(server_end_point(b"\x30\x82\xff"), None);
+        assert_eq!(server_end_point(b""), None);
     }
 }

@@ -19,8 +19,9 @@
 //!   starts TLS at once with ALPN `postgresql`. The socket is a boxed
 //!   `AsyncRead + AsyncWrite` ([`BoxedStream`]), so the protocol code is the
 //!   same over TCP, Unix sockets and TLS.
-//! - **Authentication**: trust, clear-text password, md5 and SCRAM-SHA-256
-//!   (without channel binding).
+//! - **Authentication**: trust, clear-text password, md5 and SCRAM-SHA-256,
+//!   bound to the TLS channel (`SCRAM-SHA-256-PLUS`, `tls-server-end-point`)
+//!   when the server offers it, as `channel_binding` asks.
 //! - **Simple-query commands** (the only protocol a walsender speaks):
 //!   `IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT`, `DROP_REPLICATION_SLOT`,
 //!   `SHOW`, plain SQL, and `START_REPLICATION`, which turns the connection
@@ -56,7 +57,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::stream::{LogicalStream, StartOptions};
 use super::ReplicationError;
 use crate::pg::conn::TargetSessionAttrs;
-use crate::pg::tls::{SslMode, SslNegotiation};
+use crate::pg::tls::{ChannelBindingMode, SslMode, SslNegotiation};
 use crate::pg::{quote_ident, quote_literal, ConnSpec, Host, Lsn};
 
 /// A byte stream the client can run over: TCP, a Unix socket, later TLS.
@@ -433,10 +434,11 @@ impl ReplicationClient {
 
     /// Open the socket and negotiate TLS as `sslmode` says: never plaintext
     /// when the mode forbids it.
+    /// Returns the socket and, over TLS, the channel binding data.
     async fn open_socket(
         spec: &ConnSpec,
         force_tls: bool,
-    ) -> Result<BoxedStream, ReplicationError> {
+    ) -> Result<(BoxedStream, Option<Vec<u8>>), ReplicationError> {
         let target = spec.redacted();
         let unreachable = |source| ReplicationError::Unreachable {
             target: target.clone(),
@@ -446,10 +448,15 @@ impl ReplicationClient {
             Host::Tcp(h) => h,
             // libpq never uses TLS on Unix-domain sockets.
             Host::Unix(dir) => {
-                return Ok(Box::new(
-                    tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{}", spec.port)))
+                return Ok((
+                    Box::new(
+                        tokio::net::UnixStream::connect(
+                            dir.join(format!(".s.PGSQL.{}", spec.port)),
+                        )
                         .await
                         .map_err(unreachable)?,
+                    ),
+                    None,
                 ))
             }
         };
@@ -465,7 +472,7 @@ impl ReplicationClient {
             tls.mode
         };
         if mode == SslMode::Disable || (mode == SslMode::Allow && !force_tls) {
-            return Ok(Box::new(s));
+            return Ok((Box::new(s), None));
         }
         let tls_err = |reason: String| ReplicationError::Tls {
             target: target.clone(),
@@ -485,7 +492,7 @@ impl ReplicationClient {
                 .map_err(|e| tls_err(format!("reading the answer to SSLRequest: {e}")))?;
             match answer {
                 b'S' => {}
-                b'N' if mode.allows_plaintext() => return Ok(Box::new(s)),
+                b'N' if mode.allows_plaintext() => return Ok((Box::new(s), None)),
                 b'N' => {
                     return Err(tls_err(format!(
                         "the server does not support TLS, and sslmode={} forbids a plaintext connection; enable ssl on the server, or lower sslmode (prefer, allow, disable) if plaintext is acceptable",
@@ -509,7 +516,8 @@ impl ReplicationClient {
                     None => tls_err(format!("TLS handshake failed: {text}")),
                 }
             })?;
-        Ok(Box::new(stream))
+        let end_point = crate::pg::tls::end_point_of(stream.get_ref().1);
+        Ok((Box::new(stream), end_point))
     }
 
     async fn connect_inner(
@@ -517,7 +525,7 @@ impl ReplicationClient {
         force_tls: bool,
     ) -> Result<ReplicationClient, ReplicationError> {
         let target = spec.redacted();
-        let io = Self::open_socket(spec, force_tls).await?;
+        let (io, end_point) = Self::open_socket(spec, force_tls).await?;
         let mut client = ReplicationClient {
             reader: FrameReader {
                 io,
@@ -529,7 +537,7 @@ impl ReplicationClient {
             server_major: 0,
             backend_pid: 0,
         };
-        client.startup(spec).await?;
+        client.startup(spec, end_point).await?;
         tracing::debug!(target = %client.reader.target, server_major = client.server_major, pid = client.backend_pid, "replication connection open");
         if client.server_major < 10 {
             return Err(ReplicationError::Unsupported(format!(
@@ -544,7 +552,13 @@ impl ReplicationClient {
         Ok(client)
     }
 
-    async fn startup(&mut self, spec: &ConnSpec) -> Result<(), ReplicationError> {
+    async fn startup(
+        &mut self,
+        spec: &ConnSpec,
+        end_point: Option<Vec<u8>>,
+    ) -> Result<(), ReplicationError> {
+        let binding = spec.options.tls.channel_binding;
+        let mut bound = false;
         let params = [
             ("user", spec.user.as_str()),
             ("database", spec.dbname.as_str()),
@@ -570,6 +584,12 @@ impl ReplicationClient {
                 b'R' => {
                     let mut c = Cursor::new(&f.body, "Authentication");
                     match c.i32()? {
+                        0 if binding == ChannelBindingMode::Require && !bound => {
+                            return Err(ReplicationError::Auth(format!(
+                                "channel_binding=require, but {} authenticated this connection without channel binding (it needs TLS and scram-sha-256 in pg_hba.conf); lower channel_binding or change the server's method",
+                                self.reader.target
+                            )));
+                        }
                         0 => {}
                         3 => {
                             let pw = need_password(self)?;
@@ -598,18 +618,31 @@ impl ReplicationClient {
                             }
                             if !offered.iter().any(|m| m == "SCRAM-SHA-256") {
                                 return Err(ReplicationError::Auth(format!(
-                                    "the server offers SASL mechanisms {offered:?}; pg-rekey supports SCRAM-SHA-256 without channel binding — use scram-sha-256 or md5 in pg_hba.conf"
+                                    "the server offers SASL mechanisms {offered:?}; pg-rekey supports SCRAM-SHA-256 — use scram-sha-256 or md5 in pg_hba.conf"
                                 )));
                             }
                             let pw = need_password(self)?;
-                            // No channel binding (not implemented): gs2 header "n,,".
-                            let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                            frontend::sasl_initial_response(
-                                "SCRAM-SHA-256",
-                                s.message(),
-                                &mut self.wbuf,
-                            )
-                            .map_err(|e| self.io_err("SASL", e))?;
+                            // Bind to the TLS channel when both sides can
+                            // (tls-server-end-point), as libpq's default
+                            // channel_binding=prefer does.
+                            let plus = offered.iter().any(|m| m == "SCRAM-SHA-256-PLUS");
+                            let (mechanism, cb) = match (&end_point, binding) {
+                                (Some(h), ChannelBindingMode::Prefer | ChannelBindingMode::Require) if plus => {
+                                    bound = true;
+                                    ("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(h.clone()))
+                                }
+                                (_, ChannelBindingMode::Require) => {
+                                    return Err(ReplicationError::Auth(format!(
+                                        "channel_binding=require, but {} offers no SCRAM-SHA-256-PLUS on this connection (it needs TLS, and a certificate signed with RSA or ECDSA with SHA-2)",
+                                        self.reader.target
+                                    )))
+                                }
+                                (Some(_), ChannelBindingMode::Prefer) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+                                _ => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                            };
+                            let s = ScramSha256::new(pw.as_bytes(), cb);
+                            frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
+                                .map_err(|e| self.io_err("SASL", e))?;
                             scram = Some(s);
                             self.send().await?;
                         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use pg_rekey::embedded::{Cluster, ClusterOptions, ServerTls};
 use pg_rekey::pg::conn::{RootCert, SslMode, SslNegotiation};
+use pg_rekey::pg::tls::ChannelBindingMode;
 use pg_rekey::pg::{ConnSpec, Host};
 use pg_rekey::replication::wire::ReplicationClient;
 use pg_rekey::rewrite::{self, RewriteOutcome};
@@ -440,4 +441,26 @@ async fn scram_over_tls_logs_in() {
     let wrong = db.spec.with_user(SCRAM_ROLE, Some("nope"));
     assert!(pg_rekey::pg::connect(&wrong, "test").await.is_err());
     assert!(ReplicationClient::connect(&wrong).await.is_err());
+    // channel_binding=require succeeds only if SCRAM-SHA-256-PLUS was used:
+    // the login above was bound to the TLS channel.
+    let mut bound = spec.clone();
+    bound.options.tls.channel_binding = ChannelBindingMode::Require;
+    pg_rekey::pg::connect(&bound, "test")
+        .await
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    ReplicationClient::connect(&bound)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .identify_system()
+        .await
+        .unwrap();
+    // A role the server trusts without SCRAM cannot satisfy it.
+    let mut trusted = db.spec.clone();
+    trusted.options.tls.channel_binding = ChannelBindingMode::Require;
+    assert!(pg_rekey::pg::connect(&trusted, "test").await.is_err());
+    let e = ReplicationClient::connect(&trusted)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("channel_binding=require"), "{e}");
 }

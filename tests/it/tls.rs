@@ -302,6 +302,9 @@ async fn a_wrong_host_name_is_refused_under_verify_full_only() {
 
 #[tokio::test]
 async fn require_never_falls_back_to_plaintext() {
+    if !support::own_cluster() {
+        return; // a server given by PGREKEY_TEST_DSN may well have TLS
+    }
     // The main harness server runs without TLS.
     let db = TestDb::new().await;
     for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
@@ -319,6 +322,20 @@ async fn require_never_falls_back_to_plaintext() {
             "{mode:?}: {e}"
         );
     }
+    // PGSSLMODE reaches the binary as it reaches psql.
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={}",
+        db.spec.port, db.name
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pg-rekey"))
+        .args(["status", "--dsn", &dsn])
+        .env("PGSSLMODE", "require")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("does not support TLS"), "{stderr}");
     // Direct negotiation cannot fall back either.
     let mut spec = db.spec.clone();
     spec.options.tls.mode = SslMode::Require;

@@ -212,7 +212,9 @@ impl Env for ProcessEnv {
 }
 
 /// Options pg-rekey reads, with the environment variable that supplies each
-/// when the string does not.
+/// when the string does not. `keepalives*` and `tcp_user_timeout` are
+/// validated and otherwise left to pg-rekey's own choices (lock-holding
+/// sessions set short keepalives, see [`crate::pg::connect_cutover`]).
 const OPTIONS: &[(&str, Option<&str>)] = &[
     ("host", Some("PGHOST")),
     ("port", Some("PGPORT")),

@@ -34,7 +34,9 @@
 //!
 //! Differences from libpq: host names are matched against the certificate's
 //! subjectAltName entries only (not the Common Name); certificate revocation
-//! lists are not supported.
+//! lists are not supported; TLS 1.2 and 1.3 are the only versions (rustls
+//! has no older ones), so `ssl_min_protocol_version`/`ssl_max_protocol_version`
+//! and `sslcompression` are checked for validity and otherwise ignored.
 
 use std::future::Future;
 use std::io;

@@ -218,7 +218,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
     if cfg.tables.is_empty() {
         return Err(Error::Config("cutover needs at least one --table".into()));
     }
-    let admin = pg::connect(&cfg.spec, "cutover-admin").await?;
+    let admin = pg::connect_cutover(&cfg.spec, "cutover-admin").await?;
     let mut report = CutoverReport {
         swapped: false,
         tables: vec![],
@@ -310,7 +310,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
     for t in &targets {
         let _ = state::set_phase(&admin, &t.job.source, Phase::CuttingOver).await;
     }
-    let fence_session = pg::connect(&cfg.spec, "cutover-fence").await?;
+    let fence_session = pg::connect_cutover(&cfg.spec, "cutover-fence").await?;
     crate::fence::prepare(&fence_session).await?;
     let job_ids: Vec<Uuid> = {
         let mut ids: Vec<Uuid> = targets.iter().map(|t| t.job.job_id).collect();
@@ -364,7 +364,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         } else if let Some(veto) = before_cutover_hook(cfg, &job_ids, attempt, lag).await {
             report.attempts.push(veto);
         } else {
-            let mut session = pg::connect(&cfg.spec, "cutover-lock").await?;
+            let mut session = pg::connect_cutover(&cfg.spec, "cutover-lock").await?;
             let r = attempt_once(
                 cfg,
                 &mut session,

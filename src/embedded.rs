@@ -32,6 +32,19 @@ pub struct ClusterOptions {
     /// Folder holding `initdb`, `pg_ctl`, `postgres`. Defaults to `$PG_BIN`,
     /// else the newest `/usr/lib/postgresql/*/bin`, else the `PATH`.
     pub bin_dir: Option<PathBuf>,
+    /// Start with `ssl = on` and this certificate (off when `None`).
+    pub tls: Option<ServerTls>,
+}
+
+/// The server's TLS material, PEM-encoded.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// Server certificate (chain).
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// CA that client certificates must chain to (`ssl_ca_file`), if any.
+    pub client_ca_pem: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -40,6 +53,7 @@ impl Default for ClusterOptions {
             extra_conf: Vec::new(),
             hba_lines: Vec::new(),
             bin_dir: std::env::var_os("PG_BIN").map(PathBuf::from),
+            tls: None,
         }
     }
 }
@@ -131,6 +145,29 @@ impl Cluster {
             hba.push('\n');
         }
         hba.push_str("host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n");
+        let mut tls_conf = String::new();
+        if let Some(tls) = &opts.tls {
+            let mut files = vec![("server.crt", &tls.cert_pem), ("server.key", &tls.key_pem)];
+            if let Some(ca) = &tls.client_ca_pem {
+                files.push(("client_ca.crt", ca));
+                tls_conf.push_str("ssl_ca_file = 'client_ca.crt'\n");
+            }
+            for (name, pem) in files {
+                let path = data.join(name);
+                std::fs::write(&path, pem)
+                    .map_err(|e| ClusterError::Io(format!("write {}: {e}", path.display())))?;
+                // The server refuses a key others can read.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| ClusterError::Io(format!("chmod {}: {e}", path.display())))?;
+                if let Some((uid, gid)) = cluster.run_as {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                        .map_err(|e| ClusterError::Io(format!("chown {}: {e}", path.display())))?;
+                }
+            }
+            tls_conf
+                .push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
         std::fs::write(data.join("pg_hba.conf"), hba)
             .map_err(|e| ClusterError::Io(format!("write pg_hba.conf: {e}")))?;
 
@@ -146,6 +183,7 @@ impl Cluster {
                  max_wal_size = '2GB'\nlogging_collector = off\nlog_min_messages = warning\n",
                 cluster.base.display()
             );
+            conf.push_str(&tls_conf);
             for l in &opts.extra_conf {
                 conf.push_str(l);
                 conf.push('\n');
@@ -197,6 +235,7 @@ impl Cluster {
             dbname: dbname.into(),
             application_name: "pg-rekey".into(),
             connect_timeout: std::time::Duration::from_secs(10),
+            options: Default::default(),
         }
     }
 

@@ -214,15 +214,28 @@ fn db_message(e: &tokio_postgres::Error) -> String {
 fn connect_hint(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return match db.code().code() {
-            "28P01" => format!("{} — check the password in --dsn, PGPASSWORD or ~/.pgpass", db.message()),
-            "28000" => format!("{} — add a pg_hba.conf entry for this host, role and database, or connect as a role that has one", db.message()),
-            "3D000" => format!("{} — create the database or fix dbname in --dsn", db.message()),
-            "53300" => format!("{} — too many connections; raise max_connections or close idle sessions", db.message()),
+            "28P01" => format!(
+                "{} — check the password in --dsn, PGPASSWORD or ~/.pgpass",
+                db.message()
+            ),
+            "28000" => format!("{} — {}", db.message(), hba_hint(db.message())),
+            "3D000" => format!(
+                "{} — create the database or fix dbname in --dsn",
+                db.message()
+            ),
+            "53300" => format!(
+                "{} — too many connections; raise max_connections or close idle sessions",
+                db.message()
+            ),
             _ => db_message(e),
         };
     }
     let text = chain(e);
-    if text.contains("Connection refused") || text.contains("No such file") {
+    if let Some(h) = crate::pg::tls::failure_hint(&text) {
+        format!("{text} — {h}")
+    } else if text.contains("password missing") {
+        format!("{text} — the server asks for a password and none was given: set it in --dsn (password=… or postgres://user:password@host/db), PGPASSWORD, or ~/.pgpass (host:port:db:user:password, chmod 600)")
+    } else if text.contains("Connection refused") || text.contains("No such file") {
         format!("{text} — is the server running and listening there? Check host and port in --dsn or PGHOST/PGPORT")
     } else if text.contains("timed out") || text.contains("timeout") {
         format!(
@@ -233,9 +246,34 @@ fn connect_hint(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The fix for a pg_hba.conf rejection (SQLSTATE 28000): a role the server
+/// accepts only over TLS (a `hostssl` line) is told to use TLS, not to edit
+/// pg_hba.conf.
+pub fn hba_hint(message: &str) -> &'static str {
+    if message.contains("no encryption") || message.contains("SSL off") {
+        "the server accepts this role here only over TLS (a hostssl line in pg_hba.conf); connect with sslmode=require, or verify-full with sslrootcert (PGSSLMODE/PGSSLROOTCERT)"
+    } else if message.contains("SSL encryption") || message.contains("SSL on") {
+        "the server accepts this role here only without TLS (a hostnossl line in pg_hba.conf); connect with sslmode=disable or add a hostssl line"
+    } else if message.contains("pg_hba") {
+        "add a pg_hba.conf line allowing this host, role and database (a replication=database connection matches the database name, not the `replication` keyword) and reload the server, or connect as a role that has one"
+    } else {
+        "check pg_hba.conf and the role's LOGIN attribute"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostssl_rejection_points_at_tls() {
+        let m = "no pg_hba.conf entry for host \"127.0.0.1\", user \"u\", database \"d\", no encryption";
+        assert!(hba_hint(m).contains("sslmode=require"), "{}", hba_hint(m));
+        let m = "no pg_hba.conf entry for host \"127.0.0.1\", user \"u\", database \"d\", SSL encryption";
+        assert!(hba_hint(m).contains("sslmode=disable"));
+        let m = "no pg_hba.conf entry for host \"127.0.0.1\", user \"u\", database \"d\"";
+        assert!(hba_hint(m).contains("add a pg_hba.conf line"));
+    }
 
     #[test]
     fn classifies_sqlstates() {

@@ -72,6 +72,22 @@ pub enum ReplicationError {
         /// What is wrong and what is allowed.
         reason: String,
     },
+    /// TLS could not be negotiated as `sslmode` demands.
+    #[error("TLS with {target}: {reason}")]
+    Tls {
+        /// Redacted target.
+        target: String,
+        /// What failed and what to do.
+        reason: String,
+    },
+    /// None of several hosts was usable.
+    #[error("no host of {target} was usable, tried in order: {tried}")]
+    Unusable {
+        /// Redacted target (all hosts).
+        target: String,
+        /// Each host's failure.
+        tried: String,
+    },
     /// The server is too old or lacks a needed feature.
     #[error("{0}")]
     Unsupported(String),
@@ -84,7 +100,8 @@ impl ReplicationError {
             ReplicationError::Io { .. }
             | ReplicationError::Closed(_)
             | ReplicationError::Unreachable { .. }
-            | ReplicationError::Timeout { .. } => true,
+            | ReplicationError::Timeout { .. }
+            | ReplicationError::Unusable { .. } => true,
             ReplicationError::Server { code, .. } => crate::error::is_transient_sqlstate(code),
             _ => false,
         }

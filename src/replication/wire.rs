@@ -13,10 +13,15 @@
 //!   data contract, not a nicety. On 14+ `idle_session_timeout` is switched off
 //!   too (the parameter does not exist on 13, hence a `SET` after startup).
 //!   The whole handshake is bounded by `ConnSpec::connect_timeout`.
-//! - **Authentication**: trust, clear-text password, md5 and SCRAM-SHA-256
-//!   (without channel binding: there is no TLS yet). The socket is a boxed
-//!   `AsyncRead + AsyncWrite` ([`BoxedStream`]) so TLS can slot in later
-//!   without touching the protocol code.
+//! - **TLS** as libpq negotiates it: an SSLRequest (code 80877103) answered
+//!   `S` is followed by the rustls handshake on the same socket; `N` is
+//!   accepted only when `sslmode` allows plaintext; `sslnegotiation=direct`
+//!   starts TLS at once with ALPN `postgresql`. The socket is a boxed
+//!   `AsyncRead + AsyncWrite` ([`BoxedStream`]), so the protocol code is the
+//!   same over TCP, Unix sockets and TLS.
+//! - **Authentication**: trust, clear-text password, md5 and SCRAM-SHA-256,
+//!   bound to the TLS channel (`SCRAM-SHA-256-PLUS`, `tls-server-end-point`)
+//!   when the server offers it, as `channel_binding` asks.
 //! - **Simple-query commands** (the only protocol a walsender speaks):
 //!   `IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT`, `DROP_REPLICATION_SLOT`,
 //!   `SHOW`, plain SQL, and `START_REPLICATION`, which turns the connection
@@ -51,6 +56,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::stream::{LogicalStream, StartOptions};
 use super::ReplicationError;
+use crate::pg::conn::TargetSessionAttrs;
+use crate::pg::tls::{ChannelBindingMode, SslMode, SslNegotiation};
 use crate::pg::{quote_ident, quote_literal, ConnSpec, Host, Lsn};
 
 /// A byte stream the client can run over: TCP, a Unix socket, later TLS.
@@ -255,7 +262,7 @@ pub fn fix_for(code: &str, message: &str) -> Option<String> {
     let m = message.to_ascii_lowercase();
     let fix = match code {
         "28P01" => "check the password in --dsn, PGPASSWORD or ~/.pgpass",
-        "28000" if m.contains("pg_hba") => "add a pg_hba.conf line allowing this host, role and database (a replication=database connection matches the database name, not the `replication` keyword) and reload the server",
+        "28000" if m.contains("pg_hba") => crate::error::hba_hint(message),
         "42501" if m.contains("replication") || m.contains("wal sender") || m.contains("walsender") => "give the role the REPLICATION attribute (ALTER ROLE … REPLICATION; on Amazon RDS GRANT rds_replication) or connect as a role that has it",
         "55000" if m.contains("wal_level") => "set wal_level = logical (ALTER SYSTEM SET wal_level = logical) and restart the server",
         "53400" if m.contains("replication slot") => "drop unused slots (see pg_replication_slots) or raise max_replication_slots and restart the server",
@@ -347,10 +354,76 @@ impl std::fmt::Debug for ReplicationClient {
 
 impl ReplicationClient {
     /// Open a replication connection and authenticate, within
-    /// `spec.connect_timeout`.
+    /// `spec.connect_timeout` per host. TLS follows the spec's `sslmode`
+    /// exactly as ordinary sessions do ([`crate::pg::tls`]); several hosts
+    /// are tried in order, each checked against `target_session_attrs`.
     pub async fn connect(spec: &ConnSpec) -> Result<ReplicationClient, ReplicationError> {
+        let targets = spec.targets();
+        let attrs = spec.options.target_session_attrs;
+        let mut failures = Vec::new();
+        for t in &targets {
+            let result = match Self::connect_host(t, false).await {
+                // `allow`: plaintext first, TLS if the server refuses plaintext.
+                Err(ReplicationError::Server { .. } | ReplicationError::Closed(_))
+                    if t.options.tls.mode == SslMode::Allow && matches!(t.host, Host::Tcp(_)) =>
+                {
+                    Self::connect_host(t, true).await
+                }
+                other => other,
+            };
+            let mut client = match result {
+                Ok(c) => c,
+                Err(e) if targets.len() == 1 => return Err(e),
+                Err(e) => {
+                    tracing::debug!(target = %t.redacted(), error = %e, "host failed; trying the next");
+                    failures.push(e.to_string());
+                    continue;
+                }
+            };
+            if attrs == TargetSessionAttrs::Any {
+                return Ok(client);
+            }
+            let sets = client
+                .query(
+                    "SELECT current_setting('transaction_read_only') = 'on', pg_is_in_recovery()",
+                )
+                .await?;
+            let row = sets
+                .first()
+                .and_then(|s| s.rows.first())
+                .cloned()
+                .unwrap_or_default();
+            let flag = |i: usize| row.get(i).cloned().flatten().as_deref() == Some("t");
+            let (read_only, in_recovery) = (flag(0), flag(1));
+            if attrs.accepts(read_only, in_recovery) {
+                return Ok(client);
+            }
+            failures.push(format!(
+                "{}: server is {}, target_session_attrs={} skips it",
+                t.redacted(),
+                if in_recovery {
+                    "in recovery"
+                } else if read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                },
+                attrs.as_str()
+            ));
+        }
+        Err(ReplicationError::Unusable {
+            target: spec.redacted(),
+            tried: failures.join("; "),
+        })
+    }
+
+    async fn connect_host(
+        spec: &ConnSpec,
+        force_tls: bool,
+    ) -> Result<ReplicationClient, ReplicationError> {
         let target = spec.redacted();
-        match tokio::time::timeout(spec.connect_timeout, Self::connect_inner(spec)).await {
+        match tokio::time::timeout(spec.connect_timeout, Self::connect_inner(spec, force_tls)).await
+        {
             Ok(r) => r,
             Err(_) => Err(ReplicationError::Timeout {
                 target,
@@ -359,27 +432,100 @@ impl ReplicationClient {
         }
     }
 
-    async fn connect_inner(spec: &ConnSpec) -> Result<ReplicationClient, ReplicationError> {
+    /// Open the socket and negotiate TLS as `sslmode` says: never plaintext
+    /// when the mode forbids it.
+    /// Returns the socket and, over TLS, the channel binding data.
+    async fn open_socket(
+        spec: &ConnSpec,
+        force_tls: bool,
+    ) -> Result<(BoxedStream, Option<Vec<u8>>), ReplicationError> {
         let target = spec.redacted();
         let unreachable = |source| ReplicationError::Unreachable {
             target: target.clone(),
             source,
         };
-        let io: BoxedStream = match &spec.host {
-            Host::Tcp(h) => {
-                let s = tokio::net::TcpStream::connect((h.as_str(), spec.port))
-                    .await
-                    .map_err(unreachable)?;
-                // Status updates are tiny and latency-sensitive.
-                let _ = s.set_nodelay(true);
-                Box::new(s)
+        let host = match &spec.host {
+            Host::Tcp(h) => h,
+            // libpq never uses TLS on Unix-domain sockets.
+            Host::Unix(dir) => {
+                return Ok((
+                    Box::new(
+                        tokio::net::UnixStream::connect(
+                            dir.join(format!(".s.PGSQL.{}", spec.port)),
+                        )
+                        .await
+                        .map_err(unreachable)?,
+                    ),
+                    None,
+                ))
             }
-            Host::Unix(dir) => Box::new(
-                tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{}", spec.port)))
-                    .await
-                    .map_err(unreachable)?,
-            ),
         };
+        let mut s = tokio::net::TcpStream::connect((host.as_str(), spec.port))
+            .await
+            .map_err(unreachable)?;
+        // Status updates are tiny and latency-sensitive.
+        let _ = s.set_nodelay(true);
+        let tls = &spec.options.tls;
+        let mode = if force_tls {
+            SslMode::Require.max(tls.mode)
+        } else {
+            tls.mode
+        };
+        if mode == SslMode::Disable || (mode == SslMode::Allow && !force_tls) {
+            return Ok((Box::new(s), None));
+        }
+        let tls_err = |reason: String| ReplicationError::Tls {
+            target: target.clone(),
+            reason,
+        };
+        let config = tls.client_config().map_err(|e| tls_err(e.to_string()))?;
+        if tls.negotiation == SslNegotiation::Postgres {
+            // SSLRequest: length 8, code 80877103.
+            let mut req = BytesMut::new();
+            frontend::ssl_request(&mut req);
+            s.write_all(&req)
+                .await
+                .map_err(|e| tls_err(format!("sending SSLRequest: {e}")))?;
+            let answer = s
+                .read_u8()
+                .await
+                .map_err(|e| tls_err(format!("reading the answer to SSLRequest: {e}")))?;
+            match answer {
+                b'S' => {}
+                b'N' if mode.allows_plaintext() => return Ok((Box::new(s), None)),
+                b'N' => {
+                    return Err(tls_err(format!(
+                        "the server does not support TLS, and sslmode={} forbids a plaintext connection; enable ssl on the server, or lower sslmode (prefer, allow, disable) if plaintext is acceptable",
+                        mode.as_str()
+                    )))
+                }
+                other => {
+                    return Err(tls_err(format!(
+                        "unexpected answer {:?} to SSLRequest",
+                        char::from(other)
+                    )))
+                }
+            }
+        }
+        let stream = crate::pg::tls::handshake(config, host, s)
+            .await
+            .map_err(|e| {
+                let text = e.to_string();
+                match crate::pg::tls::failure_hint(&text) {
+                    Some(h) => tls_err(format!("TLS handshake failed: {text} — {h}")),
+                    None => tls_err(format!("TLS handshake failed: {text}")),
+                }
+            })?;
+        let end_point = crate::pg::tls::end_point_of(stream.get_ref().1);
+        Ok((Box::new(stream), end_point))
+    }
+
+    async fn connect_inner(
+        spec: &ConnSpec,
+        force_tls: bool,
+    ) -> Result<ReplicationClient, ReplicationError> {
+        let target = spec.redacted();
+        let (io, end_point) = Self::open_socket(spec, force_tls).await?;
         let mut client = ReplicationClient {
             reader: FrameReader {
                 io,
@@ -391,7 +537,7 @@ impl ReplicationClient {
             server_major: 0,
             backend_pid: 0,
         };
-        client.startup(spec).await?;
+        client.startup(spec, end_point).await?;
         tracing::debug!(target = %client.reader.target, server_major = client.server_major, pid = client.backend_pid, "replication connection open");
         if client.server_major < 10 {
             return Err(ReplicationError::Unsupported(format!(
@@ -406,7 +552,13 @@ impl ReplicationClient {
         Ok(client)
     }
 
-    async fn startup(&mut self, spec: &ConnSpec) -> Result<(), ReplicationError> {
+    async fn startup(
+        &mut self,
+        spec: &ConnSpec,
+        end_point: Option<Vec<u8>>,
+    ) -> Result<(), ReplicationError> {
+        let binding = spec.options.tls.channel_binding;
+        let mut bound = false;
         let params = [
             ("user", spec.user.as_str()),
             ("database", spec.dbname.as_str()),
@@ -432,6 +584,12 @@ impl ReplicationClient {
                 b'R' => {
                     let mut c = Cursor::new(&f.body, "Authentication");
                     match c.i32()? {
+                        0 if binding == ChannelBindingMode::Require && !bound => {
+                            return Err(ReplicationError::Auth(format!(
+                                "channel_binding=require, but {} authenticated this connection without channel binding (it needs TLS and scram-sha-256 in pg_hba.conf); lower channel_binding or change the server's method",
+                                self.reader.target
+                            )));
+                        }
                         0 => {}
                         3 => {
                             let pw = need_password(self)?;
@@ -460,18 +618,31 @@ impl ReplicationClient {
                             }
                             if !offered.iter().any(|m| m == "SCRAM-SHA-256") {
                                 return Err(ReplicationError::Auth(format!(
-                                    "the server offers SASL mechanisms {offered:?}; pg-rekey supports SCRAM-SHA-256 without channel binding (TLS is not supported yet) — use scram-sha-256 or md5 in pg_hba.conf"
+                                    "the server offers SASL mechanisms {offered:?}; pg-rekey supports SCRAM-SHA-256 — use scram-sha-256 or md5 in pg_hba.conf"
                                 )));
                             }
                             let pw = need_password(self)?;
-                            // No TLS, so no channel binding: gs2 header "n,,".
-                            let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
-                            frontend::sasl_initial_response(
-                                "SCRAM-SHA-256",
-                                s.message(),
-                                &mut self.wbuf,
-                            )
-                            .map_err(|e| self.io_err("SASL", e))?;
+                            // Bind to the TLS channel when both sides can
+                            // (tls-server-end-point), as libpq's default
+                            // channel_binding=prefer does.
+                            let plus = offered.iter().any(|m| m == "SCRAM-SHA-256-PLUS");
+                            let (mechanism, cb) = match (&end_point, binding) {
+                                (Some(h), ChannelBindingMode::Prefer | ChannelBindingMode::Require) if plus => {
+                                    bound = true;
+                                    ("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(h.clone()))
+                                }
+                                (_, ChannelBindingMode::Require) => {
+                                    return Err(ReplicationError::Auth(format!(
+                                        "channel_binding=require, but {} offers no SCRAM-SHA-256-PLUS on this connection (it needs TLS, and a certificate signed with RSA or ECDSA with SHA-2)",
+                                        self.reader.target
+                                    )))
+                                }
+                                (Some(_), ChannelBindingMode::Prefer) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+                                _ => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                            };
+                            let s = ScramSha256::new(pw.as_bytes(), cb);
+                            frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
+                                .map_err(|e| self.io_err("SASL", e))?;
                             scram = Some(s);
                             self.send().await?;
                         }

@@ -97,6 +97,11 @@ pub struct PlanArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Plan for `cutover --rewrite-dependents`: views and policies that
+    /// compare a reference column with an integer are reported with the
+    /// definition the cutover will give them (a warning), not as blockers.
+    #[arg(long)]
+    pub rewrite_dependents: bool,
 }
 
 /// When to cut over.
@@ -262,6 +267,13 @@ pub struct CutoverArgs {
     /// Do not verify before swapping.
     #[arg(long)]
     pub skip_verify: bool,
+    /// Re-create views and policies that compare a reference column with an
+    /// integer with the definition `plan` prints (same rows after the swap:
+    /// joins on the parent's uuid column, integers translated through the
+    /// parent), inside the swap transaction. Without it, cutover refuses
+    /// up front when such objects exist.
+    #[arg(long)]
+    pub rewrite_dependents: bool,
 }
 
 /// `verify`.

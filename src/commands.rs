@@ -98,11 +98,14 @@ async fn plan(dsn: Option<&str>, a: PlanArgs) -> Result<ExitCode, Error> {
         .map_err(|e| Error::Config(format!("--parent: {e}")))?;
     let tables = parse_tables(&a.tables)?;
     let mut client = pg::connect(&spec, "plan").await?;
-    let report = crate::plan::preflight::preflight(
+    let report = crate::plan::preflight::preflight_with(
         &mut client,
         &parent,
         &a.parent.uuid_column,
         (!tables.is_empty()).then_some(tables.as_slice()),
+        crate::plan::preflight::PreflightOptions {
+            rewrite_dependents: a.rewrite_dependents,
+        },
     )
     .await?;
     if a.json {

@@ -36,6 +36,7 @@ use std::fmt;
 use tokio_postgres::Client;
 
 use super::catalog::{self, TableDetail, OWN_PREFIX};
+use super::dependents::{Dependent, DependentKind, Verdict};
 use super::model::{IntKind, ParentSpec};
 use super::PlanError;
 use crate::pg::{quote_ident, QualifiedName};
@@ -178,6 +179,17 @@ pub struct PlanReport {
     pub tables: Vec<TablePlan>,
     /// Every finding, blockers first.
     pub findings: Vec<Finding>,
+    /// Every object that depends on a reference column (or that the swap
+    /// cannot carry), with its verdict.
+    pub dependents: Vec<Dependent>,
+}
+
+/// Options of a preflight.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PreflightOptions {
+    /// The cutover will run with `--rewrite-dependents`: views and policies
+    /// that need the behaviour-keeping rewrite are warnings, not blockers.
+    pub rewrite_dependents: bool,
 }
 
 impl PlanReport {
@@ -246,6 +258,12 @@ impl fmt::Display for PlanReport {
             }
         }
         let count = |s| self.findings.iter().filter(|x| x.severity == s).count();
+        if !self.dependents.is_empty() {
+            writeln!(f, "objects that depend on reference columns:")?;
+            for d in &self.dependents {
+                writeln!(f, "  [{}] {d}", d.kind)?;
+            }
+        }
         writeln!(
             f,
             "findings: {} blocker(s), {} warning(s), {} info",
@@ -376,6 +394,24 @@ pub async fn preflight(
     uuid_column: &str,
     tables: Option<&[QualifiedName]>,
 ) -> Result<PlanReport, PlanError> {
+    preflight_with(
+        client,
+        parent_table,
+        uuid_column,
+        tables,
+        PreflightOptions::default(),
+    )
+    .await
+}
+
+/// [`preflight`] with options.
+pub async fn preflight_with(
+    client: &mut Client,
+    parent_table: &QualifiedName,
+    uuid_column: &str,
+    tables: Option<&[QualifiedName]>,
+    options: PreflightOptions,
+) -> Result<PlanReport, PlanError> {
     let mut findings = Vec::new();
     server_checks(client, &mut findings).await?;
 
@@ -385,6 +421,7 @@ pub async fn preflight(
         uuid_column: uuid_column.to_string(),
         tables: Vec::new(),
         findings: Vec::new(),
+        dependents: Vec::new(),
     };
 
     let facts = match catalog::parent_facts(client, parent_table, uuid_column).await {
@@ -492,19 +529,97 @@ pub async fn preflight(
         };
         let mut table_findings = table_findings(&detail, &parent);
         server_table_checks(client, &detail, &parent, &names, &mut table_findings).await?;
-        let blocked = table_findings
-            .iter()
-            .any(|f| f.severity == Severity::Blocker);
-        if !blocked {
-            try_shadow_ddl(client, &detail, &parent, &mut table_findings).await?;
-        }
         findings.extend(table_findings);
         report.tables.push(table_plan(detail));
     }
 
+    // Every dependent of every reference column, in one trial.
+    let triable: Vec<&TableDetail> = report
+        .tables
+        .iter()
+        .map(|t| &t.detail)
+        .filter(|d| !d.inheritance && d.spec.reference_columns().next().is_some())
+        .collect();
+    let dependents = super::dependents::check(client, &triable, &parent).await?;
+    findings.extend(dependent_findings(&dependents, options));
+    // The whole shadow DDL as `rewrite` runs it, for what the per-object
+    // trial cannot see; only where nothing else blocks the table (its first
+    // failure would repeat a finding).
+    for t in &report.tables {
+        let name = t.detail.name().to_string();
+        let blocked = findings
+            .iter()
+            .any(|f| f.severity == Severity::Blocker && f.table.as_deref() == Some(name.as_str()));
+        if !blocked {
+            let mut more = Vec::new();
+            try_shadow_ddl(client, &t.detail, &parent, &mut more).await?;
+            findings.extend(more);
+        }
+    }
+    report.dependents = dependents;
+
     suggestive_names(client, &mut findings).await?;
     report.findings = sorted(findings);
     Ok(report)
+}
+
+/// Findings for the dependents: a blocker for each that blocks; for each
+/// view or policy that needs the behaviour-keeping rewrite, a blocker unless
+/// the cutover will rewrite it (then a warning), both with the definition.
+/// Other tables' foreign keys already have their own finding.
+fn dependent_findings(deps: &[Dependent], options: PreflightOptions) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for d in deps {
+        let col = d.columns.join(", ");
+        let with = |f: Finding| {
+            let f = Finding {
+                table: Some(d.table.clone()),
+                ..f
+            };
+            if col.is_empty() {
+                f
+            } else {
+                f.column(&col)
+            }
+        };
+        match (&d.verdict, d.kind) {
+            (_, DependentKind::ForeignKey)
+            | (Verdict::Carried, _)
+            | (_, DependentKind::Default) => {}
+            (Verdict::Blocks { reason, fix }, _) => out.push(with(Finding::new(
+                Severity::Blocker,
+                "dependent_blocks",
+                format!(
+                    "{} {} breaks when the reference column becomes uuid: {reason}; fix: {fix}",
+                    d.kind, d.object
+                ),
+            ))),
+            (
+                Verdict::Rewritten { definition },
+                DependentKind::View | DependentKind::MaterializedView | DependentKind::Policy,
+            ) => {
+                if options.rewrite_dependents {
+                    out.push(with(Finding::new(
+                        Severity::Warning,
+                        "dependent_rewritten",
+                        format!("{} compares a reference column with an integer; cutover --rewrite-dependents re-creates it, returning the same rows, as: {definition}", d.object),
+                    )))
+                } else {
+                    out.push(with(Finding::new(
+                        Severity::Blocker,
+                        "dependent_needs_rewrite",
+                        format!("{} compares a reference column with an integer and fails on uuid; run cutover with --rewrite-dependents (and plan with it) to re-create it, returning the same rows, as: {definition} — or change it yourself", d.object),
+                    )))
+                }
+            }
+            (Verdict::Rewritten { definition }, _) => out.push(with(Finding::new(
+                Severity::Warning,
+                "dependent_changes",
+                format!("{} {}: {definition}", d.kind, d.object),
+            ))),
+        }
+    }
+    out
 }
 
 fn sorted(mut findings: Vec<Finding>) -> Vec<Finding> {
@@ -967,6 +1082,7 @@ mod tests {
             parent_key: Some("id".into()),
             uuid_column: "uuid".into(),
             tables: vec![],
+            dependents: vec![],
             findings: sorted(vec![
                 Finding::new(Severity::Info, "i", "x"),
                 Finding::new(Severity::Blocker, "b", "y"),

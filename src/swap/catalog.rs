@@ -73,7 +73,7 @@ SELECT t.tgname::text, pg_catalog.pg_get_triggerdef(t.oid), t.tgenabled::text,
 
 /// Views and materialized views reading the table, directly or through other
 /// views; `deps` pairs each with every relation its `_RETURN` rule reads.
-const VIEWS: &str = "
+pub(crate) const VIEWS: &str = "
 WITH RECURSIVE deps(view_oid, ref_oid) AS (
     SELECT r.ev_class, d.refobjid
       FROM pg_catalog.pg_depend d
@@ -209,7 +209,7 @@ SELECT k.conname::text, k.contype::text, k.convalidated,
 /// Objects bound to the table by OID that the swap cannot carry: functions
 /// with SQL-standard bodies, rules other than a view's `_RETURN`, and other
 /// tables' policies that read this table.
-const UNSUPPORTED: &str = "
+pub(crate) const UNSUPPORTED: &str = "
 SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)
   FROM pg_catalog.pg_depend d
  WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = $1

@@ -8,6 +8,7 @@ mod cutover;
 mod cutover_deps;
 mod ddl;
 mod demo;
+mod dependents;
 mod harness;
 mod observe;
 mod observe_rewrite;

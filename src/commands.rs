@@ -246,6 +246,7 @@ async fn cutover(dsn: Option<&str>, a: CutoverArgs) -> Result<ExitCode, Error> {
         dry_run: a.dry_run,
         skip_verify: a.skip_verify,
         verify_chunk_rows: 10_000,
+        rewrite_dependents: a.rewrite_dependents,
     };
     let report = crate::cutover::run(&cfg).await?;
     print(&render_cutover(&report))?;
@@ -351,6 +352,7 @@ fn auto_cutover_config(
         dry_run: false,
         skip_verify: false,
         verify_chunk_rows: 10_000,
+        rewrite_dependents: false,
     }
 }
 

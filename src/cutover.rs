@@ -124,6 +124,11 @@ pub struct CutoverConfig {
     pub skip_verify: bool,
     /// Rows per verify chunk.
     pub verify_chunk_rows: u64,
+    /// Re-create views and policies that compare a reference column with an
+    /// integer with the behaviour-keeping definitions `plan` prints
+    /// ([`crate::plan::dependents`]). Without it, cutover refuses up front
+    /// when such objects exist.
+    pub rewrite_dependents: bool,
 }
 
 /// What one attempt did.
@@ -257,6 +262,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
     }
     let mut targets = load_targets(&admin, jobs).await?;
     let parent = load_parent_of(&admin, &targets).await?;
+    dependents_gate(cfg, &targets, &parent).await?;
 
     if cfg.dry_run {
         report.dry_run_sql = dry_run_sql(&admin, cfg, &targets, &parent).await?;
@@ -492,7 +498,7 @@ async fn dry_run_sql(
     // Read-only: a dry run takes no lock on an application table. The
     // statements are the ones a real attempt runs under its locks when the
     // catalog has not changed since they were built.
-    let swap = read_and_build(admin, targets, parent, true).await?;
+    let swap = read_and_build(admin, targets, parent, true, cfg.rewrite_dependents).await?;
     out.extend(swap.sql());
     for t in targets {
         out.push(format!(
@@ -541,12 +547,13 @@ async fn prepare(
     targets: &[Target],
     parent: &ParentSpec,
     report: bool,
+    rewrite: bool,
 ) -> Result<Prepared, Error> {
     let fingerprint = fingerprinter
         .take(c, &pairs(targets))
         .await
         .map_err(Error::db("fingerprint the catalog"))?;
-    let swap = read_and_build(c, targets, parent, report).await?;
+    let swap = read_and_build(c, targets, parent, report, rewrite).await?;
     Ok(Prepared { fingerprint, swap })
 }
 
@@ -559,10 +566,19 @@ async fn read_and_build(
     targets: &[Target],
     parent: &ParentSpec,
     report: bool,
+    rewrite: bool,
 ) -> Result<SwapSql, Error> {
-    let deps = swap::catalog::load_dependents_many(c, &pairs(targets))
+    let mut deps = swap::catalog::load_dependents_many(c, &pairs(targets))
         .await
         .map_err(swap_err)?;
+    if rewrite {
+        let details: Vec<&TableDetail> = targets.iter().map(|t| &t.detail).collect();
+        let ctx = crate::plan::dependents::rewrite_context(&details, parent);
+        let changed = crate::plan::dependents::apply_rewrites(&mut deps, &ctx);
+        if report && !changed.is_empty() {
+            info!(objects = ?changed, "re-created with definitions that compare in uuid terms (--rewrite-dependents)");
+        }
+    }
     if report {
         for (d, t) in deps.iter().zip(targets) {
             let unmatched: Vec<&String> = d
@@ -577,6 +593,50 @@ async fn read_and_build(
         }
     }
     Ok(swap_plan(targets, parent, &deps))
+}
+
+/// Refuse up front — before verify, before any lock — what the swap would
+/// fail at or would change without being asked: the same per-object trial
+/// `plan` runs ([`crate::plan::dependents::check`]), on a separate session
+/// in a transaction that is rolled back. Any dependent that blocks is
+/// refused with its reason and fix; views and policies that need the
+/// behaviour-keeping rewrite are refused unless `--rewrite-dependents`.
+/// The trial runs on this cutover's tables, so a cutover never meets a
+/// breaker that this check (and `plan`) did not name.
+async fn dependents_gate(
+    cfg: &CutoverConfig,
+    targets: &[Target],
+    parent: &ParentSpec,
+) -> Result<(), Error> {
+    use crate::plan::dependents::{self, Verdict};
+    let mut c = pg::connect(&cfg.spec, "cutover-dependents").await?;
+    let details: Vec<&TableDetail> = targets.iter().map(|t| &t.detail).collect();
+    let found = dependents::check(&mut c, &details, parent).await?;
+    let blocking: Vec<String> = found
+        .iter()
+        .filter(|d| matches!(d.verdict, Verdict::Blocks { .. }))
+        .map(|d| format!("{} {d}", d.kind))
+        .collect();
+    if !blocking.is_empty() {
+        return Err(Error::Precondition(format!(
+            "nothing was swapped: {} object(s) depending on the reference columns would break the swap — {}; `pg-rekey plan` lists them with the same fixes",
+            blocking.len(),
+            blocking.join(" | ")
+        )));
+    }
+    let rewrites: Vec<String> = found
+        .iter()
+        .filter(|d| dependents::needs_rewrite(d))
+        .map(|d| format!("{} {d}", d.kind))
+        .collect();
+    if !rewrites.is_empty() && !cfg.rewrite_dependents {
+        return Err(Error::Precondition(format!(
+            "nothing was swapped: {} view(s)/policy(ies) compare a reference column with an integer and would fail on uuid — {}; run cutover with --rewrite-dependents to re-create them with these definitions (same rows after the swap), or change them yourself first",
+            rewrites.len(),
+            rewrites.join(" | ")
+        )));
+    }
+    Ok(())
 }
 
 /// The statements of the locked part, in order: the swap proper
@@ -766,7 +826,15 @@ async fn attempt_once(
         let fingerprinter = swap::catalog::Fingerprinter::prepare(&*session)
             .await
             .map_err(Error::db("prepare the catalog fingerprint"))?;
-        let prepared = prepare(&*session, &fingerprinter, targets, parent, attempt == 1).await?;
+        let prepared = prepare(
+            &*session,
+            &fingerprinter,
+            targets,
+            parent,
+            attempt == 1,
+            cfg.rewrite_dependents,
+        )
+        .await?;
         Ok::<_, Error>((fingerprinter, prepared))
     }
     .await;

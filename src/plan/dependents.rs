@@ -192,6 +192,51 @@ pub fn rewrite_context(tables: &[&TableDetail], parent: &ParentSpec) -> RewriteC
     }
 }
 
+/// Apply the behaviour-keeping rewrites ([`rewrite_comparisons`]) to the
+/// views and policies the swap re-creates — the same pure function on the
+/// same printed text `plan` tried, so the cutover runs the definitions
+/// `plan` printed. Returns the objects whose definition changed.
+pub fn apply_rewrites(deps: &mut [crate::swap::Dependents], ctx: &RewriteContext) -> Vec<String> {
+    let mut changed = Vec::new();
+    for d in deps.iter_mut() {
+        for v in d.views.iter_mut() {
+            if let Some(new) = rewrite_comparisons(&v.definition, ctx, None) {
+                v.definition = new;
+                changed.push(format!("view {}", v.name));
+            }
+        }
+        let source = d.source.clone();
+        for p in d.policies.iter_mut() {
+            let mut hit = false;
+            for expr in [&mut p.using, &mut p.check] {
+                if let Some(new) = expr
+                    .as_deref()
+                    .and_then(|e| rewrite_comparisons(e, ctx, Some(&source)))
+                {
+                    *expr = Some(new);
+                    hit = true;
+                }
+            }
+            if hit {
+                changed.push(format!("policy {} on {source}", p.name));
+            }
+        }
+    }
+    changed.sort();
+    changed.dedup();
+    changed
+}
+
+/// Whether a dependent needs `--rewrite-dependents` (a view or policy whose
+/// verdict is a rewrite).
+pub fn needs_rewrite(d: &Dependent) -> bool {
+    matches!(d.verdict, Verdict::Rewritten { .. })
+        && matches!(
+            d.kind,
+            DependentKind::View | DependentKind::MaterializedView | DependentKind::Policy
+        )
+}
+
 const DISCOVER: &str = "
 SELECT CASE
          WHEN k.oid IS NOT NULL THEN CASE

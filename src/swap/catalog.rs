@@ -20,8 +20,8 @@ use crate::pg::QualifiedName;
 use super::sql::{constraint_key, index_key, match_objects, CatalogObject};
 use super::{
     Acl, ColumnPrivileges, Dependents, Grantee, IncomingFk, ObjectKind, Policy, Privilege,
-    PublicationMembership, ReplicaIdentity, SequenceCarry, SequenceOptions, SwapError, Trigger,
-    View, OWN_PUBLICATION_PREFIX,
+    PublicationMembership, ReplicaIdentity, SequenceCarry, SequenceOptions, Statistics, SwapError,
+    Trigger, View, OWN_PUBLICATION_PREFIX,
 };
 
 const TABLE: &str = "
@@ -150,6 +150,15 @@ SELECT p.pubname::text, NULL::text[], NULL::text
   JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
  WHERE pr.prrelid = $1 AND NOT starts_with(p.pubname, $2)
  ORDER BY p.pubname";
+
+/// Extended statistics on the table (`CREATE STATISTICS`), which PostgreSQL
+/// binds to the table's OID: carried by re-creating them on the new table.
+const STATISTICS: &str = "
+SELECT n.nspname::text, s.stxname::text, pg_catalog.pg_get_statisticsobjdef(s.oid),
+       pg_catalog.obj_description(s.oid, 'pg_statistic_ext')
+  FROM pg_catalog.pg_statistic_ext s JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace
+ WHERE s.stxrelid = $1
+ ORDER BY n.nspname, s.stxname";
 
 const REPLICA_INDEX: &str = "
 SELECT i.relname::text
@@ -626,6 +635,7 @@ async fn load<C: GenericClient + Sync>(
         shd_comments,
         src_seqs,
         shd_seqs,
+        statistics,
     ) = futures_util::join!(
         rows_by_oid(client, UNSUPPORTED, src.oid),
         load_acl(client, src.oid),
@@ -642,6 +652,7 @@ async fn load<C: GenericClient + Sync>(
         load_column_comments(client, shd.oid),
         seq_rows(client, src.oid),
         seq_rows(client, shd.oid),
+        rows_by_oid(client, STATISTICS, src.oid),
     );
 
     let unsupported: Vec<String> = unsupported.map_err(err)?.iter().map(|r| r.get(0)).collect();
@@ -752,6 +763,15 @@ async fn load<C: GenericClient + Sync>(
         .collect();
 
     let sequences = carry_sequences(src_seqs.map_err(err)?, shd_seqs.map_err(err)?);
+    let statistics = statistics
+        .map_err(err)?
+        .iter()
+        .map(|r| Statistics {
+            name: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            definition: r.get(2),
+            comment: r.get(3),
+        })
+        .collect();
 
     Ok(Dependents {
         source: source.clone(),
@@ -776,6 +796,7 @@ async fn load<C: GenericClient + Sync>(
         renames,
         unmatched,
         constraint_comments,
+        statistics,
     })
 }
 

@@ -502,6 +502,20 @@ pub struct Dependents {
     /// that have a comment. The cutover creates the new table's foreign keys
     /// after the swap statements and carries their comments from here.
     pub constraint_comments: Vec<(String, String)>,
+    /// Extended statistics on the source: the old ones are renamed out of
+    /// the way, the same definitions created on the new table.
+    pub statistics: Vec<Statistics>,
+}
+
+/// An extended statistics object (`CREATE STATISTICS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statistics {
+    /// Its name (schema-wide).
+    pub name: QualifiedName,
+    /// `pg_get_statisticsobjdef` text (names the table by its current name).
+    pub definition: String,
+    /// `COMMENT ON STATISTICS`.
+    pub comment: Option<String>,
 }
 
 /// Names for one swap.

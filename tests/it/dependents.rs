@@ -5,8 +5,13 @@
 
 use crate::support::{server_major, TestDb};
 use pg_rekey::pg::QualifiedName;
-use pg_rekey::plan::dependents::{Dependent, DependentKind, Verdict};
+use pg_rekey::plan::catalog::{load_parent, load_table};
+use pg_rekey::plan::dependents::{
+    apply_rewrites, needs_rewrite, rewrite_context, Dependent, DependentKind, Verdict,
+};
 use pg_rekey::plan::preflight::{preflight, preflight_with, PlanReport, PreflightOptions};
+use pg_rekey::swap::{execute_swap, load_dependents, swap_sql, SwapNames};
+use tokio_postgres::Client;
 
 /// The issue's schema: sessions keyed by uuid, an audit table with an RLS
 /// policy on an integer session setting, a view joining on the parent's
@@ -238,4 +243,169 @@ async fn plan_reports_every_dependent_of_every_kind_in_one_run() {
         .unwrap()
         .get(0);
     assert_eq!(leftovers, 0);
+}
+
+/// One table per kind (`id`, reference `user_id`, `note`) with its object.
+/// The expected verdict is what `plan` must say; the test then checks the
+/// verdict against what really happens: the shadow DDL as `rewrite` runs it,
+/// and the swap statements as `cutover` runs them.
+fn kinds(major: u32) -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut k = vec![
+        ("k_view_join", "rewritten", "CREATE VIEW v_join AS SELECT t.id, u.email FROM k_view_join t JOIN users u ON u.id = t.user_id"),
+        ("k_view_ok", "carried", "CREATE VIEW v_ok AS SELECT id, user_id FROM k_view_ok"),
+        ("k_view_bad", "blocks", "CREATE VIEW v_bad AS SELECT id FROM k_view_bad WHERE user_id > 3"),
+        ("k_matview", "blocks", "CREATE MATERIALIZED VIEW mv_bad AS SELECT id FROM k_matview WHERE user_id > 3"),
+        ("k_matview_join", "rewritten", "CREATE MATERIALIZED VIEW mv_join AS SELECT t.id, u.email FROM k_matview_join t JOIN users u ON u.id = t.user_id"),
+        ("k_policy", "rewritten", "ALTER TABLE k_policy ENABLE ROW LEVEL SECURITY; CREATE POLICY p_setting ON k_policy USING (user_id = current_setting('app.user_id', true)::bigint)"),
+        ("k_policy_bad", "blocks", "CREATE POLICY p_bad ON k_policy_bad USING (user_id > 3)"),
+        ("k_check", "blocks", "ALTER TABLE k_check ADD CONSTRAINT c_pos CHECK (user_id > 0)"),
+        ("k_generated", "blocks", "ALTER TABLE k_generated ADD COLUMN shard int GENERATED ALWAYS AS (user_id % 16) STORED"),
+        ("k_index_pred", "blocks", "CREATE INDEX i_pred ON k_index_pred (id) WHERE user_id > 1000"),
+        ("k_index_expr", "carried", "CREATE INDEX i_expr ON k_index_expr ((user_id::text))"),
+        ("k_rule", "blocks", "CREATE RULE r_keep AS ON DELETE TO k_rule WHERE old.user_id = 1 DO INSTEAD NOTHING"),
+        ("k_trigger_when", "blocks", "CREATE TRIGGER t_when BEFORE UPDATE ON k_trigger_when FOR EACH ROW WHEN (new.user_id > 5) EXECUTE FUNCTION noop()"),
+        ("k_trigger_of", "carried", "CREATE TRIGGER t_of BEFORE UPDATE OF user_id ON k_trigger_of FOR EACH ROW EXECUTE FUNCTION noop()"),
+        ("k_default", "rewritten", "ALTER TABLE k_default ALTER COLUMN user_id SET DEFAULT 1"),
+        ("k_stats", "carried", "CREATE STATISTICS s_user_note ON user_id, note FROM k_stats"),
+        ("k_function", "blocks", "CREATE FUNCTION f_count(bigint) RETURNS bigint LANGUAGE sql BEGIN ATOMIC SELECT count(*) FROM k_function WHERE user_id = $1; END"),
+        ("k_fk_in", "blocks", "DELETE FROM k_fk_in WHERE id > 5; ALTER TABLE k_fk_in ADD UNIQUE (user_id); CREATE TABLE k_fk_in_ref (id int PRIMARY KEY, u bigint REFERENCES k_fk_in (user_id))"),
+    ];
+    if major >= 15 {
+        k.push((
+            "k_pub_filter",
+            "blocks",
+            "CREATE PUBLICATION pub_filter FOR TABLE k_pub_filter WHERE (user_id > 3)",
+        ));
+        k.push((
+            "k_pub_cols",
+            "rewritten",
+            "CREATE PUBLICATION pub_cols FOR TABLE k_pub_cols (id, user_id)",
+        ));
+    }
+    k
+}
+
+/// Build the table's shadow exactly as `rewrite` does (shadow DDL, post-copy
+/// DDL) and fill it as the copy would; `Err` is the server's refusal.
+async fn build_shadow(c: &Client, table: &str) -> Result<(), String> {
+    let parent = load_parent(c, &users(), "uuid_id").await.unwrap();
+    let detail = load_table(c, &QualifiedName::new("public", table), &parent)
+        .await
+        .unwrap();
+    let mut statements = pg_rekey::ddl::create_shadow(&detail, &parent);
+    statements.extend(pg_rekey::ddl::post_copy(&detail));
+    for s in statements {
+        c.batch_execute(&s).await.map_err(|e| format!("{e:?}"))?;
+    }
+    c.batch_execute(&format!(
+        "INSERT INTO _rekey_new_{table} (id, user_id, note)
+         SELECT t.id, u.uuid_id, t.note FROM {table} t JOIN users u ON u.id = t.user_id"
+    ))
+    .await
+    .map_err(|e| format!("{e:?}"))
+}
+
+/// Run the swap statements of `table` in a transaction that is rolled back;
+/// `rewrite` applies `--rewrite-dependents`' definitions first.
+async fn try_swap(c: &mut Client, table: &str, rewrite: bool) -> Result<(), String> {
+    let parent = load_parent(c, &users(), "uuid_id").await.unwrap();
+    let src = QualifiedName::new("public", table);
+    let detail = load_table(c, &src, &parent).await.unwrap();
+    let txn = c.transaction().await.unwrap();
+    let shadow = QualifiedName::new("public", format!("_rekey_new_{table}"));
+    let result = async {
+        let mut deps = vec![load_dependents(&txn, &src, &shadow)
+            .await
+            .map_err(|e| e.to_string())?];
+        if rewrite {
+            let ctx = rewrite_context(&[&detail], &parent);
+            apply_rewrites(&mut deps, &ctx);
+        }
+        let sql = swap_sql(&deps[0], &SwapNames::derive(&src));
+        execute_swap(&txn, &sql).await.map_err(|e| e.to_string())
+    }
+    .await;
+    txn.rollback().await.unwrap();
+    result
+}
+
+#[tokio::test]
+async fn for_each_kind_the_plans_verdict_is_what_rewrite_and_the_swap_do() {
+    let db = TestDb::new().await;
+    let mut c = db.client().await;
+    c.batch_execute(BASE).await.unwrap();
+    c.batch_execute(
+        "CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;",
+    )
+    .await
+    .unwrap();
+    let kinds = kinds(server_major());
+    for (table, _, object) in &kinds {
+        c.batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, user_id bigint REFERENCES users (id), note text);
+             INSERT INTO {table} SELECT g, 1 + g % 6, 'n' || g FROM generate_series(1, 12) g;
+             {object};"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{table}: {e:?}"));
+    }
+    let report = preflight(&mut c, &users(), "uuid_id", None).await.unwrap();
+
+    for (table, expected, _) in &kinds {
+        let qualified = format!("public.{table}");
+        let mine: Vec<&Dependent> = report
+            .dependents
+            .iter()
+            .filter(|d| d.table.split(", ").any(|t| t == qualified))
+            .collect();
+        // The worst verdict for the table is the expected one.
+        let worst = if mine.iter().any(|d| blocks(d)) {
+            "blocks"
+        } else if mine
+            .iter()
+            .any(|d| matches!(d.verdict, Verdict::Rewritten { .. }))
+        {
+            "rewritten"
+        } else {
+            "carried"
+        };
+        assert_eq!(worst, *expected, "{table}: {mine:#?}");
+        assert!(!mine.is_empty(), "{table}: plan names its dependent");
+        let shape = mine.iter().any(|d| {
+            blocks(d)
+                && matches!(
+                    d.kind,
+                    DependentKind::Check | DependentKind::GeneratedColumn | DependentKind::Index
+                )
+        });
+        // What really happens.
+        let built = build_shadow(&c, table).await;
+        if shape {
+            assert!(
+                built.is_err(),
+                "{table}: plan said the shadow cannot be built"
+            );
+            continue;
+        }
+        built.unwrap_or_else(|e| panic!("{table}: plan said the shadow builds: {e}"));
+        let plain = try_swap(&mut c, table, false).await;
+        match *expected {
+            "blocks" => assert!(
+                plain.is_err(),
+                "{table}: plan said it blocks, the swap worked"
+            ),
+            "carried" => plain.unwrap_or_else(|e| panic!("{table}: plan said carried: {e}")),
+            _ => {
+                let needs = mine.iter().any(|d| needs_rewrite(d));
+                if needs {
+                    assert!(plain.is_err(), "{table}: plan said it needs the rewrite");
+                    try_swap(&mut c, table, true)
+                        .await
+                        .unwrap_or_else(|e| panic!("{table}: the rewritten swap failed: {e}"));
+                } else {
+                    plain.unwrap_or_else(|e| panic!("{table}: {e}"));
+                }
+            }
+        }
+    }
 }

@@ -168,7 +168,11 @@ impl fmt::Display for Dependent {
         write!(f, "): ")?;
         match &self.verdict {
             Verdict::Carried => write!(f, "carried as is"),
-            Verdict::Rewritten { definition } => write!(f, "rewritten: {definition}"),
+            Verdict::Rewritten { definition } => write!(
+                f,
+                "rewritten: {}",
+                definition.split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
             Verdict::Blocks { reason, fix } => write!(f, "BLOCKS: {reason}; fix: {fix}"),
         }
     }

@@ -20,9 +20,15 @@
 //!   that does not own the table (publishing and renaming it need ownership); a
 //!   reference column of a domain type or generated, or also part of another
 //!   foreign key, or referenced by another table's foreign key (the type change
-//!   would break that key); orphaned references; a shadow whose DDL the server
-//!   rejects (tried in a rolled-back transaction: e.g. a CHECK, an index
-//!   expression or a generated column that computes on the reference column).
+//!   would break that key); orphaned references; every object depending on
+//!   a reference column that breaks on uuid (each tried on its own in a
+//!   rolled-back transaction by [`super::dependents`]: a CHECK, an index
+//!   expression or predicate, a generated column, a view, a policy, a
+//!   trigger's WHEN, a publication's row filter…, all reported in one run);
+//!   views and policies that need the behaviour-keeping rewrite, unless
+//!   planned for `cutover --rewrite-dependents` (then warnings); a shadow
+//!   whose whole DDL the server still rejects (tried last, where nothing else
+//!   blocks the table).
 //! - warnings: long transactions holding an xid and prepared transactions
 //!   (slot creation waits for them); `FOR ALL TABLES` publications (the shadow
 //!   would be published too); a default on a reference column (dropped on the
@@ -582,6 +588,7 @@ fn dependent_findings(deps: &[Dependent], options: PreflightOptions) -> Vec<Find
                 f.column(&col)
             }
         };
+        let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
         match (&d.verdict, d.kind) {
             (_, DependentKind::ForeignKey)
             | (Verdict::Carried, _)
@@ -602,20 +609,20 @@ fn dependent_findings(deps: &[Dependent], options: PreflightOptions) -> Vec<Find
                     out.push(with(Finding::new(
                         Severity::Warning,
                         "dependent_rewritten",
-                        format!("{} compares a reference column with an integer; cutover --rewrite-dependents re-creates it, returning the same rows, as: {definition}", d.object),
+                        format!("{} compares a reference column with an integer; cutover --rewrite-dependents re-creates it, returning the same rows, as: {}", d.object, one_line(definition)),
                     )))
                 } else {
                     out.push(with(Finding::new(
                         Severity::Blocker,
                         "dependent_needs_rewrite",
-                        format!("{} compares a reference column with an integer and fails on uuid; run cutover with --rewrite-dependents (and plan with it) to re-create it, returning the same rows, as: {definition} — or change it yourself", d.object),
+                        format!("{} compares a reference column with an integer and fails on uuid; run cutover with --rewrite-dependents (and plan with it) to re-create it, returning the same rows, as: {} — or change it yourself", d.object, one_line(definition)),
                     )))
                 }
             }
             (Verdict::Rewritten { definition }, _) => out.push(with(Finding::new(
                 Severity::Warning,
                 "dependent_changes",
-                format!("{} {}: {definition}", d.kind, d.object),
+                format!("{}: {definition}", d.object),
             ))),
         }
     }

@@ -518,9 +518,9 @@ mod tests {
             "(actor_id = (tenant_id)::bigint)",
             // Not a reference column.
             "(id = 5)",
-            // Not a plain comparison.
+            // Not `=` or `<>`.
             "(actor_id > 5)",
-            "((actor_id = 5) OR (id = 3))",
+            "(actor_id IN (1, 2))",
             // Inside a literal.
             "('(actor_id = 5)' IS NOT NULL)",
         ] {

@@ -509,8 +509,28 @@ async fn cutover_refuses_without_rewrite_dependents_and_with_it_reads_return_the
         before.push(app_reads(&db, &app, u).await);
     }
 
-    // Without the flag: refused up front, naming both objects; nothing swapped.
+    // A breaker added while the rewrite streams: refused up front, with or
+    // without the flag, naming it and the reason — the swap never meets it.
+    c.batch_execute("CREATE VIEW late_bad AS SELECT id FROM audit_events WHERE actor_id > 3")
+        .await
+        .unwrap();
     let mut cfg = crate::cutover::cutover_cfg(&db, &tables);
+    cfg.rewrite_dependents = true;
+    let err = cutover::run(&cfg)
+        .await
+        .expect_err("refused: a view blocks");
+    let msg = err.to_string();
+    for needle in [
+        "late_bad",
+        "operator does not exist: uuid > integer",
+        "nothing was swapped",
+    ] {
+        assert!(msg.contains(needle), "{needle} in {msg}");
+    }
+    c.batch_execute("DROP VIEW late_bad").await.unwrap();
+
+    // Without the flag: refused up front, naming both objects; nothing swapped.
+    cfg.rewrite_dependents = false;
     let err = cutover::run(&cfg)
         .await
         .expect_err("refused without the flag");

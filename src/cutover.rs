@@ -30,6 +30,21 @@
 //! 4. Record `cut_over` in the job rows **in the same transaction**, and
 //!    commit.
 //!
+//! # Before the first attempt: the dependents gate
+//!
+//! The cutover first runs `plan`'s dependents trial on its own tables
+//! ([`crate::plan::dependents::check`]: every object that depends on a
+//! reference column re-created on a scratch copy with uuid columns, in a
+//! transaction that is rolled back; no lock beyond `ACCESS SHARE` on what the
+//! definitions read). Anything that blocks is refused with its reason and
+//! fix before verify and before any lock; views and policies that compare a
+//! reference column with an integer are refused unless `--rewrite-dependents`,
+//! with which each attempt applies the behaviour-keeping definitions
+//! ([`crate::plan::dependents::apply_rewrites`], the same pure function on
+//! the same printed text as `plan`) to the dependents it read, before
+//! building the swap. So a cutover does not meet, under its locks, a
+//! dependent that the trial did not name.
+//!
 //! # Building the swap before the locks
 //!
 //! Reading what hangs off the tables (grants, triggers, policies, views,

@@ -450,11 +450,27 @@ async fn run_trial(
             shape: HashMap::new(),
         });
     }
-    for s in &mut scratch {
-        build_scratch(trial, s).await?;
-    }
-
     let mut out: Vec<Dependent> = Vec::new();
+    let mut built = Vec::with_capacity(scratch.len());
+    for mut s in scratch {
+        match build_scratch(trial, &mut s).await? {
+            Ok(()) => built.push(s),
+            // Not expected (the copy has the source's own column types);
+            // reported rather than fatal, so the other tables are still tried.
+            Err(why) => out.push(Dependent {
+                table: s.detail.spec.source.to_string(),
+                columns: vec![],
+                kind: DependentKind::Other,
+                object: format!("table {}", s.detail.spec.source),
+                verdict: Verdict::Blocks {
+                    reason: format!("its dependents could not be tried: a copy with uuid reference columns was refused: {why}"),
+                    fix: "please report this; meanwhile check the table's views, policies and constraints by hand".into(),
+                },
+            }),
+        }
+    }
+    let scratch = built;
+
     let mut view_columns: HashMap<u32, Vec<String>> = HashMap::new();
     for s in &scratch {
         let t = s.detail;
@@ -858,7 +874,7 @@ fn policy_sql(
 
 /// The scratch copy of one table: columns as the swap leaves them, then each
 /// shadow-shape object in its own savepoint, so every breaker is found.
-async fn build_scratch(trial: &Trial<'_>, s: &mut Scratch<'_>) -> Result<(), PlanError> {
+async fn build_scratch(trial: &Trial<'_>, s: &mut Scratch<'_>) -> Result<Outcome, PlanError> {
     let t = s.detail;
     let copy = s.copy.quoted();
     let mut cols = Vec::new();
@@ -875,14 +891,12 @@ async fn build_scratch(trial: &Trial<'_>, s: &mut Scratch<'_>) -> Result<(), Pla
         }
         cols.push(c);
     }
-    trial
+    if let Err(why) = trial
         .attempt(&format!("CREATE TABLE {copy} ({})", cols.join(", ")), true)
         .await?
-        .map_err(|why| PlanError::UnexpectedDefinition {
-            table: t.spec.source.clone(),
-            object: "the trial copy".into(),
-            definition: why,
-        })?;
+    {
+        return Ok(Err(why));
+    }
     for (spec, d) in t.spec.columns.iter().zip(t.columns.iter()) {
         let Some(expr) = &d.generated_expr else {
             continue;
@@ -975,7 +989,7 @@ async fn build_scratch(trial: &Trial<'_>, s: &mut Scratch<'_>) -> Result<(), Pla
             .await?;
         s.shape.insert((DependentKind::Index, idx.name.clone()), o);
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// Views over the tables, tried in dependency order on the copies. A copy

@@ -546,7 +546,18 @@ pub async fn preflight_with(
         .map(|t| &t.detail)
         .filter(|d| !d.inheritance && d.spec.reference_columns().next().is_some())
         .collect();
-    let dependents = super::dependents::check(client, &triable, &parent).await?;
+    // The trial needs a scratch schema; without CREATE on the database
+    // (already a blocker) it cannot run, and says so.
+    let dependents = if findings.iter().any(|f| f.code == "no_create_on_database") {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "dependents_not_checked",
+            "objects depending on the reference columns were not tried against uuid (the trial needs CREATE on the database); grant it and plan again",
+        ));
+        Vec::new()
+    } else {
+        super::dependents::check(client, &triable, &parent).await?
+    };
     findings.extend(dependent_findings(&dependents, options));
     // The whole shadow DDL as `rewrite` runs it, for what the per-object
     // trial cannot see; only where nothing else blocks the table (its first

@@ -32,6 +32,9 @@
 //!   old table by OID and cannot be carried (SQL-standard function bodies,
 //!   rules, other tables' policies that read the table) are refused up front by
 //!   [`load_dependents`] ([`SwapError::Unsupported`]).
+//! - **Extended statistics** are bound to the table's OID: the old table's
+//!   are renamed out of the way (their names are schema-wide) and the same
+//!   definitions created on the new table.
 //! - **Sequences keep counting.** A serial column's sequence is one object:
 //!   the new table's default keeps calling it and its ownership moves. An
 //!   identity column's sequence cannot move, so the new table's identity

@@ -544,7 +544,9 @@ async fn run_trial(
             }
         }
         // Anything of the shape that failed without a recorded dependency.
-        for ((kind, name), outcome) in &s.shape {
+        let mut shape: Vec<_> = s.shape.iter().collect();
+        shape.sort_by(|a, b| a.0.cmp(b.0));
+        for ((kind, name), outcome) in shape {
             if let Err(why) = outcome {
                 let listed = out.iter().any(|d| {
                     d.kind == *kind

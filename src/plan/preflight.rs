@@ -584,6 +584,21 @@ pub async fn preflight_with(
 /// view or policy that needs the behaviour-keeping rewrite, a blocker unless
 /// the cutover will rewrite it (then a warning), both with the definition.
 /// Other tables' foreign keys already have their own finding.
+/// A policy that translates an integer through the parent reads the parent
+/// as the querying role (a view reads it as its owner, unless
+/// `security_invoker`).
+fn lookup_note(d: &Dependent, definition: &str) -> &'static str {
+    if definition.contains("_rekey_p") {
+        if d.kind == DependentKind::Policy {
+            " (the roles the policy applies to need SELECT on the parent's key and uuid columns)"
+        } else {
+            " (a security_invoker view's readers need SELECT on the parent's key and uuid columns)"
+        }
+    } else {
+        ""
+    }
+}
+
 fn dependent_findings(deps: &[Dependent], options: PreflightOptions) -> Vec<Finding> {
     let mut out = Vec::new();
     for d in deps {
@@ -620,13 +635,13 @@ fn dependent_findings(deps: &[Dependent], options: PreflightOptions) -> Vec<Find
                     out.push(with(Finding::new(
                         Severity::Warning,
                         "dependent_rewritten",
-                        format!("{} compares a reference column with an integer; cutover --rewrite-dependents re-creates it, returning the same rows, as: {}", d.object, one_line(definition)),
+                        format!("{} compares a reference column with an integer; cutover --rewrite-dependents re-creates it, returning the same rows, as: {}{}", d.object, one_line(definition), lookup_note(d, definition)),
                     )))
                 } else {
                     out.push(with(Finding::new(
                         Severity::Blocker,
                         "dependent_needs_rewrite",
-                        format!("{} compares a reference column with an integer and fails on uuid; run cutover with --rewrite-dependents (and plan with it) to re-create it, returning the same rows, as: {} — or change it yourself", d.object, one_line(definition)),
+                        format!("{} compares a reference column with an integer and fails on uuid; run cutover with --rewrite-dependents (and plan with it) to re-create it, returning the same rows, as: {}{} — or change it yourself", d.object, one_line(definition), lookup_note(d, definition)),
                     )))
                 }
             }
@@ -1116,6 +1131,58 @@ mod tests {
         assert!(!r.has_blockers());
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["findings"][0]["severity"], "warning");
+    }
+
+    #[test]
+    fn dependents_become_findings_by_verdict_and_flag() {
+        let dep = |kind, verdict| Dependent {
+            table: "public.t".into(),
+            columns: vec!["user_id".into()],
+            kind,
+            object: "x".into(),
+            verdict,
+        };
+        let rewritten = Verdict::Rewritten {
+            definition: "USING ((user_id = (SELECT _rekey_p.\"uuid\" FROM \"public\".\"users\" _rekey_p WHERE _rekey_p.\"id\" = 5)))".into(),
+        };
+        let blocks = Verdict::Blocks {
+            reason: "operator does not exist: uuid > integer".into(),
+            fix: "f".into(),
+        };
+        let deps = vec![
+            dep(DependentKind::Policy, rewritten.clone()),
+            dep(DependentKind::Check, blocks.clone()),
+            dep(DependentKind::View, Verdict::Carried),
+            dep(DependentKind::ForeignKey, blocks),
+            dep(DependentKind::Default, rewritten),
+        ];
+        let codes = |o: PreflightOptions| -> Vec<(Severity, String)> {
+            dependent_findings(&deps, o)
+                .into_iter()
+                .map(|f| (f.severity, f.code))
+                .collect()
+        };
+        assert_eq!(
+            codes(PreflightOptions::default()),
+            [
+                (Severity::Blocker, "dependent_needs_rewrite".to_string()),
+                (Severity::Blocker, "dependent_blocks".to_string())
+            ]
+        );
+        let with = dependent_findings(
+            &deps,
+            PreflightOptions {
+                rewrite_dependents: true,
+            },
+        );
+        assert_eq!(with[0].severity, Severity::Warning);
+        assert_eq!(with[0].code, "dependent_rewritten");
+        assert!(
+            with[0].message.contains("need SELECT on the parent"),
+            "{}",
+            with[0].message
+        );
+        assert_eq!(with[0].column.as_deref(), Some("user_id"));
     }
 
     #[test]

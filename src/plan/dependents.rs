@@ -248,6 +248,9 @@ SELECT CASE
               WHEN k.contype IN ('p', 'u', 'x') AND k.conrelid = $1 THEN 'key'
               WHEN k.contype = 'f' AND k.conrelid = $1 THEN 'fk_own'
               WHEN k.contype = 'f' THEN 'fk_in'
+              -- NOT NULL (catalogued from 18 on; the shadow has it) and
+              -- constraint triggers (tried as triggers).
+              WHEN k.contype IN ('n', 't') THEN 'skip'
               ELSE 'other' END
          WHEN c.oid IS NOT NULL THEN CASE
               WHEN d.objid = $1 AND d.objsubid > 0 THEN 'generated'

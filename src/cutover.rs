@@ -1073,7 +1073,8 @@ async fn lock_statements(
                  WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
                    AND r.ev_class <> deps.oid)
              SELECT n.nspname, c.relname FROM deps JOIN pg_class c ON c.oid = deps.oid
-               JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2",
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'v' ORDER BY 1, 2",
             &[&oids],
         )
         .await
@@ -1114,6 +1115,11 @@ async fn lock_statements(
     );
     // 2. Tables whose keys are re-pointed (dropping a constraint takes ACCESS
     //    EXCLUSIVE), then 3. views that are dropped and re-created.
+    //    Materialized views cannot be named in LOCK TABLE (SQLSTATE 42809,
+    //    which made every cutover with one fail): their DROP in the swap
+    //    takes the lock, bounded by the same lock_timeout; their readers hold
+    //    no lock on the sources, and a deadlock with one rolls the attempt
+    //    back to be retried.
     let mut exclusive: Vec<String> = referencing
         .iter()
         .map(name)

@@ -420,7 +420,7 @@ async fn for_each_kind_the_plans_verdict_is_what_rewrite_and_the_swap_do() {
 
 /// Rows an application role sees, in a fresh session: through the view, and
 /// through the policy with `app.user_id` set to `user` (or unset).
-async fn app_reads(db: &TestDb, role: &str, user: Option<i64>) -> (Vec<String>, Vec<String>) {
+async fn app_reads(db: &TestDb, role: &str, user: Option<i64>) -> Vec<Vec<String>> {
     let c = db.client().await;
     c.batch_execute(&format!("SET ROLE {role}")).await.unwrap();
     if let Some(u) = user {
@@ -439,9 +439,38 @@ async fn app_reads(db: &TestDb, role: &str, user: Option<i64>) -> (Vec<String>, 
                 .collect::<Vec<_>>()
         }
     };
-    let view = rows("SELECT id::text, email FROM session_emails ORDER BY 1, 2").await;
-    let policy = rows("SELECT id::text, note FROM audit_events ORDER BY id").await;
-    (view, policy)
+    vec![
+        rows("SELECT id::text, email FROM session_emails ORDER BY 1, 2").await,
+        rows("SELECT id::text, note FROM audit_events ORDER BY id").await,
+        rows("SELECT id::text, started::text FROM first_user_sessions ORDER BY 1").await,
+        rows("SELECT id::text, email FROM session_emails_mv ORDER BY 1, 2").await,
+    ]
+}
+
+/// Insert an audit row for `actor` as the application with `app.user_id =
+/// user`; the actor is given in the column's current terms (integer before
+/// the swap, the user's uuid after). `Err` is the SQLSTATE.
+async fn app_insert(
+    db: &TestDb,
+    role: &str,
+    user: i64,
+    actor: i64,
+    uuid: bool,
+) -> Result<(), String> {
+    let c = db.client().await;
+    c.batch_execute(&format!("SET ROLE {role}; SET app.user_id = '{user}'"))
+        .await
+        .unwrap();
+    let value = if uuid {
+        format!("(SELECT uuid_id FROM users WHERE id = {actor})")
+    } else {
+        actor.to_string()
+    };
+    c.batch_execute(&format!(
+        "INSERT INTO audit_events (actor_id, note) VALUES ({value}, 'by app')"
+    ))
+    .await
+    .map_err(|e| e.code().map(|c| c.code().to_string()).unwrap_or_default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,8 +494,16 @@ async fn cutover_refuses_without_rewrite_dependents_and_with_it_reads_return_the
         ALTER TABLE audit_events ENABLE ROW LEVEL SECURITY;
         CREATE POLICY own_events ON audit_events
             USING (actor_id = current_setting('app.user_id', true)::bigint);
+        CREATE POLICY own_insert ON audit_events FOR INSERT
+            WITH CHECK (actor_id = current_setting('app.user_id', true)::bigint);
+        CREATE VIEW first_user_sessions AS
+            SELECT s.id, s.started FROM user_sessions s WHERE s.user_id = 1;
+        CREATE MATERIALIZED VIEW session_emails_mv AS
+            SELECT s.id, u.email FROM user_sessions s JOIN users u ON u.id = s.user_id;
         CREATE STATISTICS actor_note ON actor_id, note FROM audit_events;
-        GRANT SELECT ON session_emails, audit_events TO {app};
+        GRANT SELECT ON session_emails, audit_events, first_user_sessions, session_emails_mv TO {app};
+        GRANT INSERT ON audit_events TO {app};
+        GRANT USAGE ON SEQUENCE audit_events_id_seq TO {app};
         -- The rewritten policy translates the setting through users.
         GRANT SELECT (id, uuid_id) ON users TO {app};
         "#
@@ -479,8 +516,8 @@ async fn cutover_refuses_without_rewrite_dependents_and_with_it_reads_return_the
     for u in users_probe {
         before.push(app_reads(&db, &app, u).await);
     }
-    assert!(!before[0].0.is_empty() && !before[0].1.is_empty());
-    assert!(before[2].1.is_empty(), "no setting, no rows");
+    assert!(before[0].iter().all(|rows| !rows.is_empty()), "{before:?}");
+    assert!(before[2][1].is_empty(), "no setting, no rows");
 
     // Rewrite both tables and let them stream.
     let tables = ["user_sessions", "audit_events"];
@@ -504,6 +541,12 @@ async fn cutover_refuses_without_rewrite_dependents_and_with_it_reads_return_the
     )
     .await
     .unwrap();
+    // The insert policy before the swap: own rows only.
+    app_insert(&db, &app, 3, 3, false).await.expect("own row");
+    assert_eq!(
+        app_insert(&db, &app, 3, 4, false).await,
+        Err("42501".into())
+    );
     let mut before = Vec::new();
     for u in users_probe {
         before.push(app_reads(&db, &app, u).await);
@@ -576,6 +619,9 @@ async fn cutover_refuses_without_rewrite_dependents_and_with_it_reads_return_the
         let got = app_reads(&db, &app, *u).await;
         assert_eq!(&got, want, "app.user_id = {u:?}");
     }
+    // The insert policy after the swap, the application now sending uuids.
+    app_insert(&db, &app, 3, 3, true).await.expect("own row");
+    assert_eq!(app_insert(&db, &app, 3, 4, true).await, Err("42501".into()));
     let def: String = c
         .query_one("SELECT pg_get_viewdef('session_emails'::regclass)", &[])
         .await

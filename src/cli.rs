@@ -125,6 +125,9 @@ pub struct RewriteArgs {
     /// When to cut over.
     #[arg(long, value_enum, default_value_t = CutoverMode::Manual)]
     pub cutover: CutoverMode,
+    /// With `--cutover auto`: cut over with `--rewrite-dependents` (see `cutover`).
+    #[arg(long)]
+    pub rewrite_dependents: bool,
     /// Lock and hold limits used by `--cutover auto`.
     #[command(flatten)]
     pub lock: LockArgs,
@@ -498,8 +501,44 @@ mod tests {
             Command::Cutover(r) => {
                 assert_eq!(r.lock.lock_timeout, Duration::from_millis(150));
                 assert!(r.dry_run);
+                assert!(!r.rewrite_dependents);
             }
             _ => panic!("wrong command"),
+        }
+        for args in [
+            &[
+                "pg-rekey",
+                "cutover",
+                "--table",
+                "a",
+                "--rewrite-dependents",
+            ][..],
+            &[
+                "pg-rekey",
+                "plan",
+                "--parent",
+                "users",
+                "--rewrite-dependents",
+            ][..],
+            &[
+                "pg-rekey",
+                "rewrite",
+                "--parent",
+                "users",
+                "--table",
+                "a",
+                "--cutover",
+                "auto",
+                "--rewrite-dependents",
+            ][..],
+        ] {
+            let flag = match Cli::try_parse_from(args).unwrap().command {
+                Command::Cutover(r) => r.rewrite_dependents,
+                Command::Plan(r) => r.rewrite_dependents,
+                Command::Rewrite(r) => r.rewrite_dependents,
+                _ => false,
+            };
+            assert!(flag, "{args:?}");
         }
         assert!(
             Cli::try_parse_from(["pg-rekey", "rewrite"]).is_err(),

@@ -175,7 +175,7 @@ async fn rewrite(
     let shutdown = shutdown_signal();
     if a.cutover == crate::cli::CutoverMode::Auto {
         tokio::spawn(crate::cutover::auto(
-            auto_cutover_config(&cfg, &a.lock),
+            auto_cutover_config(&cfg, &a.lock, a.rewrite_dependents),
             shutdown.clone(),
         ));
     }
@@ -340,6 +340,7 @@ pub async fn verify(dsn: Option<&str>, a: VerifyArgs) -> Result<ExitCode, Error>
 fn auto_cutover_config(
     cfg: &crate::rewrite::RewriteConfig,
     lock: &crate::cli::LockArgs,
+    rewrite_dependents: bool,
 ) -> crate::cutover::CutoverConfig {
     crate::cutover::CutoverConfig {
         spec: cfg.spec.clone(),
@@ -352,7 +353,7 @@ fn auto_cutover_config(
         dry_run: false,
         skip_verify: false,
         verify_chunk_rows: 10_000,
-        rewrite_dependents: false,
+        rewrite_dependents,
     }
 }
 

@@ -166,6 +166,7 @@ async fn one_run(admin: &tokio_postgres::Client, cluster: &Cluster, n: u64) -> R
         dry_run: false,
         skip_verify: true,
         verify_chunk_rows: 10_000,
+        rewrite_dependents: false,
     };
     let stats = load.stats.clone();
     let failures_before = stats.failures.load(Ordering::Relaxed);

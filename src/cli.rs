@@ -171,6 +171,11 @@ pub struct PlanArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Plan for `cutover --rewrite-dependents`: views and policies that
+    /// compare a reference column with an integer are reported with the
+    /// definition the cutover will give them (a warning), not as blockers.
+    #[arg(long)]
+    pub rewrite_dependents: bool,
 }
 
 /// When to cut over.
@@ -196,6 +201,9 @@ pub struct RewriteArgs {
     /// When to cut over.
     #[arg(long, value_enum, default_value_t = CutoverMode::Manual)]
     pub cutover: CutoverMode,
+    /// With `--cutover auto`: cut over with `--rewrite-dependents` (see `cutover`).
+    #[arg(long)]
+    pub rewrite_dependents: bool,
     /// Lock and hold limits used by `--cutover auto`.
     #[command(flatten)]
     pub lock: LockArgs,
@@ -368,6 +376,13 @@ pub struct CutoverArgs {
     /// Hooks.
     #[command(flatten)]
     pub hooks: HookArgs,
+    /// Re-create views and policies that compare a reference column with an
+    /// integer with the definition `plan` prints (same rows after the swap:
+    /// joins on the parent's uuid column, integers translated through the
+    /// parent), inside the swap transaction. Without it, cutover refuses
+    /// up front when such objects exist.
+    #[arg(long)]
+    pub rewrite_dependents: bool,
 }
 
 /// `verify`.
@@ -626,6 +641,7 @@ mod tests {
             Command::Cutover(r) => {
                 assert_eq!(r.lock.lock_timeout, Duration::from_millis(150));
                 assert!(r.dry_run);
+                assert!(!r.rewrite_dependents);
             }
             _ => panic!("wrong command"),
         }
@@ -635,6 +651,41 @@ mod tests {
         {
             Command::Rewrite(r) => assert!(r.tables.is_empty(), "default: discovered"),
             _ => panic!("wrong command"),
+        }
+        for args in [
+            &[
+                "pg-rekey",
+                "cutover",
+                "--table",
+                "a",
+                "--rewrite-dependents",
+            ][..],
+            &[
+                "pg-rekey",
+                "plan",
+                "--parent",
+                "users",
+                "--rewrite-dependents",
+            ][..],
+            &[
+                "pg-rekey",
+                "rewrite",
+                "--parent",
+                "users",
+                "--table",
+                "a",
+                "--cutover",
+                "auto",
+                "--rewrite-dependents",
+            ][..],
+        ] {
+            let flag = match Cli::try_parse_from(args).unwrap().command {
+                Command::Cutover(r) => r.rewrite_dependents,
+                Command::Plan(r) => r.rewrite_dependents,
+                Command::Rewrite(r) => r.rewrite_dependents,
+                _ => false,
+            };
+            assert!(flag, "{args:?}");
         }
         assert!(
             Cli::try_parse_from(["pg-rekey", "cutover"]).is_err(),

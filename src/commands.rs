@@ -117,11 +117,14 @@ async fn plan(dsn: Option<&str>, a: PlanArgs) -> Result<ExitCode, Error> {
         .map_err(|e| Error::Config(format!("--parent: {e}")))?;
     let tables = parse_tables(&a.tables)?;
     let mut client = pg::connect(&spec, "plan").await?;
-    let report = crate::plan::preflight::preflight(
+    let report = crate::plan::preflight::preflight_with(
         &mut client,
         &parent,
         &a.parent.uuid_column,
         (!tables.is_empty()).then_some(tables.as_slice()),
+        crate::plan::preflight::PreflightOptions {
+            rewrite_dependents: a.rewrite_dependents,
+        },
     )
     .await?;
     if a.json {
@@ -201,7 +204,7 @@ async fn rewrite(
     let shutdown = shutdown_signal();
     let auto = (a.cutover == crate::cli::CutoverMode::Auto).then(|| {
         tokio::spawn(crate::cutover::auto(
-            auto_cutover_config(&cfg, &a.lock, &a.hooks),
+            auto_cutover_config(&cfg, &a.lock, &a.hooks, a.rewrite_dependents),
             shutdown.clone(),
         ))
     });
@@ -473,6 +476,7 @@ async fn cutover(dsn: Option<&str>, a: CutoverArgs) -> Result<ExitCode, Error> {
         dry_run: a.dry_run,
         skip_verify: a.skip_verify,
         verify_chunk_rows: 10_000,
+        rewrite_dependents: a.rewrite_dependents,
     };
     crate::guide::require_tables(&pg::connect(&cfg.spec, "cutover-check").await?, &cfg.tables)
         .await?;
@@ -614,6 +618,7 @@ fn auto_cutover_config(
     cfg: &crate::rewrite::RewriteConfig,
     lock: &crate::cli::LockArgs,
     hook_args: &crate::cli::HookArgs,
+    rewrite_dependents: bool,
 ) -> crate::cutover::CutoverConfig {
     crate::cutover::CutoverConfig {
         spec: cfg.spec.clone(),
@@ -628,6 +633,7 @@ fn auto_cutover_config(
         dry_run: false,
         skip_verify: false,
         verify_chunk_rows: 10_000,
+        rewrite_dependents,
     }
 }
 

@@ -30,6 +30,21 @@
 //! 4. Record `cut_over` in the job rows **in the same transaction**, and
 //!    commit.
 //!
+//! # Before the first attempt: the dependents gate
+//!
+//! The cutover first runs `plan`'s dependents trial on its own tables
+//! ([`crate::plan::dependents::check`]: every object that depends on a
+//! reference column re-created on a scratch copy with uuid columns, in a
+//! transaction that is rolled back; no lock beyond `ACCESS SHARE` on what the
+//! definitions read). Anything that blocks is refused with its reason and
+//! fix before verify and before any lock; views and policies that compare a
+//! reference column with an integer are refused unless `--rewrite-dependents`,
+//! with which each attempt applies the behaviour-keeping definitions
+//! ([`crate::plan::dependents::apply_rewrites`], the same pure function on
+//! the same printed text as `plan`) to the dependents it read, before
+//! building the swap. So a cutover does not meet, under its locks, a
+//! dependent that the trial did not name.
+//!
 //! # Building the swap before the locks
 //!
 //! Reading what hangs off the tables (grants, triggers, policies, views,
@@ -129,6 +144,11 @@ pub struct CutoverConfig {
     pub skip_verify: bool,
     /// Rows per verify chunk.
     pub verify_chunk_rows: u64,
+    /// Re-create views and policies that compare a reference column with an
+    /// integer with the behaviour-keeping definitions `plan` prints
+    /// ([`crate::plan::dependents`]). Without it, cutover refuses up front
+    /// when such objects exist.
+    pub rewrite_dependents: bool,
 }
 
 /// What one attempt did.
@@ -278,6 +298,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
     }
     let mut targets = load_targets(&admin, jobs).await?;
     let parent = load_parent_of(&admin, &targets).await?;
+    dependents_gate(cfg, &targets, &parent).await?;
 
     if cfg.dry_run {
         report.dry_run_sql = dry_run_sql(&admin, cfg, &targets, &parent).await?;
@@ -635,7 +656,7 @@ async fn dry_run_sql(
     // Read-only: a dry run takes no lock on an application table. The
     // statements are the ones a real attempt runs under its locks when the
     // catalog has not changed since they were built.
-    let swap = read_and_build(admin, targets, parent, true).await?;
+    let swap = read_and_build(admin, targets, parent, true, cfg.rewrite_dependents).await?;
     out.extend(swap.sql());
     for t in targets {
         out.push(format!(
@@ -684,12 +705,13 @@ async fn prepare(
     targets: &[Target],
     parent: &ParentSpec,
     report: bool,
+    rewrite: bool,
 ) -> Result<Prepared, Error> {
     let fingerprint = fingerprinter
         .take(c, &pairs(targets))
         .await
         .map_err(Error::db("fingerprint the catalog"))?;
-    let swap = read_and_build(c, targets, parent, report).await?;
+    let swap = read_and_build(c, targets, parent, report, rewrite).await?;
     Ok(Prepared { fingerprint, swap })
 }
 
@@ -702,10 +724,19 @@ async fn read_and_build(
     targets: &[Target],
     parent: &ParentSpec,
     report: bool,
+    rewrite: bool,
 ) -> Result<SwapSql, Error> {
-    let deps = swap::catalog::load_dependents_many(c, &pairs(targets))
+    let mut deps = swap::catalog::load_dependents_many(c, &pairs(targets))
         .await
         .map_err(swap_err)?;
+    if rewrite {
+        let details: Vec<&TableDetail> = targets.iter().map(|t| &t.detail).collect();
+        let ctx = crate::plan::dependents::rewrite_context(&details, parent);
+        let changed = crate::plan::dependents::apply_rewrites(&mut deps, &ctx);
+        if report && !changed.is_empty() {
+            info!(objects = ?changed, "re-created with definitions that compare in uuid terms (--rewrite-dependents)");
+        }
+    }
     if report {
         for (d, t) in deps.iter().zip(targets) {
             let unmatched: Vec<&String> = d
@@ -720,6 +751,50 @@ async fn read_and_build(
         }
     }
     Ok(swap_plan(targets, parent, &deps))
+}
+
+/// Refuse up front — before verify, before any lock — what the swap would
+/// fail at or would change without being asked: the same per-object trial
+/// `plan` runs ([`crate::plan::dependents::check`]), on a separate session
+/// in a transaction that is rolled back. Any dependent that blocks is
+/// refused with its reason and fix; views and policies that need the
+/// behaviour-keeping rewrite are refused unless `--rewrite-dependents`.
+/// The trial runs on this cutover's tables, so a cutover never meets a
+/// breaker that this check (and `plan`) did not name.
+async fn dependents_gate(
+    cfg: &CutoverConfig,
+    targets: &[Target],
+    parent: &ParentSpec,
+) -> Result<(), Error> {
+    use crate::plan::dependents::{self, Verdict};
+    let mut c = pg::connect(&cfg.spec, "cutover-dependents").await?;
+    let details: Vec<&TableDetail> = targets.iter().map(|t| &t.detail).collect();
+    let found = dependents::check(&mut c, &details, parent).await?;
+    let blocking: Vec<String> = found
+        .iter()
+        .filter(|d| matches!(d.verdict, Verdict::Blocks { .. }))
+        .map(|d| format!("{} {d}", d.kind))
+        .collect();
+    if !blocking.is_empty() {
+        return Err(Error::Precondition(format!(
+            "nothing was swapped: {} object(s) depending on the reference columns would break the swap — {}; `pg-rekey plan` lists them with the same fixes",
+            blocking.len(),
+            blocking.join(" | ")
+        )));
+    }
+    let rewrites: Vec<String> = found
+        .iter()
+        .filter(|d| dependents::needs_rewrite(d))
+        .map(|d| format!("{} {d}", d.kind))
+        .collect();
+    if !rewrites.is_empty() && !cfg.rewrite_dependents {
+        return Err(Error::Precondition(format!(
+            "nothing was swapped: {} view(s)/policy(ies) compare a reference column with an integer and would fail on uuid — {}; run cutover with --rewrite-dependents to re-create them with these definitions (same rows after the swap), or change them yourself first",
+            rewrites.len(),
+            rewrites.join(" | ")
+        )));
+    }
+    Ok(())
 }
 
 /// The statements of the locked part, in order: the swap proper
@@ -910,7 +985,15 @@ async fn attempt_once(
         let fingerprinter = swap::catalog::Fingerprinter::prepare(&*session)
             .await
             .map_err(Error::db("prepare the catalog fingerprint"))?;
-        let prepared = prepare(&*session, &fingerprinter, targets, parent, attempt == 1).await?;
+        let prepared = prepare(
+            &*session,
+            &fingerprinter,
+            targets,
+            parent,
+            attempt == 1,
+            cfg.rewrite_dependents,
+        )
+        .await?;
         Ok::<_, Error>((fingerprinter, prepared))
     }
     .await;
@@ -1134,7 +1217,8 @@ async fn lock_statements(
                  WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
                    AND r.ev_class <> deps.oid)
              SELECT n.nspname, c.relname FROM deps JOIN pg_class c ON c.oid = deps.oid
-               JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2",
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'v' ORDER BY 1, 2",
             &[&oids],
         )
         .await
@@ -1175,6 +1259,11 @@ async fn lock_statements(
     );
     // 2. Tables whose keys are re-pointed (dropping a constraint takes ACCESS
     //    EXCLUSIVE), then 3. views that are dropped and re-created.
+    //    Materialized views cannot be named in LOCK TABLE (SQLSTATE 42809,
+    //    which made every cutover with one fail): their DROP in the swap
+    //    takes the lock, bounded by the same lock_timeout; their readers hold
+    //    no lock on the sources, and a deadlock with one rolls the attempt
+    //    back to be retried.
     let mut exclusive: Vec<String> = referencing
         .iter()
         .map(name)

@@ -1289,6 +1289,7 @@ fn cutover_config(spec: &ConnSpec, tables: &[QualifiedName]) -> CutoverConfig {
         // compares old against new itself, exactly at the swap.
         skip_verify: true,
         verify_chunk_rows: verify::DEFAULT_CHUNK_ROWS,
+        rewrite_dependents: false,
     }
 }
 

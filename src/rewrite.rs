@@ -178,11 +178,17 @@ async fn run_job(
     }
     {
         let mut pf = pg::connect(&cfg.spec, "rewrite-preflight").await?;
-        let report = crate::plan::preflight::preflight(
+        // Views and policies that need the behaviour-keeping rewrite do not
+        // stop the rewrite: whether they are rewritten is the cutover's
+        // choice (`--rewrite-dependents`), and it refuses up front without it.
+        let report = crate::plan::preflight::preflight_with(
             &mut pf,
             &cfg.parent,
             &cfg.uuid_column,
             Some(&cfg.tables),
+            crate::plan::preflight::PreflightOptions {
+                rewrite_dependents: true,
+            },
         )
         .await?;
         if report.has_blockers() {

@@ -2,6 +2,11 @@
 //!
 //! - [`model`]: the shared table model every phase uses.
 //! - [`catalog`]: introspection (`load_parent`, `discover_tables`, `load_table`).
+//! - [`dependents`]: every object that depends on a reference column, and
+//!   whether the swap carries it, rewrites it or is blocked by it — decided by
+//!   trying each definition against uuid in a rolled-back transaction.
+//! - [`sqltext`]: substitution of names in, and behaviour-keeping rewrites of,
+//!   definitions the server printed.
 //! - [`preflight`]: every finding about the server, the role, the parent and the
 //!   tables, collected at once into a [`preflight::PlanReport`].
 //!
@@ -9,8 +14,10 @@
 //! preflight turns each into a finding so that one `plan` run lists them all.
 
 pub mod catalog;
+pub mod dependents;
 pub mod model;
 pub mod preflight;
+pub mod sqltext;
 
 use crate::pg::{quote_ident, QualifiedName};
 

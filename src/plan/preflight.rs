@@ -20,9 +20,15 @@
 //!   that does not own the table (publishing and renaming it need ownership); a
 //!   reference column of a domain type or generated, or also part of another
 //!   foreign key, or referenced by another table's foreign key (the type change
-//!   would break that key); orphaned references; a shadow whose DDL the server
-//!   rejects (tried in a rolled-back transaction: e.g. a CHECK, an index
-//!   expression or a generated column that computes on the reference column).
+//!   would break that key); orphaned references; every object depending on
+//!   a reference column that breaks on uuid (each tried on its own in a
+//!   rolled-back transaction by [`super::dependents`]: a CHECK, an index
+//!   expression or predicate, a generated column, a view, a policy, a
+//!   trigger's WHEN, a publication's row filter…, all reported in one run);
+//!   views and policies that need the behaviour-keeping rewrite, unless
+//!   planned for `cutover --rewrite-dependents` (then warnings); a shadow
+//!   whose whole DDL the server still rejects (tried last, where nothing else
+//!   blocks the table).
 //! - warnings: long transactions holding an xid and prepared transactions
 //!   (slot creation waits for them); `FOR ALL TABLES` publications (the shadow
 //!   would be published too); a default on a reference column (dropped on the
@@ -36,6 +42,7 @@ use std::fmt;
 use tokio_postgres::Client;
 
 use super::catalog::{self, TableDetail, OWN_PREFIX};
+use super::dependents::{Dependent, DependentKind, Verdict};
 use super::model::{IntKind, ParentSpec};
 use super::PlanError;
 use crate::pg::{quote_ident, QualifiedName};
@@ -179,6 +186,17 @@ pub struct PlanReport {
     pub tables: Vec<TablePlan>,
     /// Every finding, blockers first.
     pub findings: Vec<Finding>,
+    /// Every object that depends on a reference column (or that the swap
+    /// cannot carry), with its verdict.
+    pub dependents: Vec<Dependent>,
+}
+
+/// Options of a preflight.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PreflightOptions {
+    /// The cutover will run with `--rewrite-dependents`: views and policies
+    /// that need the behaviour-keeping rewrite are warnings, not blockers.
+    pub rewrite_dependents: bool,
 }
 
 impl PlanReport {
@@ -253,6 +271,12 @@ impl fmt::Display for PlanReport {
             }
         }
         let count = |s| self.findings.iter().filter(|x| x.severity == s).count();
+        if !self.dependents.is_empty() {
+            writeln!(f, "objects that depend on reference columns:")?;
+            for d in &self.dependents {
+                writeln!(f, "  [{}] {d}", d.kind)?;
+            }
+        }
         writeln!(
             f,
             "findings: {} blocker(s), {} warning(s), {} info",
@@ -383,6 +407,24 @@ pub async fn preflight(
     uuid_column: &str,
     tables: Option<&[QualifiedName]>,
 ) -> Result<PlanReport, PlanError> {
+    preflight_with(
+        client,
+        parent_table,
+        uuid_column,
+        tables,
+        PreflightOptions::default(),
+    )
+    .await
+}
+
+/// [`preflight`] with options.
+pub async fn preflight_with(
+    client: &mut Client,
+    parent_table: &QualifiedName,
+    uuid_column: &str,
+    tables: Option<&[QualifiedName]>,
+    options: PreflightOptions,
+) -> Result<PlanReport, PlanError> {
     let mut findings = Vec::new();
     server_checks(client, &mut findings).await?;
 
@@ -392,6 +434,7 @@ pub async fn preflight(
         uuid_column: uuid_column.to_string(),
         tables: Vec::new(),
         findings: Vec::new(),
+        dependents: Vec::new(),
     };
 
     let facts = match catalog::parent_facts(client, parent_table, uuid_column).await {
@@ -499,19 +542,124 @@ pub async fn preflight(
         };
         let mut table_findings = table_findings(&detail, &parent);
         server_table_checks(client, &detail, &parent, &names, &mut table_findings).await?;
-        let blocked = table_findings
-            .iter()
-            .any(|f| f.severity == Severity::Blocker);
-        if !blocked {
-            try_shadow_ddl(client, &detail, &parent, &mut table_findings).await?;
-        }
         findings.extend(table_findings);
         report.tables.push(table_plan(detail));
     }
 
+    // Every dependent of every reference column, in one trial.
+    let triable: Vec<&TableDetail> = report
+        .tables
+        .iter()
+        .map(|t| &t.detail)
+        .filter(|d| !d.inheritance && d.spec.reference_columns().next().is_some())
+        .collect();
+    // The trial needs a scratch schema; without CREATE on the database
+    // (already a blocker) it cannot run, and says so.
+    let dependents = if findings.iter().any(|f| f.code == "no_create_on_database") {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "dependents_not_checked",
+            "objects depending on the reference columns were not tried against uuid (the trial needs CREATE on the database); grant it and plan again",
+        ));
+        Vec::new()
+    } else {
+        super::dependents::check(client, &triable, &parent).await?
+    };
+    findings.extend(dependent_findings(&dependents, options));
+    // The whole shadow DDL as `rewrite` runs it, for what the per-object
+    // trial cannot see; only where nothing else blocks the table (its first
+    // failure would repeat a finding).
+    for t in &report.tables {
+        let name = t.detail.name().to_string();
+        let blocked = findings
+            .iter()
+            .any(|f| f.severity == Severity::Blocker && f.table.as_deref() == Some(name.as_str()));
+        if !blocked {
+            let mut more = Vec::new();
+            try_shadow_ddl(client, &t.detail, &parent, &mut more).await?;
+            findings.extend(more);
+        }
+    }
+    report.dependents = dependents;
+
     suggestive_names(client, &mut findings).await?;
     report.findings = sorted(findings);
     Ok(report)
+}
+
+/// Findings for the dependents: a blocker for each that blocks; for each
+/// view or policy that needs the behaviour-keeping rewrite, a blocker unless
+/// the cutover will rewrite it (then a warning), both with the definition.
+/// Other tables' foreign keys already have their own finding.
+/// A policy that translates an integer through the parent reads the parent
+/// as the querying role (a view reads it as its owner, unless
+/// `security_invoker`).
+fn lookup_note(d: &Dependent, definition: &str) -> &'static str {
+    if definition.contains("_rekey_p") {
+        if d.kind == DependentKind::Policy {
+            " (the roles the policy applies to need SELECT on the parent's key and uuid columns)"
+        } else {
+            " (a security_invoker view's readers need SELECT on the parent's key and uuid columns)"
+        }
+    } else {
+        ""
+    }
+}
+
+fn dependent_findings(deps: &[Dependent], options: PreflightOptions) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for d in deps {
+        let col = d.columns.join(", ");
+        let with = |f: Finding| {
+            let f = Finding {
+                table: Some(d.table.clone()),
+                ..f
+            };
+            if col.is_empty() {
+                f
+            } else {
+                f.column(&col)
+            }
+        };
+        let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        match (&d.verdict, d.kind) {
+            (_, DependentKind::ForeignKey)
+            | (Verdict::Carried, _)
+            | (_, DependentKind::Default) => {}
+            (Verdict::Blocks { reason, fix }, _) => out.push(with(Finding::new(
+                Severity::Blocker,
+                "dependent_blocks",
+                format!(
+                    "{} {} breaks when the reference column becomes uuid: {reason}; fix: {fix}",
+                    d.kind, d.object
+                ),
+            ))),
+            (
+                Verdict::Rewritten { definition },
+                DependentKind::View | DependentKind::MaterializedView | DependentKind::Policy,
+            ) => {
+                if options.rewrite_dependents {
+                    out.push(with(Finding::new(
+                        Severity::Warning,
+                        "dependent_rewritten",
+                        format!("{} compares a reference column with an integer; cutover --rewrite-dependents re-creates it, returning the same rows, as: {}{}", d.object, one_line(definition), lookup_note(d, definition)),
+                    )))
+                } else {
+                    out.push(with(Finding::new(
+                        Severity::Blocker,
+                        "dependent_needs_rewrite",
+                        format!("{} compares a reference column with an integer and fails on uuid; run cutover with --rewrite-dependents (and plan with it) to re-create it, returning the same rows, as: {}{} — or change it yourself", d.object, one_line(definition), lookup_note(d, definition)),
+                    )))
+                }
+            }
+            (Verdict::Rewritten { definition }, _) => out.push(with(Finding::new(
+                Severity::Warning,
+                "dependent_changes",
+                format!("{}: {definition}", d.object),
+            ))),
+        }
+    }
+    out
 }
 
 fn sorted(mut findings: Vec<Finding>) -> Vec<Finding> {
@@ -974,6 +1122,7 @@ mod tests {
             parent_key: Some("id".into()),
             uuid_column: "uuid".into(),
             tables: vec![],
+            dependents: vec![],
             findings: sorted(vec![
                 Finding::new(Severity::Info, "i", "x"),
                 Finding::new(Severity::Blocker, "b", "y"),
@@ -989,6 +1138,58 @@ mod tests {
         assert!(!r.has_blockers());
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["findings"][0]["severity"], "warning");
+    }
+
+    #[test]
+    fn dependents_become_findings_by_verdict_and_flag() {
+        let dep = |kind, verdict| Dependent {
+            table: "public.t".into(),
+            columns: vec!["user_id".into()],
+            kind,
+            object: "x".into(),
+            verdict,
+        };
+        let rewritten = Verdict::Rewritten {
+            definition: "USING ((user_id = (SELECT _rekey_p.\"uuid\" FROM \"public\".\"users\" _rekey_p WHERE _rekey_p.\"id\" = 5)))".into(),
+        };
+        let blocks = Verdict::Blocks {
+            reason: "operator does not exist: uuid > integer".into(),
+            fix: "f".into(),
+        };
+        let deps = vec![
+            dep(DependentKind::Policy, rewritten.clone()),
+            dep(DependentKind::Check, blocks.clone()),
+            dep(DependentKind::View, Verdict::Carried),
+            dep(DependentKind::ForeignKey, blocks),
+            dep(DependentKind::Default, rewritten),
+        ];
+        let codes = |o: PreflightOptions| -> Vec<(Severity, String)> {
+            dependent_findings(&deps, o)
+                .into_iter()
+                .map(|f| (f.severity, f.code))
+                .collect()
+        };
+        assert_eq!(
+            codes(PreflightOptions::default()),
+            [
+                (Severity::Blocker, "dependent_needs_rewrite".to_string()),
+                (Severity::Blocker, "dependent_blocks".to_string())
+            ]
+        );
+        let with = dependent_findings(
+            &deps,
+            PreflightOptions {
+                rewrite_dependents: true,
+            },
+        );
+        assert_eq!(with[0].severity, Severity::Warning);
+        assert_eq!(with[0].code, "dependent_rewritten");
+        assert!(
+            with[0].message.contains("need SELECT on the parent"),
+            "{}",
+            with[0].message
+        );
+        assert_eq!(with[0].column.as_deref(), Some("user_id"));
     }
 
     #[test]

@@ -20,8 +20,8 @@ use crate::pg::QualifiedName;
 use super::sql::{constraint_key, index_key, match_objects, CatalogObject};
 use super::{
     Acl, ColumnPrivileges, Dependents, Grantee, IncomingFk, ObjectKind, Policy, Privilege,
-    PublicationMembership, ReplicaIdentity, SequenceCarry, SequenceOptions, SwapError, Trigger,
-    View, OWN_PUBLICATION_PREFIX,
+    PublicationMembership, ReplicaIdentity, SequenceCarry, SequenceOptions, Statistics, SwapError,
+    Trigger, View, OWN_PUBLICATION_PREFIX,
 };
 
 const TABLE: &str = "
@@ -74,7 +74,7 @@ SELECT t.tgname::text, pg_catalog.pg_get_triggerdef(t.oid), t.tgenabled::text,
 
 /// Views and materialized views reading the table, directly or through other
 /// views; `deps` pairs each with every relation its `_RETURN` rule reads.
-const VIEWS: &str = "
+pub(crate) const VIEWS: &str = "
 WITH RECURSIVE deps(view_oid, ref_oid) AS (
     SELECT r.ev_class, d.refobjid
       FROM pg_catalog.pg_depend d
@@ -152,6 +152,15 @@ SELECT p.pubname::text, NULL::text[], NULL::text
  WHERE pr.prrelid = $1 AND NOT starts_with(p.pubname, $2)
  ORDER BY p.pubname";
 
+/// Extended statistics on the table (`CREATE STATISTICS`), which PostgreSQL
+/// binds to the table's OID: carried by re-creating them on the new table.
+const STATISTICS: &str = "
+SELECT n.nspname::text, s.stxname::text, pg_catalog.pg_get_statisticsobjdef(s.oid),
+       pg_catalog.obj_description(s.oid, 'pg_statistic_ext')
+  FROM pg_catalog.pg_statistic_ext s JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace
+ WHERE s.stxrelid = $1
+ ORDER BY n.nspname, s.stxname";
+
 const REPLICA_INDEX: &str = "
 SELECT i.relname::text
   FROM pg_catalog.pg_index x JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
@@ -224,7 +233,7 @@ SELECT k.conname::text, k.contype::text, k.convalidated,
 /// Objects bound to the table by OID that the swap cannot carry: functions
 /// with SQL-standard bodies, rules other than a view's `_RETURN`, and other
 /// tables' policies that read this table.
-const UNSUPPORTED: &str = "
+pub(crate) const UNSUPPORTED: &str = "
 SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)
   FROM pg_catalog.pg_depend d
  WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = $1
@@ -641,6 +650,7 @@ async fn load<C: GenericClient + Sync>(
         shd_comments,
         src_seqs,
         shd_seqs,
+        statistics,
     ) = futures_util::join!(
         rows_by_oid(client, UNSUPPORTED, src.oid),
         load_acl(client, src.oid),
@@ -657,6 +667,7 @@ async fn load<C: GenericClient + Sync>(
         load_column_comments(client, shd.oid),
         seq_rows(client, src.oid),
         seq_rows(client, shd.oid),
+        rows_by_oid(client, STATISTICS, src.oid),
     );
 
     let unsupported: Vec<String> = unsupported.map_err(err)?.iter().map(|r| r.get(0)).collect();
@@ -768,6 +779,15 @@ async fn load<C: GenericClient + Sync>(
         .collect();
 
     let sequences = carry_sequences(src_seqs.map_err(err)?, shd_seqs.map_err(err)?);
+    let statistics = statistics
+        .map_err(err)?
+        .iter()
+        .map(|r| Statistics {
+            name: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+            definition: r.get(2),
+            comment: r.get(3),
+        })
+        .collect();
 
     Ok(Dependents {
         source: source.clone(),
@@ -793,6 +813,7 @@ async fn load<C: GenericClient + Sync>(
         renames,
         unmatched,
         constraint_comments,
+        statistics,
     })
 }
 

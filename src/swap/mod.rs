@@ -32,6 +32,9 @@
 //!   old table by OID and cannot be carried (SQL-standard function bodies,
 //!   rules, other tables' policies that read the table) are refused up front by
 //!   [`load_dependents`] ([`SwapError::Unsupported`]).
+//! - **Extended statistics** are bound to the table's OID: the old table's
+//!   are renamed out of the way (their names are schema-wide) and the same
+//!   definitions created on the new table.
 //! - **Sequences keep counting.** A serial column's sequence is one object:
 //!   the new table's default keeps calling it and its ownership moves. An
 //!   identity column's sequence cannot move, so the new table's identity
@@ -515,6 +518,20 @@ pub struct Dependents {
     /// that have a comment. The cutover creates the new table's foreign keys
     /// after the swap statements and carries their comments from here.
     pub constraint_comments: Vec<(String, String)>,
+    /// Extended statistics on the source: the old ones are renamed out of
+    /// the way, the same definitions created on the new table.
+    pub statistics: Vec<Statistics>,
+}
+
+/// An extended statistics object (`CREATE STATISTICS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statistics {
+    /// Its name (schema-wide).
+    pub name: QualifiedName,
+    /// `pg_get_statisticsobjdef` text (names the table by its current name).
+    pub definition: String,
+    /// `COMMENT ON STATISTICS`.
+    pub comment: Option<String>,
 }
 
 /// Names for one swap.

@@ -14,7 +14,9 @@
 //! 7. rename the new tables' matched indexes, constraints and identity
 //!    sequences to the original names;
 //! 8. per new table: owner, sequences, privileges, row-level security and
-//!    policies, triggers, replica identity, publications, comments;
+//!    policies, triggers, replica identity, publications, extended
+//!    statistics (the old table's renamed out of the way in step 5, their
+//!    names being schema-wide), comments;
 //! 9. re-add the incoming foreign keys `NOT VALID` (their text names the
 //!    source, which is now the new table);
 //! 10. re-create the views, dependencies first, with options, owner,
@@ -300,6 +302,17 @@ pub fn swap_sql_many(tables: &[(&Dependents, &SwapNames)]) -> SwapSql {
                 ObjectKind::Constraint => {}
             }
         }
+        for st in &d.statistics {
+            step(
+                &mut out,
+                format!("statistics {}", st.name),
+                format!(
+                    "ALTER STATISTICS {} RENAME TO {}",
+                    st.name.quoted(),
+                    quote_ident(&old_object_name(&st.name.name))
+                ),
+            );
+        }
         for s in &d.sequences {
             if let SequenceCarry::Identity { sequence, .. } = s {
                 step(
@@ -578,6 +591,21 @@ fn table_steps(out: &mut Vec<SwapStep>, d: &Dependents) {
                 lit_or_null(c.as_deref())
             ),
         );
+    }
+    for st in &d.statistics {
+        let label = format!("statistics {}", st.name);
+        step(out, &label, trim_def(&st.definition).to_string());
+        if let Some(c) = &st.comment {
+            step(
+                out,
+                &label,
+                format!(
+                    "COMMENT ON STATISTICS {} IS {}",
+                    st.name.quoted(),
+                    quote_literal(c)
+                ),
+            );
+        }
     }
     for r in &d.renames {
         let Some(c) = &r.comment else { continue };
@@ -1060,6 +1088,7 @@ mod tests {
             renames: vec![],
             unmatched: vec![],
             constraint_comments: vec![],
+            statistics: vec![],
         }
     }
 

@@ -35,6 +35,7 @@ pub fn cutover_cfg(db: &TestDb, tables: &[&str]) -> CutoverConfig {
         dry_run: false,
         skip_verify: true,
         verify_chunk_rows: 10_000,
+        rewrite_dependents: false,
     }
 }
 

@@ -14,6 +14,7 @@ mod deferred;
 mod demo;
 mod django;
 mod exit_codes;
+mod dependents;
 mod harness;
 mod least_privilege;
 mod observe;

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod anykey;
 mod apply_pipeline;
 mod copy;
 mod cutover;

@@ -1,6 +1,7 @@
 //! Tables keyed by anything but an integer: `uuid`, `text` (under a
 //! non-default collation), `numeric`, a composite key whose first column is
-//! text, and a table with no primary key but a replica identity index —
+//! text, a table with no primary key but a replica identity index, and one
+//! whose replica identity index has another collation than its column —
 //! rewritten, streamed, verified and cut over end to end, with data equality
 //! checked at every step and writes running while the jobs stream.
 
@@ -19,12 +20,13 @@ use crate::rewrite::{catch_up, wait_phase};
 use crate::support::{compare_translated, wait_for, TestDb};
 
 /// The tables and their reference column.
-pub const ANY_KEY_TABLES: [(&str, &str); 5] = [
+pub const ANY_KEY_TABLES: [(&str, &str); 6] = [
     ("user_sessions", "user_id"),
     ("tags", "owner_id"),
     ("ledger", "user_id"),
     ("memberships", "user_id"),
     ("events", "actor_id"),
+    ("codes", "owner_id"),
 ];
 
 /// A collation that orders differently from the database's `C`: ICU's root
@@ -67,6 +69,11 @@ pub async fn any_key_schema(c: &Client, users: i64, rows: i64) {
          ALTER TABLE events REPLICA IDENTITY USING INDEX events_at_n;
          INSERT INTO events SELECT timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute', g,
              g % {users} + 1, 'e' || g FROM generate_series(1, {rows}) g;
+         CREATE TABLE codes (code text COLLATE \"{coll}\" NOT NULL, owner_id bigint REFERENCES users(id));
+         CREATE UNIQUE INDEX codes_code_c ON codes (code COLLATE \"C\");
+         ALTER TABLE codes REPLICA IDENTITY USING INDEX codes_code_c;
+         INSERT INTO codes SELECT CASE WHEN g % 3 = 0 THEN 'B' WHEN g % 3 = 1 THEN 'a' ELSE '_' END || g,
+             g % {users} + 1 FROM generate_series(1, {rows}) g;
          ANALYZE;"
     ))
     .await
@@ -91,6 +98,8 @@ async fn write_once(c: &Client, i: u64, users: i64) {
          UPDATE memberships SET seq = seq + 2000000
              WHERE (tenant, seq) = (SELECT tenant, seq FROM memberships WHERE seq < 1000000 ORDER BY tenant, seq LIMIT 1 OFFSET {k});
          INSERT INTO events VALUES (now(), {i}, {u}, 'w');
+         INSERT INTO codes VALUES ('W{i}', {u});
+         UPDATE codes SET owner_id = {u} WHERE code = (SELECT code FROM codes ORDER BY code COLLATE \"C\" LIMIT 1 OFFSET {k});
          UPDATE events SET actor_id = {u}, payload = payload || '+'
              WHERE (at, n) = (SELECT at, n FROM events ORDER BY at, n LIMIT 1 OFFSET {k});
          COMMIT;"
@@ -430,4 +439,120 @@ async fn any_key_splits_evenly_and_copies_every_row_once_under_the_snapshot() {
         )
         .await;
     }
+}
+
+/// The key texts of the row `returning` returns.
+async fn keys_of(c: &Client, stmt: &str) -> Vec<String> {
+    let row = c.query_one(stmt, &[]).await.unwrap();
+    (0..row.len()).map(|i| row.get::<_, String>(i)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_compares_any_key_in_chunks_and_names_each_difference() {
+    use pg_rekey::verify::{RowDiffKind, VerifyOptions};
+
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let users = 50;
+    any_key_schema(&c, users, 1_500).await;
+    let tables: Vec<&str> = ANY_KEY_TABLES.iter().map(|(t, _)| *t).collect();
+    let mut cfg = RewriteConfig::new(
+        db.spec.clone(),
+        QualifiedName::new("public", "users"),
+        "uuid_id",
+        names(),
+    );
+    cfg.copy.min_split_pages = 0;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let job = tokio::spawn(async move {
+        rewrite::run(&cfg, stop_rx, pg_rekey::progress::JobProgress::new()).await
+    });
+    wait_phase(&c, &tables, "streaming").await;
+    for i in 1..=10 {
+        write_once(&c, i, users).await;
+    }
+
+    let opts = RunOptions {
+        compare: VerifyOptions {
+            chunk_rows: 97,
+            ..VerifyOptions::default()
+        },
+        ..RunOptions::default()
+    };
+    let report = verify::run(&db.spec, &names(), &opts).await.unwrap();
+    assert!(report.equal, "{report}");
+    for t in &report.tables {
+        assert!(
+            t.verdict.chunks >= 15 && t.verdict.left_rows >= 1_500,
+            "{}: {} chunks, {} rows",
+            t.table,
+            t.verdict.chunks,
+            t.verdict.left_rows
+        );
+    }
+
+    // One difference per kind of key, in the middle of the key order.
+    let session = keys_of(
+        &c,
+        "UPDATE _rekey_new_user_sessions SET note = 'tampered'
+          WHERE id = (SELECT id FROM _rekey_new_user_sessions ORDER BY id OFFSET 700 LIMIT 1) RETURNING id::text",
+    )
+    .await;
+    let code = keys_of(
+        &c,
+        "DELETE FROM _rekey_new_codes
+          WHERE code = (SELECT code FROM _rekey_new_codes ORDER BY code COLLATE \"C\" OFFSET 800 LIMIT 1) RETURNING code",
+    )
+    .await;
+    let membership = keys_of(
+        &c,
+        "UPDATE _rekey_new_memberships SET role = 'tampered'
+          WHERE (tenant, seq) = (SELECT tenant, seq FROM _rekey_new_memberships ORDER BY tenant, seq OFFSET 900 LIMIT 1)
+          RETURNING tenant, seq::text",
+    )
+    .await;
+    let event = keys_of(
+        &c,
+        "UPDATE _rekey_new_events SET payload = 'tampered'
+          WHERE (at, n) = (SELECT at, n FROM _rekey_new_events ORDER BY at, n OFFSET 1000 LIMIT 1)
+          RETURNING at::text, n::text",
+    )
+    .await;
+    let report = verify::run(&db.spec, &names(), &opts).await.unwrap();
+    assert!(!report.equal);
+    let expect: [(&str, Vec<String>, Option<&str>); 4] = [
+        ("user_sessions", session, Some("note")),
+        ("codes", code, None),
+        ("memberships", membership, Some("role")),
+        ("events", event, Some("payload")),
+    ];
+    for t in &report.tables {
+        let found = expect.iter().find(|(name, _, _)| t.table.name == *name);
+        let Some((name, key, column)) = found else {
+            assert!(t.verdict.equal, "{}: {:?}", t.table, t.verdict.rows);
+            continue;
+        };
+        assert_eq!(t.verdict.differing_rows, 1, "{name}: {:?}", t.verdict.rows);
+        let row = &t.verdict.rows[0];
+        let values: Vec<String> = row.key.iter().map(|k| k.value.clone()).collect();
+        assert_eq!(&values, key, "{name}");
+        match column {
+            Some(col) => assert_eq!(
+                row.kind,
+                RowDiffKind::Changed {
+                    columns: vec![col.to_string()]
+                },
+                "{name}"
+            ),
+            None => assert_eq!(row.kind, RowDiffKind::Missing, "{name}"),
+        }
+    }
+
+    stop_tx.send(true).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::Aborted);
 }

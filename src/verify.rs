@@ -75,8 +75,9 @@
 //! They still serve as key columns if the key contains one.
 //!
 //! [`fn@run`] (in [`mod@run`]) is the `pg-rekey verify` entry point: it finds each
-//! table's job, takes one consistent point of the stream for all of them and
-//! calls [`verify_table`] per table.
+//! table's job, takes a consistent point of the stream per lock set of
+//! tables (one table per set by default) and calls [`verify_table`] per
+//! table in its set's snapshot.
 //!
 //! # Invariants the caller provides
 //!

@@ -21,4 +21,5 @@ mod state;
 mod swap;
 mod verify;
 mod verify_cmd;
+mod verify_many;
 mod workload;

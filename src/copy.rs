@@ -144,6 +144,13 @@
 //!   savepoint, so its failure leaves the snapshot transaction usable), or no
 //!   key at all: the table is copied whole by one session. A copy never
 //!   fails for want of an integer key.
+//! * **Measured** (`benches/copy.rs`, 1M rows, 2 shared cores, load 7–9):
+//!   the same rows keyed by a random `uuid` copy in 6.15 s in one stream and
+//!   6.88 s with two sessions over sampled ranges (`bigint` key: 4.11 s and
+//!   4.38 s; the in-server rewrite 7.34 s and 4.75 s). A range of a random
+//!   uuid key is an index range scan in random heap order: 1.1 CPU-s on the
+//!   source against 0.4 s for one stream. Where the key follows the heap
+//!   (serial ids, time-ordered keys) the ranges cost little extra (0.55 s).
 //! * **Sessions pull ranges.** There are [`CopyOptions::ranges_per_session`]
 //!   ranges per session; each session takes the next range when it finishes
 //!   one, so a range with wider rows does not leave the other sessions idle.

@@ -671,8 +671,9 @@ async fn plan_pair(
 /// Why an attempt at a consistent point gave up (it is retried).
 type Retry = String;
 
-/// Compare each table's two sides, every table at one point of the stream;
-/// see the module docs for the protocol and why it is consistent.
+/// Compare each table's two sides, each table at one point of the stream
+/// (one per lock set); see the module docs for the protocol and why it is
+/// consistent.
 ///
 /// A difference is a verdict ([`VerifyReport::equal`] false), not an error.
 /// `Err` means the comparison could not run: a table without a job, a failed

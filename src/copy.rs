@@ -150,8 +150,8 @@
 //!   4.38 s; the in-server rewrite 7.34 s and 4.75 s). A range of a random
 //!   uuid key is scattered over the whole heap; the planner, which evaluates
 //!   the stable `current_setting` bounds when it estimates, reads it with a
-//!   sequential scan and a filter (an index range scan in random heap order
-//!   would cost more), so each session reads every block: 1.1 CPU-s on the
+//!   sequential scan and a filter (checked with `EXPLAIN`), so each session
+//!   reads every block: 1.1 CPU-s on the
 //!   source against 0.4 s for one stream. Where the key follows the heap
 //!   (serial ids, time-ordered keys) the ranges cost little extra (0.55 s).
 //! * **Sessions pull ranges.** There are [`CopyOptions::ranges_per_session`]

@@ -2,7 +2,10 @@
 //! translate → binary COPY in into a shadow without its key, then the primary
 //! key and the secondary index builds, as `rewrite` does) against the
 //! in-server rewrite (`CREATE TABLE … AS SELECT … JOIN users …` plus the same
-//! primary key and index builds), on the same generated data in one run.
+//! primary key and index builds), on the same generated data in one run —
+//! for a table keyed by `bigint` (`events`) and for the same rows keyed by a
+//! random `uuid` (`events_uuid`), each copied in one stream and by two
+//! sessions over key ranges sampled under the snapshot.
 //!
 //! ```text
 //! cargo bench --bench copy                      # 3M rows, 200k users
@@ -10,6 +13,7 @@
 //! PGREKEY_BENCH_VARIANTS=1 cargo bench --bench copy   # also every variant (ordered, parallel2, …)
 //! PGREKEY_BENCH_VARIANTS=unlogged,key-during-copy cargo bench --bench copy   # named variants
 //! PGREKEY_BENCH_REPEAT=5 cargo bench --bench copy      # rounds (default 3; best round compared)
+//! PGREKEY_BENCH_TABLES=events_uuid cargo bench --bench copy   # one table only (default both)
 //! ```
 //!
 //! A throwaway cluster is started with the embedded defaults (fsync off, the
@@ -56,13 +60,46 @@ fn col(name: &str, attnum: i16, type_sql: &str, type_oid: u32, reference: bool) 
     }
 }
 
-fn spec() -> TableSpec {
+/// The table a run copies: `events` (bigint key) or `events_uuid` (the same
+/// rows keyed by a random uuid, as session and token tables are).
+#[derive(Clone, Copy)]
+struct Subject {
+    table: &'static str,
+    /// `bigint` or `uuid`.
+    key_type: &'static str,
+    key_oid: u32,
+}
+
+const EVENTS: Subject = Subject {
+    table: "events",
+    key_type: "bigint",
+    key_oid: 20,
+};
+
+const EVENTS_UUID: Subject = Subject {
+    table: "events_uuid",
+    key_type: "uuid",
+    key_oid: 2950,
+};
+
+impl Subject {
+    fn shadow(&self) -> String {
+        format!("{}_shadow", self.table)
+    }
+}
+
+async fn spec(admin: &Client, s: Subject) -> TableSpec {
+    let oid: u32 = admin
+        .query_one("SELECT $1::text::regclass::oid", &[&s.table])
+        .await
+        .unwrap()
+        .get(0);
     TableSpec {
-        source: QualifiedName::new("public", "events"),
-        oid: 0,
-        shadow: QualifiedName::new("public", "events_shadow"),
+        source: QualifiedName::new("public", s.table),
+        oid,
+        shadow: QualifiedName::new("public", s.shadow()),
         columns: vec![
-            col("id", 1, "bigint", 20, false),
+            col("id", 1, s.key_type, s.key_oid, false),
             col("user_id", 2, "bigint", 20, true),
             col("kind", 3, "smallint", 21, false),
             col("title", 4, "text", 25, false),
@@ -74,9 +111,15 @@ fn spec() -> TableSpec {
     }
 }
 
-const SHADOW_DDL: &str = "DROP TABLE IF EXISTS events_shadow;
-CREATE TABLE events_shadow (id bigint PRIMARY KEY, user_id uuid, kind smallint, title text,
-  amount numeric(12,2), created_at timestamptz, active boolean)";
+fn shadow_ddl(s: Subject) -> String {
+    format!(
+        "DROP TABLE IF EXISTS {t};
+         CREATE TABLE {t} (id {k} CONSTRAINT {t}_pkey PRIMARY KEY, user_id uuid, kind smallint, title text,
+           amount numeric(12,2), created_at timestamptz, active boolean)",
+        t = s.shadow(),
+        k = s.key_type
+    )
+}
 
 const SECONDARY: [&str; 2] = [
     "CREATE INDEX ON {t} (user_id)",
@@ -199,18 +242,21 @@ async fn wal_lsn(c: &Client) -> i64 {
     .get(0)
 }
 
-async fn rekey(spec_db: &ConnSpec, admin: &Client, v: &Variant) -> Timing {
+async fn rekey(spec_db: &ConnSpec, admin: &Client, v: &Variant, subject: Subject) -> Timing {
     let (name, opts, parallel, pk_after) = (v.name, &v.opts, v.parallel, v.pk_after);
-    admin.batch_execute(SHADOW_DDL).await.unwrap();
+    let shadow = subject.shadow();
+    admin.batch_execute(&shadow_ddl(subject)).await.unwrap();
     if v.unlogged {
         admin
-            .batch_execute("ALTER TABLE events_shadow SET UNLOGGED")
+            .batch_execute(&format!("ALTER TABLE {shadow} SET UNLOGGED"))
             .await
             .unwrap();
     }
     if pk_after {
         admin
-            .batch_execute("ALTER TABLE events_shadow DROP CONSTRAINT events_shadow_pkey")
+            .batch_execute(&format!(
+                "ALTER TABLE {shadow} DROP CONSTRAINT {shadow}_pkey"
+            ))
             .await
             .unwrap();
     }
@@ -261,7 +307,7 @@ async fn rekey(spec_db: &ConnSpec, admin: &Client, v: &Variant) -> Timing {
     let map = IdMap::load(&sources[0], &parent).await.unwrap();
     let t_map = t0.elapsed();
     let progress = Progress::new();
-    let spec = spec();
+    let spec = spec(admin, subject).await;
     let rows = if parallel > 1 {
         let pairs: Vec<(&Client, &Client)> = sources.iter().zip(targets.iter()).collect();
         copy_table_parallel(&pairs, &spec, &map, &progress, opts).await
@@ -282,18 +328,18 @@ async fn rekey(spec_db: &ConnSpec, admin: &Client, v: &Variant) -> Timing {
     let t_logged = Instant::now();
     if v.unlogged {
         targets[0]
-            .batch_execute("ALTER TABLE events_shadow SET LOGGED")
+            .batch_execute(&format!("ALTER TABLE {shadow} SET LOGGED"))
             .await
             .unwrap();
     }
     let t_logged = t_logged.elapsed();
     if pk_after {
         targets[0]
-            .batch_execute("ALTER TABLE events_shadow ADD PRIMARY KEY (id)")
+            .batch_execute(&format!("ALTER TABLE {shadow} ADD PRIMARY KEY (id)"))
             .await
             .unwrap();
     }
-    build_indexes(&targets[0], "events_shadow").await;
+    build_indexes(&targets[0], &shadow).await;
     let total = t0.elapsed();
     let server_total = total_cpu(&backends) - server0;
     let wal_total = wal_lsn(admin).await - wal0;
@@ -336,9 +382,10 @@ async fn rekey(spec_db: &ConnSpec, admin: &Client, v: &Variant) -> Timing {
     }
 }
 
-async fn in_server(admin: &Client) -> Timing {
+async fn in_server(admin: &Client, subject: Subject) -> Timing {
+    let (t, ctas) = (subject.table, format!("{}_ctas", subject.table));
     admin
-        .batch_execute("DROP TABLE IF EXISTS events_ctas")
+        .batch_execute(&format!("DROP TABLE IF EXISTS {ctas}"))
         .await
         .unwrap();
     settle(admin).await;
@@ -346,24 +393,24 @@ async fn in_server(admin: &Client) -> Timing {
     let server0 = total_cpu(&backends);
     let t0 = Instant::now();
     admin
-        .batch_execute(
-            "CREATE TABLE events_ctas AS
+        .batch_execute(&format!(
+            "CREATE TABLE {ctas} AS
                SELECT e.id, u.uuid_id AS user_id, e.kind, e.title, e.amount, e.created_at, e.active
-               FROM ONLY events e LEFT JOIN users u ON u.id = e.user_id",
-        )
+               FROM ONLY {t} e LEFT JOIN users u ON u.id = e.user_id"
+        ))
         .await
         .unwrap();
     let t_ctas = t0.elapsed();
     let server_ctas = total_cpu(&backends) - server0;
     admin
-        .batch_execute("ALTER TABLE events_ctas ADD PRIMARY KEY (id)")
+        .batch_execute(&format!("ALTER TABLE {ctas} ADD PRIMARY KEY (id)"))
         .await
         .unwrap();
     let t_pk = t0.elapsed() - t_ctas;
-    build_indexes(admin, "events_ctas").await;
+    build_indexes(admin, &ctas).await;
     let total = t0.elapsed();
     Timing {
-        name: "in-server CTAS + PK + indexes".into(),
+        name: format!("in-server CTAS + PK + indexes ({t})"),
         total,
         parts: vec![
             ("create table as", Figure::Secs(t_ctas)),
@@ -477,13 +524,21 @@ fn main() {
                  ALTER TABLE events ADD FOREIGN KEY (user_id) REFERENCES users(id);
                  CREATE INDEX ON events (user_id);
                  CREATE INDEX ON events (created_at);
-                 CREATE PUBLICATION bench_pub FOR TABLE users, events;"
+                 CREATE TABLE events_uuid (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+                   user_id bigint REFERENCES users(id), kind smallint NOT NULL, title text,
+                   amount numeric(12,2), created_at timestamptz NOT NULL, active boolean NOT NULL);
+                 INSERT INTO events_uuid (user_id, kind, title, amount, created_at, active)
+                   SELECT user_id, kind, title, amount, created_at, active FROM events ORDER BY id;
+                 CREATE INDEX ON events_uuid (user_id);
+                 CREATE INDEX ON events_uuid (created_at);
+                 CREATE PUBLICATION bench_pub FOR TABLE users, events, events_uuid;"
             ))
             .await
             .unwrap();
         // VACUUM cannot share a multi-statement batch (implicit transaction).
         admin.batch_execute("VACUUM ANALYZE users").await.unwrap();
         admin.batch_execute("VACUUM ANALYZE events").await.unwrap();
+        admin.batch_execute("VACUUM ANALYZE events_uuid").await.unwrap();
         let size: String = admin
             .query_one("SELECT pg_size_pretty(pg_table_size('events'))", &[])
             .await
@@ -496,35 +551,58 @@ fn main() {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         );
         // Warm the cache for both contenders alike.
-        admin.batch_execute("SELECT count(*) FROM events; SELECT count(*) FROM users").await.unwrap();
+        admin.batch_execute("SELECT count(*) FROM events; SELECT count(*) FROM events_uuid; SELECT count(*) FROM users").await.unwrap();
 
         // The machine is shared: run the contenders alternately, several
         // rounds, and compare the best round of each (least disturbed); the
-        // median is printed too.
-        let main = Variant::new("pg-rekey copy + key + indexes");
-        let mut a_runs: Vec<Timing> = Vec::new();
-        let mut b_runs: Vec<Timing> = Vec::new();
-        for round in 1..=repeat {
-            let a = rekey(&spec_db, &admin, &main).await;
-            let b = in_server(&admin).await;
-            println!("round {round}:");
-            print(&a, rows);
-            print(&b, rows);
-            a_runs.push(a);
-            b_runs.push(b);
-        }
-        a_runs.sort_by_key(|t| t.total);
-        b_runs.sort_by_key(|t| t.total);
-        if let (Some(a), Some(b)) = (a_runs.first(), b_runs.first()) {
-            println!("best of {repeat}:");
-            print(a, rows);
-            print(b, rows);
-            println!(
-                "ratio pg-rekey / in-server: best {:.2}, median {:.2}",
-                a.total.as_secs_f64() / b.total.as_secs_f64(),
-                a_runs[a_runs.len() / 2].total.as_secs_f64()
-                    / b_runs[b_runs.len() / 2].total.as_secs_f64()
-            );
+        // median is printed too. Each table: one stream, two sessions over
+        // key ranges sampled under the snapshot (what `rewrite` runs), and
+        // the in-server rewrite.
+        let subjects: Vec<Subject> = match std::env::var("PGREKEY_BENCH_TABLES").as_deref() {
+            Ok("events") => vec![EVENTS],
+            Ok("events_uuid") => vec![EVENTS_UUID],
+            _ => vec![EVENTS, EVENTS_UUID],
+        };
+        for subject in subjects {
+            let table = subject.table;
+            println!("table {table} (key {}):", subject.key_type);
+            let main = Variant::new("pg-rekey copy + key + indexes");
+            let two = Variant {
+                parallel: 2,
+                ..Variant::new("pg-rekey, 2 sessions over sampled key ranges")
+            };
+            let mut a_runs: Vec<Timing> = Vec::new();
+            let mut p_runs: Vec<Timing> = Vec::new();
+            let mut b_runs: Vec<Timing> = Vec::new();
+            for round in 1..=repeat {
+                let a = rekey(&spec_db, &admin, &main, subject).await;
+                let p = rekey(&spec_db, &admin, &two, subject).await;
+                let b = in_server(&admin, subject).await;
+                println!("round {round} ({table}):");
+                print(&a, rows);
+                print(&p, rows);
+                print(&b, rows);
+                a_runs.push(a);
+                p_runs.push(p);
+                b_runs.push(b);
+            }
+            a_runs.sort_by_key(|t| t.total);
+            p_runs.sort_by_key(|t| t.total);
+            b_runs.sort_by_key(|t| t.total);
+            if let (Some(a), Some(p), Some(b)) = (a_runs.first(), p_runs.first(), b_runs.first()) {
+                println!("best of {repeat} ({table}):");
+                print(a, rows);
+                print(p, rows);
+                print(b, rows);
+                let median = |v: &[Timing]| v[v.len() / 2].total.as_secs_f64();
+                println!(
+                    "ratio pg-rekey / in-server ({table}): best {:.2}, median {:.2}; 2 sessions: best {:.2}, median {:.2}",
+                    a.total.as_secs_f64() / b.total.as_secs_f64(),
+                    median(&a_runs) / median(&b_runs),
+                    p.total.as_secs_f64() / b.total.as_secs_f64(),
+                    median(&p_runs) / median(&b_runs),
+                );
+            }
         }
         let all = all_variants();
         let chosen: Vec<&Variant> = match variants.as_str() {
@@ -537,7 +615,7 @@ fn main() {
         };
         for round in 1..=repeat {
             for v in &chosen {
-                let t = rekey(&spec_db, &admin, v).await;
+                let t = rekey(&spec_db, &admin, v, EVENTS).await;
                 print!("[{round}] ");
                 print(&t, rows);
             }

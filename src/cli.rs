@@ -410,12 +410,17 @@ pub struct VerifyArgs {
     /// Longest the locks may be held while the jobs drain.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub max_hold: Duration,
-    /// Attempts at a consistent point before giving up.
+    /// Attempts at a consistent point before giving up (per table).
     #[arg(long, default_value_t = 5)]
     pub attempts: u32,
     /// Pause after the first failed attempt; doubles each time (capped at 10 s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
     pub backoff: Duration,
+    /// Most tables locked together for one consistent point; a set that
+    /// cannot be locked is halved. 1 (the default) never deadlocks with
+    /// application transactions that write several tables.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lock_set: u64,
 }
 
 /// Size of the example workload (`demo`, `soak`).

@@ -586,6 +586,7 @@ pub fn verify_options(a: &VerifyArgs) -> Result<crate::verify::RunOptions, Error
         lock_timeout: a.lock_timeout,
         max_hold: a.max_hold,
         attempts: a.attempts.max(1),
+        lock_set: usize::try_from(a.lock_set).unwrap_or(usize::MAX),
         backoff: a.backoff,
         parent,
         ..Default::default()

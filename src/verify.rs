@@ -10,8 +10,17 @@
 //! # How the comparison runs
 //!
 //! The left side is cut into chunks of `chunk_rows` rows by ranges of its
-//! primary key (row-value comparisons `(a, b) > ($1, $2)`, so composite keys
-//! work, served by the key's index). For each chunk one query, run entirely
+//! key — the primary key, else the replica identity index — of any
+//! btree-ordered types (integers, `uuid`, `text`, timestamps, `numeric`, …):
+//! row-value comparisons `(a, b) > ($1, $2)`, so composite keys work whatever
+//! their first column, served by the key's index. Bounds travel as text
+//! bound to parameters and are cast back to each column's type (never
+//! interpolated). Each chunk ends at the `chunk_rows`-th key after the last
+//! one in the key's order, so the chunks `(previous, this]` partition the
+//! left rows exactly: the comparisons, the order that picks each bound and
+//! the index all use the key index's collation (made explicit with `COLLATE`,
+//! which also lets an index built under another collation than its column's
+//! serve the ranges). For each chunk one query, run entirely
 //! inside the server, walks the left rows of the range in key order and, per
 //! row, looks up
 //!
@@ -66,8 +75,9 @@
 //! They still serve as key columns if the key contains one.
 //!
 //! [`fn@run`] (in [`mod@run`]) is the `pg-rekey verify` entry point: it finds each
-//! table's job, takes one consistent point of the stream for all of them and
-//! calls [`verify_table`] per table.
+//! table's job, takes a consistent point of the stream per lock set of
+//! tables (one table per set by default) and calls [`verify_table`] per
+//! table in its set's snapshot.
 //!
 //! # Invariants the caller provides
 //!
@@ -341,7 +351,21 @@ pub async fn verify_table(
     if opts.chunk_rows == 0 {
         return Err(VerifyError::ChunkRows { table });
     }
-    let sql = CompareSql::new(spec, parent, left, right)?;
+    let mut sql = CompareSql::new(spec, parent, left, right)?;
+    let index = crate::copy::key_columns(client, spec)
+        .await
+        .map_err(|e| match e {
+            crate::copy::CopyError::Db { source, .. } => VerifyError::Db {
+                table: table.clone(),
+                step: "reading the key index's collations",
+                source,
+            },
+            other => VerifyError::BadSpec {
+                table: table.clone(),
+                detail: other.to_string(),
+            },
+        })?;
+    sql.use_index_collations(&index);
     if crate::step_progress::verify_watched() {
         let estimate = crate::step_progress::row_estimate(client, &left.quoted()).await;
         crate::step_progress::verify_table_started(&table, estimate.div_ceil(opts.chunk_rows));
@@ -546,6 +570,18 @@ struct KeyCol {
     /// Left-side type, for casting text bounds back.
     type_sql: String,
     reference: bool,
+    /// The key index's collation (quoted), when known: ranges and their
+    /// order then use it, so the index serves them.
+    collation: Option<String>,
+}
+
+impl KeyCol {
+    fn collate(&self) -> String {
+        self.collation
+            .as_deref()
+            .map(|c| format!(" COLLATE {c}"))
+            .unwrap_or_default()
+    }
 }
 
 /// The SQL of one comparison: pure text generation, unit-tested below.
@@ -593,6 +629,7 @@ impl CompareSql {
                 name: col.name.clone(),
                 type_sql: col.type_sql.clone(),
                 reference: col.reference.is_some(),
+                collation: None,
             });
         }
         let data: Vec<(usize, String, bool)> = spec
@@ -619,6 +656,19 @@ impl CompareSql {
         })
     }
 
+    /// Compare and order the key under the key index's collations (`index`
+    /// lists the index's columns, [`crate::copy::key_columns`]); ignored
+    /// unless it names the same columns in the same order.
+    fn use_index_collations(&mut self, index: &[crate::copy::KeyColumn]) {
+        let same = index.len() == self.key.len()
+            && index.iter().zip(&self.key).all(|(i, k)| i.name == k.name);
+        if same {
+            for (k, i) in self.key.iter_mut().zip(index) {
+                k.collation = i.collation.clone();
+            }
+        }
+    }
+
     /// `(l."a", l."b")`
     fn left_key_tuple(&self) -> String {
         let cols: Vec<String> = self
@@ -635,7 +685,7 @@ impl CompareSql {
             .key
             .iter()
             .enumerate()
-            .map(|(i, k)| format!("${}::text::{}", first + i, k.type_sql))
+            .map(|(i, k)| format!("${}::text::{}{}", first + i, k.type_sql, k.collate()))
             .collect();
         format!("({})", vals.join(", "))
     }
@@ -664,7 +714,7 @@ impl CompareSql {
         let cols: Vec<String> = self
             .key
             .iter()
-            .map(|k| format!("l.{}", quote_ident(&k.name)))
+            .map(|k| format!("l.{}{}", quote_ident(&k.name), k.collate()))
             .collect();
         cols.join(", ")
     }
@@ -1108,6 +1158,36 @@ mod tests {
         let q = sql(&s).chunk(false, false);
         assert!(!q.contains("total"));
         assert!(q.contains("record_image_eq(ROW(s.v0), ROW(r.w0))"));
+    }
+
+    #[test]
+    fn text_and_uuid_keys_range_under_the_index_collation() {
+        let s = spec(
+            vec![
+                col("tenant", "text", false),
+                col("id", "uuid", false),
+                col("user_id", "integer", true),
+            ],
+            vec![0, 1],
+        );
+        let mut c = sql(&s);
+        let kc = |name: &str, collation: Option<&str>| crate::copy::KeyColumn {
+            name: name.into(),
+            type_sql: "ignored".into(),
+            collation: collation.map(str::to_string),
+        };
+        // Another index's columns: ignored.
+        c.use_index_collations(&[kc("id", None), kc("tenant", None)]);
+        assert!(!c.boundary(false).contains("COLLATE"));
+        c.use_index_collations(&[kc("tenant", Some("pg_catalog.\"C\"")), kc("id", None)]);
+        assert_eq!(
+            c.range(true, true),
+            " WHERE (l.\"tenant\", l.\"id\") > ($1::text::text COLLATE pg_catalog.\"C\", $2::text::uuid) \
+             AND (l.\"tenant\", l.\"id\") <= ($3::text::text COLLATE pg_catalog.\"C\", $4::text::uuid)"
+        );
+        assert!(c
+            .boundary(true)
+            .contains("ORDER BY l.\"tenant\" COLLATE pg_catalog.\"C\", l.\"id\" LIMIT 2"));
     }
 
     #[test]

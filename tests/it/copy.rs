@@ -250,14 +250,31 @@ async fn copies_the_snapshot_with_references_translated() {
     );
     assert_eq!(p_m.rows(), 1000);
 
-    // Two connection pairs on the same snapshot, split by key range.
+    // Two connection pairs on the same snapshot, split by key range (the
+    // ranged copy reads the key from the catalog, hence the real OID; every
+    // table is split, however small).
     let p_w = Progress::new();
+    let weird = TableSpec {
+        oid: source
+            .query_one(
+                "SELECT $1::text::regclass::oid",
+                &[&weird_spec().source.quoted()],
+            )
+            .await
+            .unwrap()
+            .get(0),
+        ..weird_spec()
+    };
     let n_w = copy_table_parallel(
         &[(&source, &target), (&source2, &target2)],
-        &weird_spec(),
+        &weird,
         &map,
         &p_w,
-        &CopyOptions::default(),
+        &CopyOptions {
+            min_split_pages: 0,
+            ranges_per_session: 2,
+            ..CopyOptions::default()
+        },
     )
     .await
     .unwrap();

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod anykey;
 mod apply_pipeline;
 mod carry;
 mod connstr;
@@ -30,4 +31,5 @@ mod swap;
 mod tls;
 mod verify;
 mod verify_cmd;
+mod verify_many;
 mod workload;

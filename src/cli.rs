@@ -86,6 +86,8 @@ pub enum Command {
     #[command(after_help = crate::cli_help::PLAN)]
     Plan(PlanArgs),
     /// Create the shadows, copy, then stream until the tables are cut over.
+    /// Exit 0 cut over, 1 stopped with the sources untouched (refused by the
+    /// preflight, stopped by the data, Ctrl-C or abort), 2 error.
     #[command(after_help = crate::cli_help::REWRITE)]
     Rewrite(RewriteArgs),
     /// One line per table being rewritten: phase, rows, lag, errors.

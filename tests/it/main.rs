@@ -26,6 +26,7 @@ mod plan;
 mod replication;
 mod rewrite;
 mod rewrite_scenarios;
+mod seed_alembic;
 mod state;
 mod swap;
 mod tls;

@@ -1250,7 +1250,7 @@ pub async fn copy_table_with(
     let rows = run_copy(source, target, spec, &plan, map, progress, opts)
         .instrument(span)
         .await?;
-    tracing::info!(
+    tracing::debug!(
         table = %spec.source,
         rows,
         secs = started.elapsed().as_secs_f64(),
@@ -1332,7 +1332,7 @@ pub async fn copy_table_parallel(
     for r in results {
         total += r?;
     }
-    tracing::info!(
+    tracing::debug!(
         table = %spec.source,
         rows = total,
         ranges = n,

@@ -776,7 +776,7 @@ async fn dependents_gate(
         .map(|d| format!("{} {d}", d.kind))
         .collect();
     if !blocking.is_empty() {
-        return Err(Error::Precondition(format!(
+        return Err(Error::Blocked(format!(
             "nothing was swapped: {} object(s) depending on the reference columns would break the swap — {}; `pg-rekey plan` lists them with the same fixes",
             blocking.len(),
             blocking.join(" | ")
@@ -788,7 +788,7 @@ async fn dependents_gate(
         .map(|d| format!("{} {d}", d.kind))
         .collect();
     if !rewrites.is_empty() && !cfg.rewrite_dependents {
-        return Err(Error::Precondition(format!(
+        return Err(Error::Blocked(format!(
             "nothing was swapped: {} view(s)/policy(ies) compare a reference column with an integer and would fail on uuid — {}; run cutover with --rewrite-dependents to re-create them with these definitions (same rows after the swap), or change them yourself first",
             rewrites.len(),
             rewrites.join(" | ")

@@ -358,7 +358,7 @@ impl IdMap {
             memory = %crate::progress::format_bytes(map.memory_bytes() as u64),
             bytes_per_user = format!("{:.1}", map.bytes_per_user()),
             seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
-            "loaded key → uuid map"
+            "id map loaded"
         );
         Ok(map)
     }

@@ -427,7 +427,7 @@ async fn prepare_and_copy(
         mirror(&table);
         table.finish_copy();
         state::record_progress(admin, &d.spec.source, Some(rows as i64), None).await?;
-        info!(table = %d.spec.source, rows, seconds = started.elapsed().as_secs_f64(), "copied");
+        info!(table = %d.spec.source, rows, seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "copied");
     }
     drop(copy_opts);
     for s in &sources {
@@ -447,7 +447,7 @@ async fn prepare_and_copy(
                 _ = shutdown.changed() => return Ok(None),
             }
         }
-        info!(table = %d.spec.source, seconds = started.elapsed().as_secs_f64(), "indexes and constraints built");
+        info!(table = %d.spec.source, seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "indexes and constraints built");
     }
     for d in details {
         state::set_phase(admin, &d.spec.source, Phase::Streaming).await?;

@@ -255,6 +255,11 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             }
         }
     }
+    // "A cutover is running" for `status` and a resuming `rewrite`: a shared
+    // session lock, released by the server if this process dies.
+    for j in &jobs {
+        crate::resume::lock_shared(&admin, crate::resume::cutover_key(j.job_id)).await?;
+    }
     let mut targets = load_targets(&admin, jobs).await?;
     let parent = load_parent_of(&admin, &targets).await?;
 
@@ -940,6 +945,7 @@ async fn attempt_once(
         }
         Ok(Some(_)) => {}
     }
+    crate::failpoint::hit("cutover.before_swap");
     if let Err(e) = txn.commit().await {
         // Did the commit happen? Ask the catalog before anything else.
         phases.mark("commit");
@@ -955,6 +961,7 @@ async fn attempt_once(
         return Err((report(wait, Some(h), format!("error: {e}"), &phases), e));
     }
     phases.mark("commit");
+    crate::failpoint::hit("cutover.after_commit");
     Ok(report(
         wait,
         Some(locked.elapsed()),

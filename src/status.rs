@@ -41,6 +41,10 @@ pub struct TableStatus {
     pub id_map_users: Option<i64>,
     /// Bytes of the job's id map, as recorded at its load.
     pub id_map_bytes: Option<i64>,
+    /// Whether the job's owner (and a cutover) is alive, and what to run
+    /// when it is not (see [`crate::resume`]); `None` for a finished job.
+    #[serde(flatten)]
+    pub liveness: Option<crate::resume::Liveness>,
 }
 
 /// Read every job and its slot.
@@ -55,8 +59,10 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
         .map_err(Error::db("read the current WAL position"))?
         .get(0);
     let current = current.and_then(|c| c.parse::<crate::pg::Lsn>().ok());
+    let liveness = crate::resume::liveness(client, &jobs).await?;
     let mut out = Vec::with_capacity(jobs.len());
     for j in jobs {
+        let live = liveness.get(&j.source).cloned();
         let (retained, active, confirmed) = match &j.slot_name {
             Some(slot) => {
                 let row = client
@@ -107,6 +113,7 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
             updated_at: j.updated_at,
             id_map_users: j.id_map_users,
             id_map_bytes: j.id_map_bytes,
+            liveness: live,
         });
     }
     Ok(out)
@@ -153,7 +160,11 @@ pub fn render(rows: &[TableStatus]) -> String {
     for r in rows {
         lines.push([
             r.table.clone(),
-            r.phase.clone(),
+            match &r.liveness {
+                Some(l) if !l.owner_alive => format!("{} (owner gone)", r.phase),
+                Some(l) if l.stuck_cutover => format!("{} (stuck)", r.phase),
+                _ => r.phase.clone(),
+            },
             rows_cell(r.rows_copied, r.rows_estimate),
             r.lag_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
             r.wal_retained_bytes
@@ -189,6 +200,7 @@ pub fn render(rows: &[TableStatus]) -> String {
         out.push('\n');
     }
     out.push_str(&id_map_lines(rows));
+    out.push_str(&crate::resume::render_liveness(rows));
     out
 }
 
@@ -239,6 +251,7 @@ mod tests {
             updated_at: "now".into(),
             id_map_users: None,
             id_map_bytes: None,
+            liveness: None,
         };
         let text = render(std::slice::from_ref(&row));
         let lines: Vec<&str> = text.lines().collect();

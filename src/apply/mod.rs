@@ -175,6 +175,9 @@ pub struct Applier {
     /// first: (the change's `txn_final`, key, previous uuid or `None` when
     /// absent). See [`Applier::revert_map_after`].
     map_undo: Vec<(Lsn, i64, Option<uuid::Uuid>)>,
+    /// The durable copy of the map (see [`Applier::persist_map_to`]) and
+    /// its prepared upsert.
+    durable_map: Option<(String, Option<Statement>)>,
 }
 
 impl Applier {
@@ -228,7 +231,60 @@ impl Applier {
             stats: ApplyStats::default(),
             txn_final: applied,
             map_undo: Vec::new(),
+            durable_map: None,
         })
+    }
+
+    /// Write every change of the map into `table` (columns `key`, `uuid`)
+    /// inside the shadow transaction that records the applied position, so
+    /// the table is the map as of `applied_lsn` after any crash (see
+    /// [`crate::resume`]).
+    pub fn persist_map_to(&mut self, table: &crate::pg::QualifiedName) {
+        self.durable_map = Some((table.quoted(), None));
+    }
+
+    /// Send the map change `key → uuid` to the durable map, pipelined with
+    /// the row changes of the open shadow transaction.
+    async fn persist_map_entry(&mut self, key: i64, uuid: uuid::Uuid) -> Result<(), Error> {
+        let Some((table, stmt)) = self.durable_map.clone() else {
+            return Ok(());
+        };
+        self.begin().await?;
+        let stmt = match stmt {
+            Some(s) => s,
+            None => {
+                let text = format!(
+                    "INSERT INTO {table} (key, uuid) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET uuid = EXCLUDED.uuid"
+                );
+                let s = match self.client.prepare(&text).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.settle().await?;
+                        return Err(Error::db(format!("prepare the upsert into {table}"))(e));
+                    }
+                };
+                self.durable_map = Some((table, Some(s.clone())));
+                s
+            }
+        };
+        let client = self.client.clone();
+        let mut answer: Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>> =
+            Box::pin(async move { client.execute(&stmt, &[&key, &uuid]).await });
+        let waker = futures_util::task::noop_waker();
+        let first = answer.as_mut().poll(&mut Context::from_waker(&waker));
+        self.in_flight.push_back(InFlight {
+            answer: match first {
+                Poll::Ready(r) => Box::pin(std::future::ready(r)),
+                Poll::Pending => answer,
+            },
+            oid: self.parent.oid,
+            lsn: self.cur_lsn,
+            must_hit: None,
+        });
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            self.settle_one().await?;
+        }
+        Ok(())
     }
 
     /// Counters so far.
@@ -428,6 +484,7 @@ impl Applier {
         }
         self.map_undo.push((self.txn_final, key, before));
         self.map.upsert(key, uuid);
+        self.persist_map_entry(key, uuid).await?;
         match before {
             Some(old) if is_update => self.follow_uuid_change(old, uuid).await,
             _ => Ok(()),
@@ -591,10 +648,12 @@ impl Applier {
             self.settle().await?;
             let end = self.last_end;
             crate::state::record_applied(self.client.as_ref(), self.job_id, end).await?;
+            crate::failpoint::hit("apply.before_commit");
             self.client
                 .batch_execute("COMMIT")
                 .await
                 .map_err(Error::db("commit a shadow transaction"))?;
+            crate::failpoint::hit("apply.after_commit");
             self.open_since = None;
             self.batch_changes = 0;
             self.stats.batches += 1;

@@ -129,7 +129,7 @@ pub enum StateError {
         source: tokio_postgres::Error,
     },
     /// The table is already in a job.
-    #[error("{table} is already being rewritten (job {job_id}, phase {phase}, pid {owner}); wait for it, or run pg-rekey abort --table {table}")]
+    #[error("{table} is already being rewritten by a live process (job {job_id}, phase {phase}, owner {owner}, which holds the job's lock); wait for it, or run pg-rekey abort --table {table}")]
     AlreadyRegistered {
         /// The table.
         table: QualifiedName,
@@ -627,7 +627,7 @@ pub async fn get_job<C: GenericClient>(
 }
 
 /// This machine's host name, for `owner_host` (empty when unknown).
-fn hostname() -> String {
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that
     // many bytes and we stop at the first NUL (or the end) ourselves.

@@ -16,6 +16,7 @@ mod observe_rewrite;
 mod pgoutput;
 mod plan;
 mod replication;
+mod resume;
 mod rewrite;
 mod rewrite_scenarios;
 mod state;

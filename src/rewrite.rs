@@ -181,6 +181,8 @@ async fn run_resuming(
         let result = run_job(cfg, shutdown.clone(), progress, &mut registered).await;
         match result {
             Err(e) if registered && e.is_transient() && !*shutdown.borrow() => {
+                progress.set_owner_held(false);
+                progress.add_resume();
                 let first = *since.get_or_insert_with(Instant::now);
                 if first.elapsed() >= cfg.reconnect_timeout {
                     warn!(error = %crate::error::chain(&e), "reconnect timeout reached; the job stays registered — re-run the same rewrite to resume it");
@@ -219,6 +221,10 @@ async fn run_job(
     match crate::resume::find(&admin, &cfg.tables, &parent).await? {
         crate::resume::Found::Nothing => {}
         crate::resume::Found::Resume(rows) => {
+            if !*registered {
+                // A take-over from another process (reconnects count themselves).
+                progress.add_resume();
+            }
             *registered = true;
             return resume_job(cfg, admin, rows, details, parent, shutdown, progress).await;
         }
@@ -271,6 +277,7 @@ async fn run_job(
         register(&admin, &objects, &details, &parent).await?;
         // Held for the life of this session: "the owner is alive".
         crate::resume::try_lock(&admin, crate::resume::owner_key(objects.job_id)).await?;
+        progress.set_owner_held(true);
         *registered = true;
         crate::failpoint::hit("rewrite.after_register");
         info!(tables = ?cfg.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>(), slot = %objects.slot, "job registered");
@@ -342,6 +349,7 @@ async fn resume_job(
     let span = tracing::info_span!("rewrite", job = %short);
     async move {
         crate::resume::record_owner(&admin, job_id).await?;
+        progress.set_owner_held(true);
         let cutover_running = crate::resume::cutover_alive(&admin, job_id).await?;
         for r in &rows {
             // A cutover that is still running waits on this stream: its phase stays.

@@ -146,7 +146,9 @@ fn map_as_parent(job: Uuid, parent: &ParentSpec) -> ParentSpec {
 
 /// Create job `job`'s map table and fill it from the parent under the slot's
 /// exported `snapshot` (a session of its own; call it before the replication
-/// connection runs anything else, like the copy sessions' imports).
+/// connection runs anything else, like the copy sessions' imports). Analyzed,
+/// so a resume's [`IdMap::load`] picks the same dense or sparse layout as
+/// the load from the parent.
 pub async fn fill_map_table(
     spec: &ConnSpec,
     job: Uuid,
@@ -163,7 +165,8 @@ pub async fn fill_map_table(
     s.batch_execute(&format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {snap};
          INSERT INTO {table} (key, uuid) SELECT {key}::int8, {uuid}::uuid FROM ONLY {parent};
-         COMMIT",
+         COMMIT;
+         ANALYZE {table}",
         snap = quote_literal(snapshot),
         key = quote_ident(&parent.key_column),
         uuid = quote_ident(&parent.uuid_column),

@@ -6,8 +6,10 @@
 //! 1. **Plan and preflight** read the catalogs; any blocker stops the job
 //!    before anything is created.
 //! 2. **Jobs are registered** in `pgrekey.jobs` (one row per table, phase
-//!    `copying`). A table already in a job is refused, so two processes never
-//!    rewrite the same table.
+//!    `copying`), and the process takes the job's owner lock (a session-level
+//!    advisory lock, [`crate::resume`]) for its whole life. A table in a job
+//!    whose owner holds that lock is refused, so two processes never rewrite
+//!    the same table; a job whose owner is gone is taken over (below).
 //! 3. **Shadows and the publication** are created *before* the slot, so their
 //!    DDL lies before the slot's consistent point and is never decoded.
 //! 4. **The slot is created with an exported snapshot.** The copy sessions
@@ -34,6 +36,17 @@
 //! DDL) marks the jobs `failed` with the error and leaves shadows, slot and
 //! publication in place for inspection until `pg-rekey abort`.
 //! Ctrl-C removes everything the job created; the sources are never touched.
+//!
+//! # Resume
+//!
+//! Re-running the same `rewrite` for a job whose owner is gone takes it
+//! over ([`crate::resume`]): after the copy, it loads the id map from the
+//! durable map table (exactly as of `applied_lsn`) and streams from the
+//! slot; during the copy, it removes the job's objects and copies every
+//! table again under a new slot. The same happens inside one process when
+//! its connections are lost once the job is registered (a server restart, a
+//! dropped state session): it reconnects with back-off and takes its own
+//! job back, for at most `--reconnect-timeout`.
 //!
 //! # Progress
 //!

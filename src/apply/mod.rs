@@ -44,6 +44,12 @@
 //!   with the shadow transaction) would be lost. Changes of transactions that
 //!   did commit (a COMMIT whose answer was lost still counts, because the
 //!   position is read back from the state) are kept: those are not replayed.
+//! - **The map is durable, at the applied position.** With
+//!   [`Applier::persist_map_to`], every map change is also upserted into
+//!   the job's map table in the same shadow transaction that records
+//!   `applied_lsn` (a source transaction that only changes the parent opens
+//!   one too), so after a crash that table is the map exactly as of where the
+//!   stream resumes; a new owner loads it from there (see [`crate::resume`]).
 //! - **Pipelined, in order.** Row changes are sent without waiting for each
 //!   answer (up to [`MAX_IN_FLIGHT`] outstanding on the one apply session):
 //!   the server executes a session's requests strictly in the order they

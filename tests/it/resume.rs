@@ -21,6 +21,8 @@ const SCHEMA: &str = "
 CREATE TABLE users (id bigint PRIMARY KEY, uuid uuid NOT NULL UNIQUE DEFAULT gen_random_uuid());
 CREATE TABLE notes (id bigint PRIMARY KEY, user_id bigint REFERENCES users (id), body text);
 CREATE TABLE likes (id bigint PRIMARY KEY, user_id bigint NOT NULL REFERENCES users (id));
+CREATE INDEX ON notes (user_id);
+CREATE INDEX ON likes (user_id);
 INSERT INTO users (id) SELECT g FROM generate_series(1, 50) g;
 INSERT INTO notes SELECT g, 1 + g % 50, 'n' || g FROM generate_series(1, 3000) g;
 INSERT INTO likes SELECT g, 1 + g % 50 FROM generate_series(1, 1000) g;
@@ -94,8 +96,8 @@ async fn writes(c: &Client, round: i64) {
         "BEGIN; INSERT INTO users (id) VALUES ({u}); INSERT INTO notes VALUES ({}, {u}, 'new'); COMMIT;
          UPDATE users SET uuid = gen_random_uuid() WHERE id = {};
          UPDATE users SET uuid = gen_random_uuid() WHERE id = 3;
-         UPDATE notes SET body = body || 'x' WHERE id % 10 = {};
-         DELETE FROM likes WHERE id % 50 = {};
+         UPDATE notes SET body = body || 'x' WHERE id <= 3000 AND id % 10 = {};
+         DELETE FROM likes WHERE id <= 1000 AND id % 50 = {};
          INSERT INTO likes VALUES ({}, {u});
          INSERT INTO notes SELECT {}, id, 'for 45' FROM users WHERE id = 45;",
         100_000 + round,
@@ -329,13 +331,34 @@ async fn cutover_dies_after_swap_commit() {
 
 /// SIGKILL while streaming under writes; a second rewrite is refused while
 /// the first lives; after the kill the same command takes over. Prints the
-/// WAL the dead job's slot retained and the time to resume (README figures).
+/// WAL the dead job's slot retained and the time to resume (README figures;
+/// `PGREKEY_RESUME_BENCH_USERS` adds users and notes for a bigger map,
+/// `PGREKEY_RESUME_BENCH_DEAD_SECS` keeps writing that long while dead).
 #[tokio::test]
 async fn kill_9_while_streaming_resumes() {
+    let env = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let (extra_users, dead_secs) = (
+        env("PGREKEY_RESUME_BENCH_USERS"),
+        env("PGREKEY_RESUME_BENCH_DEAD_SECS"),
+    );
     let db = TestDb::new().await;
     let dsn = db.spec.to_dsn();
     let c = db.client().await;
     c.batch_execute(SCHEMA).await.unwrap();
+    if extra_users > 0 {
+        c.batch_execute(&format!(
+            "INSERT INTO users (id) SELECT 1000000 + g FROM generate_series(1, {extra_users}) g;
+             INSERT INTO notes SELECT 1000000 + g, 1000000 + g, 'bench' FROM generate_series(1, {extra_users}) g;
+             ANALYZE;"
+        ))
+        .await
+        .unwrap();
+    }
     let args = rewrite_args();
     let mut first = spawn(&dsn, &args, None);
     wait_phase(&c, TABLES, "streaming").await;
@@ -347,17 +370,52 @@ async fn kill_9_while_streaming_resumes() {
     assert!(err.contains("by a live process"), "{err}");
 
     catch_up(&c).await;
+    if extra_users > 0 {
+        // A job killed long after its copy: wait until the slot no longer
+        // retains the copy's own WAL (the walsender moves its restart point
+        // at the running-transactions records the server logs every 15 s).
+        wait_for(
+            "the slot to let go of the copy's WAL",
+            Duration::from_secs(120),
+            || async {
+                c.batch_execute("UPDATE notes SET body = body WHERE id = 1")
+                    .await
+                    .unwrap();
+                catch_up(&c).await;
+                let r = status_json(&dsn).await[0]["wal_retained_bytes"]
+                    .as_i64()
+                    .unwrap_or(0);
+                (r < 64 << 20).then_some(())
+            },
+        )
+        .await;
+    }
+    let before = status_json(&dsn).await[0]["wal_retained_bytes"]
+        .as_i64()
+        .unwrap_or(0);
     first.start_kill().expect("SIGKILL");
     let _ = first.wait().await;
-    for r in 0..20 {
-        writes(&c, 10 + r).await;
+    let dead = Instant::now();
+    let mut rounds = 0;
+    while rounds < 20 || dead.elapsed() < Duration::from_secs(dead_secs as u64) {
+        writes(&c, 10 + rounds).await;
+        rounds += 1;
+        if dead_secs > 0 {
+            // About 300 transactions/s, as in the issue's report.
+            tokio::time::sleep(Duration::from_millis(33)).await;
+        }
     }
+    eprintln!(
+        "figure: {rounds} rounds of writes (10 transactions each) in {:.1} s while the owner was dead",
+        dead.elapsed().as_secs_f64()
+    );
     while_dead(&c).await;
     let st = status_json(&dsn).await;
     let retained = st[0]["wal_retained_bytes"].as_i64().unwrap_or(0);
     assert!(retained > 0, "the dead job's slot retains WAL: {st:?}");
     eprintln!(
-        "figure: WAL retained by the dead job's slot after 21 rounds of writes: {retained} bytes"
+        "figure: WAL retained by the dead job's slot: {retained} bytes ({} more than just before the kill)",
+        retained - before
     );
 
     let started = Instant::now();
@@ -367,7 +425,7 @@ async fn kill_9_while_streaming_resumes() {
         "figure: resume after kill -9 (start to caught up): {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    writes(&c, 99).await;
+    writes(&c, 9_000).await;
     let (code, out, err) = run(
         &dsn,
         &["cutover", "--table", "notes", "--table", "likes"],
@@ -376,6 +434,9 @@ async fn kill_9_while_streaming_resumes() {
     .await;
     assert_eq!(code, 0, "{out}{err}");
     let (code, _, err) = finish(second).await;
+    if extra_users > 0 {
+        eprintln!("resumed rewrite:\n{err}");
+    }
     assert_eq!(code, 0, "{err}");
     assert_done(&c).await;
 }

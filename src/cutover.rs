@@ -255,6 +255,21 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             }
         }
     }
+    // Nobody would apply the fence: say so instead of timing out.
+    for j in &jobs {
+        if !crate::resume::owner_alive(&admin, j.job_id).await? {
+            let members: Vec<JobRow> = state::list_jobs(&admin)
+                .await?
+                .into_iter()
+                .filter(|m| m.job_id == j.job_id)
+                .collect();
+            return Err(Error::Precondition(format!(
+                "the rewrite of {} is not running (its process is gone), so nothing would apply the cutover's fence; resume it first: {}",
+                j.table,
+                crate::resume::resume_command(&members)
+            )));
+        }
+    }
     // "A cutover is running" for `status` and a resuming `rewrite`: a shared
     // session lock, released by the server if this process dies.
     for j in &jobs {

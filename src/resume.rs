@@ -379,6 +379,16 @@ pub async fn liveness<C: GenericClient>(
 ) -> Result<std::collections::HashMap<QualifiedName, Liveness>, Error> {
     let mut by_job: std::collections::HashMap<Uuid, (bool, bool)> = Default::default();
     let mut out = std::collections::HashMap::new();
+    // Advisory locks are per server: a standby knows nothing of the
+    // primary's, so it cannot tell (no liveness rather than a wrong one).
+    let standby: bool = client
+        .query_one("SELECT pg_catalog.pg_is_in_recovery()", &[])
+        .await
+        .map_err(Error::db("ask whether the server is a standby"))?
+        .get(0);
+    if standby {
+        return Ok(out);
+    }
     for j in jobs {
         if matches!(j.phase(), Some(Phase::CutOver | Phase::Aborted)) {
             continue;

@@ -675,6 +675,11 @@ async fn stream_until_done(
         let result = apply_loop(admin, o, &mut applier, stream, observed, &by_oid, shutdown).await;
         match result {
             Ok((LoopEnd::CutOver, stream)) => {
+                // Changes after the cutover's fence are of no table of the
+                // job any more (the parent's go to the durable map, which is
+                // dropped now): an open shadow transaction would make that
+                // DROP wait forever.
+                applier.rollback().await;
                 finish_stream(stream).await;
                 cleanup(admin, o, Cleanup::CutOver).await;
                 info!("every table is cut over; slot and publication dropped");

@@ -220,6 +220,20 @@ async fn rewrite_dies_at(failpoint: &str) {
         "{text}"
     );
 
+    if failpoint.starts_with("apply.") || failpoint == "rewrite.after_copy" {
+        // Streaming, but nobody applies the stream: cutover says so at once.
+        let (code, _, err) = run(
+            &dsn,
+            &["cutover", "--table", "notes", "--table", "likes"],
+            None,
+        )
+        .await;
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("is not running") && err.contains("resume it first"),
+            "{err}"
+        );
+    }
     while_dead(&c).await;
     let child = spawn(&dsn, &args, None);
     resumed(&c).await;

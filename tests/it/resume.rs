@@ -521,3 +521,73 @@ async fn server_restart_while_streaming() {
     drop(c);
     drop(cluster);
 }
+
+/// An applier whose process was taken over (its state session lost, its
+/// apply session not) cannot record a position any more: its shadow
+/// transaction fails before COMMIT. One that waited on the take-over's row
+/// lock re-checks the owner after it.
+#[tokio::test]
+async fn a_taken_over_applier_cannot_commit() {
+    use pg_rekey::pg::{Lsn, QualifiedName};
+    use pg_rekey::state::{self, NewJob, StateError};
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    state::ensure_schema(&c).await.unwrap();
+    let job_id = uuid::Uuid::new_v4();
+    let source = QualifiedName::new("public", "t");
+    state::register_job(
+        &c,
+        &NewJob {
+            job_id,
+            shadow: pg_rekey::ddl::shadow_name(&source),
+            source,
+            source_oid: 1,
+            slot_name: "s".into(),
+            publication_name: "p".into(),
+            rows_estimate: 0,
+            parent: QualifiedName::new("public", "users"),
+            parent_uuid_column: "uuid".into(),
+        },
+    )
+    .await
+    .unwrap();
+    // The owner (this process) records; meanwhile a take-over waits on the row.
+    let mut apply = db.client().await;
+    let txn = apply.transaction().await.unwrap();
+    state::record_applied(&txn, job_id, Lsn(0x100))
+        .await
+        .unwrap();
+    let other = db.client().await;
+    let takeover = tokio::spawn(async move {
+        other
+            .execute(
+                "UPDATE pgrekey.jobs SET owner_pid = 1, owner_host = 'elsewhere' WHERE job_id = $1",
+                &[&job_id],
+            )
+            .await
+            .unwrap()
+    });
+    crate::support::wait_for("the take-over to wait on the row", Duration::from_secs(30), || async {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n > 0).then_some(())
+    })
+    .await;
+    txn.commit().await.unwrap();
+    assert_eq!(takeover.await.unwrap(), 1);
+    // The old owner's next shadow transaction.
+    let txn = apply.transaction().await.unwrap();
+    let e = state::record_applied(&txn, job_id, Lsn(0x200))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StateError::OwnerChanged { .. }), "{e}");
+    drop(txn);
+    assert_eq!(
+        state::applied_lsn(&c, job_id).await.unwrap(),
+        Some(Lsn(0x100)),
+        "only the owner's position counts"
+    );
+}

@@ -270,6 +270,7 @@ fn main() {
             copy: Default::default(),
             copy_sessions: 1,
             throttle: Default::default(),
+            reconnect_timeout: std::time::Duration::from_secs(300),
         };
         let progress = JobProgress::new();
         let (stop_tx, stop_rx) = watch::channel(false);

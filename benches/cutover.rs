@@ -136,6 +136,7 @@ async fn one_run(admin: &tokio_postgres::Client, cluster: &Cluster, n: u64) -> R
         copy: Default::default(),
         copy_sessions: 2,
         throttle: Default::default(),
+        reconnect_timeout: std::time::Duration::from_secs(300),
     };
     let (_stop_tx, stop_rx) = watch::channel(false);
     let t = Instant::now();

@@ -105,6 +105,9 @@ async fn abort_job(admin: &Client, members: &[&state::JobRow]) -> Result<(), Err
     if let Some(publication) = members.iter().find_map(|j| j.publication_name.clone()) {
         drop_publication(admin, &publication).await;
     }
+    if let Some(j) = members.first() {
+        crate::resume::drop_map_table(admin, j.job_id).await;
+    }
     for j in members {
         drop_shadow(admin, &j.shadow).await;
         state::delete_job(admin, &j.source).await?;

@@ -229,6 +229,12 @@ pub struct RewriteArgs {
     /// Hooks.
     #[command(flatten)]
     pub hooks: HookArgs,
+    /// Once the job is registered, how long to keep reconnecting after its
+    /// connections are lost (a server restart, a dropped session) before
+    /// giving up; the job then stays registered, and re-running the same
+    /// rewrite resumes it.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub reconnect_timeout: Duration,
 }
 
 /// Parse a listen address: `IP:PORT`, `[IPv6]:PORT` or `HOSTNAME:PORT` (the

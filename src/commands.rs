@@ -183,6 +183,7 @@ async fn rewrite(
     let mut cfg =
         crate::rewrite::RewriteConfig::new(spec, parent, a.parent.uuid_column.clone(), tables);
     cfg.throttle = throttle_limits(&a);
+    cfg.reconnect_timeout = a.reconnect_timeout;
     let progress = JobProgress::new();
     // Metrics and the renderer live as long as the rewrite; `done` ends them.
     let (done_tx, done_rx) = watch::channel(false);

@@ -296,6 +296,26 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             }
         }
     }
+    // Nobody would apply the fence: say so instead of timing out.
+    for j in &jobs {
+        if !crate::resume::owner_alive(&admin, j.job_id).await? {
+            let members: Vec<JobRow> = state::list_jobs(&admin)
+                .await?
+                .into_iter()
+                .filter(|m| m.job_id == j.job_id)
+                .collect();
+            return Err(Error::Precondition(format!(
+                "the rewrite of {} is not running (its process is gone), so nothing would apply the cutover's fence; resume it first: {}",
+                j.table,
+                crate::resume::resume_command(&members)
+            )));
+        }
+    }
+    // "A cutover is running" for `status` and a resuming `rewrite`: a shared
+    // session lock, released by the server if this process dies.
+    for j in &jobs {
+        crate::resume::lock_shared(&admin, crate::resume::cutover_key(j.job_id)).await?;
+    }
     let mut targets = load_targets(&admin, jobs).await?;
     let parent = load_parent_of(&admin, &targets).await?;
     dependents_gate(cfg, &targets, &parent).await?;
@@ -1167,6 +1187,7 @@ async fn attempt_once(
         }
         Ok(Some(_)) => {}
     }
+    crate::failpoint::hit("cutover.before_swap");
     if let Err(e) = txn.commit().await {
         // Did the commit happen? Ask the catalog before anything else.
         phases.mark("commit");
@@ -1182,6 +1203,7 @@ async fn attempt_once(
         return Err((report(wait, Some(h), format!("error: {e}"), &phases), e));
     }
     phases.mark("commit");
+    crate::failpoint::hit("cutover.after_commit");
     Ok(report(
         wait,
         Some(locked.elapsed()),

@@ -249,6 +249,24 @@ impl Cluster {
         self.base.join("server.log")
     }
 
+    /// `pg_ctl restart -m fast`: every session ends (clients see their
+    /// connections drop), the server comes back on the same port with the
+    /// same data. For tests of what survives a server restart.
+    pub fn restart_fast(&self) -> Result<(), ClusterError> {
+        let data = self.data_dir();
+        let log = self.log_file();
+        self.run(
+            "pg_ctl restart",
+            self.cmd("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-m", "fast", "-w", "-t", "60", "restart"]),
+        )
+        .map(|_| ())
+    }
+
     /// Stop the server now (fast shutdown) and remove its files.
     pub fn stop(&mut self) {
         if self.stopped {

@@ -117,6 +117,8 @@ impl Error {
             Error::Db { source, .. } => is_transient_pg(source),
             Error::Replication(e) => e.is_transient(),
             Error::Swap(e) => e.is_transient(),
+            // The state session lost (a server restart): as transient as any other.
+            Error::State(crate::state::StateError::Db { source, .. }) => is_transient_pg(source),
             _ => false,
         }
     }

@@ -370,6 +370,19 @@ pub fn render(progress: &JobProgress) -> String {
         "Heap bytes of the key → uuid map, as loaded under the snapshot.",
     );
     o.sample("pg_rekey_id_map_bytes", &[], map_bytes as f64);
+    let (owner, resumes) = progress.ownership();
+    o.family(
+        "pg_rekey_owner_alive",
+        "gauge",
+        "1 while this process holds its job's owner lock; 0 while it reconnects after losing its connections (a dead owner has no endpoint: alert on its absence too, and see `pg-rekey status`).",
+    );
+    o.sample("pg_rekey_owner_alive", &[], if owner { 1.0 } else { 0.0 });
+    o.family(
+        "pg_rekey_resumes_total",
+        "counter",
+        "Times this process took a job over from a dead owner or resumed it after losing its connections.",
+    );
+    o.sample("pg_rekey_resumes_total", &[], resumes as f64);
     let th = &snap.throttle;
     o.family(
         "pg_rekey_copy_throttle",
@@ -446,6 +459,17 @@ mod tests {
             .find(|(n, l, _)| n == name && l == labels)
             .unwrap_or_else(|| panic!("no sample {name}{{{labels}}}"))
             .2
+    }
+
+    #[test]
+    fn owner_lock_and_resumes() {
+        let job = sample_job();
+        assert_eq!(get(&parse(&render(&job)), "pg_rekey_owner_alive", ""), 0.0);
+        job.set_owner_held(true);
+        job.add_resume();
+        let s = parse(&render(&job));
+        assert_eq!(get(&s, "pg_rekey_owner_alive", ""), 1.0);
+        assert_eq!(get(&s, "pg_rekey_resumes_total", ""), 1.0);
     }
 
     #[test]

@@ -323,6 +323,11 @@ pub struct JobProgress {
     throttle_pauses: AtomicU64,
     id_map_users: AtomicU64,
     id_map_bytes: AtomicU64,
+    /// 1 while this process holds its job's owner lock, 0 while it
+    /// reconnects (see [`crate::resume`]).
+    owner_held: AtomicU64,
+    /// Times this process took a job over or resumed it after a lost connection.
+    resumes: AtomicU64,
 }
 
 impl JobProgress {
@@ -337,6 +342,8 @@ impl JobProgress {
             attempts: Mutex::new(Vec::new()),
             id_map_users: AtomicU64::new(0),
             id_map_bytes: AtomicU64::new(0),
+            owner_held: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
             throttle_state: AtomicU8::new(0),
             throttle_reason: Mutex::new(None),
             replica_lag_us1: AtomicU64::new(0),
@@ -409,6 +416,25 @@ impl JobProgress {
     pub fn set_id_map(&self, users: u64, bytes: u64) {
         self.id_map_users.store(users, Relaxed);
         self.id_map_bytes.store(bytes, Relaxed);
+    }
+
+    /// Whether this process holds its job's owner lock (`false` while it
+    /// reconnects after losing its connections).
+    pub fn set_owner_held(&self, held: bool) {
+        self.owner_held.store(u64::from(held), Relaxed);
+    }
+
+    /// Count a take-over or a resume after lost connections.
+    pub fn add_resume(&self) {
+        self.resumes.fetch_add(1, Relaxed);
+    }
+
+    /// (owner lock held, resumes so far).
+    pub fn ownership(&self) -> (bool, u64) {
+        (
+            self.owner_held.load(Relaxed) == 1,
+            self.resumes.load(Relaxed),
+        )
     }
 
     /// The id map's size as recorded: parent rows and bytes (zeros before the load).

@@ -6,8 +6,10 @@
 //! 1. **Plan and preflight** read the catalogs; any blocker stops the job
 //!    before anything is created.
 //! 2. **Jobs are registered** in `pgrekey.jobs` (one row per table, phase
-//!    `copying`). A table already in a job is refused, so two processes never
-//!    rewrite the same table.
+//!    `copying`), and the process takes the job's owner lock (a session-level
+//!    advisory lock, [`crate::resume`]) for its whole life. A table in a job
+//!    whose owner holds that lock is refused, so two processes never rewrite
+//!    the same table; a job whose owner is gone is taken over (below).
 //! 3. **Shadows and the publication** are created *before* the slot, so their
 //!    DDL lies before the slot's consistent point and is never decoded.
 //! 4. **The slot is created with an exported snapshot.** The copy sessions
@@ -34,6 +36,17 @@
 //! DDL) marks the jobs `failed` with the error and leaves shadows, slot and
 //! publication in place for inspection until `pg-rekey abort`.
 //! Ctrl-C removes everything the job created; the sources are never touched.
+//!
+//! # Resume
+//!
+//! Re-running the same `rewrite` for a job whose owner is gone takes it
+//! over ([`crate::resume`]): after the copy, it loads the id map from the
+//! durable map table (exactly as of `applied_lsn`) and streams from the
+//! slot; during the copy, it removes the job's objects and copies every
+//! table again under a new slot. The same happens inside one process when
+//! its connections are lost once the job is registered (a server restart, a
+//! dropped state session): it reconnects with back-off and takes its own
+//! job back, for at most `--reconnect-timeout`.
 //!
 //! # Progress
 //!
@@ -89,6 +102,10 @@ pub struct RewriteConfig {
     pub copy_sessions: usize,
     /// Limits of the copy throttle (none set: never throttled).
     pub throttle: ThrottleLimits,
+    /// How long a registered job keeps trying to reconnect after losing its
+    /// connections (a server restart, a dropped state session) before it
+    /// gives up; see [`crate::resume`].
+    pub reconnect_timeout: Duration,
 }
 
 impl RewriteConfig {
@@ -108,6 +125,7 @@ impl RewriteConfig {
             copy: CopyOptions::default(),
             copy_sessions: 2,
             throttle: ThrottleLimits::default(),
+            reconnect_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -144,7 +162,7 @@ pub async fn run(
         .iter()
         .map(|t| progress.add_table(t.clone()))
         .collect();
-    let result = run_job(cfg, shutdown, &progress).await;
+    let result = run_resuming(cfg, shutdown, &progress).await;
     for t in tables.iter().filter(|t| !t.phase().is_final()) {
         match &result {
             Ok(RewriteOutcome::CutOver) => t.set_phase(progress::Phase::CutOver),
@@ -160,10 +178,47 @@ pub async fn run(
     result
 }
 
+/// [`run_job`], run again after a transient failure (lost connections, a
+/// server restart) once the job is registered: the new run takes the job
+/// over from the slot ([`crate::resume`]). Bounded by
+/// [`RewriteConfig::reconnect_timeout`] from the first failure of a series.
+async fn run_resuming(
+    cfg: &RewriteConfig,
+    mut shutdown: watch::Receiver<bool>,
+    progress: &Arc<JobProgress>,
+) -> Result<RewriteOutcome, Error> {
+    let mut registered = false;
+    let mut since: Option<Instant> = None;
+    let mut pause = Duration::from_millis(500);
+    loop {
+        let result = run_job(cfg, shutdown.clone(), progress, &mut registered).await;
+        match result {
+            Err(e) if registered && e.is_transient() && !*shutdown.borrow() => {
+                progress.set_owner_held(false);
+                progress.add_resume();
+                let first = *since.get_or_insert_with(Instant::now);
+                if first.elapsed() >= cfg.reconnect_timeout {
+                    warn!(error = %crate::error::chain(&e), "reconnect timeout reached; the job stays registered — re-run the same rewrite to resume it");
+                    return Err(e);
+                }
+                warn!(error = %crate::error::chain(&e), pause_ms = pause.as_millis() as u64,
+                    "the job lost its connections; reconnecting and resuming from the slot");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.changed() => return Err(e),
+                }
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn run_job(
     cfg: &RewriteConfig,
     mut shutdown: watch::Receiver<bool>,
     progress: &Arc<JobProgress>,
+    registered: &mut bool,
 ) -> Result<RewriteOutcome, Error> {
     let admin = pg::connect(&cfg.spec, "rewrite-admin").await?;
     state::ensure_schema(&admin).await?;
@@ -175,6 +230,35 @@ async fn run_job(
             .add_table(t.clone())
             .set_rows_estimate(u64::try_from(d.row_estimate).unwrap_or(0));
         details.push(d);
+    }
+    match crate::resume::find(&admin, &cfg.tables, &parent).await? {
+        crate::resume::Found::Nothing => {}
+        crate::resume::Found::Resume(rows) => {
+            if !*registered {
+                // A take-over from another process (reconnects count themselves).
+                progress.add_resume();
+            }
+            *registered = true;
+            return resume_job(cfg, admin, rows, details, parent, shutdown, progress).await;
+        }
+        crate::resume::Found::Restart(rows) => {
+            let job_id = rows[0].job_id;
+            if !crate::resume::try_lock(&admin, crate::resume::owner_key(job_id)).await? {
+                return Err(Error::Precondition(format!(
+                    "job {job_id} was taken over by another process meanwhile; see pg-rekey status"
+                )));
+            }
+            warn!(job = %job_id, "the job's owner is gone and its copy was interrupted: removing its slot, publication and shadows and copying every table again");
+            let old = JobObjects {
+                job_id,
+                slot: rows[0].slot_name.clone().unwrap_or_default(),
+                publication: rows[0].publication_name.clone().unwrap_or_default(),
+                shadows: rows.iter().map(|r| r.shadow.clone()).collect(),
+                tables: rows.iter().map(|r| r.source.clone()).collect(),
+            };
+            cleanup(&admin, &old, Cleanup::Abort).await;
+            crate::resume::unlock(&admin, crate::resume::owner_key(job_id)).await?;
+        }
     }
     {
         let mut pf = pg::connect(&cfg.spec, "rewrite-preflight").await?;
@@ -210,6 +294,11 @@ async fn run_job(
     let span = tracing::info_span!("rewrite", job = %short);
     async move {
         register(&admin, &objects, &details, &parent).await?;
+        // Held for the life of this session: "the owner is alive".
+        crate::resume::try_lock(&admin, crate::resume::owner_key(objects.job_id)).await?;
+        progress.set_owner_held(true);
+        *registered = true;
+        crate::failpoint::hit("rewrite.after_register");
         info!(tables = %cfg.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "), slot = %objects.slot, "job registered");
         // Lag and slot WAL for the job's lifetime; the poller stops when
         // `_stop_poller` is dropped, however this block ends.
@@ -239,6 +328,71 @@ async fn run_job(
                 return Err(e);
             }
         };
+        let specs: Vec<TableSpec> = details.iter().map(|d| d.spec.clone()).collect();
+        let watch = Observed { progress, watermark: &watermark };
+        stream_until_done(cfg, &admin, &objects, specs, parent, map, repl, consistent, &watch, &mut shutdown).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Take over a job whose owner is gone and stream from its slot (see
+/// [`crate::resume`]): the map comes from the durable map table, which is
+/// exactly as of the job's applied position, where the stream resumes.
+async fn resume_job(
+    cfg: &RewriteConfig,
+    admin: Client,
+    rows: Vec<state::JobRow>,
+    details: Vec<TableDetail>,
+    parent: ParentSpec,
+    mut shutdown: watch::Receiver<bool>,
+    progress: &Arc<JobProgress>,
+) -> Result<RewriteOutcome, Error> {
+    let job_id = rows[0].job_id;
+    if !crate::resume::try_lock(&admin, crate::resume::owner_key(job_id)).await? {
+        return Err(Error::Precondition(format!(
+            "job {job_id} was taken over by another process meanwhile; see pg-rekey status"
+        )));
+    }
+    let objects = JobObjects {
+        job_id,
+        slot: rows[0].slot_name.clone().unwrap_or_default(),
+        publication: rows[0].publication_name.clone().unwrap_or_default(),
+        shadows: details.iter().map(|d| d.spec.shadow.clone()).collect(),
+        tables: cfg.tables.clone(),
+    };
+    let consistent = rows[0].consistent_lsn.ok_or_else(|| {
+        Error::Precondition(format!("job {job_id} has no consistent point recorded; run pg-rekey abort --table {} and start again", rows[0].source))
+    })?;
+    let short = &job_id.simple().to_string()[..12];
+    let span = tracing::info_span!("rewrite", job = %short);
+    async move {
+        crate::resume::record_owner(&admin, job_id).await?;
+        progress.set_owner_held(true);
+        let cutover_running = crate::resume::cutover_alive(&admin, job_id).await?;
+        for r in &rows {
+            // A cutover that is still running waits on this stream: its phase stays.
+            if !(r.phase() == Some(Phase::CuttingOver) && cutover_running) {
+                state::set_phase(&admin, &r.source, Phase::Streaming).await?;
+            }
+            progress.add_table(r.source.clone()).set_phase(progress::Phase::Streaming);
+        }
+        let started = Instant::now();
+        let map = crate::resume::load_map(&admin, job_id, &parent).await?;
+        progress.set_id_map(map.len() as u64, map.memory_bytes() as u64);
+        info!(slot = %objects.slot, applied = ?rows[0].applied_lsn.map(|l| l.to_string()), users = map.len(),
+            seconds = started.elapsed().as_secs_f64(), "took over the job of a process that is gone; resuming from the slot");
+        let watermark = Watermark::new();
+        let (_stop_poller, stop_rx) = tokio::sync::oneshot::channel();
+        crate::lag::spawn_poller(
+            cfg.spec.clone(),
+            objects.slot.clone(),
+            Arc::clone(progress),
+            Arc::clone(&watermark),
+            Duration::from_secs(1),
+            stop_rx,
+        );
+        let repl = ReplicationClient::connect(&cfg.spec).await?;
         let specs: Vec<TableSpec> = details.iter().map(|d| d.spec.clone()).collect();
         let watch = Observed { progress, watermark: &watermark };
         stream_until_done(cfg, &admin, &objects, specs, parent, map, repl, consistent, &watch, &mut shutdown).await
@@ -345,6 +499,7 @@ async fn prepare_and_copy(
         Error::Precondition("the server exported no snapshot with the slot".into())
     })?;
     state::record_snapshot(admin, o.job_id, slot.consistent_point, Some(&snapshot)).await?;
+    crate::failpoint::hit("rewrite.after_slot");
     info!(slot = %o.slot, consistent_point = %slot.consistent_point, "slot created");
 
     // Import the snapshot on every copy session before the replication
@@ -363,6 +518,7 @@ async fn prepare_and_copy(
         sources.push(s);
         targets.push(pg::connect(&cfg.spec, "copy-target").await?);
     }
+    crate::resume::fill_map_table(&cfg.spec, o.job_id, &snapshot, parent).await?;
     let map = IdMap::load(&sources[0], parent)
         .await
         .map_err(|e| Error::Data(e.to_string()))?;
@@ -428,6 +584,7 @@ async fn prepare_and_copy(
         table.finish_copy();
         state::record_progress(admin, &d.spec.source, Some(rows as i64), None).await?;
         info!(table = %d.spec.source, rows, seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "copied");
+        crate::failpoint::hit("copy.after_first_table");
     }
     drop(copy_opts);
     for s in &sources {
@@ -455,6 +612,7 @@ async fn prepare_and_copy(
             .add_table(d.spec.source.clone())
             .set_phase(progress::Phase::Streaming);
     }
+    crate::failpoint::hit("rewrite.after_copy");
     Ok(Some((repl, slot.consistent_point, map)))
 }
 
@@ -519,9 +677,15 @@ async fn stream_until_done(
             cfg.batch,
         )
         .await?;
+        applier.persist_map_to(&crate::resume::map_table(o.job_id));
         let result = apply_loop(admin, o, &mut applier, stream, observed, &by_oid, shutdown).await;
         match result {
             Ok((LoopEnd::CutOver, stream)) => {
+                // Changes after the cutover's fence are of no table of the
+                // job any more (the parent's go to the durable map, which is
+                // dropped now): an open shadow transaction would make that
+                // DROP wait forever.
+                applier.rollback().await;
                 finish_stream(stream).await;
                 cleanup(admin, o, Cleanup::CutOver).await;
                 info!("every table is cut over; slot and publication dropped");
@@ -733,6 +897,7 @@ enum Cleanup {
 async fn cleanup(admin: &Client, o: &JobObjects, mode: Cleanup) {
     crate::abort::drop_slot(admin, &o.slot).await;
     crate::abort::drop_publication(admin, &o.publication).await;
+    crate::resume::drop_map_table(admin, o.job_id).await;
     if mode != Cleanup::CutOver {
         for s in &o.shadows {
             crate::abort::drop_shadow(admin, s).await;

@@ -47,6 +47,10 @@ pub struct TableStatus {
     pub id_map_users: Option<i64>,
     /// Bytes of the job's id map, as recorded at its load.
     pub id_map_bytes: Option<i64>,
+    /// Whether the job's owner (and a cutover) is alive, and what to run
+    /// when it is not (see [`crate::resume`]); `None` for a finished job.
+    #[serde(flatten)]
+    pub liveness: Option<crate::resume::Liveness>,
 }
 
 /// Read every job and its slot.
@@ -64,8 +68,10 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
     } else {
         crate::lag::job_lags(client, None).await?
     };
+    let liveness = crate::resume::liveness(client, &jobs).await?;
     let mut out = Vec::with_capacity(jobs.len());
     for j in jobs {
+        let alive = liveness.get(&j.source).cloned();
         let (retained, active) = match &j.slot_name {
             Some(slot) => {
                 let row = client
@@ -119,6 +125,7 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
             updated_at: j.updated_at,
             id_map_users: j.id_map_users,
             id_map_bytes: j.id_map_bytes,
+            liveness: alive,
         });
     }
     Ok(out)
@@ -173,7 +180,11 @@ pub fn render(rows: &[TableStatus]) -> String {
     for r in rows {
         lines.push([
             r.table.clone(),
-            r.phase.clone(),
+            match &r.liveness {
+                Some(l) if !l.owner_alive => format!("{} (owner gone)", r.phase),
+                Some(l) if l.stuck_cutover => format!("{} (stuck)", r.phase),
+                _ => r.phase.clone(),
+            },
             rows_cell(r.rows_copied, r.rows_estimate),
             lag_cell(r.lag_bytes, r.lag_seconds),
             r.wal_retained_bytes
@@ -213,6 +224,7 @@ pub fn render(rows: &[TableStatus]) -> String {
         out.push('\n');
     }
     out.push_str(&id_map_lines(rows));
+    out.push_str(&crate::resume::render_liveness(rows));
     let finished = rows
         .iter()
         .filter(|r| matches!(r.phase.as_str(), "cut_over" | "aborted"))
@@ -306,6 +318,7 @@ mod tests {
             updated_at: "now".into(),
             id_map_users: None,
             id_map_bytes: None,
+            liveness: None,
         };
         let text = render(std::slice::from_ref(&row));
         let lines: Vec<&str> = text.lines().collect();

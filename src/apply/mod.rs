@@ -107,6 +107,12 @@
 //!   with the shadow transaction) would be lost. Changes of transactions that
 //!   did commit (a COMMIT whose answer was lost still counts, because the
 //!   position is read back from the state) are kept: those are not replayed.
+//! - **The map is durable, at the applied position.** With
+//!   [`Applier::persist_map_to`], every map change is also upserted into
+//!   the job's map table in the same shadow transaction that records
+//!   `applied_lsn` (a source transaction that only changes the parent opens
+//!   one too), so after a crash that table is the map exactly as of where the
+//!   stream resumes; a new owner loads it from there (see [`crate::resume`]).
 //! - **Pipelined, in order.** Row changes are sent without waiting for each
 //!   answer (up to [`MAX_IN_FLIGHT`] outstanding on the one apply session):
 //!   the server executes a session's requests strictly in the order they
@@ -260,6 +266,12 @@ pub struct Applier {
     map_undo: Vec<(Lsn, i64, Option<uuid::Uuid>)>,
     /// The source transaction being received (see [`txn`]).
     txn: TxnState,
+    /// The durable copy of the map (see [`Applier::persist_map_to`]) and
+    /// its prepared upsert.
+    durable_map: Option<(String, Option<Statement>)>,
+    /// Keys whose map entry changed in the open shadow transaction and
+    /// are not yet written to the durable map (see [`Applier::persist_dirty`]).
+    map_dirty: Vec<i64>,
 }
 
 impl Applier {
@@ -314,7 +326,95 @@ impl Applier {
             txn_final: applied,
             map_undo: Vec::new(),
             txn: TxnState::default(),
+            durable_map: None,
+            map_dirty: Vec::new(),
         })
+    }
+
+    /// Write every change of the map into `table` (columns `key`, `uuid`)
+    /// inside the shadow transaction that records the applied position, so
+    /// the table is the map as of `applied_lsn` after any crash (see
+    /// [`crate::resume`]).
+    pub fn persist_map_to(&mut self, table: &crate::pg::QualifiedName) {
+        self.durable_map = Some((table.quoted(), None));
+    }
+
+    /// Remember that `key`'s map entry changed in this shadow transaction
+    /// (only when the map is persisted).
+    fn mark_dirty(&mut self, key: i64) {
+        if self.durable_map.is_some() {
+            self.map_dirty.push(key);
+        }
+    }
+
+    /// Write the entries of the keys changed since the last call into the
+    /// durable map, as the in-memory map holds them now (an upsert, or a
+    /// delete of a key that left the map), pipelined in the open shadow
+    /// transaction (opened if need be: a source transaction that changed
+    /// only the parent still records its map change with its position).
+    /// Only the final state of each key matters, so the order is free.
+    async fn persist_dirty(&mut self) -> Result<(), Error> {
+        if self.map_dirty.is_empty() {
+            return Ok(());
+        }
+        let mut keys = std::mem::take(&mut self.map_dirty);
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let uuid = self.map.get(key);
+            self.persist_map_change(key, uuid).await?;
+        }
+        Ok(())
+    }
+
+    /// Send one durable-map change (`Some`: upsert, `None`: delete),
+    /// pipelined with the row changes of the open shadow transaction.
+    async fn persist_map_change(
+        &mut self,
+        key: i64,
+        uuid: Option<uuid::Uuid>,
+    ) -> Result<(), Error> {
+        let Some((table, stmt)) = self.durable_map.clone() else {
+            return Ok(());
+        };
+        self.begin().await?;
+        let stmt = match stmt {
+            Some(s) => s,
+            None => {
+                let text = format!(
+                    "WITH gone AS (DELETE FROM {table} WHERE key = $1 AND $2::uuid IS NULL)
+                     INSERT INTO {table} (key, uuid) SELECT $1, $2 WHERE $2::uuid IS NOT NULL
+                     ON CONFLICT (key) DO UPDATE SET uuid = EXCLUDED.uuid"
+                );
+                let s = match self.client.prepare(&text).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.settle().await?;
+                        return Err(Error::db(format!("prepare the change of {table}"))(e));
+                    }
+                };
+                self.durable_map = Some((table, Some(s.clone())));
+                s
+            }
+        };
+        let client = self.client.clone();
+        let mut answer: Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>> =
+            Box::pin(async move { client.execute(&stmt, &[&key, &uuid]).await });
+        let waker = futures_util::task::noop_waker();
+        let first = answer.as_mut().poll(&mut Context::from_waker(&waker));
+        self.in_flight.push_back(InFlight {
+            answer: match first {
+                Poll::Ready(r) => Box::pin(std::future::ready(r)),
+                Poll::Pending => answer,
+            },
+            oid: self.parent.oid,
+            lsn: self.cur_lsn,
+            must_hit: None,
+        });
+        while self.in_flight.len() > MAX_IN_FLIGHT {
+            self.settle_one().await?;
+        }
+        Ok(())
     }
 
     /// Counters so far.
@@ -358,6 +458,9 @@ impl Applier {
             LogicalMessage::Commit(c) => {
                 if !self.skipping {
                     self.resolve_at_commit(c.commit_lsn).await?;
+                    // The map as of this commit goes into the same shadow
+                    // transaction as the position that records it.
+                    self.persist_dirty().await?;
                 }
                 self.txn = TxnState::default();
                 self.stats.transactions += 1;
@@ -696,6 +799,7 @@ impl Applier {
         if let Some(uuid) = self.map.get(key) {
             self.map_undo.push((self.txn_final, key, Some(uuid)));
             self.map.remove(key);
+            self.mark_dirty(key);
             self.txn.delete(key, uuid);
         }
     }
@@ -704,6 +808,7 @@ impl Applier {
     fn map_set(&mut self, key: i64, uuid: uuid::Uuid) {
         self.map_undo.push((self.txn_final, key, self.map.get(key)));
         self.map.upsert(key, uuid);
+        self.mark_dirty(key);
     }
 
     /// `UPDATE shadow SET ref = new WHERE ref = old` for every reference
@@ -863,10 +968,12 @@ impl Applier {
             self.settle().await?;
             let end = self.last_end;
             crate::state::record_applied(self.client.as_ref(), self.job_id, end).await?;
+            crate::failpoint::hit("apply.before_commit");
             self.client
                 .batch_execute("COMMIT")
                 .await
                 .map_err(Error::db("commit a shadow transaction"))?;
+            crate::failpoint::hit("apply.after_commit");
             self.open_since = None;
             self.batch_changes = 0;
             self.stats.batches += 1;
@@ -896,6 +1003,8 @@ impl Applier {
 
     /// Roll back an open shadow transaction (after an error).
     pub async fn rollback(&mut self) {
+        // The durable map rolls back with the shadow transaction.
+        self.map_dirty.clear();
         // Answers of changes still in flight are not needed any more; the
         // server runs ROLLBACK after them.
         self.in_flight.clear();

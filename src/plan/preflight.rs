@@ -1005,7 +1005,7 @@ async fn server_table_checks(
         .get(0);
     if exists {
         out.push(Finding::new(Severity::Warning, "shadow_exists", format!(
-            "{} already exists (left by an earlier run?); rewrite resumes a registered job, otherwise run abort for {t} to remove it",
+            "{} already exists (left by an earlier run?); if `pg-rekey status` shows a job for {t} whose owner is gone, re-running the same rewrite resumes it; otherwise run `pg-rekey abort --table {t}` to remove it",
             detail.spec.shadow
         )).table(t));
     }

@@ -129,7 +129,7 @@ pub enum StateError {
         source: tokio_postgres::Error,
     },
     /// The table is already in a job.
-    #[error("{table} is already being rewritten (job {job_id}, phase {phase}, pid {owner}); wait for it, or run pg-rekey abort --table {table}")]
+    #[error("{table} is already being rewritten by a live process (job {job_id}, phase {phase}, owner {owner}, which holds the job's lock); wait for it, or run pg-rekey abort --table {table}")]
     AlreadyRegistered {
         /// The table.
         table: QualifiedName,
@@ -153,6 +153,14 @@ pub enum StateError {
     JobNotFound {
         /// The job.
         job_id: Uuid,
+    },
+    /// Another process took the job over (this one had lost its lock).
+    #[error("pg-rekey job {job_id} was taken over by {owner} while this process had lost its connection; stopping without applying more (the new owner continues)")]
+    OwnerChanged {
+        /// The job.
+        job_id: Uuid,
+        /// The new owner, `pid@host`.
+        owner: String,
     },
     /// The phase change is not allowed.
     #[error("{table} cannot go from phase {from} to {to}; run pg-rekey status, and abort the job if it is stuck")]
@@ -382,21 +390,47 @@ pub async fn record_progress<C: GenericClient>(
 /// Record the applied position of a job, inside the apply transaction that
 /// wrote the shadow rows up to it. Fails with [`StateError::JobNotFound`] when
 /// the job's rows are gone (aborted), which stops the apply before it commits.
+///
+/// Only the job's owner (`owner_pid`/`owner_host`, this process) may: a
+/// process that was taken over (`crate::resume::record_owner` changed the
+/// owner) while its apply session lived on fails with
+/// [`StateError::OwnerChanged`] and its shadow transaction rolls back. Under
+/// READ COMMITTED an UPDATE that waited for the take-over's row lock
+/// re-checks the owner on the new row, so there is no window in which two
+/// appliers both commit.
 pub async fn record_applied<C: GenericClient>(
     txn: &C,
     job_id: Uuid,
     lsn: Lsn,
 ) -> Result<(), StateError> {
+    let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
     let n = txn
         .execute(
             "UPDATE pgrekey.jobs SET applied_lsn = GREATEST(applied_lsn, $2), updated_at = now()
-             WHERE job_id = $1",
-            &[&job_id, &PgLsn::from(lsn.0)],
+             WHERE job_id = $1 AND owner_pid IS NOT DISTINCT FROM $3 AND owner_host IS NOT DISTINCT FROM $4",
+            &[&job_id, &PgLsn::from(lsn.0), &pid, &hostname()],
         )
         .await
         .map_err(db(format!("recording applied LSN {lsn} of job {job_id}")))?;
     if n == 0 {
-        return Err(StateError::JobNotFound { job_id });
+        let owner = txn
+            .query_opt(
+                "SELECT owner_pid, owner_host FROM pgrekey.jobs WHERE job_id = $1 LIMIT 1",
+                &[&job_id],
+            )
+            .await
+            .map_err(db(format!("reading the owner of job {job_id}")))?;
+        return Err(match owner {
+            Some(r) => StateError::OwnerChanged {
+                job_id,
+                owner: format!(
+                    "{}@{}",
+                    r.get::<_, Option<i32>>(0).unwrap_or_default(),
+                    r.get::<_, Option<String>>(1).unwrap_or_default()
+                ),
+            },
+            None => StateError::JobNotFound { job_id },
+        });
     }
     Ok(())
 }
@@ -627,7 +661,7 @@ pub async fn get_job<C: GenericClient>(
 }
 
 /// This machine's host name, for `owner_host` (empty when unknown).
-fn hostname() -> String {
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that
     // many bytes and we stop at the first NUL (or the end) ourselves.

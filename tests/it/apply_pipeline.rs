@@ -30,6 +30,7 @@ async fn an_update_that_finds_no_shadow_row_behind_many_changes_in_flight_stops_
         copy: Default::default(),
         copy_sessions: 1,
         throttle: Default::default(),
+        reconnect_timeout: std::time::Duration::from_secs(300),
     };
     let (_stop_tx, stop_rx) = watch::channel(false);
     let job = tokio::spawn(async move {

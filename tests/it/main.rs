@@ -24,6 +24,7 @@ mod operator;
 mod pgoutput;
 mod plan;
 mod replication;
+mod resume;
 mod rewrite;
 mod rewrite_scenarios;
 mod seed_alembic;

@@ -108,11 +108,17 @@
 //!   did commit (a COMMIT whose answer was lost still counts, because the
 //!   position is read back from the state) are kept: those are not replayed.
 //! - **The map is durable, at the applied position.** With
-//!   [`Applier::persist_map_to`], every map change is also upserted into
-//!   the job's map table in the same shadow transaction that records
-//!   `applied_lsn` (a source transaction that only changes the parent opens
-//!   one too), so after a crash that table is the map exactly as of where the
-//!   stream resumes; a new owner loads it from there (see [`crate::resume`]).
+//!   [`Applier::persist_map_to`], the keys whose entry a source transaction
+//!   changed are written to the job's map table at that transaction's
+//!   COMMIT — an upsert of the entry the map now holds, or a delete of a key
+//!   that left it (a parent deleted, or the old side of a key change) — in
+//!   the same shadow transaction that records `applied_lsn` (a source
+//!   transaction that only changes the parent opens one too). Only each
+//!   key's final state is written, which is all the table must hold. A
+//!   rolled-back shadow transaction takes its writes with it, as
+//!   [`Applier::revert_map_after`] takes the in-memory changes back. So after
+//!   a crash that table is the map exactly as of where the stream resumes; a
+//!   new owner loads it from there (see [`crate::resume`]).
 //! - **Pipelined, in order.** Row changes are sent without waiting for each
 //!   answer (up to [`MAX_IN_FLIGHT`] outstanding on the one apply session):
 //!   the server executes a session's requests strictly in the order they

@@ -122,6 +122,22 @@ async fn assert_both_translated(c: &Client) {
             "{table}: rows missing from / extra in the shadow"
         );
     }
+    // The durable id map (what a resumed job would load) is the parent as it
+    // is now: deletes, re-inserts and key changes included.
+    let jobs = pg_rekey::state::list_jobs(c).await.unwrap();
+    let map = pg_rekey::resume::map_table(jobs[0].job_id).quoted();
+    let differ: i64 = c
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM ((SELECT id, uuid FROM public.users EXCEPT SELECT key, uuid FROM {map})
+                  UNION ALL (SELECT key, uuid FROM {map} EXCEPT SELECT id, uuid FROM public.users)) d"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(differ, 0, "the durable id map equals the parent");
 }
 
 /// Rows of `table` whose reference to `users` is one of `ids`, counted in the

@@ -580,7 +580,7 @@ mod tests {
     fn one_by_one(t: &mut Table, ops: &[Op]) -> Result<(), String> {
         for (i, op) in ops.iter().enumerate() {
             let c = to_change(op, i as u64);
-            let n = run_set(t, &c.shape.clone(), &[c.clone()])?;
+            let n = run_set(t, &c.shape, std::slice::from_ref(&c))?;
             if n == 0 && c.shape != StatementShape::Insert {
                 return Err(format!("no row at {i}"));
             }

@@ -3,6 +3,7 @@
 mod support;
 
 mod apply_pipeline;
+mod apply_sets;
 mod carry;
 mod copy;
 mod cutover;

@@ -214,7 +214,13 @@ async fn generate(gens: Vec<Client>, changes: u64, seed: u64) {
 }
 
 /// The backlog part of a round: see the module docs.
-async fn backlog(c: &Client, spec: &ConnSpec, changes: u64, sessions: u64, n: u64) -> (u64, f64) {
+async fn backlog(
+    c: &Client,
+    spec: &ConnSpec,
+    changes: u64,
+    sessions: u64,
+    n: u64,
+) -> (u64, f64, f64, f64) {
     let txns_per_session = (changes / 3 / sessions).max(1);
     let total = txns_per_session * 3 * sessions;
     let locker = connect(spec, "bench locker").await.unwrap();
@@ -229,6 +235,8 @@ async fn backlog(c: &Client, spec: &ConnSpec, changes: u64, sessions: u64, n: u6
     generate(gens, total, 500_000 + n * 7).await;
     let ids = job_ids(c).await;
     let f = fence::emit(c, "bench-backlog").await.unwrap();
+    let postmaster = postmaster_pid(c).await;
+    let (cpu0, server0) = (proc_cpu(std::process::id()), server_cpu(postmaster));
     let released = Instant::now();
     locker.batch_execute("COMMIT").await.unwrap();
     assert!(
@@ -244,9 +252,13 @@ async fn backlog(c: &Client, spec: &ConnSpec, changes: u64, sessions: u64, n: u6
         "the job did not drain its backlog"
     );
     let drain = released.elapsed().as_secs_f64();
+    let tool_cpu = proc_cpu(std::process::id())
+        .zip(cpu0)
+        .map_or(0.0, |(b, a)| b - a);
+    let srv_cpu = server_cpu_delta(&server0, &server_cpu(postmaster));
     let (missing, extra) = compare(c).await;
     assert_eq!((missing, extra), (0, 0), "shadow differs from source");
-    (total, total as f64 / drain)
+    (total, total as f64 / drain, tool_cpu, srv_cpu)
 }
 
 async fn round(
@@ -330,7 +342,8 @@ async fn round(
     // Progress counters are refreshed by the job every 500 ms.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let applied_by_job = applied(progress) - applied_before;
-    let (backlog_changes, backlog_rate) = backlog(c, spec, changes, sessions, n).await;
+    let (backlog_changes, backlog_rate, drain_tool, drain_server) =
+        backlog(c, spec, changes, sessions, n).await;
     let r = Round {
         changes: total,
         generate_s: generated.as_secs_f64(),
@@ -349,7 +362,7 @@ async fn round(
         r.max_lag as f64 / 1e6,
     );
     println!(
-        "         cpu in the live part: tool {tool_cpu:.2} s, server {srv_cpu:.2} s | apply capacity: a backlog of {backlog_changes} changes drained at {:.0} changes/s | load {}",
+        "         cpu in the live part: tool {tool_cpu:.2} s, server {srv_cpu:.2} s | apply capacity: a backlog of {backlog_changes} changes drained at {:.0} changes/s, cpu tool {drain_tool:.2} s, server {drain_server:.2} s | load {}",
         r.backlog_rate,
         load_average()
     );

@@ -299,18 +299,20 @@ pub fn set_statement(spec: &TableSpec, shape: &StatementShape) -> String {
     };
     match shape {
         StatementShape::Insert => {
-            // The single INSERT's tail (column list, OVERRIDING, ON CONFLICT) is reused.
-            let single = super::sql::statement(spec, shape);
             let cols: Vec<usize> = spec.data_columns().map(|(i, _)| i).collect();
+            let names: Vec<String> = cols.iter().map(|&i| col(spec, i)).collect();
             let (from, exprs) = unnest(&cols);
-            let (head, rest) = single
-                .split_once(" VALUES (")
-                .expect("an INSERT has VALUES");
-            let conflict = rest
-                .split_once(") ON CONFLICT")
-                .map(|(_, c)| format!("ON CONFLICT{c}"))
-                .expect("an INSERT has ON CONFLICT");
-            format!("{head} SELECT {} FROM {from} {conflict}", exprs.join(", "))
+            let overriding = if spec.columns.iter().any(|c| c.identity == Some('a')) {
+                " OVERRIDING SYSTEM VALUE"
+            } else {
+                ""
+            };
+            format!(
+                "INSERT INTO {table} ({}){overriding} SELECT {} FROM {from} {}",
+                names.join(", "),
+                exprs.join(", "),
+                super::sql::on_conflict(spec, &cols)
+            )
         }
         StatementShape::Update { set, key } => {
             let all: Vec<usize> = set.iter().chain(key).copied().collect();

@@ -24,6 +24,18 @@
 //! position and the job's recorded applied position, sampled every 250 ms).
 //! The shadow is compared with the source (row count and a checksum of the
 //! translated rows) after each round.
+//!
+//! The live rate above cannot exceed the generator's. So each round then
+//! measures the apply on its own, from a backlog: a session locks the shadow
+//! (`LOCK … IN SHARE MODE` in an open transaction), the generator commits the
+//! same number of changes again (the job's first statement waits on the
+//! lock; the stream queues), a fence is written, the lock is released, and
+//! the drain is timed: backlog changes over the time from the release to the
+//! job's applied position passing the fence ("apply capacity").
+//!
+//! CPU: the tool's (this process, which runs the job) and the server's (every
+//! child of the cluster's postmaster alive at both ends of the round, which
+//! includes the generator sessions, the apply session and the walsender).
 
 use std::time::{Duration, Instant};
 
@@ -126,6 +138,127 @@ struct Round {
     apply_rate: f64,
     tail_ms: f64,
     max_lag: i64,
+    backlog_rate: f64,
+}
+
+/// CPU seconds (user + system) of process `pid`, from /proc.
+fn proc_cpu(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) and its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn proc_ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU seconds of every child of `postmaster`, by pid.
+fn server_cpu(postmaster: u32) -> std::collections::HashMap<u32, f64> {
+    let mut out = std::collections::HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if proc_ppid(pid) == Some(postmaster) {
+                if let Some(c) = proc_cpu(pid) {
+                    out.insert(pid, c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Server CPU used between two samples, by processes present in both.
+fn server_cpu_delta(
+    a: &std::collections::HashMap<u32, f64>,
+    b: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    b.iter()
+        .filter_map(|(p, cb)| a.get(p).map(|ca| cb - ca))
+        .sum()
+}
+
+async fn postmaster_pid(c: &Client) -> u32 {
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    proc_ppid(pid as u32).unwrap_or(0)
+}
+
+/// Commit `changes` changes from `sessions` generator sessions (already
+/// connected), waiting for all of them.
+async fn generate(gens: Vec<Client>, changes: u64, seed: u64) {
+    let txns_per_session = (changes / 3 / gens.len() as u64).max(1);
+    let mut tasks = Vec::new();
+    for (s, g) in gens.into_iter().enumerate() {
+        let sql = generator_sql(txns_per_session, s as u64 * 1_000 + seed);
+        tasks.push(tokio::spawn(async move {
+            g.batch_execute(&sql).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The backlog part of a round: see the module docs.
+async fn backlog(
+    c: &Client,
+    spec: &ConnSpec,
+    changes: u64,
+    sessions: u64,
+    n: u64,
+) -> (u64, f64, f64, f64) {
+    let txns_per_session = (changes / 3 / sessions).max(1);
+    let total = txns_per_session * 3 * sessions;
+    let locker = connect(spec, "bench locker").await.unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE _rekey_new_events IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut gens = Vec::new();
+    for _ in 0..sessions {
+        gens.push(connect(spec, "bench generator").await.unwrap());
+    }
+    generate(gens, total, 500_000 + n * 7).await;
+    let ids = job_ids(c).await;
+    let f = fence::emit(c, "bench-backlog").await.unwrap();
+    let postmaster = postmaster_pid(c).await;
+    let (cpu0, server0) = (proc_cpu(std::process::id()), server_cpu(postmaster));
+    let released = Instant::now();
+    locker.batch_execute("COMMIT").await.unwrap();
+    assert!(
+        fence::wait_drained_every(
+            c,
+            &ids,
+            f,
+            Instant::now() + Duration::from_secs(600),
+            Duration::from_millis(1)
+        )
+        .await
+        .unwrap(),
+        "the job did not drain its backlog"
+    );
+    let drain = released.elapsed().as_secs_f64();
+    let tool_cpu = proc_cpu(std::process::id())
+        .zip(cpu0)
+        .map_or(0.0, |(b, a)| b - a);
+    let srv_cpu = server_cpu_delta(&server0, &server_cpu(postmaster));
+    let (missing, extra) = compare(c).await;
+    assert_eq!((missing, extra), (0, 0), "shadow differs from source");
+    (total, total as f64 / drain, tool_cpu, srv_cpu)
 }
 
 async fn round(
@@ -139,13 +272,19 @@ async fn round(
     let txns_per_session = (changes / 3 / sessions).max(1);
     let total = txns_per_session * 3 * sessions;
     let applied_before = applied(progress);
+    let mut clients = Vec::new();
+    for _ in 0..sessions {
+        clients.push(connect(spec, "bench generator").await.unwrap());
+    }
+    let postmaster = postmaster_pid(c).await;
+    let (cpu0, server0) = (proc_cpu(std::process::id()), server_cpu(postmaster));
     let started = Instant::now();
     let mut gens = Vec::new();
-    for s in 0..sessions {
-        let g = connect(spec, "bench generator").await.unwrap();
-        let sql = generator_sql(txns_per_session, s * 1_000 + n * 7);
+    for (s, g) in clients.into_iter().enumerate() {
+        let sql = generator_sql(txns_per_session, s as u64 * 1_000 + n * 7);
         gens.push(tokio::spawn(async move {
             g.batch_execute(&sql).await.unwrap();
+            g
         }));
     }
     // Lag profile while generating.
@@ -161,8 +300,9 @@ async fn round(
         ));
         done = gens.iter().all(|g| g.is_finished());
     }
+    let mut alive = Vec::new();
     for g in gens {
-        g.await.unwrap();
+        alive.push(g.await.unwrap());
     }
     let generated = started.elapsed();
     let ids = job_ids(c).await;
@@ -192,18 +332,26 @@ async fn round(
     }
     let caught_up = started.elapsed();
     let tail = fenced.elapsed();
+    let tool_cpu = proc_cpu(std::process::id())
+        .zip(cpu0)
+        .map_or(0.0, |(b, a)| b - a);
+    let srv_cpu = server_cpu_delta(&server0, &server_cpu(postmaster));
+    drop(alive);
     let (missing, extra) = compare(c).await;
     assert_eq!((missing, extra), (0, 0), "shadow differs from source");
+    // Progress counters are refreshed by the job every 500 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let applied_by_job = applied(progress) - applied_before;
+    let (backlog_changes, backlog_rate, drain_tool, drain_server) =
+        backlog(c, spec, changes, sessions, n).await;
     let r = Round {
         changes: total,
         generate_s: generated.as_secs_f64(),
         apply_rate: total as f64 / caught_up.as_secs_f64(),
         tail_ms: tail.as_secs_f64() * 1000.0,
         max_lag: profile.iter().map(|p| p.1).max().unwrap_or(0),
+        backlog_rate,
     };
-    // Progress counters are refreshed by the job every 500 ms.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let applied_by_job = applied(progress) - applied_before;
     println!(
         "round {n}: {} changes in {:.2}s generated ({:.0}/s) | applied at {:.0} changes/s | tail after the generator {:.0} ms | max lag {:.1} MB | job counted {applied_by_job} changes | shadow = source",
         r.changes,
@@ -212,6 +360,11 @@ async fn round(
         r.apply_rate,
         r.tail_ms,
         r.max_lag as f64 / 1e6,
+    );
+    println!(
+        "         cpu in the live part: tool {tool_cpu:.2} s, server {srv_cpu:.2} s | apply capacity: a backlog of {backlog_changes} changes drained at {:.0} changes/s, cpu tool {drain_tool:.2} s, server {drain_server:.2} s | load {}",
+        r.backlog_rate,
+        load_average()
     );
     println!(
         "         profile (s: lag MB / changes applied): {}",
@@ -308,6 +461,14 @@ fn main() {
             rates[rates.len() - 1],
             rounds.iter().map(|r| r.tail_ms).fold(0.0, f64::max),
             rounds.iter().map(|r| r.max_lag).max().unwrap_or(0) as f64 / 1e6,
+        );
+        let mut caps: Vec<f64> = rounds.iter().map(|r| r.backlog_rate).collect();
+        caps.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "apply capacity (changes/s, draining a backlog): min {:.0}, median {:.0}, max {:.0}",
+            caps[0],
+            caps[caps.len() / 2],
+            caps[caps.len() - 1],
         );
         println!("load average at end: {}", load_average());
         let _ = stop_tx.send(true);

@@ -65,21 +65,7 @@ pub fn statement(spec: &TableSpec, shape: &StatementShape) -> String {
             } else {
                 ""
             };
-            let key: Vec<String> = spec.key.iter().map(|&i| col(spec, i)).collect();
-            let updates: Vec<String> = cols
-                .iter()
-                .filter(|i| !spec.key.contains(i))
-                .map(|&i| format!("{0} = EXCLUDED.{0}", col(spec, i)))
-                .collect();
-            let conflict = if updates.is_empty() {
-                format!("ON CONFLICT ({}) DO NOTHING", key.join(", "))
-            } else {
-                format!(
-                    "ON CONFLICT ({}) DO UPDATE SET {}",
-                    key.join(", "),
-                    updates.join(", ")
-                )
-            };
+            let conflict = on_conflict(spec, &cols);
             format!(
                 "INSERT INTO {table} ({}){overriding} VALUES ({}) {conflict}",
                 names.join(", "),
@@ -98,6 +84,27 @@ pub fn statement(spec: &TableSpec, shape: &StatementShape) -> String {
         StatementShape::Delete { key } => {
             format!("DELETE FROM {table} WHERE {}", where_clause(spec, key, 0))
         }
+    }
+}
+
+/// The `ON CONFLICT` clause of an insert of the data columns `cols`: the
+/// row is overwritten when its key exists (idempotent where copy and stream
+/// overlap).
+pub fn on_conflict(spec: &TableSpec, cols: &[usize]) -> String {
+    let key: Vec<String> = spec.key.iter().map(|&i| col(spec, i)).collect();
+    let updates: Vec<String> = cols
+        .iter()
+        .filter(|i| !spec.key.contains(i))
+        .map(|&i| format!("{0} = EXCLUDED.{0}", col(spec, i)))
+        .collect();
+    if updates.is_empty() {
+        format!("ON CONFLICT ({}) DO NOTHING", key.join(", "))
+    } else {
+        format!(
+            "ON CONFLICT ({}) DO UPDATE SET {}",
+            key.join(", "),
+            updates.join(", ")
+        )
     }
 }
 

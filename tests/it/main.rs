@@ -4,6 +4,7 @@ mod support;
 
 mod anykey;
 mod apply_pipeline;
+mod apply_sets;
 mod carry;
 mod connstr;
 mod copy;

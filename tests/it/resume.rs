@@ -633,3 +633,95 @@ async fn a_taken_over_applier_cannot_commit() {
         "only the owner's position counts"
     );
 }
+
+/// `pg_ctl restart -m fast` while the second table is being copied: the
+/// running process reconnects and goes on with the copy, keeping the first
+/// table's complete copy (same file) and copying the second again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_during_copy() {
+    crate::support::init_logging();
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(&ClusterOptions::default()))
+        .await
+        .unwrap()
+        .expect("start a cluster of this test's own");
+    let admin = connect(&cluster.spec("postgres")).await;
+    admin
+        .batch_execute("CREATE DATABASE restart_copy")
+        .await
+        .unwrap();
+    drop(admin);
+    let spec = cluster.spec("restart_copy");
+    let dsn = spec.to_dsn();
+    let c = connect(&spec).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    // Enough rows in the second table to restart the server while it copies.
+    c.batch_execute(
+        "INSERT INTO likes SELECT g, 1 + g % 50 FROM generate_series(1000001, 1800000) g; ANALYZE likes;",
+    )
+    .await
+    .unwrap();
+    let rewrite = spawn(&dsn, &rewrite_args(), None);
+    wait_for(
+        "the copy of likes to be under way, notes' copy complete",
+        Duration::from_secs(120),
+        || {
+            let c = &c;
+            async move {
+                let row = c
+                    .query_one(
+                        "SELECT (SELECT synced_lsn IS NOT NULL FROM pgrekey.jobs WHERE source_table = 'notes'),
+                                EXISTS (SELECT FROM pg_stat_progress_copy
+                                         WHERE relid = pg_catalog.to_regclass('_rekey_new_likes')
+                                           AND tuples_processed > 0)",
+                        &[],
+                    )
+                    .await
+                    .ok()?;
+                (row.get::<_, Option<bool>>(0) == Some(true) && row.get::<_, bool>(1)).then_some(())
+            }
+        },
+    )
+    .await;
+    let notes_before = shadow_storage(&c, "notes").await;
+    assert!(notes_before.is_some());
+    drop(c);
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart_fast().expect("pg_ctl restart -m fast");
+        cluster
+    })
+    .await
+    .unwrap();
+    let c = wait_for(
+        "the server to accept connections",
+        Duration::from_secs(60),
+        || {
+            let spec = spec.clone();
+            async move { pg_rekey::pg::connect(&spec, "test").await.ok() }
+        },
+    )
+    .await;
+    while_dead(&c).await;
+    resumed(&c).await;
+    assert_eq!(
+        shadow_storage(&c, "notes").await,
+        notes_before,
+        "notes was copied before the restart: not copied again"
+    );
+    writes(&c, 2).await;
+    let (code, out, err) = run(
+        &dsn,
+        &["cutover", "--table", "notes", "--table", "likes"],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = finish(rewrite).await;
+    assert_eq!(code, 0, "the rewrite survived the restart: {err}");
+    assert!(
+        err.contains("resuming an interrupted copy"),
+        "the copy was resumed, not finished before the restart: {err}"
+    );
+    assert_done(&c).await;
+    drop(c);
+    drop(cluster);
+}

@@ -43,7 +43,7 @@ async fn plan_rewrite_cutover_as_a_non_superuser() {
         .unwrap()
         .get(0);
     // Exactly what the README lists.
-    let mut grants = format!(
+    let grants = format!(
         "GRANT CREATE ON DATABASE {db} TO {ROLE}; GRANT CREATE ON SCHEMA public TO {ROLE};",
         db = admin_db.name
     );

@@ -46,3 +46,17 @@ ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS id_map_bytes bigint;
 -- process died) skips the changes its copy already holds. NULL while its
 -- copy is not complete; the slot's consistent point for a first copy.
 ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS synced_lsn pg_lsn;
+-- `pg-rekey prepare`: one row per uuid column it makes or completes; the
+-- backfill's cursor (every key below next_key is done), written in the
+-- transaction of each batch.
+CREATE TABLE IF NOT EXISTS pgrekey.prepare (
+    parent_schema text        NOT NULL,
+    parent_table  text        NOT NULL,
+    uuid_column   text        NOT NULL,
+    next_key      bigint      NOT NULL DEFAULT -9223372036854775808,
+    rows_filled   bigint      NOT NULL DEFAULT 0,
+    done          boolean     NOT NULL DEFAULT false,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (parent_schema, parent_table, uuid_column)
+);

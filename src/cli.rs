@@ -81,6 +81,13 @@ pub enum LogFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Make the parent's uuid column online: add it without a table
+    /// rewrite, backfill it in key-ordered batches (resumable), then NOT NULL
+    /// without a scan under lock and a unique index built concurrently.
+    /// Idempotent. Exit 0 prepared (or already), 1 gave up on a busy table or
+    /// stopped (run it again to go on), 2 error.
+    #[command(after_help = crate::cli_help::PREPARE)]
+    Prepare(PrepareArgs),
     /// Show what `rewrite` would do and every preflight finding.
     /// Exit 0 ready, 1 blockers found, 2 error.
     #[command(after_help = crate::cli_help::PLAN)]
@@ -178,6 +185,47 @@ pub struct PlanArgs {
     /// definition the cutover will give them (a warning), not as blockers.
     #[arg(long)]
     pub rewrite_dependents: bool,
+}
+
+/// `prepare`.
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// The parent table (its integer primary key orders the backfill).
+    #[arg(long, default_value = "users")]
+    pub parent: String,
+    /// The uuid column to add (or, with --column-exists, to complete).
+    #[arg(long, default_value = "uuid")]
+    pub uuid_column: String,
+    /// The column exists already (added by hand or by a failed migration):
+    /// complete it — values already in it are kept, NULLs get a uuid.
+    #[arg(long)]
+    pub column_exists: bool,
+    /// Rows per backfill batch (one transaction each).
+    #[arg(long, default_value_t = 10_000)]
+    pub batch_rows: i64,
+    /// How long one attempt at a step that takes ACCESS EXCLUSIVE waits
+    /// for the lock (the application queues behind it meanwhile).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "200ms")]
+    pub lock_timeout: Duration,
+    /// Attempts per such step before giving up.
+    #[arg(long, default_value_t = 10)]
+    pub attempts: u32,
+    /// Pause after the first failed attempt; doubles each time (capped at 10 s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
+    pub backoff: Duration,
+    /// Hold the backfill while a physical replica's replay lag exceeds this.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_replica_lag: Option<Duration>,
+    /// Hold the backfill while another replication slot retains more WAL
+    /// than this (e.g. 1GB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_slot_wal: Option<u64>,
+    /// How often a progress line is logged when stderr is not a terminal.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub progress_interval: Duration,
+    /// Machine-readable report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// When to cut over.

@@ -22,6 +22,13 @@ Examples:
   pg-rekey plan --parent users --uuid-column uuid_id
   pg-rekey plan --parent users --uuid-column uuid_id --table sessions --json";
 
+/// `prepare --help`.
+pub const PREPARE: &str = "\
+Examples:
+  pg-rekey prepare --parent users --uuid-column uuid_id
+  pg-rekey prepare --parent users --uuid-column uuid_id --batch-rows 5000 --max-replica-lag 30s
+  pg-rekey prepare --parent users --uuid-column uuid_id --column-exists   # complete a half-filled column";
+
 /// `rewrite --help`.
 pub const REWRITE: &str = "\
 Examples:

@@ -88,6 +88,7 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
 pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let dsn = cli.global.dsn.as_deref();
     match cli.command {
+        Command::Prepare(a) => prepare(dsn, a).await,
         Command::Plan(a) => plan(dsn, a).await,
         Command::Rewrite(a) => rewrite(dsn, cli.global.log_format, a).await,
         Command::Status(a) => status(dsn, a).await,
@@ -109,6 +110,41 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(0)
         }
     }
+}
+
+async fn prepare(dsn: Option<&str>, a: crate::cli::PrepareArgs) -> Result<ExitCode, Error> {
+    let spec = conn_spec(dsn)?;
+    let parent = QualifiedName::parse(&a.parent, "public")
+        .map_err(|e| Error::Config(format!("--parent: {e}")))?;
+    if a.batch_rows < 1 {
+        return Err(Error::Config(format!(
+            "--batch-rows {}: must be at least 1",
+            a.batch_rows
+        )));
+    }
+    let cfg = crate::prepare::PrepareConfig {
+        column_exists: a.column_exists,
+        batch_rows: a.batch_rows,
+        lock_timeout: a.lock_timeout,
+        attempts: a.attempts.max(1),
+        backoff: a.backoff,
+        throttle: crate::throttle::ThrottleLimits {
+            max_replica_lag: a.max_replica_lag,
+            max_slot_wal_bytes: a.max_slot_wal,
+            ..Default::default()
+        },
+        progress_interval: a.progress_interval,
+        ..crate::prepare::PrepareConfig::new(spec, parent, a.uuid_column)
+    };
+    let report = crate::prepare::run(&cfg, shutdown_signal()).await?;
+    if a.json {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        print(&format!("{text}\n"))?;
+    } else {
+        print(&report.to_string())?;
+    }
+    Ok(0)
 }
 
 async fn plan(dsn: Option<&str>, a: PlanArgs) -> Result<ExitCode, Error> {

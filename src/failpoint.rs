@@ -26,6 +26,7 @@ pub const NAMES: &[&str] = &[
     "apply.after_commit",
     "cutover.before_swap",
     "cutover.after_commit",
+    "prepare.after_batch",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -40,6 +40,7 @@ pub mod lag;
 pub mod metrics;
 pub mod pg;
 pub mod plan;
+pub mod prepare;
 pub mod progress;
 pub mod replication;
 pub mod resume;

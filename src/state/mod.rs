@@ -190,7 +190,8 @@ pub async fn ensure_schema(client: &Client) -> Result<(), StateError> {
         .query_one(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
                  WHERE attrelid = pg_catalog.to_regclass('pgrekey.jobs')
-                   AND attname = 'synced_lsn' AND NOT attisdropped)",
+                   AND attname = 'synced_lsn' AND NOT attisdropped)
+                AND pg_catalog.to_regclass('pgrekey.prepare') IS NOT NULL",
             &[],
         )
         .await

@@ -24,6 +24,7 @@ mod observe_rewrite;
 mod operator;
 mod pgoutput;
 mod plan;
+mod prepare;
 mod replication;
 mod resume;
 mod rewrite;

@@ -325,7 +325,7 @@ async fn dies_after_shadow_commit() {
 /// Every failpoint compiled in has a test here.
 #[test]
 fn every_failpoint_is_tested() {
-    let this = include_str!("resume.rs");
+    let this = concat!(include_str!("resume.rs"), include_str!("prepare.rs"));
     for name in pg_rekey::failpoint::NAMES {
         assert!(
             this.contains(&format!("(\"{name}\"")),

@@ -113,6 +113,7 @@ use crate::error::Error;
 use crate::pg::{self, ConnSpec, QualifiedName};
 use crate::plan::catalog::{self, TableDetail};
 use crate::plan::model::{ColumnSpec, IntKind, ParentSpec};
+use crate::quiesce;
 use crate::state::{self, JobRow, Phase};
 use crate::swap::{self, SwapNames, SwapSql};
 
@@ -129,7 +130,8 @@ pub struct CutoverConfig {
     pub max_hold: Duration,
     /// Attempts before giving up.
     pub attempts: u32,
-    /// First pause between attempts (doubles, capped at 10 s).
+    /// First pause between attempts (doubles, capped at 10 s: see
+    /// [`quiesce::backoff`]).
     pub backoff: Duration,
     /// Refuse to start an attempt while a job lags more than this.
     pub max_lag_bytes: u64,
@@ -359,7 +361,6 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         ids.dedup();
         ids
     };
-    let mut backoff = cfg.backoff;
     let lag_deadline = cfg.wait_for_lag.map(|w| Instant::now() + w);
     let mut last_lag = None;
     let mut holders = Vec::new();
@@ -405,10 +406,10 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         } else if let Some(veto) = before_cutover_hook(cfg, &job_ids, attempt, lag).await {
             report.attempts.push(veto);
         } else {
-            let mut session = pg::connect_cutover(&cfg.spec, "cutover-lock").await?;
+            let session = pg::connect_cutover(&cfg.spec, "cutover-lock").await?;
             let r = attempt_once(
                 cfg,
-                &mut session,
+                &session,
                 &fence_session,
                 &admin,
                 &targets,
@@ -471,8 +472,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             }
         }
         if attempt < cfg.attempts {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
+            tokio::time::sleep(quiesce::backoff(cfg.backoff, attempt)).await;
         }
     }
     if !report.swapped {
@@ -966,11 +966,13 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// One attempt. `Ok` carries the attempt's report (swapped or gave the locks
-/// back); `Err` a failure (transient ones are retried by the caller).
+/// back); `Err` a failure (transient ones are retried by the caller). The
+/// lock, fence, drain and the decision to give the locks back are
+/// [`crate::quiesce`]'s.
 #[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     cfg: &CutoverConfig,
-    session: &mut Client,
+    session: &Client,
     fence_session: &Client,
     admin: &Client,
     targets: &[Target],
@@ -1002,11 +1004,11 @@ async fn attempt_once(
             .batch_execute("SET plan_cache_mode = force_generic_plan; SET search_path = ''")
             .await
             .map_err(Error::db("configure the cutover session"))?;
-        let fingerprinter = swap::catalog::Fingerprinter::prepare(&*session)
+        let fingerprinter = swap::catalog::Fingerprinter::prepare(session)
             .await
             .map_err(Error::db("prepare the catalog fingerprint"))?;
         let prepared = prepare(
-            &*session,
+            session,
             &fingerprinter,
             targets,
             parent,
@@ -1014,10 +1016,18 @@ async fn attempt_once(
             cfg.rewrite_dependents,
         )
         .await?;
-        Ok::<_, Error>((fingerprinter, prepared))
+        let _ = lock_statements(session, targets, parent).await;
+        let _ = current_columns(session, targets, parent).await;
+        // Every lock the swap needs, in one fixed order (see `lock_statements`).
+        let locks = quiesce::LockSet {
+            sql: lock_statements(admin, targets, parent).await?,
+            what: "lock the source tables".into(),
+            gives_up_on: &[quiesce::LOCK_NOT_AVAILABLE],
+        };
+        Ok::<_, Error>((fingerprinter, prepared, locks))
     }
     .await;
-    let (fingerprinter, prepared) = match before {
+    let (fingerprinter, prepared, locks) = match before {
         Ok(p) => p,
         Err(e) => {
             return Err((
@@ -1026,51 +1036,25 @@ async fn attempt_once(
             ))
         }
     };
-    let _ = lock_statements(&*session, targets, parent).await;
-    let _ = current_columns(&*session, targets, parent).await;
-    let started = Instant::now();
-    let txn = session.transaction().await.map_err(|e| {
-        let e = Error::db("begin the swap transaction")(e);
-        (
-            report(started.elapsed(), None, format!("error: {e}"), &no_phases),
-            e,
-        )
-    })?;
-    txn.batch_execute(&format!(
-        "SET LOCAL lock_timeout = '{}ms'",
-        cfg.lock_timeout.as_millis().max(1)
-    ))
-    .await
-    .map_err(|e| {
-        let e = Error::db("set lock_timeout")(e);
-        (
-            report(started.elapsed(), None, format!("error: {e}"), &no_phases),
-            e,
-        )
-    })?;
-    // Every lock the swap needs, in one fixed order (see `lock_statements`).
-    let lock_sql = match lock_statements(admin, targets, parent).await {
-        Ok(l) => l,
+    let lock_requested = Instant::now();
+    let mut quiet = match quiesce::Attempt::lock(session, &locks, cfg.lock_timeout).await {
+        Ok(q) => q,
         Err(e) => {
-            let _ = txn.rollback().await;
             return Err((
-                report(started.elapsed(), None, format!("error: {e}"), &no_phases),
+                report(
+                    lock_requested.elapsed(),
+                    None,
+                    format!("error: {e}"),
+                    &no_phases,
+                ),
                 e,
-            ));
+            ))
         }
     };
-    let lock_requested = Instant::now();
-    if let Err(e) = txn.batch_execute(&lock_sql).await {
-        let wait = lock_requested.elapsed();
-        let _ = txn.rollback().await;
-        if e.as_db_error().is_some_and(|d| d.code().code() == "55P03") {
-            return Ok(report(wait, None, "lock_timeout".into(), &no_phases));
-        }
-        let e = Error::db("lock the source tables")(e);
-        return Err((report(wait, None, format!("error: {e}"), &no_phases), e));
-    }
-    let locked = Instant::now();
-    let wait = locked - lock_requested;
+    let wait = quiet.lock_wait();
+    let Some(locked) = quiet.granted() else {
+        return Ok(report(wait, None, "lock_timeout".into(), &no_phases));
+    };
     let mut phases = Phases::new(locked);
     let fail = |e: Error, phases: &Phases| {
         (
@@ -1081,20 +1065,24 @@ async fn attempt_once(
 
     // Drain to a fence, bounded by the hold budget.
     let token = format!("cutover-{}-{attempt}", Uuid::new_v4().simple());
-    let fence = match crate::fence::write(fence_session, &token).await {
+    let fence = quiesce::Fence {
+        session: fence_session,
+        prepared: true,
+        token: &token,
+    };
+    let lsn = match quiet.fence(&fence).await {
         Ok(f) => f,
-        Err(e) => {
-            let _ = txn.rollback().await;
-            return Err(fail(e, &phases));
-        }
+        Err(e) => return Err(fail(e, &phases)),
     };
     phases.mark("fence");
-    match crate::fence::wait_drained_every(admin, job_ids, fence, locked + cfg.max_hold, HELD_POLL)
-        .await
-    {
+    let drain = quiesce::Drain {
+        poll: admin,
+        job_ids,
+        max_pause: HELD_POLL,
+    };
+    match quiet.drain(&drain, lsn, cfg.max_hold).await {
         Ok(true) => {}
         Ok(false) => {
-            let _ = txn.rollback().await;
             phases.mark("drain");
             return Ok(report(
                 wait,
@@ -1103,16 +1091,13 @@ async fn attempt_once(
                 &phases,
             ));
         }
-        Err(e) => {
-            let _ = txn.rollback().await;
-            return Err(fail(e, &phases));
-        }
+        Err(e) => return Err(fail(e, &phases)),
     }
     phases.mark("drain");
 
-    let body = async {
-        // One round trip: lock the shadows, re-read the sources' columns, and
-        // fingerprint the catalog again. The server runs them in this order.
+    // One round trip: lock the shadows, re-read the sources' columns, and
+    // fingerprint the catalog again. The server runs them in this order.
+    let checks = async {
         let shadows = targets
             .iter()
             .map(|t| t.job.shadow.quoted())
@@ -1122,9 +1107,9 @@ async fn attempt_once(
             format!("SET LOCAL search_path = ''; LOCK TABLE {shadows} IN ACCESS EXCLUSIVE MODE");
         let pairs = pairs(targets);
         let (locked_shadows, columns, fingerprint) = futures_util::join!(
-            txn.batch_execute(&lock_shadows),
-            current_columns(&txn, targets, parent),
-            fingerprinter.take(&txn, &pairs),
+            session.batch_execute(&lock_shadows),
+            current_columns(session, targets, parent),
+            fingerprinter.take(session, &pairs),
         );
         locked_shadows.map_err(Error::db("lock the shadow tables"))?;
         // The columns must still be the ones the job planned (DDL under a
@@ -1133,83 +1118,89 @@ async fn attempt_once(
         check_columns(targets, columns?)?;
         let fingerprint = fingerprint.map_err(Error::db("fingerprint the catalog"))?;
         phases.mark("checks");
-        // Unchanged fingerprint: the swap built before the locks is the one
-        // a read now would build (see `swap::catalog::fingerprint`).
-        // Otherwise something changed in between: give the locks back and
-        // let the next attempt build the swap again.
         tracing::debug!(before = %prepared.fingerprint, under_lock = %fingerprint, "catalog fingerprints");
-        if fingerprint != prepared.fingerprint {
-            return Ok(None);
-        }
-        let swap = prepared.swap;
-        let old_names: Vec<QualifiedName> = targets
-            .iter()
-            .map(|t| QualifiedName::new(t.job.source.schema.clone(), t.names.old_table.clone()))
-            .collect();
-        // The state rows are written right behind the swap statements, in
-        // the same pipeline: if a swap statement fails, they fail too (the
-        // transaction is aborted) and the swap's error is the one reported.
-        let (swapped, recorded) = futures_util::join!(
-            swap::execute_swap(&txn, &swap),
-            futures_util::future::join_all(
-                targets
-                    .iter()
-                    .zip(&old_names)
-                    .map(|(t, old)| state::record_cutover(&txn, &t.job.source, old))
-            ),
-        );
-        swapped.map_err(swap_err)?;
-        for r in recorded {
-            r?;
-        }
-        phases.mark("swap_and_state");
-        Ok::<Option<SwapSql>, Error>(Some(swap))
+        Ok::<bool, Error>(fingerprint == prepared.fingerprint)
     }
     .await;
-    match body {
+    let unchanged = match checks {
+        Ok(u) => u,
         Err(e) => {
-            let _ = txn.rollback().await;
+            quiet.abandon().await;
             return Err(fail(e, &phases));
         }
-        Ok(None) => {
-            let _ = txn.rollback().await;
-            warn!(
-                attempt,
-                "the catalog changed since the swap was built (DDL on the tables or their dependents); \
-                 locks given back, the next attempt builds it again"
-            );
-            return Ok(report(
-                wait,
-                Some(locked.elapsed()),
-                CATALOG_CHANGED.into(),
-                &phases,
-            ));
-        }
-        Ok(Some(_)) => {}
+    };
+    // Unchanged fingerprint: the swap built before the locks is the one a
+    // read now would build (see `swap::catalog::fingerprint`). Otherwise
+    // something changed in between: the attempt gives the locks back and the
+    // next one builds the swap again.
+    if quiet.check(unchanged).await == quiesce::Outcome::CatalogChanged {
+        warn!(
+            attempt,
+            "the catalog changed since the swap was built (DDL on the tables or their dependents); \
+             locks given back, the next attempt builds it again"
+        );
+        return Ok(report(
+            wait,
+            Some(locked.elapsed()),
+            CATALOG_CHANGED.into(),
+            &phases,
+        ));
     }
+    let swap = prepared.swap;
+    let old_names: Vec<QualifiedName> = targets
+        .iter()
+        .map(|t| QualifiedName::new(t.job.source.schema.clone(), t.names.old_table.clone()))
+        .collect();
+    // The state rows are written right behind the swap statements, in the
+    // same pipeline: if a swap statement fails, they fail too (the
+    // transaction is aborted) and the swap's error is the one reported.
+    let (swapped, recorded) = futures_util::join!(
+        swap::execute_swap(session, &swap),
+        futures_util::future::join_all(
+            targets
+                .iter()
+                .zip(&old_names)
+                .map(|(t, old)| state::record_cutover(session, &t.job.source, old))
+        ),
+    );
+    let written = swapped.map_err(swap_err).and_then(|()| {
+        recorded
+            .into_iter()
+            .try_for_each(|r| r.map_err(Error::from))
+    });
+    if let Err(e) = written {
+        quiet.abandon().await;
+        return Err(fail(e, &phases));
+    }
+    phases.mark("swap_and_state");
     crate::failpoint::hit("cutover.before_swap");
-    if let Err(e) = txn.commit().await {
-        // Did the commit happen? Ask the catalog before anything else.
-        phases.mark("commit");
-        let h = locked.elapsed();
-        for t in targets {
-            if let Ok(Some(j)) = state::get_job(admin, &t.job.source).await {
-                if j.phase() == Some(Phase::CutOver) {
-                    return Ok(report(wait, Some(h), "swapped".into(), &phases));
+    // If the connection drops during COMMIT, ask the catalog before anything
+    // else whether the commit happened.
+    let (outcome, error) = quiet
+        .commit(|| async {
+            for t in targets {
+                if let Ok(Some(j)) = state::get_job(admin, &t.job.source).await {
+                    if j.phase() == Some(Phase::CutOver) {
+                        return true;
+                    }
                 }
             }
-        }
-        let e = Error::db("commit the swap")(e);
-        return Err((report(wait, Some(h), format!("error: {e}"), &phases), e));
-    }
+            false
+        })
+        .await;
     phases.mark("commit");
-    crate::failpoint::hit("cutover.after_commit");
-    Ok(report(
-        wait,
-        Some(locked.elapsed()),
-        "swapped".into(),
-        &phases,
-    ))
+    let hold = locked.elapsed();
+    if outcome == quiesce::Outcome::CommitLost {
+        let e = match error {
+            Some(e) => Error::db("commit the swap")(e),
+            None => Error::Precondition("the swap's commit was lost".into()),
+        };
+        return Err((report(wait, Some(hold), format!("error: {e}"), &phases), e));
+    }
+    if error.is_none() {
+        crate::failpoint::hit("cutover.after_commit");
+    }
+    Ok(report(wait, Some(hold), "swapped".into(), &phases))
 }
 
 /// The lock statements of an attempt: every lock the swap will need, taken

@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod pg;
 pub mod plan;
 pub mod progress;
+pub mod quiesce;
 pub mod replication;
 pub mod resume;
 pub mod rewrite;

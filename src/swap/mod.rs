@@ -81,7 +81,7 @@ pub mod sql;
 
 use std::time::Instant;
 
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient};
 
 use crate::error::chain;
 use crate::pg::{quote_ident, QualifiedName};
@@ -607,7 +607,10 @@ impl SwapSql {
 /// work instead of one round trip per statement. The server runs them in
 /// order; after the first failure every later one fails with 25P02
 /// (transaction aborted), so the first error in order is the real cause.
-pub async fn execute_swap(txn: &Transaction<'_>, swap: &SwapSql) -> Result<(), SwapError> {
+pub async fn execute_swap<C: GenericClient + Sync>(
+    txn: &C,
+    swap: &SwapSql,
+) -> Result<(), SwapError> {
     let started = Instant::now();
     let set_path = SwapStep {
         sql: "SET LOCAL search_path = ''".into(),

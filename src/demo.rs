@@ -1468,7 +1468,7 @@ mod tests {
             attempt: 1,
             lock_wait_ms: 0.4,
             lock_hold_ms: Some(23.1),
-            outcome: "swapped".into(),
+            outcome: crate::cutover::AttemptOutcome::Swapped,
             phases: vec![],
             lock_holders: vec![],
         });

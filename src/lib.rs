@@ -25,8 +25,6 @@ pub mod cli_help;
 pub mod commands;
 pub mod copy;
 pub mod cutover;
-pub mod cutover_finish;
-pub mod cutover_gate;
 pub mod ddl;
 pub mod demo;
 pub mod embedded;

@@ -97,11 +97,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Demo(a) => demo(dsn, a).await,
         Command::Soak(a) => soak(dsn, a).await,
         Command::Completions(a) => {
-            write_bytes(&crate::cli_help::completions(a.shell))?;
+            write_bytes(&crate::cli::help::completions(a.shell))?;
             Ok(0)
         }
         Command::Man => {
-            let page = crate::cli_help::man_page().map_err(|e| Error::Io {
+            let page = crate::cli::help::man_page().map_err(|e| Error::Io {
                 context: "render the manual page".into(),
                 source: e,
             })?;

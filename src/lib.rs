@@ -21,7 +21,6 @@
 pub mod abort;
 pub mod apply;
 pub mod cli;
-pub mod cli_help;
 pub mod commands;
 pub mod copy;
 pub mod cutover;

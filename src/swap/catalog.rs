@@ -561,33 +561,17 @@ pub async fn fingerprint<C: GenericClient + Sync>(
     Ok(fingerprint_of(&row))
 }
 
-/// What a swap of some source tables locks besides the sources and the
-/// parent (see [`super::sql::lock_sql`] for the order and the modes).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LockTargets {
-    /// The tables the sources' own foreign keys point at (outside the
-    /// sources): the new tables' keys will point at them.
-    pub referenced: Vec<QualifiedName>,
-    /// The tables whose foreign keys point at a source (outside the
-    /// sources): their keys are re-pointed.
-    pub referencing: Vec<QualifiedName>,
-    /// The views over the sources, directly or through other views: they
-    /// are dropped and re-created. Materialized views are not listed (they
-    /// cannot be named in `LOCK TABLE`; see [`super::sql::lock_sql`]).
-    pub views: Vec<QualifiedName>,
-}
-
-/// Read the [`LockTargets`] of the sources with these OIDs, each list in
+/// Read the [`super::LockTargets`] of the sources with these OIDs, each list in
 /// name order.
 pub async fn lock_targets<C: GenericClient + Sync>(
     client: &C,
     source_oids: &[u32],
-) -> Result<LockTargets, tokio_postgres::Error> {
+) -> Result<super::LockTargets, tokio_postgres::Error> {
     let name = |r: &Row| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1));
     let views = client.query(LOCK_VIEWS, &[&source_oids]).await?;
     let referencing = client.query(LOCK_REFERENCING, &[&source_oids]).await?;
     let referenced = client.query(LOCK_REFERENCED, &[&source_oids]).await?;
-    Ok(LockTargets {
+    Ok(super::LockTargets {
         referenced: referenced.iter().map(name).collect(),
         referencing: referencing.iter().map(name).collect(),
         views: views.iter().map(name).collect(),

@@ -594,6 +594,22 @@ impl SwapSql {
     }
 }
 
+/// What a swap of some source tables locks besides the sources and the
+/// parent (see [`sql::lock_sql`] for the order and the modes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockTargets {
+    /// The tables the sources' own foreign keys point at (outside the
+    /// sources): the new tables' keys will point at them.
+    pub referenced: Vec<QualifiedName>,
+    /// The tables whose foreign keys point at a source (outside the
+    /// sources): their keys are re-pointed.
+    pub referencing: Vec<QualifiedName>,
+    /// The views over the sources, directly or through other views: they
+    /// are dropped and re-created. Materialized views are not listed (they
+    /// cannot be named in `LOCK TABLE`; see [`sql::lock_sql`]).
+    pub views: Vec<QualifiedName>,
+}
+
 /// Run the swap statements in the caller's transaction (which holds the locks).
 ///
 /// `search_path` is set to `''` for the rest of the transaction so that no

@@ -1035,7 +1035,7 @@ fn view_steps(out: &mut Vec<SwapStep>, v: &View) {
 pub fn lock_sql(
     sources: &[QualifiedName],
     parent: &QualifiedName,
-    targets: &super::catalog::LockTargets,
+    targets: &super::LockTargets,
 ) -> String {
     let sources: Vec<String> = sources.iter().map(QualifiedName::quoted).collect();
     // 1. Tables the new foreign keys will point at (the parent included): SHARE ROW EXCLUSIVE.
@@ -1728,7 +1728,7 @@ mod tests {
 
     #[test]
     fn lock_sql_takes_referenced_then_referencing_and_views_then_sources() {
-        use super::super::catalog::LockTargets;
+        use super::super::LockTargets;
         let q = |n: &str| QualifiedName::new("public", n);
         let sources = [q("a"), q("b")];
         let targets = LockTargets {

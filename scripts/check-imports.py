@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Fail on import cycles between the modules of src/.
+
+Builds the module graph from the paths the code names — `use crate::a::…`,
+`crate::a::f(…)`, `use crate::{a, b::c}`, and `super::…` resolved against the
+file's own module — with comments left out, and reports every strongly
+connected component of more than one module.
+
+Levels checked:
+  * the top-level modules (`src/a.rs` or `src/a/…` is module `a`);
+  * the submodules of each folder module (`src/a/b.rs` and `src/a/b/…` are
+    `a::b`), among themselves.
+
+Usage: scripts/check-imports.py [--src DIR] [--verbose]
+Exit 0 when there is no cycle, 1 when there is (each printed with one
+file and line per arrow), 2 on bad usage.
+"""
+
+import argparse
+import os
+import re
+import sys
+from collections import defaultdict
+
+PATH = re.compile(r"\b((?:crate|super)(?:::(?:super|[A-Za-z_][A-Za-z0-9_]*))*)(::\{)?")
+
+
+def module_path(src, file):
+    """`src/a/b.rs` -> ['a', 'b']; `src/a/mod.rs` -> ['a']; lib.rs -> []."""
+    rel = os.path.relpath(file, src)[: -len(".rs")].split(os.sep)
+    if rel[-1] == "mod":
+        rel = rel[:-1]
+    if rel in (["lib"], ["main"]):
+        return []
+    return rel
+
+
+def strip_comments(text):
+    """Remove // and /* */ comments and string literals (keeps line count)."""
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            out.append("\n" * text.count("\n", i, j))
+            i = j
+        elif c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append('""' + "\n" * text.count("\n", i, j))
+            i = j + 1
+        elif c == "r" and re.match(r'r#*"', text[i:i + 10]) and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
+            m = re.match(r'r(#*)"', text[i:])
+            end = '"' + m.group(1)
+            j = text.find(end, i + len(m.group(0)))
+            j = n if j < 0 else j + len(end)
+            out.append('""' + "\n" * text.count("\n", i, j))
+            i = j
+        elif c == "'" and re.match(r"'(\\.|[^\\'])'", text[i:i + 4]):
+            m = re.match(r"'(\\.|[^\\'])'", text[i:])
+            out.append("' '")
+            i += len(m.group(0))
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def group_heads(text, start):
+    """The first segment of each path in a `{…}` group starting at `start`."""
+    depth, i, heads, cur = 1, start, [], ""
+    expect_head = True
+    while i < len(text) and depth:
+        c = text[i]
+        if c == "{":
+            depth += 1
+            expect_head = False
+        elif c == "}":
+            depth -= 1
+        elif c == "," and depth == 1:
+            expect_head = True
+            cur = ""
+        elif depth == 1 and expect_head:
+            if c.isalnum() or c == "_":
+                cur += c
+            elif cur:
+                heads.append(cur)
+                expect_head = False
+        i += 1
+    if cur and expect_head:
+        heads.append(cur)
+    return heads
+
+
+def targets(own, text):
+    """(line, absolute module path) for every crate/super path in `text`."""
+    for m in PATH.finditer(text):
+        parts = m.group(1).split("::")
+        line = text.count("\n", 0, m.start()) + 1
+        if parts[0] == "crate":
+            base, rest = [], parts[1:]
+        else:
+            base = list(own)
+            rest = parts
+            while rest and rest[0] == "super":
+                base = base[:-1]
+                rest = rest[1:]
+        if m.group(2):
+            for head in group_heads(text, m.end()):
+                if head != "self":
+                    yield line, base + rest + [head]
+                else:
+                    yield line, base + rest
+        else:
+            yield line, base + rest
+
+
+def sccs(nodes, edges):
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            out.append(sorted(comp))
+
+    for v in sorted(nodes):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--src", default=os.path.join(os.path.dirname(__file__), "..", "src"))
+    ap.add_argument("--verbose", action="store_true", help="print the whole graph")
+    args = ap.parse_args()
+    src = os.path.normpath(args.src)
+    files = []
+    for root, _, names in os.walk(src):
+        files += [os.path.join(root, f) for f in names if f.endswith(".rs")]
+    modules = {tuple(module_path(src, f)) for f in files}
+    # (level prefix) -> graph among the children of that prefix
+    graphs = defaultdict(lambda: defaultdict(dict))
+    for f in sorted(files):
+        own = module_path(src, f)
+        if not own:
+            continue
+        text = strip_comments(open(f, encoding="utf-8").read())
+        for line, path in targets(own, text):
+            # the longest prefix of `path` that is a module
+            while path and tuple(path) not in modules:
+                path = path[:-1]
+            if not path:
+                continue
+            # compare at each level where the two paths share a parent
+            for depth in range(min(len(own), len(path))):
+                if own[:depth] != path[:depth]:
+                    break
+                a, b = own[depth], path[depth]
+                if a != b:
+                    where = f"{os.path.relpath(f, os.path.dirname(src))}:{line}"
+                    graphs[tuple(own[:depth])][a].setdefault(b, where)
+                    break
+    cycles = 0
+    for prefix in sorted(graphs):
+        g = graphs[prefix]
+        nodes = set(g) | {b for a in g for b in g[a]}
+        edges = defaultdict(set, {a: set(g[a]) for a in g})
+        label = "::".join(prefix) or "crate"
+        if args.verbose:
+            for a in sorted(g):
+                print(f"{label}: {a} -> {', '.join(sorted(g[a]))}")
+        for comp in sccs(nodes, edges):
+            if len(comp) < 2:
+                continue
+            cycles += 1
+            print(f"cycle in {label}: {' <-> '.join(comp)}")
+            for a in comp:
+                for b in sorted(g.get(a, {})):
+                    if b in comp:
+                        print(f"    {a} -> {b}   ({g[a][b]})")
+    if cycles:
+        print(f"{cycles} import cycle(s)")
+        return 1
+    print("no import cycles")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,6 +4,7 @@
 pub mod conn;
 pub mod ident;
 pub mod lsn;
+pub mod spec;
 pub mod tls;
 
 pub use conn::{ConnSpec, Host};

@@ -25,7 +25,7 @@
 //! - **Simple-query commands** (the only protocol a walsender speaks):
 //!   `IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT`, `DROP_REPLICATION_SLOT`,
 //!   `SHOW`, plain SQL, and `START_REPLICATION`, which turns the connection
-//!   into a [`LogicalStream`].
+//!   into a [`LogicalStream`](super::stream::LogicalStream).
 //!
 //! Messages are framed by hand with [`Header::parse`]: `backend::Message`
 //! does not know CopyBothResponse (`'W'`), and owning the framing also means
@@ -54,7 +54,6 @@ use postgres_protocol::message::backend::Header;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::stream::{LogicalStream, StartOptions};
 use super::ReplicationError;
 use crate::pg::conn::TargetSessionAttrs;
 use crate::pg::tls::{ChannelBindingMode, SslMode, SslNegotiation};
@@ -276,6 +275,31 @@ pub fn fix_for(code: &str, message: &str) -> Option<String> {
         _ => return None,
     };
     Some(fix.to_string())
+}
+
+/// Options for `START_REPLICATION` and the stream.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// pgoutput `proto_version` (1 is supported by every server since 10).
+    pub proto_version: u32,
+    /// Ask for logical decoding messages (`messages 'true'`; the option
+    /// exists on 14+, so set this to false on 13).
+    pub messages: bool,
+    /// Events buffered between the reader and the consumer.
+    pub buffer: usize,
+    /// Status update interval; default a third of `wal_sender_timeout`.
+    pub status_interval: Option<Duration>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            proto_version: 1,
+            messages: true,
+            buffer: 1024,
+            status_interval: None,
+        }
+    }
 }
 
 /// What `CREATE_REPLICATION_SLOT` does with the slot's snapshot.
@@ -954,23 +978,20 @@ impl ReplicationClient {
         Ok(())
     }
 
-    /// `START_REPLICATION SLOT slot LOGICAL start (proto_version '1',
-    /// publication_names '…', messages 'true')` and hand the connection to a
-    /// [`LogicalStream`].
-    ///
-    /// Before starting, `SHOW wal_sender_timeout` fixes the status interval
-    /// and the slot's `confirmed_flush_lsn` is read: the server starts from
-    /// the later of the two positions, and the stream's initial reported
-    /// position is that one (so feedback never moves the slot backwards).
-    pub async fn start_replication(
-        mut self,
+    /// Send `START_REPLICATION` (see [`super::stream`]'s
+    /// `ReplicationClient::start_replication`, which hands the connection to
+    /// a stream) and wait for CopyBothResponse. Returns the position the
+    /// server starts from (the later of `start` and the slot's
+    /// `confirmed_flush_lsn`) and `wal_sender_timeout`.
+    pub(crate) async fn start_copy_both(
+        &mut self,
         slot: &str,
         start: Lsn,
         publications: &[String],
-        options: StartOptions,
-    ) -> Result<LogicalStream, ReplicationError> {
+        options: &StartOptions,
+    ) -> Result<(Lsn, Option<Duration>), ReplicationError> {
         validate_slot_name(slot)?;
-        let sql = start_replication_sql(slot, start, publications, &options)?;
+        let sql = start_replication_sql(slot, start, publications, options)?;
         let timeout = parse_pg_interval(&self.show("wal_sender_timeout").await?);
         let rows = self
             .simple_query(&format!(
@@ -1004,13 +1025,7 @@ impl ReplicationClient {
             }
         }
         tracing::debug!(slot, start = %effective, publications = %publications.join(","), wal_sender_timeout = %timeout.map(crate::progress::format_duration).unwrap_or_else(|| "off".into()), "logical replication started");
-        Ok(LogicalStream::spawn(
-            self,
-            slot.to_string(),
-            effective,
-            timeout,
-            options,
-        ))
+        Ok((effective, timeout))
     }
 
     /// Take the connection apart for streaming: framed reader (with any

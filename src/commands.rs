@@ -205,7 +205,13 @@ async fn rewrite(
     let shutdown = shutdown_signal();
     let auto = (a.cutover == crate::cli::CutoverMode::Auto).then(|| {
         tokio::spawn(crate::cutover::auto(
-            auto_cutover_config(&cfg, &a.lock, &a.hooks, a.rewrite_dependents),
+            cutover_config(
+                cfg.spec.clone(),
+                cfg.tables.clone(),
+                &a.lock,
+                &a.hooks,
+                a.rewrite_dependents,
+            ),
             shutdown.clone(),
         ))
     });
@@ -465,20 +471,18 @@ async fn abort(dsn: Option<&str>, a: AbortArgs) -> Result<ExitCode, Error> {
 
 async fn cutover(dsn: Option<&str>, a: CutoverArgs) -> Result<ExitCode, Error> {
     let cfg = crate::cutover::CutoverConfig {
-        spec: conn_spec(dsn)?,
-        tables: parse_tables(&a.tables)?,
-        lock_timeout: a.lock.lock_timeout,
-        max_hold: a.lock.max_hold,
-        attempts: a.lock.attempts,
-        backoff: a.lock.backoff,
-        max_lag_bytes: a.lock.max_lag_bytes,
         wait_for_lag: a.wait_for_lag,
-        hooks: hooks(&a.hooks),
         dry_run: a.dry_run,
         skip_verify: a.skip_verify,
-        verify_chunk_rows: 10_000,
-        rewrite_dependents: a.rewrite_dependents,
+        ..cutover_config(
+            conn_spec(dsn)?,
+            parse_tables(&a.tables)?,
+            &a.lock,
+            &a.hooks,
+            a.rewrite_dependents,
+        )
     };
+    cfg.validate()?;
     crate::guide::require_tables(&pg::connect(&cfg.spec, "cutover-check").await?, &cfg.tables)
         .await?;
     if !cfg.dry_run && !a.yes && crate::guide::interactive() {
@@ -615,27 +619,26 @@ pub async fn verify(dsn: Option<&str>, a: VerifyArgs) -> Result<ExitCode, Error>
     Ok(report.exit_code())
 }
 
-/// The cutover that `rewrite --cutover auto` runs.
-fn auto_cutover_config(
-    cfg: &crate::rewrite::RewriteConfig,
+/// The one place a cutover's configuration is built from arguments (by
+/// `cutover`, and by `rewrite --cutover auto` with the rewrite's tables):
+/// [`crate::cutover::CutoverConfig::new`]'s defaults, the lock budget, the
+/// hooks. `cutover` adds its own flags on top.
+fn cutover_config(
+    spec: crate::pg::ConnSpec,
+    tables: Vec<crate::pg::QualifiedName>,
     lock: &crate::cli::LockArgs,
     hook_args: &crate::cli::HookArgs,
     rewrite_dependents: bool,
 ) -> crate::cutover::CutoverConfig {
     crate::cutover::CutoverConfig {
-        spec: cfg.spec.clone(),
-        tables: cfg.tables.clone(),
         lock_timeout: lock.lock_timeout,
         max_hold: lock.max_hold,
         attempts: lock.attempts,
         backoff: lock.backoff,
         max_lag_bytes: lock.max_lag_bytes,
-        wait_for_lag: None,
         hooks: hooks(hook_args),
-        dry_run: false,
-        skip_verify: false,
-        verify_chunk_rows: 10_000,
         rewrite_dependents,
+        ..crate::cutover::CutoverConfig::new(spec, tables)
     }
 }
 
@@ -690,4 +693,40 @@ fn print_summary(summary: &crate::demo::DemoSummary, json: bool) -> Result<ExitC
         print(&format!("{summary}\n"))?;
     }
     Ok(if summary.passed() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    /// The command line's defaults are the ones the libraries define (the
+    /// durations and sizes are written as text for `--help`).
+    #[test]
+    fn command_line_defaults_are_the_library_defaults() {
+        let c = Cli::try_parse_from(["pg-rekey", "cutover", "--table", "t"]).unwrap();
+        let Command::Cutover(a) = c.command else {
+            panic!("not cutover")
+        };
+        let lib = crate::cutover::CutoverConfig::new(
+            crate::pg::ConnSpec::parse("host=h dbname=d").unwrap(),
+            vec![],
+        );
+        assert_eq!(a.lock.lock_timeout, lib.lock_timeout);
+        assert_eq!(a.lock.max_hold, lib.max_hold);
+        assert_eq!(a.lock.attempts, lib.attempts);
+        assert_eq!(a.lock.backoff, lib.backoff);
+        assert_eq!(a.lock.max_lag_bytes, lib.max_lag_bytes);
+        let c = Cli::try_parse_from(["pg-rekey", "verify", "--table", "t"]).unwrap();
+        let Command::Verify(v) = c.command else {
+            panic!("not verify")
+        };
+        let lib = crate::verify::RunOptions::default();
+        assert_eq!(v.lock_timeout, lib.lock_timeout);
+        assert_eq!(v.max_hold, lib.max_hold);
+        assert_eq!(v.attempts, lib.attempts);
+        assert_eq!(v.backoff, lib.backoff);
+        assert_eq!(v.chunk_rows, lib.compare.chunk_rows);
+    }
 }

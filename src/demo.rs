@@ -1275,21 +1275,11 @@ async fn rewrite_ended_early(running: &mut Running) -> Option<Error> {
 
 fn cutover_config(spec: &ConnSpec, tables: &[QualifiedName]) -> CutoverConfig {
     CutoverConfig {
-        spec: spec.clone(),
-        tables: tables.to_vec(),
-        lock_timeout: Duration::from_millis(200),
-        max_hold: Duration::from_secs(2),
-        attempts: 10,
         backoff: Duration::from_millis(100),
-        max_lag_bytes: 16 * 1024 * 1024,
-        wait_for_lag: None,
-        hooks: Default::default(),
-        dry_run: false,
         // The scenario runs the same verify just before (to report it) and
         // compares old against new itself, exactly at the swap.
         skip_verify: true,
-        verify_chunk_rows: verify::DEFAULT_CHUNK_ROWS,
-        rewrite_dependents: false,
+        ..CutoverConfig::new(spec.clone(), tables.to_vec())
     }
 }
 

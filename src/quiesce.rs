@@ -57,6 +57,15 @@ use crate::pg::Lsn;
 /// Longest pause between two attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// Default lock wait of one attempt (`--lock-timeout`), verify's and cutover's.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Default hold budget of one attempt (`--max-hold`), verify's and cutover's.
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(2);
+
+/// Default first pause between attempts (`--backoff`), verify's and cutover's.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
+
 /// SQLSTATE `lock_not_available`: `lock_timeout` ran out.
 pub const LOCK_NOT_AVAILABLE: &str = "55P03";
 

@@ -175,12 +175,49 @@ pub struct CutoverConfig {
     pub rewrite_dependents: bool,
 }
 
+/// Default `--attempts` of a cutover.
+pub const DEFAULT_ATTEMPTS: u32 = 10;
+
+/// Default `--max-lag-bytes` of a cutover.
+pub const DEFAULT_MAX_LAG_BYTES: u64 = 16 * 1024 * 1024;
+
+impl CutoverConfig {
+    /// A cutover of `tables` with every default — the command line's
+    /// (`cli::LockArgs`, checked against these by a test in `commands`): the
+    /// lock budget of [`quiesce`], [`DEFAULT_ATTEMPTS`],
+    /// [`DEFAULT_MAX_LAG_BYTES`], verify before the swap in chunks of
+    /// [`crate::verify::DEFAULT_CHUNK_ROWS`], no hooks, no dry run.
+    pub fn new(spec: ConnSpec, tables: Vec<QualifiedName>) -> CutoverConfig {
+        CutoverConfig {
+            spec,
+            tables,
+            lock_timeout: quiesce::DEFAULT_LOCK_TIMEOUT,
+            max_hold: quiesce::DEFAULT_MAX_HOLD,
+            attempts: DEFAULT_ATTEMPTS,
+            backoff: quiesce::DEFAULT_BACKOFF,
+            max_lag_bytes: DEFAULT_MAX_LAG_BYTES,
+            wait_for_lag: None,
+            hooks: Default::default(),
+            dry_run: false,
+            skip_verify: false,
+            verify_chunk_rows: crate::verify::DEFAULT_CHUNK_ROWS,
+            rewrite_dependents: false,
+        }
+    }
+
+    /// Refuse what no cutover can run with, before any session is opened.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.tables.is_empty() {
+            return Err(Error::Config("cutover needs at least one --table".into()));
+        }
+        Ok(())
+    }
+}
+
 /// Run a cutover. `Ok` with `swapped: false` means it gave up with the
 /// sources untouched and still streaming.
 pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
-    if cfg.tables.is_empty() {
-        return Err(Error::Config("cutover needs at least one --table".into()));
-    }
+    cfg.validate()?;
     let admin = pg::connect_cutover(&cfg.spec, "cutover-admin").await?;
     let mut report = CutoverReport::default();
     let jobs = targets::load_jobs(&admin, &cfg.tables).await?;

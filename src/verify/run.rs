@@ -195,11 +195,11 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             compare: VerifyOptions::default(),
-            lock_timeout: Duration::from_millis(200),
-            max_hold: Duration::from_secs(2),
+            lock_timeout: quiesce::DEFAULT_LOCK_TIMEOUT,
+            max_hold: quiesce::DEFAULT_MAX_HOLD,
             attempts: 5,
             lock_set: DEFAULT_LOCK_SET,
-            backoff: Duration::from_millis(500),
+            backoff: quiesce::DEFAULT_BACKOFF,
             catch_up_timeout: Duration::from_secs(60),
             parent: None,
         }

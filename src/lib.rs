@@ -49,6 +49,7 @@ pub mod step_progress;
 pub mod swap;
 pub mod telemetry;
 pub mod throttle;
+pub mod units;
 pub mod verify;
 pub mod workload;
 

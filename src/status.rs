@@ -132,7 +132,7 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
 }
 
 fn human_bytes(b: i64) -> String {
-    crate::progress::format_bytes(u64::try_from(b).unwrap_or(0))
+    crate::units::format_bytes(u64::try_from(b).unwrap_or(0))
 }
 
 /// The lag as the progress bar shows it: bytes, and time when known.
@@ -143,7 +143,7 @@ fn lag_cell(bytes: Option<i64>, seconds: Option<f64>) -> String {
         (Some(b), Some(s)) => format!(
             "{} / {}",
             human_bytes(b),
-            crate::progress::format_duration(
+            crate::units::format_duration(
                 std::time::Duration::try_from_secs_f64(s).unwrap_or_default()
             )
         ),

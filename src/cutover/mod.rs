@@ -357,8 +357,8 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             let r = AttemptReport::not_started(attempt, AttemptOutcome::LagAboveLimit);
             warn!(
                 attempt,
-                lag = %crate::progress::format_bytes(lag),
-                max_lag = %crate::progress::format_bytes(cfg.max_lag_bytes),
+                lag = %crate::units::format_bytes(lag),
+                max_lag = %crate::units::format_bytes(cfg.max_lag_bytes),
                 "not attempting: the jobs are too far behind"
             );
             report.attempts.push(r);

@@ -261,7 +261,7 @@ pub fn fix_for(code: &str, message: &str) -> Option<String> {
     let m = message.to_ascii_lowercase();
     let fix = match code {
         "28P01" => "check the password in --dsn, PGPASSWORD or ~/.pgpass",
-        "28000" if m.contains("pg_hba") => crate::error::hba_hint(message),
+        "28000" if m.contains("pg_hba") => crate::pg::diag::hba_hint(message),
         "42501" if m.contains("replication") || m.contains("wal sender") || m.contains("walsender") => "give the role the REPLICATION attribute (ALTER ROLE … REPLICATION; on Amazon RDS GRANT rds_replication) or connect as a role that has it",
         "55000" if m.contains("wal_level") => "set wal_level = logical (ALTER SYSTEM SET wal_level = logical) and restart the server",
         "53400" if m.contains("replication slot") => "drop unused slots (see pg_replication_slots) or raise max_replication_slots and restart the server",
@@ -1024,7 +1024,7 @@ impl ReplicationClient {
                 other => self.common(other, &f.body)?,
             }
         }
-        tracing::debug!(slot, start = %effective, publications = %publications.join(","), wal_sender_timeout = %timeout.map(crate::progress::format_duration).unwrap_or_else(|| "off".into()), "logical replication started");
+        tracing::debug!(slot, start = %effective, publications = %publications.join(","), wal_sender_timeout = %timeout.map(crate::units::format_duration).unwrap_or_else(|| "off".into()), "logical replication started");
         Ok((effective, timeout))
     }
 

@@ -83,7 +83,7 @@ use std::time::Instant;
 
 use tokio_postgres::{Client, GenericClient};
 
-use crate::error::chain;
+use crate::pg::diag::chain;
 use crate::pg::{quote_ident, QualifiedName};
 
 pub use catalog::load_dependents;
@@ -190,7 +190,7 @@ pub enum SwapError {
 /// them after the wrong thing. No SQLSTATE means no server error: the
 /// connection broke.
 fn statement_advice(sqlstate: Option<&str>, object: &str) -> String {
-    if sqlstate.is_none_or(crate::error::is_transient_sqlstate) {
+    if sqlstate.is_none_or(crate::pg::diag::is_transient_sqlstate) {
         format!("the transaction is rolled back and the sources are untouched; another session held a lock on {object} or the connection failed — retry the cutover")
     } else {
         format!("roll back (the sources are untouched) and fix {object} so it works with uuid references, or drop it before cutover")
@@ -210,10 +210,10 @@ impl SwapError {
     }
 
     /// Whether the same swap may succeed if retried (lock timeout, deadlock,
-    /// dropped connection); see [`crate::error::is_transient_sqlstate`].
+    /// dropped connection); see [`crate::pg::diag::is_transient_sqlstate`].
     pub fn is_transient(&self) -> bool {
         self.sqlstate()
-            .is_some_and(crate::error::is_transient_sqlstate)
+            .is_some_and(crate::pg::diag::is_transient_sqlstate)
     }
 }
 

@@ -35,6 +35,7 @@ pub mod hooks;
 pub mod idmap;
 pub mod lag;
 pub mod metrics;
+pub mod naming;
 pub mod pg;
 pub mod plan;
 pub mod progress;

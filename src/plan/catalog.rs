@@ -459,7 +459,7 @@ async fn with_empty_search_path<T>(
 }
 
 /// Load one table: the shared [`TableSpec`] (its shadow name from
-/// [`crate::ddl::shadow_name`]) and every detail the shadow DDL needs.
+/// [`crate::naming::shadow_name`]) and every detail the shadow DDL needs.
 ///
 /// Fails when the table does not exist, is not a table, or has neither a primary
 /// key nor a replica identity index.
@@ -683,7 +683,7 @@ async fn load_table_inner(
         spec: TableSpec {
             source: table.clone(),
             oid,
-            shadow: crate::ddl::shadow_name(table),
+            shadow: crate::naming::shadow_name(table),
             columns: specs,
             key,
         },

@@ -89,9 +89,9 @@ use crate::pg::{quote_ident, QualifiedName};
 pub use catalog::load_dependents;
 pub use sql::{swap_sql, swap_sql_many};
 
-pub use crate::ddl::MAX_IDENT_BYTES;
+pub use crate::naming::MAX_IDENT_BYTES;
 
-pub use crate::ddl::OLD_PREFIX;
+pub use crate::naming::OLD_PREFIX;
 
 /// Publications whose name starts with this are pg-rekey's own and are not
 /// carried to the new table.
@@ -556,7 +556,7 @@ pub fn old_object_name(name: &str) -> String {
     derived_name(OLD_PREFIX, name)
 }
 
-pub use crate::ddl::derived_name;
+pub use crate::naming::derived_name;
 
 /// A constraint to validate after commit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

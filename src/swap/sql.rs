@@ -88,7 +88,7 @@ pub fn constraint_key(contype: &str, definition: &str) -> String {
 ///
 /// **By construction first.** The shadow DDL ([`crate::ddl`]) names the
 /// shadow's index or index-backed constraint built from source object `n`
-/// [`crate::ddl::shadow_object_name`]`(n)`, and keeps a CHECK or FOREIGN KEY
+/// [`crate::naming::shadow_object_name`]`(n)`, and keeps a CHECK or FOREIGN KEY
 /// constraint's own name; NOT NULL constraints (catalogued from 18 on) are
 /// named by the server after the shadow table, which gives the same derived
 /// name. So the shadow object with that name, of the same kind and the same
@@ -128,7 +128,7 @@ pub fn match_objects(
     let mut pairs = Vec::new();
     let mut rest: Vec<&CatalogObject> = Vec::new();
     for s in source_sorted {
-        let derived = crate::ddl::shadow_object_name(&s.name);
+        let derived = crate::naming::shadow_object_name(&s.name);
         let candidates: Vec<&str> = match s.kind {
             ObjectKind::Constraint => vec![s.name.as_str(), derived.as_str()],
             _ => vec![derived.as_str()],

@@ -4,7 +4,6 @@
 //! rewrite; 2 error). An `Err` is printed by the binary and mapped to 1 or 2
 //! by [`Error::exit_code`].
 
-use std::io::Write;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -37,52 +36,8 @@ pub fn parse_tables(tables: &[String]) -> Result<Vec<QualifiedName>, Error> {
     Ok(out)
 }
 
-/// Write to stdout; a closed pipe (`| head`) is not an error.
-pub fn print(text: &str) -> Result<(), Error> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Error::Io {
-            context: "write to stdout".into(),
-            source: e,
-        }),
-    }
-}
-
-/// Write bytes to stdout; a closed pipe is not an error.
-fn write_bytes(b: &[u8]) -> Result<(), Error> {
-    print(&String::from_utf8_lossy(b))
-}
-
-/// A channel that turns `true` on Ctrl-C (SIGINT) or SIGTERM.
-pub fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => {
-                        let _ = ctrl_c.await;
-                        let _ = tx.send(true);
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("stop requested");
-        let _ = tx.send(true);
-    });
-    rx
-}
+use crate::console::write_bytes;
+pub use crate::console::{print, shutdown_signal};
 
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> Result<ExitCode, Error> {

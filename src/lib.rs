@@ -22,6 +22,7 @@ pub mod abort;
 pub mod apply;
 pub mod cli;
 pub mod commands;
+pub mod console;
 pub mod copy;
 pub mod cutover;
 pub mod ddl;

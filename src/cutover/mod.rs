@@ -106,14 +106,14 @@
 //!
 //! - this module: the options, the run loop (gates, attempts, give-up,
 //!   after commit);
-//! - [`attempt`]: one attempt — build the swap before the locks, then the
+//! - `attempt`: one attempt — build the swap before the locks, then the
 //!   [`crate::quiesce`] core (lock, fence, drain, give back) around the
 //!   checks and the swap; and `--dry-run`'s statements;
-//! - [`targets`]: the job rows and catalog details the attempts act on;
+//! - `targets`: the job rows and catalog details the attempts act on;
 //! - [`gate`]: the lag gate, lock holders, the give-up summary;
 //! - [`finish`]: validation and `ANALYZE` after commit;
 //! - [`auto`]: `rewrite --cutover auto`;
-//! - [`report`]: what is reported, outcomes as [`AttemptOutcome`].
+//! - `report`: what is reported, outcomes as [`AttemptOutcome`].
 
 use std::time::{Duration, Instant};
 

@@ -159,16 +159,19 @@ async fn rewrite(
     );
     let shutdown = shutdown_signal();
     let auto = (a.cutover == crate::cli::CutoverMode::Auto).then(|| {
-        tokio::spawn(crate::cutover::auto(
-            cutover_config(
-                cfg.spec.clone(),
-                cfg.tables.clone(),
-                &a.lock,
-                &a.hooks,
-                a.rewrite_dependents,
+        crate::task::spawn(
+            "auto-cutover",
+            crate::cutover::auto(
+                cutover_config(
+                    cfg.spec.clone(),
+                    cfg.tables.clone(),
+                    &a.lock,
+                    &a.hooks,
+                    a.rewrite_dependents,
+                ),
+                shutdown.clone(),
             ),
-            shutdown.clone(),
-        ))
+        )
     });
     let indexes = crate::step_progress::spawn_index_watch(
         cfg.spec.clone(),
@@ -268,7 +271,7 @@ fn spawn_rewrite_events(
 ) -> tokio::task::JoinHandle<()> {
     use crate::hooks::{Event, Facts};
     use crate::progress::Phase;
-    tokio::spawn(async move {
+    crate::task::spawn("hooks", async move {
         if !hooks.any() {
             return;
         }

@@ -28,7 +28,7 @@ pub fn write_bytes(b: &[u8]) -> Result<(), Error> {
 /// A channel that turns `true` on Ctrl-C (SIGINT) or SIGTERM.
 pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
+    crate::task::spawn("stop-signal", async move {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {

@@ -905,7 +905,8 @@ async fn drive(
     {
         let progress = progress.clone();
         let stop = running.stop_rewrite.subscribe();
-        running.rewrite = Some(tokio::spawn(
+        running.rewrite = Some(crate::task::spawn(
+            "demo-rewrite",
             async move { crate::rewrite::run(&rcfg, stop, progress).await }
                 .instrument(tracing::info_span!("demo-rewrite")),
         ));

@@ -49,6 +49,7 @@ pub mod state;
 pub mod status;
 pub mod step_progress;
 pub mod swap;
+pub mod task;
 pub mod telemetry;
 pub mod throttle;
 pub mod units;

@@ -705,7 +705,7 @@ pub fn spawn_renderer_with(
         RenderMode::Bars => true,
         RenderMode::Log => false,
     };
-    tokio::spawn(async move {
+    crate::task::spawn("progress-renderer", async move {
         tracing::debug!(task = "progress renderer", bars, "started");
         if bars {
             let mut r = BarRenderer::new(

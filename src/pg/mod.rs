@@ -261,7 +261,7 @@ async fn connect_one(
     };
     let (client, connection) = result.map_err(|e| ConnectError::connect(spec, e))?;
     let purpose = purpose.to_string();
-    tokio::spawn(async move {
+    crate::task::spawn("session-connection", async move {
         if let Err(e) = connection.await {
             tracing::debug!(purpose, error = %diag::chain(&e), "session connection ended");
         }

@@ -455,11 +455,13 @@ impl LogicalStream {
             dead: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(options.buffer.max(1));
-        let reader = tokio::spawn(
+        let reader = crate::task::spawn(
+            "replication-reader",
             run_reader(rd, shared.clone(), tx.clone())
                 .instrument(tracing::info_span!("replication-reader", slot = %slot, pid)),
         );
-        let writer = tokio::spawn(
+        let writer = crate::task::spawn(
+            "replication-writer",
             run_writer(wr, shared.clone(), tx, target.clone())
                 .instrument(tracing::info_span!("replication-status", slot = %slot, pid)),
         );

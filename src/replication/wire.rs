@@ -1327,7 +1327,7 @@ mod tests {
         bytes.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
         bytes.extend_from_slice(&[b'c', 0, 0, 0, 4]);
         let (mut a, b) = tokio::io::duplex(3);
-        let writer = tokio::spawn(async move {
+        let writer = crate::task::spawn("test-writer", async move {
             for chunk in bytes.chunks(2) {
                 a.write_all(chunk).await.unwrap();
             }

@@ -445,18 +445,8 @@ pub(crate) fn human_bytes(b: u64) -> String {
     }
 }
 
-/// A count with thousands separators: `50,000`.
-pub(crate) fn grouped(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
+/// A count with thousands separators: `50,000` (the one formatter, [`crate::units::thousands`]).
+pub(crate) use crate::units::thousands as grouped;
 
 impl fmt::Display for DemoSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

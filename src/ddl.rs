@@ -62,7 +62,7 @@
 //! [`crate::swap`]).
 
 use crate::pg::{quote_ident, quote_literal, QualifiedName};
-use crate::plan::catalog::TableDetail;
+use crate::plan::catalog::{IdentitySequence, TableDetail};
 use crate::plan::model::ParentSpec;
 
 pub use crate::naming::{
@@ -85,7 +85,9 @@ pub fn create_shadow(table: &TableDetail, parent: &ParentSpec) -> Vec<String> {
         }
         if let Some(expr) = &detail.generated_expr {
             col.push_str(&format!(" GENERATED ALWAYS AS ({expr}) STORED"));
-        } else if let (Some(id), false) = (&detail.identity, is_ref) {
+        } else if let (Some(IdentitySequence { options: id, .. }), false) =
+            (&detail.identity, is_ref)
+        {
             // Always BY DEFAULT on the shadow, whatever the source says: the
             // apply engine must be able to UPDATE the column (a key change,
             // an upsert), which GENERATED ALWAYS refuses even with the right
@@ -502,12 +504,14 @@ mod tests {
         cols[0].0.identity = Some('a');
         cols[0].1.identity = Some(IdentitySequence {
             kind: 'a',
-            start: 1,
-            increment: 1,
-            min: 1,
-            max: i64::MAX,
-            cache: 1,
-            cycle: false,
+            options: crate::pg::SequenceOptions {
+                start: 1,
+                increment: 1,
+                min: 1,
+                max: i64::MAX,
+                cache: 1,
+                cycle: false,
+            },
         });
         cols[0].1.owned_sequence = Some(QualifiedName::new("public", "sessions_id_seq"));
         cols[1].0.not_null = true;

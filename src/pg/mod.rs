@@ -5,12 +5,14 @@ pub mod conn;
 pub mod diag;
 pub mod ident;
 pub mod lsn;
+pub mod sequence;
 pub mod spec;
 pub mod tls;
 
 pub use conn::{ConnSpec, Host};
 pub use ident::{quote_ident, quote_literal, QualifiedName};
 pub use lsn::Lsn;
+pub use sequence::SequenceOptions;
 
 use std::time::Duration;
 

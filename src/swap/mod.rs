@@ -389,22 +389,9 @@ pub enum ReplicaIdentity {
     Index(String),
 }
 
-/// Sequence options of an identity column (`pg_sequence`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SequenceOptions {
-    /// `START WITH`.
-    pub start: i64,
-    /// `INCREMENT BY`.
-    pub increment: i64,
-    /// `MINVALUE`.
-    pub min: i64,
-    /// `MAXVALUE`.
-    pub max: i64,
-    /// `CACHE`.
-    pub cache: i64,
-    /// `CYCLE`.
-    pub cycle: bool,
-}
+/// Sequence options of an identity column (`pg_sequence`): the type plan's
+/// [`crate::plan::catalog::IdentitySequence`] holds too.
+pub use crate::pg::SequenceOptions;
 
 /// How a column's sequence is carried to the new table.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -111,34 +111,17 @@ pub(super) async fn attempt_once(
         Ok::<_, Error>((fingerprinter, prepared, locks))
     }
     .await;
+    // A failure before the locks were granted: no hold, no phases.
+    let unlocked =
+        |wait: Duration, e: Error| (report(wait, None, AttemptOutcome::error(&e), &no_phases), e);
     let (fingerprinter, prepared, locks) = match before {
         Ok(p) => p,
-        Err(e) => {
-            return Err((
-                report(
-                    started.elapsed(),
-                    None,
-                    AttemptOutcome::error(&e),
-                    &no_phases,
-                ),
-                e,
-            ))
-        }
+        Err(e) => return Err(unlocked(started.elapsed(), e)),
     };
     let lock_requested = Instant::now();
     let mut quiet = match quiesce::Attempt::lock(session, &locks, cfg.lock_timeout).await {
         Ok(q) => q,
-        Err(e) => {
-            return Err((
-                report(
-                    lock_requested.elapsed(),
-                    None,
-                    AttemptOutcome::error(&e),
-                    &no_phases,
-                ),
-                e,
-            ))
-        }
+        Err(e) => return Err(unlocked(lock_requested.elapsed(), e)),
     };
     let wait = quiet.lock_wait();
     let Some(locked) = quiet.granted() else {

@@ -415,10 +415,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                         if let Err(e) =
                             targets::refresh_details(&admin, &mut targets, &parent).await
                         {
-                            for t in &targets {
-                                let _ =
-                                    state::set_phase(&admin, &t.job.source, Phase::Streaming).await;
-                            }
+                            back_to_streaming(&admin, &targets).await;
                             return Err(e);
                         }
                     }
@@ -426,9 +423,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                 Err((a, e)) => {
                     report.attempts.push(a);
                     if !e.is_transient() {
-                        for t in &targets {
-                            let _ = state::set_phase(&admin, &t.job.source, Phase::Streaming).await;
-                        }
+                        back_to_streaming(&admin, &targets).await;
                         return Err(e);
                     }
                     warn!(attempt, error = %crate::error::chain(&e), "cutover attempt failed; retrying");
@@ -440,9 +435,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         }
     }
     if !report.swapped {
-        for t in &targets {
-            let _ = state::set_phase(&admin, &t.job.source, Phase::Streaming).await;
-        }
+        back_to_streaming(&admin, &targets).await;
         let outcomes: Vec<&str> = report.attempts.iter().map(|a| a.outcome.as_str()).collect();
         report.reason = Some(gate::give_up_reason(
             &outcomes,
@@ -486,6 +479,15 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         cfg.hooks.run(crate::hooks::Event::Swapped, &facts).await;
     }
     Ok(report)
+}
+
+/// The cutover is over without a swap: the jobs go back from `cutting_over`
+/// to `streaming` (best effort: a job row that cannot be written stays
+/// `cutting_over`, which `status` shows and a next cutover accepts).
+async fn back_to_streaming(admin: &Client, targets: &[Target]) {
+    for t in targets {
+        let _ = state::set_phase(admin, &t.job.source, Phase::Streaming).await;
+    }
 }
 
 /// Run the `before-cutover` hooks; `Some(report)` when one failed and so

@@ -629,7 +629,7 @@ async fn soak(dsn: Option<&str>, a: crate::cli::SoakArgs) -> Result<ExitCode, Er
             ))
         }
     };
-    let cfg = crate::soak::SoakConfig {
+    let cfg = crate::demo::soak::SoakConfig {
         server,
         duration: a.duration,
         users: a.workload.users,
@@ -637,7 +637,7 @@ async fn soak(dsn: Option<&str>, a: crate::cli::SoakArgs) -> Result<ExitCode, Er
         writers: a.workload.writers,
         readers: a.workload.readers,
     };
-    let summary = crate::soak::run(&cfg, shutdown_signal()).await?;
+    let summary = crate::demo::soak::run(&cfg, shutdown_signal()).await?;
     print_summary(&summary, a.json)
 }
 

@@ -42,6 +42,10 @@
 //! reports how long); readers are never held. The gate is part of the
 //! demonstration harness, not of the tool.
 
+pub mod embedded;
+pub mod soak;
+pub mod workload;
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -52,7 +56,6 @@ use tokio_postgres::Client;
 use tracing::{info, warn, Instrument};
 
 use crate::cutover::{AttemptReport, CutoverConfig};
-use crate::embedded::{Cluster, ClusterOptions};
 use crate::error::Error;
 use crate::pg::{self, quote_ident, ConnSpec, Lsn, QualifiedName};
 use crate::plan::catalog;
@@ -61,7 +64,8 @@ use crate::progress::JobProgress;
 use crate::rewrite::{RewriteConfig, RewriteOutcome};
 use crate::swap::SwapNames;
 use crate::verify::{self, VerifyOptions};
-use crate::workload::{self, Workload, WorkloadOptions, WorkloadStats, REFERENCING_TABLES};
+use embedded::{Cluster, ClusterOptions};
+use workload::{Workload, WorkloadOptions, WorkloadStats, REFERENCING_TABLES};
 
 /// The example schema's parent table.
 const PARENT: &str = "users";

@@ -121,6 +121,27 @@ def targets(own, text):
             yield line, base + rest
 
 
+def root_aliases(src):
+    """`pub use a::{b, c};` / `pub use a::b;` in lib.rs: `crate::b` is `crate::a::b`."""
+    aliases = {}
+    lib = os.path.join(src, "lib.rs")
+    if not os.path.exists(lib):
+        return aliases
+    text = strip_comments(open(lib, encoding="utf-8").read())
+    for m in re.finditer(r"pub\s+use\s+([A-Za-z_][A-Za-z0-9_:]*?)::(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))\s*;", text):
+        base = m.group(1).split("::")
+        if base[0] == "crate":
+            base = base[1:]
+        names = [n.strip() for n in (m.group(2) or m.group(3)).split(",") if n.strip()]
+        for n in names:
+            if " as " in n:
+                n, alias = [x.strip() for x in n.split(" as ")]
+            else:
+                alias = n
+            aliases[alias] = base + [n]
+    return aliases
+
+
 def sccs(nodes, edges):
     index, low, stack, on, out = {}, {}, [], set(), []
     counter = [0]
@@ -162,6 +183,7 @@ def main():
     for root, _, names in os.walk(src):
         files += [os.path.join(root, f) for f in names if f.endswith(".rs")]
     modules = {tuple(module_path(src, f)) for f in files}
+    aliases = root_aliases(src)
     # (level prefix) -> graph among the children of that prefix
     graphs = defaultdict(lambda: defaultdict(dict))
     for f in sorted(files):
@@ -170,6 +192,9 @@ def main():
             continue
         text = strip_comments(open(f, encoding="utf-8").read())
         for line, path in targets(own, text):
+            # a module re-exported at the root under its old name
+            if path and path[0] in aliases and (path[0],) not in modules:
+                path = aliases[path[0]] + path[1:]
             # the longest prefix of `path` that is a module
             while path and tuple(path) not in modules:
                 path = path[:-1]

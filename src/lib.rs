@@ -27,32 +27,30 @@ pub mod copy;
 pub mod cutover;
 pub mod ddl;
 pub mod demo;
-// The demo wing lives in `demo/`; these paths stay for tests and benches.
-pub use demo::{embedded, soak, workload};
 pub mod error;
 pub mod failpoint;
 pub mod fence;
 pub mod guide;
 pub mod hooks;
 pub mod idmap;
-pub mod lag;
-pub mod metrics;
 pub mod naming;
+pub mod observe;
 pub mod pg;
 pub mod plan;
-pub mod progress;
 pub mod quiesce;
 pub mod replication;
 pub mod resume;
 pub mod rewrite;
 pub mod state;
 pub mod status;
-pub mod step_progress;
 pub mod swap;
 pub mod task;
-pub mod telemetry;
-pub mod throttle;
 pub mod units;
 pub mod verify;
 
 pub use error::{Error, Result};
+
+// The demo and observation wings live in their folders; their modules keep
+// their old paths at the root too (`crate::progress`, `pg_rekey::workload`).
+pub use demo::{embedded, soak, workload};
+pub use observe::{lag, metrics, progress, step_progress, telemetry, throttle};

@@ -3,6 +3,11 @@
 //!
 //! # One attempt
 //!
+//! Steps 1, 2 and the commit of step 4 are [`crate::quiesce`]'s (the core
+//! verify uses too), which also decides when an attempt gives the locks back
+//! and how long the next one waits; what is cutover's own is the lock set,
+//! the checks and the swap.
+//!
 //! 1. `BEGIN; SET LOCAL lock_timeout = <per attempt>`, take `SHARE ROW
 //!    EXCLUSIVE` on the tables the shadows' foreign keys will reference (the
 //!    parent; see [`crate::swap::sql::lock_sql`] for why first), then `ACCESS EXCLUSIVE`

@@ -16,7 +16,8 @@
 //!
 //! The application writes the source; the job's applier writes the same
 //! change to the shadow a little later. A snapshot taken at a random moment
-//! sees the shadow behind the source, so every attempt does this:
+//! sees the shadow behind the source, so every attempt does this (steps 2,
+//! 3 and 5 through [`crate::quiesce`], the core cutover uses too):
 //!
 //! 1. **Catch up, unlocked.** A fence is written through the stream and the
 //!    jobs drain to it, so the lag is small before anything is locked (this

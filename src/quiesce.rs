@@ -244,10 +244,14 @@ impl<'a> Attempt<'a> {
         lock_timeout: Duration,
     ) -> Result<Attempt<'a>, Error> {
         let timeout_ms = lock_timeout.as_millis().max(1);
-        session
+        if let Err(e) = session
             .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{timeout_ms}ms'"))
             .await
-            .map_err(Error::db("begin the lock transaction"))?;
+        {
+            // BEGIN may have run: leave no transaction open on the session.
+            rollback(session).await;
+            return Err(Error::db("begin the lock transaction")(e));
+        }
         let mut a = Attempt {
             session,
             seen: Observed::default(),

@@ -41,3 +41,8 @@ ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS parent_uuid_column text;
 -- The id map of the job's process: parent rows held and bytes used.
 ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS id_map_users bigint;
 ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS id_map_bytes bigint;
+-- Per table: the position from which the stream applies to it. A table
+-- copied under a later snapshot than the slot's (a copy resumed after its
+-- process died) skips the changes its copy already holds. NULL while its
+-- copy is not complete; the slot's consistent point for a first copy.
+ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS synced_lsn pg_lsn;

@@ -1506,7 +1506,10 @@ async fn close_batch(b: &mut Batch, last: Bytes) -> Result<u64, tokio_postgres::
         b.sink.feed(last).await?;
     }
     b.sink.feed(Bytes::from_static(&TRAILER)).await?;
-    b.sink.as_mut().finish().await
+    let n = b.sink.as_mut().finish().await?;
+    // A batch is in the shadow, the table's copy is not complete.
+    crate::failpoint::hit("copy.after_batch");
+    Ok(n)
 }
 
 #[cfg(test)]

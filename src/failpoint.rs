@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 pub const NAMES: &[&str] = &[
     "rewrite.after_register",
     "rewrite.after_slot",
+    "copy.after_batch",
     "copy.after_first_table",
     "rewrite.after_copy",
     "apply.before_commit",

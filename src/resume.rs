@@ -43,12 +43,50 @@
 //!   complete up to `applied_lsn`; the new owner takes the lock, loads the
 //!   map from the table and streams from the slot — exactly once, by the
 //!   same argument as a reconnect (see [`crate::apply`]).
-//! - `copying`: the exported snapshot died with the process that exported
-//!   it, so the copy cannot go on under it. pg-rekey removes the job's
-//!   slot, publication, shadows and map table and starts the job again:
-//!   **every table of the job is copied again under a new slot**. (Copying
-//!   only the interrupted table under a later snapshot, PostgreSQL-tablesync
-//!   style, would save the tables already copied; it is not done.)
+//! - `copying`, with the slot, the shadows and the durable map complete
+//!   (its size recorded): the exported snapshot died with the process that
+//!   exported it, so the copy cannot go on under it; it goes on
+//!   *table by table*, as PostgreSQL's own table synchronisation does:
+//!   - a table whose copy is complete is kept. "Complete" is recorded by
+//!     `synced_lsn` (the snapshot's consistent point), written in the one
+//!     transaction that also builds the shadow's key, indexes and
+//!     constraints after its copy — so a shadow with `synced_lsn` holds the
+//!     whole table as of that point, and one without it is only rows of
+//!     committed batches;
+//!   - every other shadow is emptied (`TRUNCATE`: its rows are the job's own)
+//!     and copied again under the snapshot of a new **temporary** slot,
+//!     made on a replication connection that lives only for that copy (the
+//!     server drops such a slot with its connection, however the process
+//!     ends); the id map for that copy is read under the same snapshot; its
+//!     `synced_lsn` is that slot's consistent point `L2`;
+//!   - then the job streams from its own slot, from its consistent point
+//!     `L1`, with the durable map (as of `L1`: nothing was applied yet).
+//!
+//!   *Why nothing is lost or applied twice.* A slot's exported snapshot sees
+//!   exactly the transactions whose commit record lies before its consistent
+//!   point, and the slot decodes exactly those whose commit record
+//!   (`final_lsn`) lies at or after it. So a table copied at `L2` holds
+//!   every transaction with `final_lsn < L2` and none after; the job's slot,
+//!   created earlier at `L1 <= L2`, decodes every transaction with
+//!   `final_lsn >= L1`, among them all with `final_lsn >= L2`. The applier
+//!   applies a transaction's changes to that table only when `L2 <=
+//!   final_lsn` ([`crate::apply::Applier::apply_from`]) — the very rule of
+//!   PostgreSQL's tablesync (`statelsn <= remote_final_lsn`) — so every
+//!   transaction reaches the table exactly once: through the copy or
+//!   through the stream. The same rule keeps the re-pointing of a parent's
+//!   uuid change and the orphan check at commit away from that table
+//!   before `L2` (its copy translated every reference through the uuids at
+//!   `L2`). The parent's changes are applied to the map from `L1` on for
+//!   every table, so when a transaction after `L2` reaches the table, the
+//!   map is as of that transaction, as for any other table.
+//!   A copy interrupted again is resumed the same way (each table keeps
+//!   its own `synced_lsn`). Resuming from the last committed *range* of an
+//!   interrupted table instead of from an empty shadow is not done: the
+//!   ranges are cut per snapshot, and the rows already in the shadow are
+//!   as of the dead snapshot, not of the new one.
+//! - `copying` without a complete slot, shadows and map (killed before they
+//!   were made), or `failed` before streaming (a definite error removed the
+//!   slot): pg-rekey removes what is left and starts the job again.
 //!
 //! A re-run with a different set of tables than the job's, or a different
 //! parent, is refused with the command that would resume it.
@@ -215,8 +253,13 @@ pub enum Found {
     /// A job whose owner is gone, complete up to its applied position: take
     /// it over and stream from its slot.
     Resume(Vec<JobRow>),
-    /// A job whose owner is gone and which cannot go on where it stopped (its
-    /// copy was interrupted): remove what it created and start again.
+    /// A job whose owner is gone while it copied, with its slot, shadows
+    /// and durable map complete: keep the tables whose copy is complete,
+    /// copy the others again, then stream from the slot.
+    ContinueCopy(Vec<JobRow>),
+    /// A job whose owner is gone and which cannot go on where it stopped (it
+    /// died before its slot and durable map were complete, or after a
+    /// failure that removed them): remove what it created and start again.
     Restart(Vec<JobRow>),
 }
 
@@ -325,8 +368,15 @@ pub async fn find(
     }
     // `failed` before streaming dropped the slot; a copy never finished.
     let copied = members.iter().all(|m| m.phase() != Some(Phase::Copying));
-    if streamed && copied && slot_there && shadows_there && map_table_exists(admin, job_id).await? {
+    let intact = slot_there && shadows_there && map_table_exists(admin, job_id).await?;
+    // The map's size is recorded once the durable map is complete.
+    let copying = members.iter().all(|m| {
+        m.phase() == Some(Phase::Copying) && m.consistent_lsn.is_some() && m.id_map_users.is_some()
+    });
+    if streamed && copied && intact {
         Ok(Found::Resume(members))
+    } else if copying && intact {
+        Ok(Found::ContinueCopy(members))
     } else {
         Ok(Found::Restart(members))
     }

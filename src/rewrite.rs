@@ -16,9 +16,11 @@
 //!    import that snapshot (`SET TRANSACTION SNAPSHOT`) before anything else
 //!    runs on the replication connection (the export lives only until the next
 //!    command there). The id map is loaded in the same snapshot.
-//! 5. **Copy**, then post-copy DDL (secondary indexes, unique constraints,
-//!    `NOT VALID` foreign keys). The snapshot sessions end with the copy so the
-//!    vacuum horizon moves on.
+//! 5. **Copy**, table by table; after each, its post-copy DDL (key,
+//!    secondary indexes, unique constraints, `NOT VALID` foreign keys) and
+//!    the record that its copy is complete, in one transaction on a session
+//!    of its own. The snapshot sessions end with the copy so the vacuum
+//!    horizon moves on.
 //! 6. **Stream** from the slot's consistent point: every change committed
 //!    after the snapshot, in commit order (see [`crate::apply`] for the
 //!    exactly-once argument). The stream is only started after the copy so
@@ -42,8 +44,10 @@
 //! Re-running the same `rewrite` for a job whose owner is gone takes it
 //! over ([`crate::resume`]): after the copy, it loads the id map from the
 //! durable map table (exactly as of `applied_lsn`) and streams from the
-//! slot; during the copy, it removes the job's objects and copies every
-//! table again under a new slot. The same happens inside one process when
+//! slot; during the copy, it keeps every table whose copy was complete and
+//! copies the others again under a temporary slot's snapshot, from whose
+//! point on the stream applies to them (the argument is in
+//! [`crate::resume`]). The same happens inside one process when
 //! its connections are lost once the job is registered (a server restart, a
 //! dropped state session): it reconnects with back-off and takes its own
 //! job back, for at most `--reconnect-timeout`.
@@ -239,7 +243,14 @@ async fn run_job(
                 progress.add_resume();
             }
             *registered = true;
-            return resume_job(cfg, admin, rows, details, parent, shutdown, progress).await;
+            return resume_job(cfg, admin, rows, details, parent, shutdown, progress, false).await;
+        }
+        crate::resume::Found::ContinueCopy(rows) => {
+            if !*registered {
+                progress.add_resume();
+            }
+            *registered = true;
+            return resume_job(cfg, admin, rows, details, parent, shutdown, progress, true).await;
         }
         crate::resume::Found::Restart(rows) => {
             let job_id = rows[0].job_id;
@@ -319,14 +330,7 @@ async fn run_job(
                 cleanup(&admin, &objects, Cleanup::Abort).await;
                 return Ok(RewriteOutcome::Aborted);
             }
-            Err(e) => {
-                warn!(error = %crate::error::chain(&e), "rewrite failed before streaming; removing what it created");
-                for t in &objects.tables {
-                    let _ = state::set_error(&admin, t, &e.to_string()).await;
-                }
-                cleanup(&admin, &objects, Cleanup::Failed).await;
-                return Err(e);
-            }
+            Err(e) => return Err(failed_before_streaming(&admin, &objects, e).await),
         };
         let specs: Vec<TableSpec> = details.iter().map(|d| d.spec.clone()).collect();
         let watch = Observed { progress, watermark: &watermark };
@@ -339,6 +343,7 @@ async fn run_job(
 /// Take over a job whose owner is gone and stream from its slot (see
 /// [`crate::resume`]): the map comes from the durable map table, which is
 /// exactly as of the job's applied position, where the stream resumes.
+#[allow(clippy::too_many_arguments)]
 async fn resume_job(
     cfg: &RewriteConfig,
     admin: Client,
@@ -347,6 +352,7 @@ async fn resume_job(
     parent: ParentSpec,
     mut shutdown: watch::Receiver<bool>,
     progress: &Arc<JobProgress>,
+    copy_first: bool,
 ) -> Result<RewriteOutcome, Error> {
     let job_id = rows[0].job_id;
     if !crate::resume::try_lock(&admin, crate::resume::owner_key(job_id)).await? {
@@ -369,6 +375,27 @@ async fn resume_job(
     async move {
         crate::resume::record_owner(&admin, job_id).await?;
         progress.set_owner_held(true);
+        let watermark = Watermark::new();
+        let (_stop_poller, stop_rx) = tokio::sync::oneshot::channel();
+        crate::lag::spawn_poller(
+            cfg.spec.clone(),
+            objects.slot.clone(),
+            Arc::clone(progress),
+            Arc::clone(&watermark),
+            Duration::from_secs(1),
+            stop_rx,
+        );
+        if copy_first {
+            match continue_copy(cfg, &admin, &objects, &rows, &details, &parent, progress, &mut shutdown).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    cleanup(&admin, &objects, Cleanup::Abort).await;
+                    return Ok(RewriteOutcome::Aborted);
+                }
+                Err(e) => return Err(failed_before_streaming(&admin, &objects, e).await),
+            }
+            crate::failpoint::hit("rewrite.after_copy");
+        }
         let cutover_running = crate::resume::cutover_alive(&admin, job_id).await?;
         for r in &rows {
             // A cutover that is still running waits on this stream: its phase stays.
@@ -382,16 +409,6 @@ async fn resume_job(
         progress.set_id_map(map.len() as u64, map.memory_bytes() as u64);
         info!(slot = %objects.slot, applied = ?rows[0].applied_lsn.map(|l| l.to_string()), users = map.len(),
             seconds = started.elapsed().as_secs_f64(), "took over the job of a process that is gone; resuming from the slot");
-        let watermark = Watermark::new();
-        let (_stop_poller, stop_rx) = tokio::sync::oneshot::channel();
-        crate::lag::spawn_poller(
-            cfg.spec.clone(),
-            objects.slot.clone(),
-            Arc::clone(progress),
-            Arc::clone(&watermark),
-            Duration::from_secs(1),
-            stop_rx,
-        );
         let repl = ReplicationClient::connect(&cfg.spec).await?;
         let specs: Vec<TableSpec> = details.iter().map(|d| d.spec.clone()).collect();
         let watch = Observed { progress, watermark: &watermark };
@@ -399,6 +416,84 @@ async fn resume_job(
     }
     .instrument(span)
     .await
+}
+
+/// A failure before the stream started. A transient one (lost
+/// connections, a server restart) leaves everything as it is: the job is
+/// resumed from there by the retry in [`run_resuming`] or by the next
+/// `rewrite`, keeping every table whose copy is complete. Any other marks
+/// the tables `failed` with the error and removes what the job created.
+async fn failed_before_streaming(admin: &Client, o: &JobObjects, e: Error) -> Error {
+    if e.is_transient() {
+        warn!(error = %crate::error::chain(&e), "rewrite interrupted before streaming; the tables whose copy is complete are kept for the resume");
+        return e;
+    }
+    warn!(error = %crate::error::chain(&e), "rewrite failed before streaming; removing what it created");
+    for t in &o.tables {
+        let _ = state::set_error(admin, t, &e.to_string()).await;
+    }
+    cleanup(admin, o, Cleanup::Failed).await;
+    e
+}
+
+/// The copy of a job whose owner died while copying (see
+/// [`crate::resume`]): the tables whose copy is complete (`synced_lsn`
+/// recorded) are kept; each other shadow is emptied and copied again under
+/// the snapshot of a new, temporary slot, from whose consistent point on
+/// the stream applies to it. `false` when stopped by the operator.
+#[allow(clippy::too_many_arguments)]
+async fn continue_copy(
+    cfg: &RewriteConfig,
+    admin: &Client,
+    o: &JobObjects,
+    rows: &[state::JobRow],
+    details: &[TableDetail],
+    parent: &ParentSpec,
+    progress: &Arc<JobProgress>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, Error> {
+    let complete = |d: &TableDetail| {
+        rows.iter()
+            .any(|r| r.source == d.spec.source && r.synced_lsn.is_some())
+    };
+    let todo: Vec<&TableDetail> = details.iter().filter(|d| !complete(d)).collect();
+    info!(kept = %details.iter().filter(|d| complete(d)).map(|d| d.spec.source.to_string()).collect::<Vec<_>>().join(", "),
+        to_copy = %todo.iter().map(|d| d.spec.source.to_string()).collect::<Vec<_>>().join(", "),
+        "resuming an interrupted copy: tables whose copy was complete are kept");
+    for d in &details.iter().filter(|d| complete(d)).collect::<Vec<_>>() {
+        progress.add_table(d.spec.source.clone()).finish_copy();
+    }
+    if todo.is_empty() {
+        return Ok(true);
+    }
+    for d in &todo {
+        // Rows of committed batches of the interrupted copy; the shadow is
+        // the job's own, and has no key yet.
+        admin
+            .batch_execute(&format!("TRUNCATE {}", d.spec.shadow.quoted()))
+            .await
+            .map_err(Error::db(format!(
+                "empty the interrupted copy {}",
+                d.spec.shadow
+            )))?;
+    }
+    let mut repl = ReplicationClient::connect(&cfg.spec).await?;
+    let slot = repl
+        .create_temporary_slot(&format!("{}_sync", o.slot), SnapshotAction::Export)
+        .await?;
+    let snapshot = slot.snapshot_name.clone().ok_or_else(|| {
+        Error::Precondition("the server exported no snapshot with the temporary slot".into())
+    })?;
+    info!(consistent_point = %slot.consistent_point, tables = todo.len(), "copying again under a new snapshot");
+    let under = Snapshot {
+        name: &snapshot,
+        at: slot.consistent_point,
+        first: false,
+    };
+    let copied = copy_under(cfg, admin, o, &todo, under, parent, progress, shutdown).await?;
+    // The temporary slot goes with its connection.
+    drop(repl);
+    Ok(copied.is_some())
 }
 
 async fn register(
@@ -502,8 +597,58 @@ async fn prepare_and_copy(
     crate::failpoint::hit("rewrite.after_slot");
     info!(slot = %o.slot, consistent_point = %slot.consistent_point, "slot created");
 
-    // Import the snapshot on every copy session before the replication
-    // connection runs anything else.
+    let all: Vec<&TableDetail> = details.iter().collect();
+    let under = Snapshot {
+        name: &snapshot,
+        at: slot.consistent_point,
+        first: true,
+    };
+    let Some(map) = copy_under(cfg, admin, o, &all, under, parent, progress, shutdown).await?
+    else {
+        return Ok(None);
+    };
+    for d in details {
+        state::set_phase(admin, &d.spec.source, Phase::Streaming).await?;
+        progress
+            .add_table(d.spec.source.clone())
+            .set_phase(progress::Phase::Streaming);
+    }
+    crate::failpoint::hit("rewrite.after_copy");
+    Ok(Some((repl, slot.consistent_point, map)))
+}
+
+/// The exported snapshot a copy runs under.
+#[derive(Clone, Copy)]
+struct Snapshot<'a> {
+    /// Its name, for `SET TRANSACTION SNAPSHOT`.
+    name: &'a str,
+    /// The consistent point of the slot that exported it: the copy holds
+    /// every transaction committed before it, the stream every one after.
+    at: Lsn,
+    /// The job's own slot's (its first copy): also fill the durable id map
+    /// and record the map's size.
+    first: bool,
+}
+
+/// Copy `tables` under `snap`, then build each one's key, indexes and
+/// constraints and record, in the same transaction, that its copy is
+/// complete and the stream applies to it from `snap.at`
+/// ([`state::record_synced`]). Returns the id map as of the snapshot, or
+/// `None` when stopped by the operator.
+///
+/// Call it before the replication connection that exported `snap` runs
+/// anything else: the sessions import the snapshot first.
+#[allow(clippy::too_many_arguments)]
+async fn copy_under(
+    cfg: &RewriteConfig,
+    admin: &Client,
+    o: &JobObjects,
+    tables: &[&TableDetail],
+    snap: Snapshot<'_>,
+    parent: &ParentSpec,
+    progress: &Arc<JobProgress>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<IdMap>, Error> {
     let n = cfg.copy_sessions.max(1);
     let mut sources = Vec::with_capacity(n);
     let mut targets = Vec::with_capacity(n);
@@ -511,20 +656,25 @@ async fn prepare_and_copy(
         let s = pg::connect(&cfg.spec, "copy-source").await?;
         s.batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            crate::pg::quote_literal(&snapshot)
+            crate::pg::quote_literal(snap.name)
         ))
         .await
         .map_err(Error::db("import the slot's snapshot"))?;
         sources.push(s);
         targets.push(pg::connect(&cfg.spec, "copy-target").await?);
     }
-    crate::resume::fill_map_table(&cfg.spec, o.job_id, &snapshot, parent).await?;
+    if snap.first {
+        crate::resume::fill_map_table(&cfg.spec, o.job_id, snap.name, parent).await?;
+    }
     let map = IdMap::load(&sources[0], parent)
         .await
         .map_err(|e| Error::Data(e.to_string()))?;
-    let (users, bytes) = (map.len() as u64, map.memory_bytes() as u64);
-    progress.set_id_map(users, bytes);
-    state::record_id_map(admin, o.job_id, users as i64, bytes as i64).await?;
+    if snap.first {
+        let (users, bytes) = (map.len() as u64, map.memory_bytes() as u64);
+        progress.set_id_map(users, bytes);
+        // Also the sign that the durable map is complete (see `resume::find`).
+        state::record_id_map(admin, o.job_id, users as i64, bytes as i64).await?;
+    }
 
     // The throttle watches the server while the copy runs and holds the copy
     // between batches; it stops when `_stop_throttle` and the copy options
@@ -543,7 +693,7 @@ async fn prepare_and_copy(
     if cfg.throttle.any() {
         copy_opts.throttle = Some(throttle);
     }
-    for d in details {
+    for d in tables {
         if *shutdown.borrow() {
             return Ok(None);
         }
@@ -568,7 +718,7 @@ async fn prepare_and_copy(
         let mut last_record = Instant::now();
         let rows = loop {
             tokio::select! {
-                r = &mut copy => break r.map_err(|e| Error::Data(e.to_string()))?,
+                r = &mut copy => break r.map_err(Error::from)?,
                 _ = shutdown.changed() => return Ok(None),
                 _ = tick.tick() => {
                     let rows = mirror(&table);
@@ -584,36 +734,56 @@ async fn prepare_and_copy(
         table.finish_copy();
         state::record_progress(admin, &d.spec.source, Some(rows as i64), None).await?;
         info!(table = %d.spec.source, rows, seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "copied");
+        let started = Instant::now();
+        if !finish_table(cfg, d, snap.at, shutdown).await? {
+            return Ok(None);
+        }
+        info!(table = %d.spec.source, seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "indexes and constraints built");
         crate::failpoint::hit("copy.after_first_table");
     }
     drop(copy_opts);
     for s in &sources {
         let _ = s.batch_execute("COMMIT").await;
     }
-    drop(sources);
-    for d in details {
-        let started = Instant::now();
-        // The key first: `post_copy` may CLUSTER ON it, and the stream's
-        // upserts need it.
+    Ok(Some(map))
+}
+
+/// One transaction on a session of its own: the shadow's key first
+/// (`post_copy` may CLUSTER ON it, and the stream's upserts need it), its
+/// indexes and constraints, and the record that its copy is complete
+/// ([`state::record_synced`]) — so after a crash a shadow is either
+/// complete with its key or is copied again. `false` when stopped by the
+/// operator: the session is dropped, and being a lock holder's
+/// ([`pg::connect_cutover`]) its backend rolls back within about a second.
+async fn finish_table(
+    cfg: &RewriteConfig,
+    d: &TableDetail,
+    synced: Lsn,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, Error> {
+    let ddl = pg::connect_cutover(&cfg.spec, "shadow-ddl").await?;
+    let work = async {
+        ddl.batch_execute("BEGIN")
+            .await
+            .map_err(Error::db("begin the shadow's index builds"))?;
         for stmt in crate::ddl::key_after_copy(d)
             .into_iter()
             .chain(crate::ddl::post_copy(d))
         {
-            tokio::select! {
-                r = admin.batch_execute(&stmt) => r.map_err(Error::db(format!("build indexes and constraints of {}", d.spec.shadow)))?,
-                _ = shutdown.changed() => return Ok(None),
-            }
+            ddl.batch_execute(&stmt).await.map_err(Error::db(format!(
+                "build indexes and constraints of {}",
+                d.spec.shadow
+            )))?;
         }
-        info!(table = %d.spec.source, seconds = format!("{:.2}", started.elapsed().as_secs_f64()), "indexes and constraints built");
+        state::record_synced(&ddl, &d.spec.source, synced).await?;
+        ddl.batch_execute("COMMIT")
+            .await
+            .map_err(Error::db("commit the shadow's indexes"))
+    };
+    tokio::select! {
+        r = work => r.map(|()| true),
+        _ = shutdown.changed() => Ok(false),
     }
-    for d in details {
-        state::set_phase(admin, &d.spec.source, Phase::Streaming).await?;
-        progress
-            .add_table(d.spec.source.clone())
-            .set_phase(progress::Phase::Streaming);
-    }
-    crate::failpoint::hit("rewrite.after_copy");
-    Ok(Some((repl, slot.consistent_point, map)))
 }
 
 /// Where the stream's progress goes.
@@ -645,6 +815,15 @@ async fn stream_until_done(
     let by_oid: HashMap<u32, Arc<TableProgress>> = specs
         .iter()
         .map(|s| (s.oid, observed.progress.add_table(s.source.clone())))
+        .collect();
+    // Tables copied under a later snapshot than the slot's (a resumed copy)
+    // take the stream's changes from their own snapshot's point on.
+    let synced: Vec<(u32, Lsn)> = state::list_jobs(admin)
+        .await?
+        .into_iter()
+        .filter(|r| r.job_id == o.job_id)
+        .filter_map(|r| Some((r.source_oid, r.synced_lsn?)))
+        .filter(|(_, at)| *at > consistent)
         .collect();
     let mut repl = Some(repl);
     let mut attempt = 0u32;
@@ -678,6 +857,9 @@ async fn stream_until_done(
         )
         .await?;
         applier.persist_map_to(&crate::resume::map_table(o.job_id));
+        for (oid, at) in &synced {
+            applier.apply_from(*oid, *at);
+        }
         let result = apply_loop(admin, o, &mut applier, stream, observed, &by_oid, shutdown).await;
         match result {
             Ok((LoopEnd::CutOver, stream)) => {

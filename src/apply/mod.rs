@@ -331,6 +331,10 @@ pub struct Applier {
     window: batch::Window,
     /// Prepared set statements.
     set_stmts: HashMap<(u32, StatementShape), Statement>,
+    /// Tables copied under a later snapshot than the stream's start, and
+    /// the position from which the stream applies to each (see
+    /// [`Applier::apply_from`]).
+    synced: HashMap<u32, Lsn>,
 }
 
 impl Applier {
@@ -391,7 +395,29 @@ impl Applier {
             batching,
             window: batch::Window::default(),
             set_stmts: HashMap::new(),
+            synced: HashMap::new(),
         })
+    }
+
+    /// Apply the changes of table `oid` only from source transactions that
+    /// commit at or after `lsn`: the table was copied under a snapshot
+    /// taken at `lsn` (a copy resumed after its process died, see
+    /// [`crate::resume`]), which holds every transaction committed before
+    /// it and none after — the rule PostgreSQL's own table synchronisation
+    /// follows (a change is applied when the table's sync position is at
+    /// most the transaction's commit LSN). Skipped for that table before
+    /// `lsn`: its row changes, the re-pointing of a parent's uuid change
+    /// (its copy translated every reference through the uuids at `lsn`) and
+    /// the orphan check at commit. The parent's changes always go to the
+    /// map.
+    pub fn apply_from(&mut self, oid: u32, lsn: Lsn) {
+        self.synced.insert(oid, lsn);
+    }
+
+    /// Whether the current source transaction applies to table `oid`
+    /// (see [`Applier::apply_from`]).
+    fn live(&self, oid: u32) -> bool {
+        applies(self.synced.get(&oid).copied(), self.txn_final)
     }
 
     /// Write every change of the map into `table` (columns `key`, `uuid`)
@@ -616,6 +642,9 @@ impl Applier {
         self.settle().await?;
         for (key, uuid) in candidates {
             for t in self.tables.values() {
+                if !self.live(t.spec.oid) {
+                    continue;
+                }
                 for (pos, c) in t.spec.columns.iter().enumerate() {
                     if c.reference.is_none() {
                         continue;
@@ -651,6 +680,16 @@ impl Applier {
     async fn change(&mut self, msg: &LogicalMessage) -> Result<Step, Error> {
         let lsn = self.cur_lsn;
         let parent = self.parent.oid;
+        let row_of = match msg {
+            LogicalMessage::Insert(i) => Some(i.relation),
+            LogicalMessage::Update(u) => Some(u.relation),
+            LogicalMessage::Delete(d) => Some(d.relation),
+            _ => None,
+        };
+        if row_of.is_some_and(|oid| !self.live(oid)) {
+            // In this table's copy already (see `apply_from`).
+            return Ok(Step::Done);
+        }
         let (oid, translated, must_hit) = match msg {
             LogicalMessage::Relation(r) => {
                 self.relation(r)?;
@@ -663,8 +702,10 @@ impl Applier {
                     .filter_map(|oid| {
                         if *oid == self.parent.oid {
                             Some(self.parent.table.to_string())
-                        } else {
+                        } else if self.live(*oid) {
                             self.tables.get(oid).map(|s| s.spec.source.to_string())
+                        } else {
+                            None
                         }
                     })
                     .collect();
@@ -886,6 +927,9 @@ impl Applier {
         let (new, old) = (translate::Param::Uuid(new), translate::Param::Uuid(old));
         let mut rows = 0;
         for t in self.tables.values() {
+            if !self.live(t.spec.oid) {
+                continue;
+            }
             for (pos, _) in t
                 .spec
                 .columns
@@ -1283,4 +1327,34 @@ async fn batch_plan(
         }
     }
     Ok(out)
+}
+
+/// Whether a source transaction committing at `commit` (its `final_lsn`,
+/// the commit record's start) applies to a table whose copy holds every
+/// transaction committed before `synced` (`None`: the stream's own start).
+/// The copy's snapshot, exported at a slot's consistent point, sees exactly
+/// the transactions whose commit record lies before that point; the slot
+/// decodes the others (see [`Applier::apply_from`]).
+fn applies(synced: Option<Lsn>, commit: Lsn) -> bool {
+    synced.is_none_or(|from| from <= commit)
+}
+
+#[cfg(test)]
+mod sync_tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_copy_takes_the_stream_from_its_snapshot_on() {
+        let at = Lsn(0x1_0000);
+        assert!(applies(None, Lsn(1)), "no later copy: everything applies");
+        assert!(
+            !applies(Some(at), Lsn(0xffff)),
+            "committed before: in the copy"
+        );
+        assert!(
+            applies(Some(at), at),
+            "committed at the point: decoded, not in the copy"
+        );
+        assert!(applies(Some(at), Lsn(0x1_0001)));
+    }
 }

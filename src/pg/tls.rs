@@ -611,10 +611,13 @@ where
     type TlsConnect = RustlsConnect;
     type Error = io::Error;
 
+    /// tokio-postgres asks for a connector for every connection, TLS or
+    /// not, with an empty name for a Unix-domain socket (which never uses
+    /// TLS): the name is only checked when a handshake is made.
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, io::Error> {
         Ok(RustlsConnect {
             config: self.config.clone(),
-            name: server_name(domain)?,
+            domain: domain.to_string(),
         })
     }
 }
@@ -622,7 +625,7 @@ where
 /// One pending handshake for tokio-postgres.
 pub struct RustlsConnect {
     config: Arc<ClientConfig>,
-    name: ServerName<'static>,
+    domain: String,
 }
 
 impl<S> tokio_postgres::tls::TlsConnect<S> for RustlsConnect
@@ -635,8 +638,9 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
+            let name = server_name(&self.domain)?;
             let s = tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
+                .connect(name, stream)
                 .await?;
             Ok(RustlsStream(s))
         })

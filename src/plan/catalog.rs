@@ -137,7 +137,7 @@ pub struct ColumnDetail {
     pub compression: Option<char>,
     /// `attstattarget` when set (`ALTER COLUMN … SET STATISTICS`).
     pub statistics: Option<i32>,
-    /// `attoptions` (`n_distinct=100`, …).
+    /// `attoptions` set by users (`n_distinct=100`, …; see [`user_options`]).
     pub options: Vec<String>,
 }
 
@@ -614,9 +614,10 @@ async fn load_table_inner(
             },
             compression: first_char_opt(r.get("compression")),
             statistics: r.get::<_, Option<i32>>("stattarget").filter(|n| *n >= 0),
-            options: r
-                .get::<_, Option<Vec<String>>>("options")
-                .unwrap_or_default(),
+            options: user_options(
+                r.get::<_, Option<Vec<String>>>("options")
+                    .unwrap_or_default(),
+            ),
         });
     }
 
@@ -735,6 +736,18 @@ pub fn using_clause<'a>(
     rest.starts_with("USING ").then_some(rest)
 }
 
+/// The attribute options a user set, without the ones the server assigns
+/// itself: a name in the `pg_` namespace, which PostgreSQL reserves (Debian's
+/// PostgreSQL 15.20 stamps every column with `pg_attver=<n>`, a value of
+/// its own per table). Carrying such an option to the new table would copy
+/// the old table's stamp.
+pub fn user_options(options: Vec<String>) -> Vec<String> {
+    options
+        .into_iter()
+        .filter(|o| !o.split('=').next().unwrap_or_default().starts_with("pg_"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,5 +790,15 @@ mod tests {
             using_clause("CREATE INDEX i ON s.t USING btree (a)", true, "i", "s.t"),
             None
         );
+    }
+
+    #[test]
+    fn server_assigned_column_options_are_not_carried() {
+        let got = super::user_options(vec![
+            "pg_attver=26520760".into(),
+            "n_distinct=100".into(),
+            "n_distinct_inherited=7".into(),
+        ]);
+        assert_eq!(got, vec!["n_distinct=100", "n_distinct_inherited=7"]);
     }
 }

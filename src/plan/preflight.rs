@@ -831,6 +831,47 @@ fn version_finding(version_num: i32, version: String) -> Option<Finding> {
     })
 }
 
+/// Whether the role may set `session_replication_role`, which the apply
+/// session needs (see [`crate::apply`]): judged by trial, in a transaction
+/// rolled back at once, since who may set it depends on the version and on
+/// the service (superuser; `GRANT SET ON PARAMETER` on 15+; `rds_superuser`
+/// on RDS). Without it a rewrite would copy every table and then stop.
+async fn session_replication_role_finding(
+    client: &Client,
+    role: &str,
+    version_num: i32,
+) -> Result<Option<Finding>, PlanError> {
+    let tried = client
+        .batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
+        .await;
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .map_err(PlanError::db(
+            "roll back the trial of session_replication_role",
+        ))?;
+    match tried {
+        Ok(()) => Ok(None),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            let fix = if version_num >= 150_000 {
+                format!(
+                    "GRANT SET ON PARAMETER session_replication_role TO {} (as a superuser)",
+                    quote_ident(role)
+                )
+            } else {
+                "on PostgreSQL 14 only a superuser may set it (on RDS: a member of rds_superuser): run rewrite as such a role, or upgrade to 15+ and grant it".to_string()
+            };
+            Ok(Some(Finding::new(Severity::Blocker, "no_session_replication_role", format!(
+                "role {role:?} may not set session_replication_role, which the apply session needs (so the source's triggers and foreign-key actions do not run twice on the shadow): {fix}"
+            ))))
+        }
+        Err(e) => Err(PlanError::Db {
+            context: "try setting session_replication_role".into(),
+            source: e,
+        }),
+    }
+}
+
 async fn server_checks(client: &Client, out: &mut Vec<Finding>) -> Result<(), PlanError> {
     let r = client
         .query_one(SERVER_SQL, &[])
@@ -866,6 +907,9 @@ async fn server_checks(client: &Client, out: &mut Vec<Finding>) -> Result<(), Pl
             "role {role:?} may not open a replication connection: ALTER ROLE {} REPLICATION (on RDS: GRANT rds_replication TO {})",
             quote_ident(&role), quote_ident(&role)
         )));
+    }
+    if let Some(f) = session_replication_role_finding(client, &role, r.get("version_num")).await? {
+        out.push(f);
     }
     if !r.get::<_, bool>("can_create") {
         out.push(Finding::new(Severity::Blocker, "no_create_on_database", format!(

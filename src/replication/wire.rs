@@ -890,8 +890,31 @@ impl ReplicationClient {
         name: &str,
         snapshot: SnapshotAction,
     ) -> Result<SlotInfo, ReplicationError> {
+        self.create_slot_as(name, snapshot, Lifetime::Persistent)
+            .await
+    }
+
+    /// [`ReplicationClient::create_slot`] with a `TEMPORARY` slot: the
+    /// server drops it when this connection ends, whatever ends it (a
+    /// killed process leaves nothing behind). For a snapshot and its
+    /// consistent point only; nothing is streamed from it.
+    pub async fn create_temporary_slot(
+        &mut self,
+        name: &str,
+        snapshot: SnapshotAction,
+    ) -> Result<SlotInfo, ReplicationError> {
+        self.create_slot_as(name, snapshot, Lifetime::Temporary)
+            .await
+    }
+
+    async fn create_slot_as(
+        &mut self,
+        name: &str,
+        snapshot: SnapshotAction,
+        lifetime: Lifetime,
+    ) -> Result<SlotInfo, ReplicationError> {
         validate_slot_name(name)?;
-        let sql = create_slot_sql(name, snapshot, self.server_major);
+        let sql = slot_sql(name, lifetime, snapshot, self.server_major);
         let set = self.query_row(&sql, "CREATE_REPLICATION_SLOT").await?;
         let bad = |f: &str| ReplicationError::Protocol(format!("CREATE_REPLICATION_SLOT: bad {f}"));
         let info = SlotInfo {
@@ -1100,7 +1123,29 @@ pub fn validate_slot_name(name: &str) -> Result<(), ReplicationError> {
 /// The `CREATE_REPLICATION_SLOT` command for a server major version: the
 /// option-list syntax on 15+, the keyword syntax before.
 pub fn create_slot_sql(name: &str, snapshot: SnapshotAction, server_major: u32) -> String {
-    let slot = quote_ident(name);
+    slot_sql(name, Lifetime::Persistent, snapshot, server_major)
+}
+
+/// Whether a slot outlives its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Kept until dropped.
+    Persistent,
+    /// Dropped by the server when the connection that made it ends.
+    Temporary,
+}
+
+/// The `CREATE_REPLICATION_SLOT` command for a slot of `lifetime`.
+pub fn slot_sql(
+    name: &str,
+    lifetime: Lifetime,
+    snapshot: SnapshotAction,
+    server_major: u32,
+) -> String {
+    let slot = match lifetime {
+        Lifetime::Persistent => quote_ident(name),
+        Lifetime::Temporary => format!("{} TEMPORARY", quote_ident(name)),
+    };
     if server_major >= 15 {
         let s = match snapshot {
             SnapshotAction::Export => "export",
@@ -1203,6 +1248,14 @@ mod tests {
         assert_eq!(
             create_slot_sql("s1", SnapshotAction::Export, 13),
             "CREATE_REPLICATION_SLOT \"s1\" LOGICAL pgoutput EXPORT_SNAPSHOT"
+        );
+        assert_eq!(
+            slot_sql("s1", Lifetime::Temporary, SnapshotAction::Export, 14),
+            "CREATE_REPLICATION_SLOT \"s1\" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT"
+        );
+        assert_eq!(
+            slot_sql("s1", Lifetime::Temporary, SnapshotAction::Export, 17),
+            "CREATE_REPLICATION_SLOT \"s1\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
         );
     }
 

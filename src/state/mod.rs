@@ -183,10 +183,14 @@ fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> State
 /// sessions at once; must not be called inside an open transaction (the script
 /// runs as one implicit transaction of its own).
 pub async fn ensure_schema(client: &Client) -> Result<(), StateError> {
-    // A role without CREATE on the schema can still use an existing one.
+    // A role without CREATE on the schema can still use an existing one,
+    // when it has this version's newest column (an older version's table is
+    // brought up to date by the script's `ADD COLUMN IF NOT EXISTS`).
     let exists: bool = client
         .query_one(
-            "SELECT pg_catalog.to_regclass('pgrekey.jobs') IS NOT NULL",
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                 WHERE attrelid = pg_catalog.to_regclass('pgrekey.jobs')
+                   AND attname = 'synced_lsn' AND NOT attisdropped)",
             &[],
         )
         .await
@@ -308,6 +312,32 @@ pub async fn record_id_map<C: GenericClient>(
         )
         .await
         .map_err(db(format!("recording the id map size of job {job_id}")))?;
+    Ok(())
+}
+
+/// Record that `table`'s copy is complete and the stream applies to it from
+/// `lsn` on (call it in the transaction that builds the shadow's key, so the
+/// two commit together).
+pub async fn record_synced<C: GenericClient>(
+    client: &C,
+    table: &QualifiedName,
+    lsn: Lsn,
+) -> Result<(), StateError> {
+    let n = client
+        .execute(
+            "UPDATE pgrekey.jobs SET synced_lsn = $3, updated_at = now()
+             WHERE source_schema = $1 AND source_table = $2",
+            &[&table.schema, &table.name, &PgLsn::from(lsn.0)],
+        )
+        .await
+        .map_err(db(format!(
+            "recording that the copy of {table} is complete"
+        )))?;
+    if n == 0 {
+        return Err(StateError::NotFound {
+            table: table.clone(),
+        });
+    }
     Ok(())
 }
 
@@ -532,6 +562,11 @@ pub struct JobRow {
     pub id_map_users: Option<i64>,
     /// Bytes that id map used, as recorded at load.
     pub id_map_bytes: Option<i64>,
+    /// Where the stream starts applying to this table: set when its copy
+    /// is complete (the snapshot's consistent point); `None` while it is
+    /// not (see `crate::resume`).
+    #[serde(serialize_with = "lsn_text")]
+    pub synced_lsn: Option<Lsn>,
     /// RFC 3339, UTC.
     pub created_at: String,
     /// RFC 3339, UTC.
@@ -565,7 +600,7 @@ const SELECT_JOBS: &str = "
 SELECT source_schema, source_table, phase, shadow_table, old_table, rows_copied, rows_estimate,
        lag_bytes, last_error, job_id, source_oid, slot_name, publication_name, consistent_lsn,
        applied_lsn, owner_pid, owner_host, parent_schema, parent_table, parent_uuid_column,
-       id_map_users, id_map_bytes,
+       id_map_users, id_map_bytes, synced_lsn,
        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at,
        to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS updated_at
 FROM pgrekey.jobs";
@@ -609,6 +644,9 @@ fn job_row(r: &Row) -> JobRow {
         owner_host: r.get("owner_host"),
         id_map_users: r.get("id_map_users"),
         id_map_bytes: r.get("id_map_bytes"),
+        synced_lsn: r
+            .get::<_, Option<PgLsn>>("synced_lsn")
+            .map(|l| Lsn(u64::from(l))),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
         source,

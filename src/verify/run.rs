@@ -1040,6 +1040,7 @@ mod tests {
             owner_host: None,
             id_map_users: None,
             id_map_bytes: None,
+            synced_lsn: None,
             created_at: String::new(),
             updated_at: String::new(),
             source,

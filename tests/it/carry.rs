@@ -69,7 +69,11 @@ const COLUMN_SETTINGS: &str = "
 SELECT pg_catalog.concat_ws(' ', a.attname, a.attstorage,
          'compression=' || coalesce(pg_catalog.to_jsonb(a) ->> 'attcompression', ''),
          'statistics=' || coalesce(pg_catalog.to_jsonb(a) ->> 'attstattarget', '-1'),
-         'options=' || coalesce(a.attoptions::text, ''))
+         -- Options in the reserved pg_ namespace are the server's own (a
+         -- build of 15.20 stamps each column with pg_attver=<n> per table).
+         'options=' || coalesce((SELECT pg_catalog.array_agg(o ORDER BY n)
+                                   FROM pg_catalog.unnest(a.attoptions) WITH ORDINALITY AS u(o, n)
+                                  WHERE o NOT LIKE 'pg\\_%')::text, ''))
   FROM pg_catalog.pg_attribute a
  WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY a.attnum";

@@ -126,3 +126,52 @@ async fn a_missing_password_says_where_to_put_it() {
         .to_string();
     assert!(e.contains("PGPASSWORD") && e.contains(".pgpass"), "{e}");
 }
+
+/// A Unix-domain socket never carries TLS, as in libpq, whatever `sslmode`
+/// says (`prefer` by default, `require` too): ordinary sessions and the
+/// replication connection both connect, in plaintext.
+#[tokio::test]
+async fn unix_sockets_connect_without_tls_whatever_sslmode_says() {
+    if !support::own_cluster() {
+        return; // needs the harness's socket directory
+    }
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let dir: String = c
+        .query_one(
+            "SELECT split_part(current_setting('unix_socket_directories'), ',', 1)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for mode in ["", " sslmode=prefer", " sslmode=require"] {
+        let dsn = format!(
+            "host={dir} port={} user=postgres dbname={}{mode}",
+            db.spec.port, db.name
+        );
+        let spec = ConnSpec::parse(&dsn).unwrap();
+        let s = pg_rekey::pg::connect(&spec, "test")
+            .await
+            .unwrap_or_else(|e| panic!("{dsn}: {}", pg_rekey::error::chain(&e)));
+        let (ssl, via_socket): (bool, bool) = {
+            let r = s
+                .query_one(
+                    "SELECT ssl, inet_client_addr() IS NULL FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        assert_eq!((ssl, via_socket), (false, true), "{dsn}");
+        let mut r = ReplicationClient::connect(&spec)
+            .await
+            .unwrap_or_else(|e| panic!("replication, {dsn}: {e}"));
+        assert_eq!(
+            r.identify_system().await.unwrap().dbname.as_deref(),
+            Some(db.name.as_str()),
+            "{dsn}"
+        );
+    }
+}

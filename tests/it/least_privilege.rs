@@ -1,9 +1,9 @@
 //! plan → rewrite → cutover as a role that is not superuser, as on managed
 //! services: LOGIN REPLICATION, owner of the tables, CREATE on the database
 //! (for the `pgrekey` schema) and on the tables' schema (for the shadows),
-//! and on 15+ `GRANT SET ON PARAMETER session_replication_role`. On 14 that
-//! grant does not exist: the rewrite must stop at once with an error that
-//! says what to do.
+//! and on 15+ `GRANT SET ON PARAMETER session_replication_role` (plan
+//! reports its absence as a blocker first). On 14 that grant does not
+//! exist: plan says so, and the rewrite refuses before creating anything.
 
 use std::time::Duration;
 
@@ -43,15 +43,10 @@ async fn plan_rewrite_cutover_as_a_non_superuser() {
         .unwrap()
         .get(0);
     // Exactly what the README lists.
-    let mut grants = format!(
+    let grants = format!(
         "GRANT CREATE ON DATABASE {db} TO {ROLE}; GRANT CREATE ON SCHEMA public TO {ROLE};",
         db = admin_db.name
     );
-    if major >= 15 {
-        grants.push_str(&format!(
-            " GRANT SET ON PARAMETER session_replication_role TO {ROLE};"
-        ));
-    }
     admin.batch_execute(&grants).await.unwrap();
 
     let db = TestDb {
@@ -73,26 +68,56 @@ async fn plan_rewrite_cutover_as_a_non_superuser() {
     workload::seed(&c, 50, 500).await.unwrap();
     let tables = ["sessions", "api_access_tokens"];
 
-    let plan = tokio::process::Command::new(env!("CARGO_BIN_EXE_pg-rekey"))
-        .args(["plan", "--dsn", &db.spec.to_dsn(), "--parent", "users"])
-        .args([
-            "--uuid-column",
-            "uuid_id",
-            "--table",
-            "sessions",
-            "--table",
-            "api_access_tokens",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let plan = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pg-rekey"))
+            .args(["plan", "--dsn", &db.spec.to_dsn(), "--parent", "users"])
+            .args([
+                "--uuid-column",
+                "uuid_id",
+                "--table",
+                "sessions",
+                "--table",
+                "api_access_tokens",
+            ])
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // Without the right to set session_replication_role, plan says so (a
+    // rewrite would otherwise copy everything, then stop at the stream).
+    let (code, text) = plan().await;
     assert_eq!(
-        plan.status.code(),
-        Some(0),
-        "plan as {ROLE} found blockers:\n{}\n{}",
-        String::from_utf8_lossy(&plan.stdout),
-        String::from_utf8_lossy(&plan.stderr)
+        code,
+        Some(1),
+        "plan as {ROLE} without the parameter: {text}"
     );
+    let fix = if major >= 15 {
+        "GRANT SET ON PARAMETER session_replication_role TO \"rekey_owner\""
+    } else {
+        "on PostgreSQL 14 only a superuser may set it"
+    };
+    assert!(
+        text.contains("may not set session_replication_role") && text.contains(fix),
+        "{text}"
+    );
+    if major >= 15 {
+        admin
+            .batch_execute(&format!(
+                "GRANT SET ON PARAMETER session_replication_role TO {ROLE};"
+            ))
+            .await
+            .unwrap();
+        let (code, text) = plan().await;
+        assert_eq!(code, Some(0), "plan as {ROLE} found blockers:\n{text}");
+    }
 
     let (stop, rx) = watch::channel(false);
     let cfg = crate::rewrite::example_config(&db, &tables);
@@ -100,17 +125,20 @@ async fn plan_rewrite_cutover_as_a_non_superuser() {
         rewrite::run(&cfg, rx, pg_rekey::progress::JobProgress::new()).await
     });
     if major < 15 {
-        // No way to grant session_replication_role: a clear stop.
+        // No way to grant session_replication_role: refused up front, with
+        // nothing created.
         let e = tokio::time::timeout(Duration::from_secs(60), job)
             .await
             .unwrap()
             .unwrap()
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        assert!(matches!(e, pg_rekey::Error::Blocked(_)), "{e:?}");
+        let e = e.to_string();
         assert!(
             e.contains("session_replication_role") && e.contains("superuser"),
             "{e}"
         );
+        assert_eq!(support::slots_in_database(&c).await, 0);
         return;
     }
     crate::rewrite::wait_phase(&c, &tables, "streaming").await;

@@ -183,9 +183,27 @@ async fn assert_done(c: &Client) {
     );
 }
 
+/// The shadow of `table` as stored: its oid and its file (a TRUNCATE or a
+/// new copy gives it a new file; dropped and created again, a new oid).
+async fn shadow_storage(c: &Client, table: &str) -> Option<(u32, u32)> {
+    c.query_opt(
+        "SELECT c.oid, c.relfilenode FROM pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
+        &[&format!("_rekey_new_{table}")],
+    )
+    .await
+    .unwrap()
+    .map(|r| (r.get(0), r.get(1)))
+}
+
 /// Kill the rewrite at `failpoint`, check `status`, write while it is dead,
 /// run the same rewrite again, cut over, check.
 async fn rewrite_dies_at(failpoint: &str) {
+    rewrite_dies_keeping(failpoint, &[]).await
+}
+
+/// [`rewrite_dies_at`], and the shadows of `kept` (tables whose copy was
+/// complete when the process died) are not copied again by the resume.
+async fn rewrite_dies_keeping(failpoint: &str, kept: &[&str]) {
     let db = TestDb::new().await;
     let dsn = db.spec.to_dsn();
     let c = db.client().await;
@@ -234,9 +252,25 @@ async fn rewrite_dies_at(failpoint: &str) {
             "{err}"
         );
     }
+    let mut before = Vec::new();
+    for t in kept {
+        let s = shadow_storage(&c, t).await;
+        assert!(
+            s.is_some(),
+            "{t}: the copied shadow is kept while the job is dead"
+        );
+        before.push(s);
+    }
     while_dead(&c).await;
     let child = spawn(&dsn, &args, None);
     resumed(&c).await;
+    for (t, b) in kept.iter().zip(&before) {
+        assert_eq!(
+            &shadow_storage(&c, t).await,
+            b,
+            "{t}: copied before the kill, it must not be copied again by the resume"
+        );
+    }
     writes(&c, 2).await;
     let (code, out, err) = run(
         &dsn,
@@ -260,9 +294,17 @@ async fn dies_after_slot() {
     rewrite_dies_at("rewrite.after_slot").await;
 }
 
+/// Killed with one batch of the first table in its shadow: that copy is
+/// not complete, so it is emptied and done again (with the other table);
+/// the rows already there are not counted twice.
+#[tokio::test]
+async fn dies_during_a_tables_copy() {
+    rewrite_dies_at("copy.after_batch").await;
+}
+
 #[tokio::test]
 async fn dies_after_first_table_copied() {
-    rewrite_dies_at("copy.after_first_table").await;
+    rewrite_dies_keeping("copy.after_first_table", &["notes"]).await;
 }
 
 #[tokio::test]
@@ -286,7 +328,7 @@ fn every_failpoint_is_tested() {
     let this = include_str!("resume.rs");
     for name in pg_rekey::failpoint::NAMES {
         assert!(
-            this.contains(&format!("(\"{name}\")")),
+            this.contains(&format!("(\"{name}\"")),
             "no test dies at {name}"
         );
     }
@@ -590,4 +632,96 @@ async fn a_taken_over_applier_cannot_commit() {
         Some(Lsn(0x100)),
         "only the owner's position counts"
     );
+}
+
+/// `pg_ctl restart -m fast` while the second table is being copied: the
+/// running process reconnects and goes on with the copy, keeping the first
+/// table's complete copy (same file) and copying the second again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_during_copy() {
+    crate::support::init_logging();
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(&ClusterOptions::default()))
+        .await
+        .unwrap()
+        .expect("start a cluster of this test's own");
+    let admin = connect(&cluster.spec("postgres")).await;
+    admin
+        .batch_execute("CREATE DATABASE restart_copy")
+        .await
+        .unwrap();
+    drop(admin);
+    let spec = cluster.spec("restart_copy");
+    let dsn = spec.to_dsn();
+    let c = connect(&spec).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    // Enough rows in the second table to restart the server while it copies.
+    c.batch_execute(
+        "INSERT INTO likes SELECT g, 1 + g % 50 FROM generate_series(1000001, 1800000) g; ANALYZE likes;",
+    )
+    .await
+    .unwrap();
+    let rewrite = spawn(&dsn, &rewrite_args(), None);
+    wait_for(
+        "the copy of likes to be under way, notes' copy complete",
+        Duration::from_secs(120),
+        || {
+            let c = &c;
+            async move {
+                let row = c
+                    .query_one(
+                        "SELECT (SELECT synced_lsn IS NOT NULL FROM pgrekey.jobs WHERE source_table = 'notes'),
+                                EXISTS (SELECT FROM pg_stat_progress_copy
+                                         WHERE relid = pg_catalog.to_regclass('_rekey_new_likes')
+                                           AND tuples_processed > 0)",
+                        &[],
+                    )
+                    .await
+                    .ok()?;
+                (row.get::<_, Option<bool>>(0) == Some(true) && row.get::<_, bool>(1)).then_some(())
+            }
+        },
+    )
+    .await;
+    let notes_before = shadow_storage(&c, "notes").await;
+    assert!(notes_before.is_some());
+    drop(c);
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart_fast().expect("pg_ctl restart -m fast");
+        cluster
+    })
+    .await
+    .unwrap();
+    let c = wait_for(
+        "the server to accept connections",
+        Duration::from_secs(60),
+        || {
+            let spec = spec.clone();
+            async move { pg_rekey::pg::connect(&spec, "test").await.ok() }
+        },
+    )
+    .await;
+    while_dead(&c).await;
+    resumed(&c).await;
+    assert_eq!(
+        shadow_storage(&c, "notes").await,
+        notes_before,
+        "notes was copied before the restart: not copied again"
+    );
+    writes(&c, 2).await;
+    let (code, out, err) = run(
+        &dsn,
+        &["cutover", "--table", "notes", "--table", "likes"],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = finish(rewrite).await;
+    assert_eq!(code, 0, "the rewrite survived the restart: {err}");
+    assert!(
+        err.contains("resuming an interrupted copy"),
+        "the copy was resumed, not finished before the restart: {err}"
+    );
+    assert_done(&c).await;
+    drop(c);
+    drop(cluster);
 }

@@ -3,6 +3,17 @@
 
 use std::time::Duration;
 
+/// Whole milliseconds (saturating): what logs and reports count in.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds to a tenth: what a cutover attempt reports its lock wait and
+/// hold in.
+pub fn millis_tenths(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0
+}
+
 /// Bytes in binary units: `512 B`, `1.5 KiB`, `3.2 GiB`.
 pub fn format_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
@@ -85,6 +96,14 @@ pub fn format_count(n: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milliseconds() {
+        assert_eq!(millis(Duration::from_micros(1_999)), 1);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+        assert_eq!(millis_tenths(Duration::from_micros(1_234)), 1.2);
+        assert_eq!(millis_tenths(Duration::from_micros(1_250)), 1.3);
+    }
 
     #[test]
     fn human_formats() {

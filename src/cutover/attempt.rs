@@ -20,6 +20,7 @@ use crate::plan::model::{ColumnSpec, IntKind, ParentSpec};
 use crate::quiesce;
 use crate::state::{self, Phase};
 use crate::swap::{self, SwapNames, SwapSql};
+use crate::units::millis_tenths as ms;
 
 /// Splits the hold into [`PhaseTime`]s.
 struct Phases {
@@ -551,8 +552,4 @@ const HELD_POLL: Duration = Duration::from_millis(1);
 
 fn swap_err(e: swap::SwapError) -> Error {
     Error::Swap(e)
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0 * 10.0).round() / 10.0
 }

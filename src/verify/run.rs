@@ -157,6 +157,7 @@ use crate::plan::model::{IntKind, ParentSpec, TableSpec};
 use crate::quiesce::MAX_BACKOFF;
 use crate::quiesce::{self, backoff, Attempt, LockSet, Outcome};
 use crate::state::{self, JobRow, Phase};
+use crate::units::millis as ms;
 
 /// Default of [`RunOptions::lock_set`] (see the module docs for the measurements).
 pub const DEFAULT_LOCK_SET: usize = 1;
@@ -832,10 +833,6 @@ fn lock_sets(n: usize, size: usize) -> Vec<Vec<usize>> {
         .chunks(size.max(1))
         .map(<[usize]>::to_vec)
         .collect()
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Steps 1–5 of the module docs. `Ok(Ok(point))`: the work session is inside

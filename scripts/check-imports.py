@@ -11,7 +11,7 @@ Levels checked:
   * the submodules of each folder module (`src/a/b.rs` and `src/a/b/…` are
     `a::b`), among themselves.
 
-Usage: scripts/check-imports.py [--src DIR] [--verbose]
+Usage: scripts/check-imports.py [--src DIR] [--verbose] [--self-test]
 Exit 0 when there is no cycle, 1 when there is (each printed with one
 file and line per arrow), 2 on bad usage.
 """
@@ -173,12 +173,50 @@ def sccs(nodes, edges):
     return out
 
 
+def self_test():
+    """Check the checker on small trees with and without cycles."""
+    import contextlib
+    import io
+    import tempfile
+
+    cases = [
+        # (files, expected exit code)
+        ({"lib.rs": "pub mod a; pub mod b;", "a.rs": "use crate::b::X;", "b.rs": "use crate::a::Y;"}, 1),
+        ({"lib.rs": "", "a.rs": "// use crate::b::X;\nconst S: &str = \"crate::b\";", "b.rs": "use crate::a::Y;"}, 0),
+        ({"lib.rs": "", "a.rs": "use crate::{b::X, c};", "b.rs": "", "c.rs": "fn f() { crate::a::g() }"}, 1),
+        ({"lib.rs": "", "a/mod.rs": "mod x; mod y;", "a/x.rs": "use super::y::T;", "a/y.rs": "use super::x::U;"}, 1),
+        ({"lib.rs": "", "a/mod.rs": "use self::x::T;", "a/x.rs": "use super::Z;"}, 0),
+        ({"lib.rs": "pub use w::{p};", "w/mod.rs": "", "w/p.rs": "use crate::q::A;", "q.rs": "use crate::p::B;"}, 1),
+    ]
+    failed = 0
+    for i, (files, want) in enumerate(cases):
+        with tempfile.TemporaryDirectory() as d:
+            for name, text in files.items():
+                path = os.path.join(d, name)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text)
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                got = check(d, verbose=False)
+            if got != want:
+                failed += 1
+                print(f"self-test case {i}: exit {got}, expected {want}\n{out.getvalue()}")
+    print("self-test passed" if not failed else f"self-test: {failed} case(s) failed")
+    return 1 if failed else 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--src", default=os.path.join(os.path.dirname(__file__), "..", "src"))
     ap.add_argument("--verbose", action="store_true", help="print the whole graph")
+    ap.add_argument("--self-test", action="store_true", help="check the checker and exit")
     args = ap.parse_args()
-    src = os.path.normpath(args.src)
+    if args.self_test:
+        return self_test()
+    return check(os.path.normpath(args.src), args.verbose)
+
+
+def check(src, verbose):
     files = []
     for root, _, names in os.walk(src):
         files += [os.path.join(root, f) for f in names if f.endswith(".rs")]
@@ -215,7 +253,7 @@ def main():
         nodes = set(g) | {b for a in g for b in g[a]}
         edges = defaultdict(set, {a: set(g[a]) for a in g})
         label = "::".join(prefix) or "crate"
-        if args.verbose:
+        if verbose:
             for a in sorted(g):
                 print(f"{label}: {a} -> {', '.join(sorted(g[a]))}")
         for comp in sccs(nodes, edges):

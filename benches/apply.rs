@@ -37,6 +37,8 @@
 //! child of the cluster's postmaster alive at both ends of the round, which
 //! includes the generator sessions, the apply session and the walsender).
 
+#![allow(clippy::disallowed_methods)] // tests and benches spawn their own helpers bare
+
 use std::time::{Duration, Instant};
 
 use pg_rekey::embedded::Cluster;

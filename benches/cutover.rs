@@ -27,6 +27,8 @@
 //! application sending integers sees once per table), and the hold split into
 //! steps. The summary gives min / median / max.
 
+#![allow(clippy::disallowed_methods)] // tests and benches spawn their own helpers bare
+
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 

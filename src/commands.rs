@@ -4,7 +4,6 @@
 //! rewrite; 2 error). An `Err` is printed by the binary and mapped to 1 or 2
 //! by [`Error::exit_code`].
 
-use std::io::Write;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -37,52 +36,8 @@ pub fn parse_tables(tables: &[String]) -> Result<Vec<QualifiedName>, Error> {
     Ok(out)
 }
 
-/// Write to stdout; a closed pipe (`| head`) is not an error.
-pub fn print(text: &str) -> Result<(), Error> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Error::Io {
-            context: "write to stdout".into(),
-            source: e,
-        }),
-    }
-}
-
-/// Write bytes to stdout; a closed pipe is not an error.
-fn write_bytes(b: &[u8]) -> Result<(), Error> {
-    print(&String::from_utf8_lossy(b))
-}
-
-/// A channel that turns `true` on Ctrl-C (SIGINT) or SIGTERM.
-pub fn shutdown_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => {
-                        let _ = ctrl_c.await;
-                        let _ = tx.send(true);
-                        return;
-                    }
-                };
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("stop requested");
-        let _ = tx.send(true);
-    });
-    rx
-}
+use crate::console::write_bytes;
+pub use crate::console::{print, shutdown_signal};
 
 /// Run a parsed command line.
 pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
@@ -98,11 +53,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Demo(a) => demo(dsn, a).await,
         Command::Soak(a) => soak(dsn, a).await,
         Command::Completions(a) => {
-            write_bytes(&crate::cli_help::completions(a.shell))?;
+            write_bytes(&crate::cli::help::completions(a.shell))?;
             Ok(0)
         }
         Command::Man => {
-            let page = crate::cli_help::man_page().map_err(|e| Error::Io {
+            let page = crate::cli::help::man_page().map_err(|e| Error::Io {
                 context: "render the manual page".into(),
                 source: e,
             })?;
@@ -240,10 +195,19 @@ async fn rewrite(
     );
     let shutdown = shutdown_signal();
     let auto = (a.cutover == crate::cli::CutoverMode::Auto).then(|| {
-        tokio::spawn(crate::cutover::auto(
-            auto_cutover_config(&cfg, &a.lock, &a.hooks, a.rewrite_dependents),
-            shutdown.clone(),
-        ))
+        crate::task::spawn(
+            "auto-cutover",
+            crate::cutover::auto(
+                cutover_config(
+                    cfg.spec.clone(),
+                    cfg.tables.clone(),
+                    &a.lock,
+                    &a.hooks,
+                    a.rewrite_dependents,
+                ),
+                shutdown.clone(),
+            ),
+        )
     });
     let indexes = crate::step_progress::spawn_index_watch(
         cfg.spec.clone(),
@@ -343,7 +307,7 @@ fn spawn_rewrite_events(
 ) -> tokio::task::JoinHandle<()> {
     use crate::hooks::{Event, Facts};
     use crate::progress::Phase;
-    tokio::spawn(async move {
+    crate::task::spawn("hooks", async move {
         if !hooks.any() {
             return;
         }
@@ -501,20 +465,18 @@ async fn abort(dsn: Option<&str>, a: AbortArgs) -> Result<ExitCode, Error> {
 
 async fn cutover(dsn: Option<&str>, a: CutoverArgs) -> Result<ExitCode, Error> {
     let cfg = crate::cutover::CutoverConfig {
-        spec: conn_spec(dsn)?,
-        tables: parse_tables(&a.tables)?,
-        lock_timeout: a.lock.lock_timeout,
-        max_hold: a.lock.max_hold,
-        attempts: a.lock.attempts,
-        backoff: a.lock.backoff,
-        max_lag_bytes: a.lock.max_lag_bytes,
         wait_for_lag: a.wait_for_lag,
-        hooks: hooks(&a.hooks),
         dry_run: a.dry_run,
         skip_verify: a.skip_verify,
-        verify_chunk_rows: 10_000,
-        rewrite_dependents: a.rewrite_dependents,
+        ..cutover_config(
+            conn_spec(dsn)?,
+            parse_tables(&a.tables)?,
+            &a.lock,
+            &a.hooks,
+            a.rewrite_dependents,
+        )
     };
+    cfg.validate()?;
     crate::guide::require_tables(&pg::connect(&cfg.spec, "cutover-check").await?, &cfg.tables)
         .await?;
     if !cfg.dry_run && !a.yes && crate::guide::interactive() {
@@ -651,27 +613,26 @@ pub async fn verify(dsn: Option<&str>, a: VerifyArgs) -> Result<ExitCode, Error>
     Ok(report.exit_code())
 }
 
-/// The cutover that `rewrite --cutover auto` runs.
-fn auto_cutover_config(
-    cfg: &crate::rewrite::RewriteConfig,
+/// The one place a cutover's configuration is built from arguments (by
+/// `cutover`, and by `rewrite --cutover auto` with the rewrite's tables):
+/// [`crate::cutover::CutoverConfig::new`]'s defaults, the lock budget, the
+/// hooks. `cutover` adds its own flags on top.
+fn cutover_config(
+    spec: crate::pg::ConnSpec,
+    tables: Vec<crate::pg::QualifiedName>,
     lock: &crate::cli::LockArgs,
     hook_args: &crate::cli::HookArgs,
     rewrite_dependents: bool,
 ) -> crate::cutover::CutoverConfig {
     crate::cutover::CutoverConfig {
-        spec: cfg.spec.clone(),
-        tables: cfg.tables.clone(),
         lock_timeout: lock.lock_timeout,
         max_hold: lock.max_hold,
         attempts: lock.attempts,
         backoff: lock.backoff,
         max_lag_bytes: lock.max_lag_bytes,
-        wait_for_lag: None,
         hooks: hooks(hook_args),
-        dry_run: false,
-        skip_verify: false,
-        verify_chunk_rows: 10_000,
         rewrite_dependents,
+        ..crate::cutover::CutoverConfig::new(spec, tables)
     }
 }
 
@@ -704,7 +665,7 @@ async fn soak(dsn: Option<&str>, a: crate::cli::SoakArgs) -> Result<ExitCode, Er
             ))
         }
     };
-    let cfg = crate::soak::SoakConfig {
+    let cfg = crate::demo::soak::SoakConfig {
         server,
         duration: a.duration,
         users: a.workload.users,
@@ -712,7 +673,7 @@ async fn soak(dsn: Option<&str>, a: crate::cli::SoakArgs) -> Result<ExitCode, Er
         writers: a.workload.writers,
         readers: a.workload.readers,
     };
-    let summary = crate::soak::run(&cfg, shutdown_signal()).await?;
+    let summary = crate::demo::soak::run(&cfg, shutdown_signal()).await?;
     print_summary(&summary, a.json)
 }
 
@@ -726,4 +687,40 @@ fn print_summary(summary: &crate::demo::DemoSummary, json: bool) -> Result<ExitC
         print(&format!("{summary}\n"))?;
     }
     Ok(if summary.passed() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    /// The command line's defaults are the ones the libraries define (the
+    /// durations and sizes are written as text for `--help`).
+    #[test]
+    fn command_line_defaults_are_the_library_defaults() {
+        let c = Cli::try_parse_from(["pg-rekey", "cutover", "--table", "t"]).unwrap();
+        let Command::Cutover(a) = c.command else {
+            panic!("not cutover")
+        };
+        let lib = crate::cutover::CutoverConfig::new(
+            crate::pg::ConnSpec::parse("host=h dbname=d").unwrap(),
+            vec![],
+        );
+        assert_eq!(a.lock.lock_timeout, lib.lock_timeout);
+        assert_eq!(a.lock.max_hold, lib.max_hold);
+        assert_eq!(a.lock.attempts, lib.attempts);
+        assert_eq!(a.lock.backoff, lib.backoff);
+        assert_eq!(a.lock.max_lag_bytes, lib.max_lag_bytes);
+        let c = Cli::try_parse_from(["pg-rekey", "verify", "--table", "t"]).unwrap();
+        let Command::Verify(v) = c.command else {
+            panic!("not verify")
+        };
+        let lib = crate::verify::RunOptions::default();
+        assert_eq!(v.lock_timeout, lib.lock_timeout);
+        assert_eq!(v.max_hold, lib.max_hold);
+        assert_eq!(v.attempts, lib.attempts);
+        assert_eq!(v.backoff, lib.backoff);
+        assert_eq!(v.chunk_rows, lib.compare.chunk_rows);
+    }
 }

@@ -61,6 +61,9 @@ pub async fn write(client: &Client, token: &str) -> Result<Lsn, Error> {
     })
 }
 
+/// Longest pause between two polls of [`wait_drained`].
+pub const POLL_MAX_PAUSE: Duration = Duration::from_millis(10);
+
 /// Wait until every listed job's applied LSN is past `fence`, polling with a
 /// backoff from 1 ms up to 10 ms.
 /// Returns `Ok(true)` when drained, `Ok(false)` when `deadline` came first.
@@ -70,7 +73,7 @@ pub async fn wait_drained(
     fence: Lsn,
     deadline: Instant,
 ) -> Result<bool, Error> {
-    wait_drained_every(client, job_ids, fence, deadline, Duration::from_millis(10)).await
+    wait_drained_every(client, job_ids, fence, deadline, POLL_MAX_PAUSE).await
 }
 
 /// [`wait_drained`] with the longest pause between two polls. A caller that

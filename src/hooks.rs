@@ -195,7 +195,7 @@ impl Hooks {
             let outcome = match tokio::time::timeout(HOOK_TIMEOUT, cmd.output()).await {
                 Err(_) => Err(format!(
                     "ran longer than {}",
-                    crate::progress::format_duration(HOOK_TIMEOUT)
+                    crate::units::format_duration(HOOK_TIMEOUT)
                 )),
                 Ok(Err(e)) => Err(format!("cannot run it: {e}")),
                 Ok(Ok(out)) => {

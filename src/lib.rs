@@ -21,38 +21,37 @@
 pub mod abort;
 pub mod apply;
 pub mod cli;
-pub mod cli_help;
 pub mod commands;
+pub mod console;
 pub mod copy;
 pub mod cutover;
-pub mod cutover_finish;
-pub mod cutover_gate;
 pub mod ddl;
 pub mod demo;
-pub mod embedded;
 pub mod error;
 pub mod failpoint;
 pub mod fence;
 pub mod guide;
 pub mod hooks;
 pub mod idmap;
-pub mod lag;
-pub mod metrics;
+pub mod naming;
+pub mod observe;
 pub mod pg;
 pub mod plan;
 pub mod prepare;
-pub mod progress;
+pub mod quiesce;
 pub mod replication;
 pub mod resume;
 pub mod rewrite;
-pub mod soak;
 pub mod state;
 pub mod status;
-pub mod step_progress;
 pub mod swap;
-pub mod telemetry;
-pub mod throttle;
+pub mod task;
+pub mod units;
 pub mod verify;
-pub mod workload;
 
 pub use error::{Error, Result};
+
+// The demo and observation wings live in their folders; their modules keep
+// their old paths at the root too (`crate::progress`, `pg_rekey::workload`).
+pub use demo::{embedded, soak, workload};
+pub use observe::{lag, metrics, progress, step_progress, telemetry, throttle};

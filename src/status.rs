@@ -132,7 +132,7 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
 }
 
 fn human_bytes(b: i64) -> String {
-    crate::progress::format_bytes(u64::try_from(b).unwrap_or(0))
+    crate::units::format_bytes(u64::try_from(b).unwrap_or(0))
 }
 
 /// The lag as the progress bar shows it: bytes, and time when known.
@@ -143,7 +143,7 @@ fn lag_cell(bytes: Option<i64>, seconds: Option<f64>) -> String {
         (Some(b), Some(s)) => format!(
             "{} / {}",
             human_bytes(b),
-            crate::progress::format_duration(
+            crate::units::format_duration(
                 std::time::Duration::try_from_secs_f64(s).unwrap_or_default()
             )
         ),
@@ -269,7 +269,7 @@ fn id_map_lines(rows: &[TableStatus]) -> String {
 pub async fn watch(client: &Client, every: std::time::Duration, json: bool) -> Result<u8, Error> {
     use std::io::IsTerminal;
     let terminal = std::io::stdout().is_terminal();
-    let mut stop = crate::commands::shutdown_signal();
+    let mut stop = crate::console::shutdown_signal();
     loop {
         let rows = load(client).await?;
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
@@ -285,7 +285,7 @@ pub async fn watch(client: &Client, every: std::time::Duration, json: bool) -> R
         } else {
             format!("{now}\n{}\n", render(&rows))
         };
-        crate::commands::print(&text)?;
+        crate::console::print(&text)?;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return Ok(0),

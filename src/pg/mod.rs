@@ -2,22 +2,77 @@
 //! sessions, TLS, identifier quoting and WAL positions.
 
 pub mod conn;
+pub mod diag;
 pub mod ident;
 pub mod lsn;
+pub mod sequence;
+pub mod spec;
 pub mod tls;
 
 pub use conn::{ConnSpec, Host};
 pub use ident::{quote_ident, quote_literal, QualifiedName};
 pub use lsn::Lsn;
+pub use sequence::SequenceOptions;
 
 use std::time::Duration;
 
 use tokio_postgres::config::{SslMode as PgSslMode, SslNegotiation as PgSslNegotiation};
 use tokio_postgres::Client;
 
-use crate::error::Error;
 use conn::TargetSessionAttrs;
 use tls::{MakeRustls, SslMode, SslNegotiation};
+
+/// Why a session could not be opened or set up. [`crate::Error`] takes it in
+/// as `Error::Connect` or `Error::Db` with the same text, so callers use `?`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No host gave a usable session.
+    #[error("cannot connect to {target}: {hint}")]
+    Connect {
+        /// Redacted target (`host:port/db as user`).
+        target: String,
+        /// What went wrong and what to do.
+        hint: String,
+        /// The driver's error.
+        #[source]
+        source: Option<tokio_postgres::Error>,
+    },
+    /// A statement that sets the session up failed.
+    #[error("{context}: {}", diag::db_message(source))]
+    Db {
+        /// What pg-rekey was doing.
+        context: String,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl ConnectError {
+    /// Wrap a connection failure with a hint chosen from its cause.
+    pub fn connect(spec: &ConnSpec, e: tokio_postgres::Error) -> Self {
+        ConnectError::Connect {
+            target: spec.redacted(),
+            hint: diag::connect_hint(&e),
+            source: Some(e),
+        }
+    }
+
+    fn db(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Self + '_ {
+        move |source| ConnectError::Db {
+            context: context.to_string(),
+            source,
+        }
+    }
+
+    /// Whether trying again may succeed (as [`crate::Error::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectError::Connect { .. } => true,
+            ConnectError::Db { source, .. } => diag::is_transient_pg(source),
+        }
+    }
+}
 
 /// Open an ordinary session and drive its connection on a named task.
 ///
@@ -28,7 +83,7 @@ use tls::{MakeRustls, SslMode, SslNegotiation};
 ///
 /// TLS follows the spec's `sslmode` ([`tls`]); several hosts are tried in
 /// order, each checked against `target_session_attrs`.
-pub async fn connect(spec: &ConnSpec, purpose: &str) -> Result<Client, Error> {
+pub async fn connect(spec: &ConnSpec, purpose: &str) -> Result<Client, ConnectError> {
     connect_with(spec, purpose, &SessionKind::Ordinary).await
 }
 
@@ -47,7 +102,7 @@ pub async fn connect(spec: &ConnSpec, purpose: &str) -> Result<Client, Error> {
 ///
 /// An idle backend (waiting for the client's next command inside the
 /// transaction that holds the locks) notices a closed socket at once anyway.
-pub async fn connect_cutover(spec: &ConnSpec, purpose: &str) -> Result<Client, Error> {
+pub async fn connect_cutover(spec: &ConnSpec, purpose: &str) -> Result<Client, ConnectError> {
     let client = connect_with(spec, purpose, &SessionKind::LockHolder).await?;
     let major: i32 = client
         .query_one(
@@ -55,13 +110,13 @@ pub async fn connect_cutover(spec: &ConnSpec, purpose: &str) -> Result<Client, E
             &[],
         )
         .await
-        .map_err(Error::db("read the server version"))?
+        .map_err(ConnectError::db("read the server version"))?
         .get(0);
     if major >= 14 {
         client
             .batch_execute("SET client_connection_check_interval = '1s'")
             .await
-            .map_err(Error::db("set client_connection_check_interval"))?;
+            .map_err(ConnectError::db("set client_connection_check_interval"))?;
     }
     Ok(client)
 }
@@ -75,7 +130,11 @@ enum SessionKind {
 /// Server-side keepalives of a lock-holding session (seconds): idle, interval, count.
 const LOCK_HOLDER_KEEPALIVES: (u64, u64, u64) = (5, 1, 3);
 
-async fn connect_with(spec: &ConnSpec, purpose: &str, kind: &SessionKind) -> Result<Client, Error> {
+async fn connect_with(
+    spec: &ConnSpec,
+    purpose: &str,
+    kind: &SessionKind,
+) -> Result<Client, ConnectError> {
     let targets = spec.targets();
     let attrs = spec.options.target_session_attrs;
     let mut failures = Vec::new();
@@ -84,7 +143,7 @@ async fn connect_with(spec: &ConnSpec, purpose: &str, kind: &SessionKind) -> Res
             Ok(c) => c,
             Err(e) if targets.len() == 1 => return Err(e),
             Err(e) => {
-                tracing::debug!(target = %t.redacted(), error = %crate::error::chain(&e), "host failed; trying the next");
+                tracing::debug!(target = %t.redacted(), error = %diag::chain(&e), "host failed; trying the next");
                 failures.push(e.to_string());
                 continue;
             }
@@ -98,7 +157,7 @@ async fn connect_with(spec: &ConnSpec, purpose: &str, kind: &SessionKind) -> Res
                 &[],
             )
             .await
-            .map_err(Error::db("check target_session_attrs"))?;
+            .map_err(ConnectError::db("check target_session_attrs"))?;
         let (read_only, in_recovery): (bool, bool) = (row.get(0), row.get(1));
         if attrs.accepts(read_only, in_recovery) {
             return Ok(client);
@@ -116,7 +175,7 @@ async fn connect_with(spec: &ConnSpec, purpose: &str, kind: &SessionKind) -> Res
             attrs.as_str()
         );
         if targets.len() == 1 {
-            return Err(Error::Connect {
+            return Err(ConnectError::Connect {
                 target: spec.redacted(),
                 hint: why,
                 source: None,
@@ -124,7 +183,7 @@ async fn connect_with(spec: &ConnSpec, purpose: &str, kind: &SessionKind) -> Res
         }
         failures.push(why);
     }
-    Err(Error::Connect {
+    Err(ConnectError::Connect {
         target: spec.redacted(),
         hint: format!(
             "no host was usable, tried in order: {}",
@@ -134,7 +193,11 @@ async fn connect_with(spec: &ConnSpec, purpose: &str, kind: &SessionKind) -> Res
     })
 }
 
-async fn connect_one(spec: &ConnSpec, purpose: &str, kind: &SessionKind) -> Result<Client, Error> {
+async fn connect_one(
+    spec: &ConnSpec,
+    purpose: &str,
+    kind: &SessionKind,
+) -> Result<Client, ConnectError> {
     let mut cfg = spec.to_tokio();
     let tls = &spec.options.tls;
     match kind {
@@ -174,7 +237,7 @@ async fn connect_one(spec: &ConnSpec, purpose: &str, kind: &SessionKind) -> Resu
     } else {
         tls.client_config()
     }
-    .map_err(|e| Error::Connect {
+    .map_err(|e| ConnectError::Connect {
         target: spec.redacted(),
         hint: e.to_string(),
         source: None,
@@ -198,11 +261,11 @@ async fn connect_one(spec: &ConnSpec, purpose: &str, kind: &SessionKind) -> Resu
             attempt(PgSslMode::Require).await
         }
     };
-    let (client, connection) = result.map_err(|e| Error::connect(spec, e))?;
+    let (client, connection) = result.map_err(|e| ConnectError::connect(spec, e))?;
     let purpose = purpose.to_string();
-    tokio::spawn(async move {
+    crate::task::spawn("session-connection", async move {
         if let Err(e) = connection.await {
-            tracing::debug!(purpose, error = %crate::error::chain(&e), "session connection ended");
+            tracing::debug!(purpose, error = %diag::chain(&e), "session connection ended");
         }
     });
     Ok(client)

@@ -54,7 +54,7 @@ use rustls::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::conn::{ConnSpecError, Env};
+use super::spec::{ConnSpecError, Env};
 
 /// `sslmode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]

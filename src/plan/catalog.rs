@@ -146,18 +146,9 @@ pub struct ColumnDetail {
 pub struct IdentitySequence {
     /// `a` ALWAYS or `d` BY DEFAULT.
     pub kind: char,
-    /// START WITH.
-    pub start: i64,
-    /// INCREMENT BY.
-    pub increment: i64,
-    /// MINVALUE.
-    pub min: i64,
-    /// MAXVALUE.
-    pub max: i64,
-    /// CACHE.
-    pub cache: i64,
-    /// CYCLE.
-    pub cycle: bool,
+    /// The sequence's options (serialised beside `kind`, as before).
+    #[serde(flatten)]
+    pub options: crate::pg::SequenceOptions,
 }
 
 /// A CHECK constraint.
@@ -459,7 +450,7 @@ async fn with_empty_search_path<T>(
 }
 
 /// Load one table: the shared [`TableSpec`] (its shadow name from
-/// [`crate::ddl::shadow_name`]) and every detail the shadow DDL needs.
+/// [`crate::naming::shadow_name`]) and every detail the shadow DDL needs.
 ///
 /// Fails when the table does not exist, is not a table, or has neither a primary
 /// key nor a replica identity index.
@@ -580,12 +571,14 @@ async fn load_table_inner(
         let identity_seq = match (identity, r.get::<_, Option<i64>>("seqstart")) {
             (Some(kind), Some(start)) => Some(IdentitySequence {
                 kind,
-                start,
-                increment: r.get::<_, Option<i64>>("seqincrement").unwrap_or(1),
-                min: r.get::<_, Option<i64>>("seqmin").unwrap_or(1),
-                max: r.get::<_, Option<i64>>("seqmax").unwrap_or(i64::MAX),
-                cache: r.get::<_, Option<i64>>("seqcache").unwrap_or(1),
-                cycle: r.get::<_, Option<bool>>("seqcycle").unwrap_or(false),
+                options: crate::pg::SequenceOptions {
+                    start,
+                    increment: r.get::<_, Option<i64>>("seqincrement").unwrap_or(1),
+                    min: r.get::<_, Option<i64>>("seqmin").unwrap_or(1),
+                    max: r.get::<_, Option<i64>>("seqmax").unwrap_or(i64::MAX),
+                    cache: r.get::<_, Option<i64>>("seqcache").unwrap_or(1),
+                    cycle: r.get::<_, Option<bool>>("seqcycle").unwrap_or(false),
+                },
             }),
             _ => None,
         };
@@ -684,7 +677,7 @@ async fn load_table_inner(
         spec: TableSpec {
             source: table.clone(),
             oid,
-            shadow: crate::ddl::shadow_name(table),
+            shadow: crate::naming::shadow_name(table),
             columns: specs,
             key,
         },

@@ -25,7 +25,7 @@ use crate::pg::{quote_ident, QualifiedName};
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     /// A catalog query failed.
-    #[error("{context}: {}", crate::error::chain(source))]
+    #[error("{context}: {}", crate::pg::diag::chain(source))]
     Db {
         /// What was being read.
         context: String,

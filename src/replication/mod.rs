@@ -102,7 +102,7 @@ impl ReplicationError {
             | ReplicationError::Unreachable { .. }
             | ReplicationError::Timeout { .. }
             | ReplicationError::Unusable { .. } => true,
-            ReplicationError::Server { code, .. } => crate::error::is_transient_sqlstate(code),
+            ReplicationError::Server { code, .. } => crate::pg::diag::is_transient_sqlstate(code),
             _ => false,
         }
     }

@@ -101,32 +101,39 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+pub use super::wire::StartOptions;
 use super::wire::{log_notice, server_error, BoxedStream, Cursor, FrameReader, ReplicationClient};
 use super::ReplicationError;
 use crate::pg::Lsn;
 
-/// Options for `START_REPLICATION` and the stream.
-#[derive(Debug, Clone)]
-pub struct StartOptions {
-    /// pgoutput `proto_version` (1 is supported by every server since 10).
-    pub proto_version: u32,
-    /// Ask for logical decoding messages (`messages 'true'`; the option
-    /// exists on 14+, so set this to false on 13).
-    pub messages: bool,
-    /// Events buffered between the reader and the consumer.
-    pub buffer: usize,
-    /// Status update interval; default a third of `wal_sender_timeout`.
-    pub status_interval: Option<Duration>,
-}
-
-impl Default for StartOptions {
-    fn default() -> Self {
-        StartOptions {
-            proto_version: 1,
-            messages: true,
-            buffer: 1024,
-            status_interval: None,
-        }
+impl ReplicationClient {
+    /// `START_REPLICATION SLOT slot LOGICAL start (proto_version '1',
+    /// publication_names '…', messages 'true')` and hand the connection to a
+    /// [`LogicalStream`].
+    ///
+    /// Before starting, `SHOW wal_sender_timeout` fixes the status interval
+    /// and the slot's `confirmed_flush_lsn` is read: the server starts from
+    /// the later of the two positions, and the stream's initial reported
+    /// position is that one (so feedback never moves the slot backwards).
+    /// (Defined here, not in [`super::wire`], so that the walsender client
+    /// does not depend on the stream built over it.)
+    pub async fn start_replication(
+        mut self,
+        slot: &str,
+        start: Lsn,
+        publications: &[String],
+        options: StartOptions,
+    ) -> Result<LogicalStream, ReplicationError> {
+        let (effective, timeout) = self
+            .start_copy_both(slot, start, publications, &options)
+            .await?;
+        Ok(LogicalStream::spawn(
+            self,
+            slot.to_string(),
+            effective,
+            timeout,
+            options,
+        ))
     }
 }
 
@@ -448,11 +455,13 @@ impl LogicalStream {
             dead: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(options.buffer.max(1));
-        let reader = tokio::spawn(
+        let reader = crate::task::spawn(
+            "replication-reader",
             run_reader(rd, shared.clone(), tx.clone())
                 .instrument(tracing::info_span!("replication-reader", slot = %slot, pid)),
         );
-        let writer = tokio::spawn(
+        let writer = crate::task::spawn(
+            "replication-writer",
             run_writer(wr, shared.clone(), tx, target.clone())
                 .instrument(tracing::info_span!("replication-status", slot = %slot, pid)),
         );

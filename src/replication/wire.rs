@@ -25,7 +25,7 @@
 //! - **Simple-query commands** (the only protocol a walsender speaks):
 //!   `IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT`, `DROP_REPLICATION_SLOT`,
 //!   `SHOW`, plain SQL, and `START_REPLICATION`, which turns the connection
-//!   into a [`LogicalStream`].
+//!   into a [`LogicalStream`](super::stream::LogicalStream).
 //!
 //! Messages are framed by hand with [`Header::parse`]: `backend::Message`
 //! does not know CopyBothResponse (`'W'`), and owning the framing also means
@@ -54,7 +54,6 @@ use postgres_protocol::message::backend::Header;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::stream::{LogicalStream, StartOptions};
 use super::ReplicationError;
 use crate::pg::conn::TargetSessionAttrs;
 use crate::pg::tls::{ChannelBindingMode, SslMode, SslNegotiation};
@@ -262,7 +261,7 @@ pub fn fix_for(code: &str, message: &str) -> Option<String> {
     let m = message.to_ascii_lowercase();
     let fix = match code {
         "28P01" => "check the password in --dsn, PGPASSWORD or ~/.pgpass",
-        "28000" if m.contains("pg_hba") => crate::error::hba_hint(message),
+        "28000" if m.contains("pg_hba") => crate::pg::diag::hba_hint(message),
         "42501" if m.contains("replication") || m.contains("wal sender") || m.contains("walsender") => "give the role the REPLICATION attribute (ALTER ROLE … REPLICATION; on Amazon RDS GRANT rds_replication) or connect as a role that has it",
         "55000" if m.contains("wal_level") => "set wal_level = logical (ALTER SYSTEM SET wal_level = logical) and restart the server",
         "53400" if m.contains("replication slot") => "drop unused slots (see pg_replication_slots) or raise max_replication_slots and restart the server",
@@ -276,6 +275,31 @@ pub fn fix_for(code: &str, message: &str) -> Option<String> {
         _ => return None,
     };
     Some(fix.to_string())
+}
+
+/// Options for `START_REPLICATION` and the stream.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// pgoutput `proto_version` (1 is supported by every server since 10).
+    pub proto_version: u32,
+    /// Ask for logical decoding messages (`messages 'true'`; the option
+    /// exists on 14+, so set this to false on 13).
+    pub messages: bool,
+    /// Events buffered between the reader and the consumer.
+    pub buffer: usize,
+    /// Status update interval; default a third of `wal_sender_timeout`.
+    pub status_interval: Option<Duration>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            proto_version: 1,
+            messages: true,
+            buffer: 1024,
+            status_interval: None,
+        }
+    }
 }
 
 /// What `CREATE_REPLICATION_SLOT` does with the slot's snapshot.
@@ -977,23 +1001,20 @@ impl ReplicationClient {
         Ok(())
     }
 
-    /// `START_REPLICATION SLOT slot LOGICAL start (proto_version '1',
-    /// publication_names '…', messages 'true')` and hand the connection to a
-    /// [`LogicalStream`].
-    ///
-    /// Before starting, `SHOW wal_sender_timeout` fixes the status interval
-    /// and the slot's `confirmed_flush_lsn` is read: the server starts from
-    /// the later of the two positions, and the stream's initial reported
-    /// position is that one (so feedback never moves the slot backwards).
-    pub async fn start_replication(
-        mut self,
+    /// Send `START_REPLICATION` (see [`super::stream`]'s
+    /// `ReplicationClient::start_replication`, which hands the connection to
+    /// a stream) and wait for CopyBothResponse. Returns the position the
+    /// server starts from (the later of `start` and the slot's
+    /// `confirmed_flush_lsn`) and `wal_sender_timeout`.
+    pub(crate) async fn start_copy_both(
+        &mut self,
         slot: &str,
         start: Lsn,
         publications: &[String],
-        options: StartOptions,
-    ) -> Result<LogicalStream, ReplicationError> {
+        options: &StartOptions,
+    ) -> Result<(Lsn, Option<Duration>), ReplicationError> {
         validate_slot_name(slot)?;
-        let sql = start_replication_sql(slot, start, publications, &options)?;
+        let sql = start_replication_sql(slot, start, publications, options)?;
         let timeout = parse_pg_interval(&self.show("wal_sender_timeout").await?);
         let rows = self
             .simple_query(&format!(
@@ -1026,14 +1047,8 @@ impl ReplicationClient {
                 other => self.common(other, &f.body)?,
             }
         }
-        tracing::debug!(slot, start = %effective, publications = %publications.join(","), wal_sender_timeout = %timeout.map(crate::progress::format_duration).unwrap_or_else(|| "off".into()), "logical replication started");
-        Ok(LogicalStream::spawn(
-            self,
-            slot.to_string(),
-            effective,
-            timeout,
-            options,
-        ))
+        tracing::debug!(slot, start = %effective, publications = %publications.join(","), wal_sender_timeout = %timeout.map(crate::units::format_duration).unwrap_or_else(|| "off".into()), "logical replication started");
+        Ok((effective, timeout))
     }
 
     /// Take the connection apart for streaming: framed reader (with any
@@ -1365,7 +1380,7 @@ mod tests {
         bytes.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
         bytes.extend_from_slice(&[b'c', 0, 0, 0, 4]);
         let (mut a, b) = tokio::io::duplex(3);
-        let writer = tokio::spawn(async move {
+        let writer = crate::task::spawn("test-writer", async move {
             for chunk in bytes.chunks(2) {
                 a.write_all(chunk).await.unwrap();
             }

@@ -561,6 +561,49 @@ pub async fn fingerprint<C: GenericClient + Sync>(
     Ok(fingerprint_of(&row))
 }
 
+/// Read the [`super::LockTargets`] of the sources with these OIDs, each list in
+/// name order.
+pub async fn lock_targets<C: GenericClient + Sync>(
+    client: &C,
+    source_oids: &[u32],
+) -> Result<super::LockTargets, tokio_postgres::Error> {
+    let name = |r: &Row| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1));
+    let views = client.query(LOCK_VIEWS, &[&source_oids]).await?;
+    let referencing = client.query(LOCK_REFERENCING, &[&source_oids]).await?;
+    let referenced = client.query(LOCK_REFERENCED, &[&source_oids]).await?;
+    Ok(super::LockTargets {
+        referenced: referenced.iter().map(name).collect(),
+        referencing: referencing.iter().map(name).collect(),
+        views: views.iter().map(name).collect(),
+    })
+}
+
+/// The views over `$1` (source OIDs), recursively through other views.
+const LOCK_VIEWS: &str = "WITH RECURSIVE deps(oid) AS (
+                SELECT r.ev_class FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+                 WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND d.refobjid = ANY($1) AND r.ev_class <> d.refobjid
+                UNION
+                SELECT r.ev_class FROM deps JOIN pg_depend d ON d.refobjid = deps.oid
+                  JOIN pg_rewrite r ON r.oid = d.objid
+                 WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                   AND r.ev_class <> deps.oid)
+             SELECT n.nspname, c.relname FROM deps JOIN pg_class c ON c.oid = deps.oid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind = 'v' ORDER BY 1, 2";
+
+/// The tables outside `$1` with a foreign key into one of `$1`.
+const LOCK_REFERENCING: &str = "SELECT DISTINCT n.nspname, c.relname FROM pg_constraint con
+               JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE con.contype = 'f' AND con.confrelid = ANY($1) AND NOT con.conrelid = ANY($1)
+              ORDER BY 1, 2";
+
+/// The tables outside `$1` that a foreign key of one of `$1` points at.
+const LOCK_REFERENCED: &str = "SELECT DISTINCT n.nspname, c.relname FROM pg_constraint con
+               JOIN pg_class c ON c.oid = con.confrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE con.contype = 'f' AND con.conrelid = ANY($1) AND NOT con.confrelid = ANY($1)
+              ORDER BY 1, 2";
+
 /// [`fingerprint`] as a statement prepared once on a session, so that taking
 /// it again costs only its execution. With `plan_cache_mode =
 /// force_generic_plan` on that session, the first execution plans it and

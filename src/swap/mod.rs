@@ -81,17 +81,17 @@ pub mod sql;
 
 use std::time::Instant;
 
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient};
 
-use crate::error::chain;
+use crate::pg::diag::chain;
 use crate::pg::{quote_ident, QualifiedName};
 
 pub use catalog::load_dependents;
 pub use sql::{swap_sql, swap_sql_many};
 
-pub use crate::ddl::MAX_IDENT_BYTES;
+pub use crate::naming::MAX_IDENT_BYTES;
 
-pub use crate::ddl::OLD_PREFIX;
+pub use crate::naming::OLD_PREFIX;
 
 /// Publications whose name starts with this are pg-rekey's own and are not
 /// carried to the new table.
@@ -190,7 +190,7 @@ pub enum SwapError {
 /// them after the wrong thing. No SQLSTATE means no server error: the
 /// connection broke.
 fn statement_advice(sqlstate: Option<&str>, object: &str) -> String {
-    if sqlstate.is_none_or(crate::error::is_transient_sqlstate) {
+    if sqlstate.is_none_or(crate::pg::diag::is_transient_sqlstate) {
         format!("the transaction is rolled back and the sources are untouched; another session held a lock on {object} or the connection failed — retry the cutover")
     } else {
         format!("roll back (the sources are untouched) and fix {object} so it works with uuid references, or drop it before cutover")
@@ -210,10 +210,10 @@ impl SwapError {
     }
 
     /// Whether the same swap may succeed if retried (lock timeout, deadlock,
-    /// dropped connection); see [`crate::error::is_transient_sqlstate`].
+    /// dropped connection); see [`crate::pg::diag::is_transient_sqlstate`].
     pub fn is_transient(&self) -> bool {
         self.sqlstate()
-            .is_some_and(crate::error::is_transient_sqlstate)
+            .is_some_and(crate::pg::diag::is_transient_sqlstate)
     }
 }
 
@@ -389,22 +389,9 @@ pub enum ReplicaIdentity {
     Index(String),
 }
 
-/// Sequence options of an identity column (`pg_sequence`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SequenceOptions {
-    /// `START WITH`.
-    pub start: i64,
-    /// `INCREMENT BY`.
-    pub increment: i64,
-    /// `MINVALUE`.
-    pub min: i64,
-    /// `MAXVALUE`.
-    pub max: i64,
-    /// `CACHE`.
-    pub cache: i64,
-    /// `CYCLE`.
-    pub cycle: bool,
-}
+/// Sequence options of an identity column (`pg_sequence`): the type plan's
+/// [`crate::plan::catalog::IdentitySequence`] holds too.
+pub use crate::pg::SequenceOptions;
 
 /// How a column's sequence is carried to the new table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -556,7 +543,7 @@ pub fn old_object_name(name: &str) -> String {
     derived_name(OLD_PREFIX, name)
 }
 
-pub use crate::ddl::derived_name;
+pub use crate::naming::derived_name;
 
 /// A constraint to validate after commit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -594,6 +581,22 @@ impl SwapSql {
     }
 }
 
+/// What a swap of some source tables locks besides the sources and the
+/// parent (see [`sql::lock_sql`] for the order and the modes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockTargets {
+    /// The tables the sources' own foreign keys point at (outside the
+    /// sources): the new tables' keys will point at them.
+    pub referenced: Vec<QualifiedName>,
+    /// The tables whose foreign keys point at a source (outside the
+    /// sources): their keys are re-pointed.
+    pub referencing: Vec<QualifiedName>,
+    /// The views over the sources, directly or through other views: they
+    /// are dropped and re-created. Materialized views are not listed (they
+    /// cannot be named in `LOCK TABLE`; see [`sql::lock_sql`]).
+    pub views: Vec<QualifiedName>,
+}
+
 /// Run the swap statements in the caller's transaction (which holds the locks).
 ///
 /// `search_path` is set to `''` for the rest of the transaction so that no
@@ -607,7 +610,10 @@ impl SwapSql {
 /// work instead of one round trip per statement. The server runs them in
 /// order; after the first failure every later one fails with 25P02
 /// (transaction aborted), so the first error in order is the real cause.
-pub async fn execute_swap(txn: &Transaction<'_>, swap: &SwapSql) -> Result<(), SwapError> {
+pub async fn execute_swap<C: GenericClient + Sync>(
+    txn: &C,
+    swap: &SwapSql,
+) -> Result<(), SwapError> {
     let started = Instant::now();
     let set_path = SwapStep {
         sql: "SET LOCAL search_path = ''".into(),

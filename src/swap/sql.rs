@@ -88,7 +88,7 @@ pub fn constraint_key(contype: &str, definition: &str) -> String {
 ///
 /// **By construction first.** The shadow DDL ([`crate::ddl`]) names the
 /// shadow's index or index-backed constraint built from source object `n`
-/// [`crate::ddl::shadow_object_name`]`(n)`, and keeps a CHECK or FOREIGN KEY
+/// [`crate::naming::shadow_object_name`]`(n)`, and keeps a CHECK or FOREIGN KEY
 /// constraint's own name; NOT NULL constraints (catalogued from 18 on) are
 /// named by the server after the shadow table, which gives the same derived
 /// name. So the shadow object with that name, of the same kind and the same
@@ -128,7 +128,7 @@ pub fn match_objects(
     let mut pairs = Vec::new();
     let mut rest: Vec<&CatalogObject> = Vec::new();
     for s in source_sorted {
-        let derived = crate::ddl::shadow_object_name(&s.name);
+        let derived = crate::naming::shadow_object_name(&s.name);
         let candidates: Vec<&str> = match s.kind {
             ObjectKind::Constraint => vec![s.name.as_str(), derived.as_str()],
             _ => vec![derived.as_str()],
@@ -1021,6 +1021,65 @@ fn view_steps(out: &mut Vec<SwapStep>, v: &View) {
     }
 }
 
+/// The lock statements of a swap (pure): every lock the swap will need,
+/// taken before anything else, so that no lock is requested later while the
+/// sources are held — a later request is what deadlocks with the application
+/// (a transaction that wrote `users` and then waits for a source; a reader
+/// that holds a view and waits for its base table). Order: the tables the new
+/// foreign keys point at, the parent included (`SHARE ROW EXCLUSIVE`); the
+/// tables whose keys into a source are re-pointed and the dependent views
+/// (`ACCESS EXCLUSIVE`); then the sources, in the order given (sorted by the
+/// caller, so two cutovers cannot deadlock each other). Run together, under
+/// one `lock_timeout`, so an attempt either holds everything it needs or
+/// gives everything back.
+pub fn lock_sql(
+    sources: &[QualifiedName],
+    parent: &QualifiedName,
+    targets: &super::LockTargets,
+) -> String {
+    let sources: Vec<String> = sources.iter().map(QualifiedName::quoted).collect();
+    // 1. Tables the new foreign keys will point at (the parent included): SHARE ROW EXCLUSIVE.
+    let mut shared: Vec<String> = targets
+        .referenced
+        .iter()
+        .map(QualifiedName::quoted)
+        .collect();
+    shared.push(parent.quoted());
+    shared.retain(|t| !sources.contains(t));
+    shared.sort();
+    shared.dedup();
+    let mut out = format!(
+        "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE; ",
+        shared.join(", ")
+    );
+    // 2. Tables whose keys are re-pointed (dropping a constraint takes ACCESS
+    //    EXCLUSIVE), then 3. views that are dropped and re-created.
+    //    Materialized views cannot be named in LOCK TABLE (SQLSTATE 42809,
+    //    which made every cutover with one fail): their DROP in the swap
+    //    takes the lock, bounded by the same lock_timeout; their readers hold
+    //    no lock on the sources, and a deadlock with one rolls the attempt
+    //    back to be retried.
+    let mut exclusive: Vec<String> = targets
+        .referencing
+        .iter()
+        .map(QualifiedName::quoted)
+        .filter(|t| !shared.contains(t))
+        .collect();
+    exclusive.extend(targets.views.iter().map(QualifiedName::quoted));
+    if !exclusive.is_empty() {
+        out.push_str(&format!(
+            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE; ",
+            exclusive.join(", ")
+        ));
+    }
+    // 4. The sources.
+    out.push_str(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        sources.join(", ")
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{
@@ -1664,6 +1723,30 @@ mod tests {
                 table: q("public", "reads"),
                 name: "reads_msg_fkey".into()
             }]
+        );
+    }
+
+    #[test]
+    fn lock_sql_takes_referenced_then_referencing_and_views_then_sources() {
+        use super::super::LockTargets;
+        let q = |n: &str| QualifiedName::new("public", n);
+        let sources = [q("a"), q("b")];
+        let targets = LockTargets {
+            referenced: vec![q("orgs"), q("users"), q("b")],
+            referencing: vec![q("likes"), q("orgs")],
+            views: vec![q("v_a")],
+        };
+        assert_eq!(
+            lock_sql(&sources, &q("users"), &targets),
+            "LOCK TABLE \"public\".\"orgs\", \"public\".\"users\" IN SHARE ROW EXCLUSIVE MODE; \
+             LOCK TABLE \"public\".\"likes\", \"public\".\"v_a\" IN ACCESS EXCLUSIVE MODE; \
+             LOCK TABLE \"public\".\"a\", \"public\".\"b\" IN ACCESS EXCLUSIVE MODE"
+        );
+        // Nothing hangs off the sources: the parent, then the sources.
+        assert_eq!(
+            lock_sql(&sources[..1], &q("users"), &LockTargets::default()),
+            "LOCK TABLE \"public\".\"users\" IN SHARE ROW EXCLUSIVE MODE; \
+             LOCK TABLE \"public\".\"a\" IN ACCESS EXCLUSIVE MODE"
         );
     }
 }

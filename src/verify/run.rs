@@ -16,7 +16,8 @@
 //!
 //! The application writes the source; the job's applier writes the same
 //! change to the shadow a little later. A snapshot taken at a random moment
-//! sees the shadow behind the source, so every attempt does this:
+//! sees the shadow behind the source, so every attempt does this (steps 2,
+//! 3 and 5 through [`crate::quiesce`], the core cutover uses too):
 //!
 //! 1. **Catch up, unlocked.** A fence is written through the stream and the
 //!    jobs drain to it, so the lag is small before anything is locked (this
@@ -62,7 +63,8 @@
 //!
 //! A lock wait past `lock_timeout` (a long transaction holds a write lock on
 //! a source) or a drain past `max_hold` gives the lock back at once, backs off
-//! (doubling, capped) and tries again; after `attempts` the run fails with
+//! (doubling, capped: [`crate::quiesce::backoff`], the rule cutover follows
+//! too) and tries again; after `attempts` the run fails with
 //! [`VerifyError::NoConsistentPoint`]. While the lock request waits, later
 //! writers of those tables queue behind it, so `lock_timeout` bounds what the
 //! application can feel.
@@ -151,10 +153,11 @@ use crate::fence;
 use crate::pg::{self, ConnSpec, QualifiedName};
 use crate::plan::catalog;
 use crate::plan::model::{IntKind, ParentSpec, TableSpec};
+#[cfg(test)]
+use crate::quiesce::MAX_BACKOFF;
+use crate::quiesce::{self, backoff, Attempt, LockSet, Outcome};
 use crate::state::{self, JobRow, Phase};
-
-/// Longest pause between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+use crate::units::millis as ms;
 
 /// Default of [`RunOptions::lock_set`] (see the module docs for the measurements).
 pub const DEFAULT_LOCK_SET: usize = 1;
@@ -194,11 +197,11 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             compare: VerifyOptions::default(),
-            lock_timeout: Duration::from_millis(200),
-            max_hold: Duration::from_secs(2),
+            lock_timeout: quiesce::DEFAULT_LOCK_TIMEOUT,
+            max_hold: quiesce::DEFAULT_MAX_HOLD,
             attempts: 5,
             lock_set: DEFAULT_LOCK_SET,
-            backoff: Duration::from_millis(500),
+            backoff: quiesce::DEFAULT_BACKOFF,
             catch_up_timeout: Duration::from_secs(60),
             parent: None,
         }
@@ -832,16 +835,6 @@ fn lock_sets(n: usize, size: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
-/// The pause after failed attempt `attempt` (1-based): doubling, capped.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let doublings = attempt.saturating_sub(1).min(16);
-    base.saturating_mul(1u32 << doublings).min(MAX_BACKOFF)
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Steps 1–5 of the module docs. `Ok(Ok(point))`: the work session is inside
 /// its repeatable-read snapshot and the lock is released. `Ok(Err(reason))`:
 /// this attempt gave up, nothing is held. `Err`: stop.
@@ -885,75 +878,116 @@ async fn consistent_point(
         .map(|s| s.quoted())
         .collect::<Vec<_>>()
         .join(", ");
-    let timeout_ms = ms(opts.lock_timeout).max(1);
-    lock.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = {timeout_ms}"))
-        .await
-        .map_err(Error::db("starting the lock transaction"))?;
-    let asked = Instant::now();
-    let locked = lock
-        .batch_execute(&format!("LOCK TABLE {list} IN SHARE MODE"))
-        .await;
-    let lock_wait = asked.elapsed();
-    if let Err(e) = locked {
-        rollback(lock).await;
-        let code = e.as_db_error().map(|d| d.code().code().to_string());
-        return match code.as_deref() {
-            // Lock timeout, deadlock, a source renamed away by a cutover.
-            Some("55P03" | "40P01" | "42P01") => Ok(Err(format!(
-                "locking the sources: {}",
-                crate::error::chain(&e)
-            ))),
-            _ => Err(Error::Db {
-                context: format!("locking {list} in SHARE mode"),
-                source: e,
-            }),
-        };
+    let set = LockSet {
+        sql: format!("LOCK TABLE {list} IN SHARE MODE"),
+        what: format!("locking {list} in SHARE mode"),
+        // Lock timeout, deadlock, a source renamed away by a cutover.
+        gives_up_on: &[quiesce::LOCK_NOT_AVAILABLE, "40P01", "42P01"],
+    };
+    let mut attempt = Attempt::lock(lock, &set, opts.lock_timeout).await?;
+    let lock_wait = attempt.lock_wait();
+    if let Some(e) = attempt.lock_error() {
+        return Ok(Err(format!(
+            "locking the sources: {}",
+            crate::error::chain(e)
+        )));
     }
-    let granted = Instant::now();
-    let held = locked_steps(w, lock, before, &job_ids, granted, opts).await;
-    match held {
-        Ok(Ok((fence, drain))) => {
-            lock.batch_execute("COMMIT")
-                .await
-                .map_err(Error::db("releasing the locks on the sources"))?;
-            let hold = granted.elapsed();
-            info!(
-                lock_wait_ms = ms(lock_wait),
-                drain_ms = ms(drain),
-                lock_hold_ms = ms(hold),
-                fence = %fence,
-                "consistent point taken"
-            );
-            Ok(Ok(ConsistentPoint {
-                attempts: 0,
-                lock_wait_ms: ms(lock_wait),
-                drain_ms: ms(drain),
-                lock_hold_ms: ms(hold),
-                fence: fence.to_string(),
-                lock_sets: 1,
-            }))
-        }
-        Ok(Err(reason)) => {
-            rollback(lock).await;
-            Ok(Err(reason))
-        }
-        Err(e) => {
-            rollback(lock).await;
-            Err(e)
-        }
+    let held = locked_steps(w, &mut attempt, before, &job_ids, opts).await?;
+    let (fence, drain) = match held {
+        Ok(done) => done,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let granted = attempt.granted().unwrap_or_else(Instant::now);
+    let (outcome, error) = attempt.commit(|| async { false }).await;
+    if let (Outcome::CommitLost, Some(e)) = (outcome, error) {
+        return Err(Error::db("releasing the locks on the sources")(e));
     }
+    let hold = granted.elapsed();
+    info!(
+        lock_wait_ms = ms(lock_wait),
+        drain_ms = ms(drain),
+        lock_hold_ms = ms(hold),
+        fence = %fence,
+        "consistent point taken"
+    );
+    Ok(Ok(ConsistentPoint {
+        attempts: 0,
+        lock_wait_ms: ms(lock_wait),
+        drain_ms: ms(drain),
+        lock_hold_ms: ms(hold),
+        fence: fence.to_string(),
+        lock_sets: 1,
+    }))
 }
 
-/// Steps 2 (re-check), 3 and 4, with the locks held. The caller releases them.
+/// Steps 2 (re-check), 3 and 4, with the locks held. On `Ok(Ok(_))` the
+/// locks are still held (the caller releases them); otherwise `attempt` has
+/// given them back.
 async fn locked_steps(
     w: &Client,
-    lock: &Client,
+    attempt: &mut Attempt<'_>,
     before: &[&Pair],
     job_ids: &[Uuid],
-    granted: Instant,
     opts: &RunOptions,
 ) -> Result<Result<(crate::pg::Lsn, Duration), Retry>, Error> {
+    let granted = attempt.granted().unwrap_or_else(Instant::now);
     // The locked relations must be the ones the jobs copy, still streaming.
+    let recheck = recheck_jobs(attempt.session(), before).await;
+    let changed = match recheck {
+        Ok(changed) => changed,
+        Err(e) => {
+            attempt.abandon().await;
+            return Err(e);
+        }
+    };
+    if attempt.check(changed.is_none()).await.gives_back() {
+        return Ok(Err(changed.unwrap_or_default()));
+    }
+    // 3. Drain to a fence written after every change to the sources.
+    let fence = attempt
+        .fence(&quiesce::Fence {
+            session: w,
+            prepared: false,
+            token: "verify",
+        })
+        .await?;
+    let drain = quiesce::Drain {
+        poll: w,
+        job_ids,
+        max_pause: fence::POLL_MAX_PAUSE,
+    };
+    if !attempt.drain(&drain, fence, opts.max_hold).await? {
+        return Ok(Err(format!(
+            "the jobs did not apply fence {fence} within {} ms of holding the locks",
+            ms(opts.max_hold)
+        )));
+    }
+    let drain = granted.elapsed();
+    // 4. The snapshot, taken by the first query of the transaction.
+    let snapshot = async {
+        w.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(Error::db("opening the comparison snapshot"))?;
+        if let Err(e) = w
+            .query_one("SELECT pg_catalog.txid_current_snapshot()::text", &[])
+            .await
+        {
+            let _ = w.batch_execute("ROLLBACK").await;
+            return Err(Error::db("taking the comparison snapshot")(e));
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = snapshot {
+        attempt.abandon().await;
+        return Err(e);
+    }
+    Ok(Ok((fence, drain)))
+}
+
+/// Under the lock: each source must still be the relation its job copies,
+/// still streaming. `Some(reason)` when one is not.
+async fn recheck_jobs(lock: &Client, before: &[&Pair]) -> Result<Option<Retry>, Error> {
     for p in before {
         let now = state::get_job(lock, &p.table).await?;
         let oid: Option<u32> = lock
@@ -967,41 +1001,14 @@ async fn locked_steps(
                 && oid == Some(j.source_oid)
         });
         if !same {
-            return Ok(Err(format!(
+            return Ok(Some(format!(
                 "{} changed while it was being locked (phase now {})",
                 p.table,
                 now.map_or_else(|| "gone".to_string(), |j| j.phase)
             )));
         }
     }
-    // 3. Drain to a fence written after every change to the sources.
-    let fence = fence::emit(w, "verify").await?;
-    if !fence::wait_drained(w, job_ids, fence, granted + opts.max_hold).await? {
-        return Ok(Err(format!(
-            "the jobs did not apply fence {fence} within {} ms of holding the locks",
-            ms(opts.max_hold)
-        )));
-    }
-    let drain = granted.elapsed();
-    // 4. The snapshot, taken by the first query of the transaction.
-    w.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(Error::db("opening the comparison snapshot"))?;
-    if let Err(e) = w
-        .query_one("SELECT pg_catalog.txid_current_snapshot()::text", &[])
-        .await
-    {
-        let _ = w.batch_execute("ROLLBACK").await;
-        return Err(Error::db("taking the comparison snapshot")(e));
-    }
-    Ok(Ok((fence, drain)))
-}
-
-/// Give the locks back; a failure here means the session is gone, and with it the locks.
-async fn rollback(lock: &Client) {
-    if let Err(e) = lock.batch_execute("ROLLBACK").await {
-        warn!(error = %crate::error::chain(&e), "rolling back the lock transaction failed; the session is gone, and its locks with it");
-    }
+    Ok(None)
 }
 
 #[cfg(test)]

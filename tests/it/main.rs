@@ -1,5 +1,7 @@
 //! Integration tests against a real PostgreSQL server (see `support`).
 
+#![allow(clippy::disallowed_methods)] // tests and benches spawn their own helpers bare
+
 mod support;
 
 mod anykey;

@@ -46,15 +46,17 @@ async fn schema_creation_is_idempotent_and_safe_concurrently() {
         r.unwrap();
     }
     ensure_schema(&c).await.unwrap();
-    let tables: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_class WHERE relnamespace = 'pgrekey'::regnamespace AND relkind = 'r'",
+    let tables: Vec<String> = c
+        .query(
+            "SELECT relname::text FROM pg_class WHERE relnamespace = 'pgrekey'::regnamespace AND relkind = 'r' ORDER BY 1",
             &[],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(tables, 1);
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables, ["jobs", "prepare"], "each table once");
 }
 
 #[tokio::test]

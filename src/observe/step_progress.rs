@@ -93,7 +93,7 @@ pub fn watch_verify(every: Duration) -> WatchGuard {
     VERIFY.watched.store(true, Relaxed);
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let terminal = std::io::stderr().is_terminal();
-    let handle = tokio::spawn(async move {
+    let handle = crate::task::spawn("verify-progress", async move {
         let bar = terminal.then(|| {
             let b = indicatif::ProgressBar::new_spinner();
             b.enable_steady_tick(Duration::from_millis(200));
@@ -220,7 +220,7 @@ pub fn spawn_index_watch(
     every: Duration,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    crate::task::spawn("index-progress", async move {
         tokio::pin!(stop);
         let Ok(client) = crate::pg::connect(&spec, "index progress").await else {
             return;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::demo::{run_scenario, DemoSummary, Scenario, StreamPlan};
+use super::{run_scenario, DemoSummary, Scenario, StreamPlan};
 use crate::error::Error;
 use crate::pg::ConnSpec;
 

@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::progress::format_bytes;
+use crate::units::format_bytes;
 
 /// Outcome of an attempt that was not started because the jobs lagged.
 pub const LAG_ABOVE_LIMIT: &str = "lag_above_limit";

@@ -65,7 +65,7 @@ pub async fn serve(
         source,
     })?;
     tracing::info!(task = "metrics server", addr = %local_addr, "serving Prometheus metrics on /metrics");
-    let handle = tokio::spawn(accept_loop(listener, progress, shutdown));
+    let handle = crate::task::spawn("metrics-server", accept_loop(listener, progress, shutdown));
     Ok(MetricsServer { local_addr, handle })
 }
 
@@ -82,7 +82,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let progress = Arc::clone(&progress);
-                    tokio::spawn(async move {
+                    crate::task::spawn("metrics-connection", async move {
                         if let Err(e) = handle_connection(stream, &progress).await {
                             tracing::debug!(task = "metrics connection", %peer, error = %e, "metrics request failed");
                         }

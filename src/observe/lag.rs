@@ -299,7 +299,7 @@ pub fn spawn_poller(
     every: Duration,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    crate::task::spawn("lag-tracker", async move {
         let mut stop = stop;
         let mut client: Option<Client> = None;
         let mut tracker: Option<LagTracker> = None;

@@ -93,7 +93,7 @@ Examples:
 
 /// The completion script for `shell`.
 pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
-    let mut cmd = crate::cli::Cli::command();
+    let mut cmd = super::Cli::command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "pg-rekey", &mut out);
     out
@@ -102,7 +102,7 @@ pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
 /// The manual page: the top command, then each subcommand's page, as one
 /// roff document.
 pub fn man_page() -> std::io::Result<Vec<u8>> {
-    let cmd = crate::cli::Cli::command();
+    let cmd = super::Cli::command();
     let mut out = Vec::new();
     clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
     for sub in cmd.get_subcommands() {

@@ -223,14 +223,14 @@ impl Workload {
         for w in 0..opts.writers {
             let client = pg::connect(spec, "workload-writer").await?;
             let (stop, stats) = (stop.clone(), stats.clone());
-            tasks.push(tokio::spawn(async move {
+            tasks.push(crate::task::spawn("workload-writer", async move {
                 writer(client, w as u64, stop, stats, opts.write_pause).await;
             }));
         }
         for r in 0..opts.readers {
             let client = pg::connect(spec, "workload-reader").await?;
             let (stop, stats) = (stop.clone(), stats.clone());
-            tasks.push(tokio::spawn(async move {
+            tasks.push(crate::task::spawn("workload-reader", async move {
                 reader(client, r as u64, stop, stats, opts.read_pause).await;
             }));
         }

@@ -410,7 +410,7 @@ impl Throttle {
         };
         poller.poll().await?;
         let (tx, rx) = watch::channel(poller.current.clone());
-        tokio::spawn(poller.run(tx, shutdown));
+        crate::task::spawn("throttle-poller", poller.run(tx, shutdown));
         Ok(Throttle { rx })
     }
 
@@ -766,7 +766,7 @@ mod tests {
             },
         });
         let t = Throttle { rx };
-        let waiter = tokio::spawn({
+        let waiter = crate::task::spawn("test-waiter", {
             let t = t.clone();
             async move { t.wait_ready().await }
         });
@@ -791,7 +791,7 @@ mod tests {
             },
         })
         .unwrap();
-        let waiter = tokio::spawn({
+        let waiter = crate::task::spawn("test-waiter", {
             let t = t.clone();
             async move { t.wait_ready().await }
         });

@@ -42,6 +42,10 @@
 //! reports how long); readers are never held. The gate is part of the
 //! demonstration harness, not of the tool.
 
+pub mod embedded;
+pub mod soak;
+pub mod workload;
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -52,7 +56,6 @@ use tokio_postgres::Client;
 use tracing::{info, warn, Instrument};
 
 use crate::cutover::{AttemptReport, CutoverConfig};
-use crate::embedded::{Cluster, ClusterOptions};
 use crate::error::Error;
 use crate::pg::{self, quote_ident, ConnSpec, Lsn, QualifiedName};
 use crate::plan::catalog;
@@ -61,7 +64,8 @@ use crate::progress::JobProgress;
 use crate::rewrite::{RewriteConfig, RewriteOutcome};
 use crate::swap::SwapNames;
 use crate::verify::{self, VerifyOptions};
-use crate::workload::{self, Workload, WorkloadOptions, WorkloadStats, REFERENCING_TABLES};
+use embedded::{Cluster, ClusterOptions};
+use workload::{Workload, WorkloadOptions, WorkloadStats, REFERENCING_TABLES};
 
 /// The example schema's parent table.
 const PARENT: &str = "users";
@@ -445,18 +449,8 @@ pub(crate) fn human_bytes(b: u64) -> String {
     }
 }
 
-/// A count with thousands separators: `50,000`.
-pub(crate) fn grouped(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
+/// A count with thousands separators: `50,000` (the one formatter, [`crate::units::thousands`]).
+pub(crate) use crate::units::thousands as grouped;
 
 impl fmt::Display for DemoSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -905,7 +899,8 @@ async fn drive(
     {
         let progress = progress.clone();
         let stop = running.stop_rewrite.subscribe();
-        running.rewrite = Some(tokio::spawn(
+        running.rewrite = Some(crate::task::spawn(
+            "demo-rewrite",
             async move { crate::rewrite::run(&rcfg, stop, progress).await }
                 .instrument(tracing::info_span!("demo-rewrite")),
         ));
@@ -1275,21 +1270,11 @@ async fn rewrite_ended_early(running: &mut Running) -> Option<Error> {
 
 fn cutover_config(spec: &ConnSpec, tables: &[QualifiedName]) -> CutoverConfig {
     CutoverConfig {
-        spec: spec.clone(),
-        tables: tables.to_vec(),
-        lock_timeout: Duration::from_millis(200),
-        max_hold: Duration::from_secs(2),
-        attempts: 10,
         backoff: Duration::from_millis(100),
-        max_lag_bytes: 16 * 1024 * 1024,
-        wait_for_lag: None,
-        hooks: Default::default(),
-        dry_run: false,
         // The scenario runs the same verify just before (to report it) and
         // compares old against new itself, exactly at the swap.
         skip_verify: true,
-        verify_chunk_rows: verify::DEFAULT_CHUNK_ROWS,
-        rewrite_dependents: false,
+        ..CutoverConfig::new(spec.clone(), tables.to_vec())
     }
 }
 
@@ -1468,7 +1453,7 @@ mod tests {
             attempt: 1,
             lock_wait_ms: 0.4,
             lock_hold_ms: Some(23.1),
-            outcome: "swapped".into(),
+            outcome: crate::cutover::AttemptOutcome::Swapped,
             phases: vec![],
             lock_holders: vec![],
         });

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub mod help;
+
 /// The exit-code rule of every command, shown under `--help`.
 pub const EXIT_CODES_HELP: &str = "Exit codes (every command): 0 done; 1 found something or gave up with nothing harmed (plan blockers, verify differences or no consistent point, a cutover that gave up or whose swap rolled back, a rewrite refused by its preflight or stopped by its data or by Ctrl-C); 2 error.";
 
@@ -17,7 +19,7 @@ pub const EXIT_CODES_HELP: &str = "Exit codes (every command): 0 done; 1 found s
     about,
     long_about = None,
     propagate_version = true,
-    after_help = crate::cli_help::TOP
+    after_help = help::TOP
 )]
 pub struct Cli {
     /// Options every command takes.
@@ -86,50 +88,50 @@ pub enum Command {
     /// without a scan under lock and a unique index built concurrently.
     /// Idempotent. Exit 0 prepared (or already), 1 gave up on a busy table or
     /// stopped (run it again to go on), 2 error.
-    #[command(after_help = crate::cli_help::PREPARE)]
+    #[command(after_help = help::PREPARE)]
     Prepare(PrepareArgs),
     /// Show what `rewrite` would do and every preflight finding.
     /// Exit 0 ready, 1 blockers found, 2 error.
-    #[command(after_help = crate::cli_help::PLAN)]
+    #[command(after_help = help::PLAN)]
     Plan(PlanArgs),
     /// Create the shadows, copy, then stream until the tables are cut over.
     /// Exit 0 cut over, 1 stopped with the sources untouched (refused by the
     /// preflight, stopped by the data, Ctrl-C or abort), 2 error.
-    #[command(after_help = crate::cli_help::REWRITE)]
+    #[command(after_help = help::REWRITE)]
     Rewrite(RewriteArgs),
     /// One line per table being rewritten: phase, rows, lag, errors.
     /// Exit 0, 2 error.
-    #[command(after_help = crate::cli_help::STATUS)]
+    #[command(after_help = help::STATUS)]
     Status(StatusArgs),
     /// Stop the job for these tables and remove its shadows, slot, publication
     /// and state. The source tables are untouched. Idempotent. Asks first on a
     /// terminal (--yes skips). Exit 0, 1 not confirmed, 2 error.
-    #[command(after_help = crate::cli_help::ABORT)]
+    #[command(after_help = help::ABORT)]
     Abort(AbortArgs),
     /// Swap shadows into place in one short locked transaction.
     /// Exit 0 swapped, 1 gave up or the swap rolled back or not confirmed
     /// (sources untouched, still streaming), 2 error.
-    #[command(after_help = crate::cli_help::CUTOVER)]
+    #[command(after_help = help::CUTOVER)]
     Cutover(CutoverArgs),
     /// Compare source and shadow (before cutover) or old and new (after).
     /// Exit 0 equal, 1 different or no consistent point reached, 2 error.
-    #[command(after_help = crate::cli_help::VERIFY)]
+    #[command(after_help = help::VERIFY)]
     Verify(VerifyArgs),
     /// Try the whole tool on a throwaway PostgreSQL (or, with --dsn, in a
     /// fresh database on that server): example schema, concurrent workload,
     /// rewrite, cutover, verification, summary. Removes what it started.
     /// Exit 0 verified, 1 not, 2 error.
-    #[command(after_help = crate::cli_help::DEMO)]
+    #[command(after_help = help::DEMO)]
     Demo(DemoArgs),
     /// Run the demo's workload, rewrite and cutover against --dsn for a
     /// duration, in a database it creates and drops. Exit 0 verified, 1 not, 2 error.
-    #[command(after_help = crate::cli_help::SOAK)]
+    #[command(after_help = help::SOAK)]
     Soak(SoakArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    #[command(after_help = crate::cli_help::COMPLETIONS)]
+    #[command(after_help = help::COMPLETIONS)]
     Completions(CompletionsArgs),
     /// Print the manual page (roff), generated from this command line.
-    #[command(after_help = crate::cli_help::MAN)]
+    #[command(after_help = help::MAN)]
     Man,
 }
 
@@ -541,7 +543,7 @@ mod tests {
         assert!(help.contains(EXIT_CODES_HELP), "{help}");
         let rule = "0 done; 1 found something or gave up with nothing harmed";
         assert!(EXIT_CODES_HELP.contains(rule));
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         assert!(
             readme.contains("**0** done; **1** found something or gave\nup with nothing harmed"),
             "the README states the same rule"

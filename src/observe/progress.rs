@@ -23,6 +23,7 @@
 //!   on phase changes and by readers; a poisoned lock is recovered, since the
 //!   data is display-only.
 
+pub use crate::units::{format_bytes, format_count, format_duration, thousands};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::{IsTerminal, Write};
@@ -585,85 +586,6 @@ pub fn eta(done: u64, total: u64, rate: f64) -> Option<Duration> {
     Duration::try_from_secs_f64(remaining as f64 / rate).ok()
 }
 
-/// Bytes in binary units: `512 B`, `1.5 KiB`, `3.2 GiB`.
-pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = UNITS[0];
-    for u in &UNITS[1..] {
-        if v < 1024.0 {
-            break;
-        }
-        v /= 1024.0;
-        unit = u;
-    }
-    if v < 10.0 {
-        format!("{v:.2} {unit}")
-    } else if v < 100.0 {
-        format!("{v:.1} {unit}")
-    } else {
-        format!("{v:.0} {unit}")
-    }
-}
-
-/// An integer with thousands separators: `1,234,567`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// A duration for people: `250ms`, `12.3s`, `3m05s`, `2h03m`, `1d02h`.
-pub fn format_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs == 0 {
-        return format!("{}ms", d.subsec_millis());
-    }
-    if secs < 60 {
-        return format!("{:.1}s", d.as_secs_f64());
-    }
-    if secs < 3600 {
-        return format!("{}m{:02}s", secs / 60, secs % 60);
-    }
-    if secs < 86_400 {
-        return format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60);
-    }
-    format!("{}d{:02}h", secs / 86_400, (secs % 86_400) / 3600)
-}
-
-/// A count with a metric suffix: `950`, `12.3k`, `4.56M`, `1.20G`.
-pub fn format_count(n: f64) -> String {
-    if !n.is_finite() {
-        return "?".into();
-    }
-    let a = n.abs();
-    let (v, suffix) = if a < 1e3 {
-        return format!("{n:.0}");
-    } else if a < 1e6 {
-        (n / 1e3, "k")
-    } else if a < 1e9 {
-        (n / 1e6, "M")
-    } else {
-        (n / 1e9, "G")
-    };
-    if v.abs() < 10.0 {
-        format!("{v:.2}{suffix}")
-    } else if v.abs() < 100.0 {
-        format!("{v:.1}{suffix}")
-    } else {
-        format!("{v:.0}{suffix}")
-    }
-}
-
 /// The message beside a copy bar: rate, ETA, and the throttle if it holds
 /// the copy back.
 pub fn copy_message(
@@ -783,7 +705,7 @@ pub fn spawn_renderer_with(
         RenderMode::Bars => true,
         RenderMode::Log => false,
     };
-    tokio::spawn(async move {
+    crate::task::spawn("progress-renderer", async move {
         tracing::debug!(task = "progress renderer", bars, "started");
         if bars {
             let mut r = BarRenderer::new(
@@ -1233,31 +1155,6 @@ mod tests {
             None,
             "overflow is None, not a panic"
         );
-    }
-
-    #[test]
-    fn human_formats() {
-        assert_eq!(format_bytes(0), "0 B");
-        assert_eq!(format_bytes(1023), "1023 B");
-        assert_eq!(format_bytes(1024), "1.00 KiB");
-        assert_eq!(format_bytes(1536), "1.50 KiB");
-        assert_eq!(format_bytes(50 * 1024 * 1024 + 1024 * 512), "50.5 MiB");
-        assert_eq!(format_bytes(300 * 1024 * 1024 * 1024), "300 GiB");
-        assert_eq!(format_bytes(u64::MAX), "16.0 EiB");
-        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
-        assert_eq!(format_duration(Duration::from_millis(12_340)), "12.3s");
-        assert_eq!(format_duration(Duration::from_secs(185)), "3m05s");
-        assert_eq!(format_duration(Duration::from_secs(7380)), "2h03m");
-        assert_eq!(format_duration(Duration::from_secs(93_600)), "1d02h");
-        assert_eq!(format_count(950.0), "950");
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_000), "1,000");
-        assert_eq!(thousands(2_999_974), "2,999,974");
-        assert_eq!(format_count(12_345.0), "12.3k");
-        assert_eq!(format_count(4_560_000.0), "4.56M");
-        assert_eq!(format_count(1_200_000_000.0), "1.20G");
-        assert_eq!(format_count(f64::INFINITY), "?");
     }
 
     #[test]

@@ -31,7 +31,14 @@
 //! time in a transaction of its own (under the same locks, workload running)
 //! and rolls back, and prints the time per kind of statement: where the
 //! `swap_and_state` step of the hold goes. The real cutover pipelines the
-//! same statements in one round trip, so the sum is an upper bound.
+//! same statements in one round trip, so the sum is an upper bound. Then the
+//! statements after the locks are sent whole three ways, each under the
+//! same locks and rolled back: pipelined one message each (as the cutover
+//! sends them), as one message, and as one message with each table's
+//! combinable `ALTER TABLE` subcommands merged and one `UPDATE` of the job
+//! rows — what batching the swap would save. The profile holds the locks
+//! meanwhile, so the real cutover that follows it (and its hold) is
+//! disturbed: take hold figures from runs without the profile.
 //!
 //! Each run gets its own database in one throwaway cluster (embedded defaults:
 //! fsync off): schema, seed, workload (writers and readers with 2 ms pauses),
@@ -317,14 +324,25 @@ async fn swap_profile(c: &tokio_postgres::Client, n: u64, count: usize, sql: &[S
         rtt = rtt.min(t.elapsed());
     }
     let rtt_ms = rtt.as_secs_f64() * 1000.0;
-    let body = locked_statements(sql);
+    // The dry run's short lock_timeout is the cutover's; the profile may
+    // wait longer for its locks (it is not what is measured).
+    let body: Vec<String> = locked_statements(sql)
+        .into_iter()
+        .map(|s| {
+            if s.starts_with("SET LOCAL lock_timeout") {
+                "SET LOCAL lock_timeout = '10s'".to_string()
+            } else {
+                s.clone()
+            }
+        })
+        .collect();
     let mut by_kind: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
     let mut total = 0.0;
     let mut failed = None;
     for s in &body {
         let t = Instant::now();
         if let Err(e) = c.batch_execute(s).await {
-            failed = Some(format!("{e}: {s}"));
+            failed = Some(format!("{}: {s}", db_message(&e)));
             break;
         }
         let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -337,6 +355,59 @@ async fn swap_profile(c: &tokio_postgres::Client, n: u64, count: usize, sql: &[S
         e.1 += ms;
     }
     let _ = c.batch_execute("ROLLBACK").await;
+    // The same statements sent as the cutover sends them (pipelined, one
+    // message each), as one message, and as one message with fewer
+    // statements; each under the same locks, rolled back.
+    let locks = body
+        .iter()
+        .rposition(|s| s.starts_with("LOCK TABLE"))
+        .map_or(0, |i| i + 1);
+    let (prefix, swap) = body.split_at(locks);
+    let swap: Vec<String> = swap.iter().map(|s| s.to_string()).collect();
+    let merged = merge_statements(&swap);
+    let mut variants = Vec::new();
+    for (name, stmts, one_message) in [
+        ("pipelined, one message each (as the cutover)", &swap, false),
+        ("one message", &swap, true),
+        (
+            "one message, ALTER TABLEs merged per table, one UPDATE of the job rows",
+            &merged,
+            true,
+        ),
+    ] {
+        let mut ok = true;
+        for p in prefix {
+            if let Err(e) = c.batch_execute(p).await {
+                variants.push(format!(
+                    "        {name}: could not lock: {}",
+                    db_message(&e)
+                ));
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            let t = Instant::now();
+            let result = if one_message {
+                c.batch_execute(&stmts.join(";\n")).await
+            } else {
+                futures_util::future::join_all(stmts.iter().map(|s| c.batch_execute(s)))
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<()>, _>>()
+                    .map(|_| ())
+            };
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            variants.push(match result {
+                Ok(()) => format!(
+                    "        {ms:>7.1} ms  {:>4} statements  {name}",
+                    stmts.len()
+                ),
+                Err(e) => format!("        {name}: failed: {}", db_message(&e)),
+            });
+        }
+        let _ = c.batch_execute("ROLLBACK").await;
+    }
     let mut kinds: Vec<_> = by_kind.into_iter().collect();
     kinds.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
     println!(
@@ -352,6 +423,78 @@ async fn swap_profile(c: &tokio_postgres::Client, n: u64, count: usize, sql: &[S
     if let Some(f) = failed {
         println!("        (stopped at a failed statement: {f})");
     }
+    println!("run {n}, {count} tables: the swap statements (after the locks) sent whole:");
+    for v in variants {
+        println!("{v}");
+    }
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| format!("{} ({})", d.message(), d.code().code()))
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// Fewer statements for the same swap (an experiment of the profile): each
+/// table's `ALTER TABLE` subcommands that may share one statement (owner,
+/// row-level security, replica identity, column defaults and identity,
+/// `ADD CONSTRAINT`) merged into one at the place of the last of them, and
+/// the job rows' `UPDATE`s into one.
+fn merge_statements(swap: &[String]) -> Vec<String> {
+    const MERGEABLE: [&str; 8] = [
+        "OWNER TO ",
+        "ENABLE ROW ",
+        "DISABLE ROW ",
+        "FORCE ROW ",
+        "NO FORCE ROW ",
+        "REPLICA IDENTITY ",
+        "ALTER COLUMN ",
+        "ADD CONSTRAINT ",
+    ];
+    let split = |s: &str| -> Option<(String, String)> {
+        let rest = s.strip_prefix("ALTER TABLE ")?;
+        let (table, sub) = rest.split_once(' ')?;
+        MERGEABLE
+            .iter()
+            .any(|m| sub.starts_with(m))
+            .then(|| (table.to_string(), sub.to_string()))
+    };
+    let mut last: std::collections::HashMap<String, usize> = Default::default();
+    for (i, s) in swap.iter().enumerate() {
+        if let Some((t, _)) = split(s) {
+            last.insert(t, i);
+        }
+    }
+    let mut subs: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut jobs = Vec::new();
+    let mut out = Vec::new();
+    for (i, s) in swap.iter().enumerate() {
+        if let Some((t, sub)) = split(s) {
+            subs.entry(t.clone()).or_default().push(sub);
+            if last.get(&t) == Some(&i) {
+                out.push(format!("ALTER TABLE {t} {}", subs[&t].join(", ")));
+            }
+        } else if let Some(v) = s
+            .strip_prefix("UPDATE pgrekey.jobs SET phase = 'cut_over', old_table = ")
+            .and_then(|r| r.split_once(" WHERE source_schema = "))
+            .and_then(|(old, r)| {
+                let (schema, table) = r.split_once(" AND source_table = ")?;
+                Some(format!("({schema}, {table}, {old})"))
+            })
+        {
+            jobs.push(v);
+        } else {
+            out.push(s.clone());
+        }
+    }
+    if !jobs.is_empty() {
+        out.push(format!(
+            "UPDATE pgrekey.jobs j SET phase = 'cut_over', old_table = v.o FROM (VALUES {}) v(s, t, o) \
+             WHERE j.source_schema = v.s AND j.source_table = v.t",
+            jobs.join(", ")
+        ));
+    }
+    out
 }
 
 async fn wait_streaming(c: &tokio_postgres::Client, tables: usize) {

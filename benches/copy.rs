@@ -5,7 +5,18 @@
 //! primary key and index builds), on the same generated data in one run —
 //! for a table keyed by `bigint` (`events`) and for the same rows keyed by a
 //! random `uuid` (`events_uuid`), each copied in one stream and by two
-//! sessions over key ranges sampled under the snapshot.
+//! sessions over key ranges sampled under the snapshot. When this machine
+//! has `pg_repack` for the bench server's installation, `pg_repack --table`
+//! of the same table (primary key and two indexes rebuilt, no type change)
+//! runs in the same rounds and pg-rekey / pg_repack is printed beside
+//! pg-rekey / in-server.
+//!
+//! `pg_repack` comes from Debian's `postgresql-<major>-repack` package
+//! (`apt-get install postgresql-15-repack` for the 15 server the harness picks
+//! from `/usr/lib/postgresql`); the extension must be installed in the same
+//! installation as the server binaries (`PG_BIN`, else the newest
+//! `/usr/lib/postgresql/*/bin`). The bench installs nothing: without it, it
+//! prints `pg_repack: SKIPPED` and why, and measures the rest.
 //!
 //! ```text
 //! cargo bench --bench copy                      # 3M rows, 200k users
@@ -14,6 +25,8 @@
 //! PGREKEY_BENCH_VARIANTS=unlogged,key-during-copy cargo bench --bench copy   # named variants
 //! PGREKEY_BENCH_REPEAT=5 cargo bench --bench copy      # rounds (default 3; best round compared)
 //! PGREKEY_BENCH_TABLES=events_uuid cargo bench --bench copy   # one table only (default both)
+//! PGREKEY_BENCH_REPACK=0 cargo bench --bench copy     # leave pg_repack out
+//! PGREKEY_BENCH_REPACK_JOBS=2 cargo bench --bench copy # pg_repack -j 2 (default 1)
 //! ```
 //!
 //! A throwaway cluster is started with the embedded defaults (fsync off, the
@@ -425,6 +438,217 @@ async fn in_server(admin: &Client, subject: Subject) -> Timing {
     }
 }
 
+/// The `pg_repack` client and the extension, when this machine has both for
+/// the bench server's own installation (the extension's files must be in the
+/// share/lib folders of the server binaries the harness runs).
+struct Repack {
+    client: std::path::PathBuf,
+    version: String,
+    port: u16,
+    /// `-j`: parallel index builds (`PGREKEY_BENCH_REPACK_JOBS`, default 1).
+    jobs: u64,
+    /// The postmaster, whose reaped children's CPU lands in its `cutime`.
+    postmaster: i32,
+}
+
+/// Find `pg_repack` for the server behind `admin` and create the extension in
+/// the bench database; `Err` says what is missing (the bench installs nothing).
+async fn find_repack(admin: &Client, cluster: &Cluster) -> Result<Repack, String> {
+    if std::env::var("PGREKEY_BENCH_REPACK").as_deref() == Ok("0") {
+        return Err("PGREKEY_BENCH_REPACK=0".into());
+    }
+    let major = cluster.major_version;
+    let hint = format!(
+        "install Debian's postgresql-{major}-repack (apt-get install postgresql-{major}-repack) for the server the bench runs"
+    );
+    let dirs: Vec<(String, String)> = admin
+        .query(
+            "SELECT name, setting FROM pg_config WHERE name IN ('BINDIR', 'SHAREDIR', 'PKGLIBDIR')",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("read pg_config: {e}"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let dir = |n: &str| {
+        dirs.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let (bindir, sharedir, libdir) = (dir("BINDIR"), dir("SHAREDIR"), dir("PKGLIBDIR"));
+    let available: Option<String> = admin
+        .query_opt(
+            "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_repack'",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("read pg_available_extensions: {e}"))?
+        .map(|r| r.get(0));
+    let Some(ext_version) = available else {
+        return Err(format!(
+            "the server's installation has no pg_repack extension ({sharedir}/extension/pg_repack.control, {libdir}/pg_repack.so); {hint}"
+        ));
+    };
+    let in_bindir = std::path::Path::new(&bindir).join("pg_repack");
+    let client = if in_bindir.is_file() {
+        in_bindir
+    } else {
+        std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .map(|d| std::path::Path::new(d).join("pg_repack"))
+            .find(|p| p.is_file())
+            .ok_or_else(|| format!("no pg_repack client in {bindir} or on PATH; {hint}"))?
+    };
+    let out = std::process::Command::new(&client)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("run {} --version: {e}", client.display()))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !version.ends_with(&ext_version) {
+        return Err(format!(
+            "{} is {version:?} but the server's extension is {ext_version}; pg_repack refuses a mismatch; {hint}",
+            client.display()
+        ));
+    }
+    admin
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_repack")
+        .await
+        .map_err(|e| format!("CREATE EXTENSION pg_repack: {e}"))?;
+    let pid_file = std::fs::read_to_string(cluster.data_dir().join("postmaster.pid"))
+        .map_err(|e| format!("read postmaster.pid: {e}"))?;
+    let postmaster = pid_file
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or("postmaster.pid has no pid")?;
+    Ok(Repack {
+        client,
+        version,
+        port: cluster.port,
+        jobs: env_u64("PGREKEY_BENCH_REPACK_JOBS", 1).max(1),
+        postmaster,
+    })
+}
+
+/// `/proc/<pid>/stat` fields after the command name, as numbers.
+fn proc_stat(pid: i32) -> Vec<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect()
+}
+
+fn ticks(t: u64) -> Duration {
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(t * 1000 / hz)
+}
+
+/// CPU of the whole server: the postmaster, its live children, and the
+/// children it has reaped (its `cutime`/`cstime`: backends that exited).
+/// `pg_repack`'s backends end before the figure is read, so only this sees
+/// them; it also counts the background processes (checkpointer, WAL writer).
+fn server_cpu_all(postmaster: i32) -> Duration {
+    let own = proc_stat(postmaster);
+    // Fields after the name: ppid is index 1, utime 11, stime 12, cutime 13, cstime 14.
+    let mut t = own.get(11..15).map(|f| f.iter().sum()).unwrap_or(0);
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let f = proc_stat(pid);
+        if f.get(1).copied() == Some(postmaster as u64) {
+            t += f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        }
+    }
+    ticks(t)
+}
+
+/// CPU of this process's waited-for children (the `pg_repack` client).
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage only writes into the zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// `pg_repack --table` of the subject itself (it rewrites the table and
+/// rebuilds its primary key and two indexes, then swaps the files): the
+/// rebuild a user would weigh against pg-rekey, without the type change.
+/// `--no-analyze`, as neither other contender analyzes.
+async fn run_repack(admin: &Client, r: &Repack, subject: Subject) -> Timing {
+    settle(admin).await;
+    let wal0 = wal_lsn(admin).await;
+    let server0 = server_cpu_all(r.postmaster);
+    let client0 = children_cpu();
+    let t0 = Instant::now();
+    let out = tokio::process::Command::new(&r.client)
+        .args(["-h", "127.0.0.1", "-p", &r.port.to_string(), "-U"])
+        .arg(pg_rekey::embedded::SUPERUSER)
+        .args([
+            "-d",
+            "bench",
+            "--no-analyze",
+            "-j",
+            &r.jobs.to_string(),
+            "-t",
+        ])
+        .arg(format!("public.{}", subject.table))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {}: {e}", r.client.display()));
+    let total = t0.elapsed();
+    let client_cpu = children_cpu() - client0;
+    assert!(
+        out.status.success(),
+        "pg_repack failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Its backends exit after it does; the postmaster reaps them into its
+    // cutime. Wait for that before reading the server's CPU.
+    for _ in 0..100 {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_repack'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let server = server_cpu_all(r.postmaster) - server0;
+    let wal = wal_lsn(admin).await - wal0;
+    Timing {
+        name: format!("pg_repack -j {} ({})", r.jobs, subject.table),
+        total,
+        parts: vec![
+            ("client cpu", Figure::Secs(client_cpu)),
+            ("server cpu (all processes)", Figure::Secs(server)),
+            ("WAL", Figure::Mb(wal)),
+        ],
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
 fn print(t: &Timing, rows: u64) {
     let parts = t
         .parts
@@ -550,6 +774,22 @@ fn main() {
             cluster.major_version,
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         );
+        println!("load average after generating: {}", loadavg());
+        let repack = match find_repack(&admin, &cluster).await {
+            Ok(r) => {
+                println!(
+                    "pg_repack: {} ({}), -j {}",
+                    r.client.display(),
+                    r.version,
+                    r.jobs
+                );
+                Some(r)
+            }
+            Err(why) => {
+                println!("pg_repack: SKIPPED, not measured: {why}");
+                None
+            }
+        };
         // Warm the cache for both contenders alike.
         admin.batch_execute("SELECT count(*) FROM events; SELECT count(*) FROM events_uuid; SELECT count(*) FROM users").await.unwrap();
 
@@ -574,26 +814,43 @@ fn main() {
             let mut a_runs: Vec<Timing> = Vec::new();
             let mut p_runs: Vec<Timing> = Vec::new();
             let mut b_runs: Vec<Timing> = Vec::new();
+            let mut r_runs: Vec<Timing> = Vec::new();
             for round in 1..=repeat {
+                let load0 = loadavg();
                 let a = rekey(&spec_db, &admin, &main, subject).await;
                 let p = rekey(&spec_db, &admin, &two, subject).await;
                 let b = in_server(&admin, subject).await;
-                println!("round {round} ({table}):");
+                let r = match &repack {
+                    Some(r) => Some(run_repack(&admin, r, subject).await),
+                    None => None,
+                };
+                println!(
+                    "round {round} ({table}), load average {load0} before, {} after:",
+                    loadavg()
+                );
                 print(&a, rows);
                 print(&p, rows);
                 print(&b, rows);
+                if let Some(r) = &r {
+                    print(r, rows);
+                }
                 a_runs.push(a);
                 p_runs.push(p);
                 b_runs.push(b);
+                r_runs.extend(r);
             }
             a_runs.sort_by_key(|t| t.total);
             p_runs.sort_by_key(|t| t.total);
             b_runs.sort_by_key(|t| t.total);
+            r_runs.sort_by_key(|t| t.total);
             if let (Some(a), Some(p), Some(b)) = (a_runs.first(), p_runs.first(), b_runs.first()) {
                 println!("best of {repeat} ({table}):");
                 print(a, rows);
                 print(p, rows);
                 print(b, rows);
+                if let Some(r) = r_runs.first() {
+                    print(r, rows);
+                }
                 let median = |v: &[Timing]| v[v.len() / 2].total.as_secs_f64();
                 println!(
                     "ratio pg-rekey / in-server ({table}): best {:.2}, median {:.2}; 2 sessions: best {:.2}, median {:.2}",
@@ -602,6 +859,16 @@ fn main() {
                     p.total.as_secs_f64() / b.total.as_secs_f64(),
                     median(&p_runs) / median(&b_runs),
                 );
+                match r_runs.first() {
+                    Some(r) => println!(
+                        "ratio pg-rekey / pg_repack ({table}): best {:.2}, median {:.2}; 2 sessions: best {:.2}, median {:.2}",
+                        a.total.as_secs_f64() / r.total.as_secs_f64(),
+                        median(&a_runs) / median(&r_runs),
+                        p.total.as_secs_f64() / r.total.as_secs_f64(),
+                        median(&p_runs) / median(&r_runs),
+                    ),
+                    None => println!("ratio pg-rekey / pg_repack ({table}): not measured (pg_repack skipped, see above)"),
+                }
             }
         }
         let all = all_variants();
@@ -620,5 +887,6 @@ fn main() {
                 print(&t, rows);
             }
         }
+        println!("load average at end: {}", loadavg());
     });
 }

@@ -313,16 +313,7 @@ async fn run_job(
         info!(tables = %cfg.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "), slot = %objects.slot, "job registered");
         // Lag and slot WAL for the job's lifetime; the poller stops when
         // `_stop_poller` is dropped, however this block ends.
-        let watermark = Watermark::new();
-        let (_stop_poller, stop_rx) = tokio::sync::oneshot::channel();
-        crate::lag::spawn_poller(
-            cfg.spec.clone(),
-            objects.slot.clone(),
-            Arc::clone(progress),
-            Arc::clone(&watermark),
-            Duration::from_secs(1),
-            stop_rx,
-        );
+        let (watermark, _stop_poller) = start_lag_poller(cfg, &objects.slot, progress);
         let prepared = prepare_and_copy(cfg, &admin, &objects, &details, &parent, progress, &mut shutdown).await;
         let (repl, consistent, map) = match prepared {
             Ok(Some(v)) => v,
@@ -375,16 +366,7 @@ async fn resume_job(
     async move {
         crate::resume::record_owner(&admin, job_id).await?;
         progress.set_owner_held(true);
-        let watermark = Watermark::new();
-        let (_stop_poller, stop_rx) = tokio::sync::oneshot::channel();
-        crate::lag::spawn_poller(
-            cfg.spec.clone(),
-            objects.slot.clone(),
-            Arc::clone(progress),
-            Arc::clone(&watermark),
-            Duration::from_secs(1),
-            stop_rx,
-        );
+        let (watermark, _stop_poller) = start_lag_poller(cfg, &objects.slot, progress);
         if copy_first {
             match continue_copy(cfg, &admin, &objects, &rows, &details, &parent, progress, &mut shutdown).await {
                 Ok(true) => {}
@@ -784,6 +766,26 @@ async fn finish_table(
         r = work => r.map(|()| true),
         _ = shutdown.changed() => Ok(false),
     }
+}
+
+/// Lag and slot WAL for the job's lifetime: the poller stops when the
+/// returned sender is dropped.
+fn start_lag_poller(
+    cfg: &RewriteConfig,
+    slot: &str,
+    progress: &Arc<JobProgress>,
+) -> (Arc<Watermark>, tokio::sync::oneshot::Sender<()>) {
+    let watermark = Watermark::new();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel();
+    crate::lag::spawn_poller(
+        cfg.spec.clone(),
+        slot.to_string(),
+        Arc::clone(progress),
+        Arc::clone(&watermark),
+        Duration::from_secs(1),
+        stop_rx,
+    );
+    (watermark, stop)
 }
 
 /// Where the stream's progress goes.

@@ -502,26 +502,8 @@ async fn kill_9_while_streaming_resumes() {
 /// its job back and finishes; nothing lost or doubled.
 #[tokio::test]
 async fn server_restart_while_streaming() {
-    crate::support::init_logging();
-    let cluster = tokio::task::spawn_blocking(|| {
-        Cluster::start(&ClusterOptions {
-            extra_conf: vec!["wal_sender_timeout = '4s'".into()],
-            ..ClusterOptions::default()
-        })
-    })
-    .await
-    .unwrap()
-    .expect("start a cluster of this test's own");
-    let admin = connect(&cluster.spec("postgres")).await;
-    admin
-        .batch_execute("CREATE DATABASE restart")
-        .await
-        .unwrap();
-    drop(admin);
-    let spec = cluster.spec("restart");
+    let (cluster, spec, c) = restartable(vec!["wal_sender_timeout = '4s'".into()]).await;
     let dsn = spec.to_dsn();
-    let c = connect(&spec).await;
-    c.batch_execute(SCHEMA).await.unwrap();
     let rewrite = spawn(&dsn, &rewrite_args(), None);
     wait_phase(&c, TABLES, "streaming").await;
     writes(&c, 1).await;
@@ -639,21 +621,8 @@ async fn a_taken_over_applier_cannot_commit() {
 /// table's complete copy (same file) and copying the second again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_during_copy() {
-    crate::support::init_logging();
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(&ClusterOptions::default()))
-        .await
-        .unwrap()
-        .expect("start a cluster of this test's own");
-    let admin = connect(&cluster.spec("postgres")).await;
-    admin
-        .batch_execute("CREATE DATABASE restart_copy")
-        .await
-        .unwrap();
-    drop(admin);
-    let spec = cluster.spec("restart_copy");
+    let (cluster, spec, c) = restartable(Vec::new()).await;
     let dsn = spec.to_dsn();
-    let c = connect(&spec).await;
-    c.batch_execute(SCHEMA).await.unwrap();
     // Enough rows in the second table to restart the server while it copies.
     c.batch_execute(
         "INSERT INTO likes SELECT g, 1 + g % 50 FROM generate_series(1000001, 1800000) g; ANALYZE likes;",
@@ -724,4 +693,29 @@ async fn server_restart_during_copy() {
     assert_done(&c).await;
     drop(c);
     drop(cluster);
+}
+
+/// A cluster of the test's own (to restart it), a database in it with
+/// [`SCHEMA`], and a session there.
+async fn restartable(extra_conf: Vec<String>) -> (Cluster, pg_rekey::pg::ConnSpec, Client) {
+    crate::support::init_logging();
+    let cluster = tokio::task::spawn_blocking(move || {
+        Cluster::start(&ClusterOptions {
+            extra_conf,
+            ..ClusterOptions::default()
+        })
+    })
+    .await
+    .unwrap()
+    .expect("start a cluster of this test's own");
+    let admin = connect(&cluster.spec("postgres")).await;
+    admin
+        .batch_execute("CREATE DATABASE restart")
+        .await
+        .unwrap();
+    drop(admin);
+    let spec = cluster.spec("restart");
+    let c = connect(&spec).await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    (cluster, spec, c)
 }

@@ -171,32 +171,17 @@ use crate::idmap::IdMap;
 use crate::pg::quote_ident;
 use crate::plan::model::{IntKind, TableSpec};
 
-/// Binary COPY signature.
-pub const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
-
-/// A complete binary COPY header: signature, flags 0, no extension.
-pub const HEADER: [u8; 19] = *b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
-
-/// The binary COPY trailer (a field count of -1).
-pub const TRAILER: [u8; 2] = (-1i16).to_be_bytes();
+pub use crate::copy_format::{HEADER, SIGNATURE, TRAILER};
 
 /// Output is handed to the target connection once this many bytes are ready.
 pub const FLUSH_BYTES: usize = 256 * 1024;
 
 /// Check the fixed 19-byte header; return the length of the header extension.
 pub fn check_header(h: &[u8]) -> Result<u32, RewriteError> {
-    let (Some(sig), Some(flags), Some(ext)) = (h.get(..11), h.get(11..15), h.get(15..19)) else {
-        return Err(RewriteError::BadSignature);
-    };
-    if sig != SIGNATURE {
-        return Err(RewriteError::BadSignature);
-    }
-    let flags = u32::from_be_bytes([flags[0], flags[1], flags[2], flags[3]]);
-    // Bit 16: OIDs included. Bits 17–31 are critical: unknown ones must stop us.
-    if flags & 0xFFFF_0000 != 0 {
-        return Err(RewriteError::UnsupportedFlags(flags));
-    }
-    Ok(u32::from_be_bytes([ext[0], ext[1], ext[2], ext[3]]))
+    crate::copy_format::check_header(h).map_err(|e| match e {
+        crate::copy_format::HeaderError::BadSignature => RewriteError::BadSignature,
+        crate::copy_format::HeaderError::UnsupportedFlags(f) => RewriteError::UnsupportedFlags(f),
+    })
 }
 
 /// Why a binary COPY stream could not be rewritten.

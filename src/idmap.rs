@@ -475,15 +475,16 @@ impl PairParser {
         }
         self.buf.extend_from_slice(chunk);
         if !self.header_done {
-            if self.buf.len() < crate::copy::HEADER.len() {
+            if self.buf.len() < crate::copy_format::HEADER.len() {
                 return Ok(());
             }
-            let ext = crate::copy::check_header(&self.buf[..crate::copy::HEADER.len()])
-                .map_err(|e| e.to_string())?;
+            let ext =
+                crate::copy_format::check_header(&self.buf[..crate::copy_format::HEADER.len()])
+                    .map_err(|e| e.to_string())?;
             if ext != 0 {
                 return Err("unexpected COPY header extension".into());
             }
-            self.buf.advance(crate::copy::HEADER.len());
+            self.buf.advance(crate::copy_format::HEADER.len());
             self.header_done = true;
         }
         loop {
@@ -534,7 +535,7 @@ mod tests {
     use super::*;
 
     fn stream(rows: &[(i64, Uuid)]) -> Vec<u8> {
-        let mut v = crate::copy::HEADER.to_vec();
+        let mut v = crate::copy_format::HEADER.to_vec();
         for (k, u) in rows {
             v.extend_from_slice(&2i16.to_be_bytes());
             v.extend_from_slice(&8i32.to_be_bytes());
@@ -570,7 +571,7 @@ mod tests {
         p.feed(&bytes[..bytes.len() - 1], |_, _| {}).unwrap();
         assert!(p.finish().is_err());
 
-        let mut bad = crate::copy::HEADER.to_vec();
+        let mut bad = crate::copy_format::HEADER.to_vec();
         bad.extend_from_slice(&2i16.to_be_bytes());
         bad.extend_from_slice(&8i32.to_be_bytes());
         bad.extend_from_slice(&1i64.to_be_bytes());

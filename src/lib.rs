@@ -24,6 +24,7 @@ pub mod cli;
 pub mod commands;
 pub mod console;
 pub mod copy;
+pub mod copy_format;
 pub mod cutover;
 pub mod ddl;
 pub mod demo;

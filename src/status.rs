@@ -224,7 +224,7 @@ pub fn render(rows: &[TableStatus]) -> String {
         out.push('\n');
     }
     out.push_str(&id_map_lines(rows));
-    out.push_str(&crate::resume::render_liveness(rows));
+    out.push_str(&render_liveness(rows));
     let finished = rows
         .iter()
         .filter(|r| matches!(r.phase.as_str(), "cut_over" | "aborted"))
@@ -291,6 +291,45 @@ pub async fn watch(client: &Client, every: std::time::Duration, json: bool) -> R
             _ = stop.wait_for(|s| *s) => return Ok(0),
         }
     }
+}
+
+/// Lines under the `status` table for jobs whose owner or cutover is gone.
+pub fn render_liveness(rows: &[TableStatus]) -> String {
+    let mut out = String::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in rows {
+        let Some(l) = &r.liveness else { continue };
+        if !l.owner_alive && seen.insert(r.job_id.clone()) {
+            let tables: Vec<&str> = rows
+                .iter()
+                .filter(|o| o.job_id == r.job_id)
+                .map(|o| o.table.as_str())
+                .collect();
+            out.push_str(&format!(
+                "job {} ({}): OWNER GONE since {} (last update); its slot {} retains {} of WAL\n  next: {}\n",
+                &r.job_id[..r.job_id.len().min(8)],
+                tables.join(", "),
+                l.owner_gone_since.as_deref().unwrap_or("?"),
+                r.slot_name.as_deref().unwrap_or("-"),
+                r.wal_retained_bytes
+                    .map(|b| crate::progress::format_bytes(u64::try_from(b).unwrap_or(0)))
+                    .unwrap_or_else(|| "no WAL (slot missing)".into()),
+                l.next_command.as_deref().unwrap_or("-"),
+            ));
+        }
+        if l.stuck_cutover {
+            out.push_str(&format!(
+                "{}: STUCK in cutting_over — no cutover is running (killed?); the swap did not commit\n  next: {}\n",
+                r.table,
+                if l.owner_alive {
+                    l.next_command.clone().unwrap_or_default()
+                } else {
+                    format!("resume the rewrite first, then pg-rekey cutover --table {}", r.table)
+                },
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ impl fmt::Display for Phase {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// A statement failed.
-    #[error("{context}: {}", crate::error::chain(source))]
+    #[error("{context}: {}", crate::pg::diag::chain(source))]
     Db {
         /// What was being done.
         context: String,

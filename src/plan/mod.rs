@@ -79,8 +79,8 @@ pub enum PlanError {
 
     /// The uuid column does not exist.
     #[error(
-        "parent {table} has no column {column:?}; add and backfill it first: {}",
-        uuid_column_fix(table, column)
+        "parent {table} has no column {column:?}; add and backfill it online first: {}",
+        prepare_command(table, column, false)
     )]
     UuidColumnMissing {
         /// The parent.
@@ -102,8 +102,8 @@ pub enum PlanError {
 
     /// The uuid column allows NULL.
     #[error(
-        "parent {table} column {column:?} allows NULL; backfill it, then without a long lock: {}",
-        not_null_fix(table, column)
+        "parent {table} column {column:?} allows NULL; complete it online (rows without a uuid get one, NOT NULL without a long lock, a unique index): {}",
+        prepare_command(table, column, true)
     )]
     UuidColumnNullable {
         /// The parent.
@@ -113,7 +113,7 @@ pub enum PlanError {
     },
 
     /// No unique index on the uuid column alone.
-    #[error("parent {table} column {column:?} has no unique index on it alone (foreign keys need one); add it without blocking writes: CREATE UNIQUE INDEX CONCURRENTLY {} ON {} ({})", quote_ident(&format!("{}_{}_key", table.name, column)), table.quoted(), quote_ident(column))]
+    #[error("parent {table} column {column:?} has no unique index on it alone (foreign keys need one); build it without blocking writes: {}", prepare_command(table, column, true))]
     UuidColumnNotUnique {
         /// The parent.
         table: QualifiedName,
@@ -165,27 +165,12 @@ impl PlanError {
     }
 }
 
-/// How to add a unique, not-null uuid column to a live parent without long locks.
-fn uuid_column_fix(table: &QualifiedName, column: &str) -> String {
-    let t = table.quoted();
-    let c = quote_ident(column);
+/// The `prepare` command that makes the column (`--column-exists` when it
+/// is there but not complete): online, resumable, idempotent.
+fn prepare_command(table: &QualifiedName, column: &str, exists: bool) -> String {
     format!(
-        "ALTER TABLE {t} ADD COLUMN {c} uuid; ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT gen_random_uuid(); \
-         backfill in batches (UPDATE {t} SET {c} = gen_random_uuid() WHERE {c} IS NULL AND <key range>); \
-         CREATE UNIQUE INDEX CONCURRENTLY {} ON {t} ({c}); then {}",
-        quote_ident(&format!("{}_{}_key", table.name, column)),
-        not_null_fix(table, column)
-    )
-}
-
-/// SET NOT NULL without a long scan under ACCESS EXCLUSIVE: a validated CHECK proves it.
-fn not_null_fix(table: &QualifiedName, column: &str) -> String {
-    let t = table.quoted();
-    let c = quote_ident(column);
-    let k = quote_ident(&format!("{}_{}_not_null", table.name, column));
-    format!(
-        "ALTER TABLE {t} ADD CONSTRAINT {k} CHECK ({c} IS NOT NULL) NOT VALID; \
-         ALTER TABLE {t} VALIDATE CONSTRAINT {k}; ALTER TABLE {t} ALTER COLUMN {c} SET NOT NULL; \
-         ALTER TABLE {t} DROP CONSTRAINT {k}"
+        "pg-rekey prepare --parent {table} --uuid-column {}{}",
+        quote_ident(column),
+        if exists { " --column-exists" } else { "" }
     )
 }

@@ -185,12 +185,18 @@ async fn parent_problems_are_all_reported_with_the_fix() {
 
     let e = load_parent(&c, &users(), "uuid").await.unwrap_err();
     assert!(matches!(e, PlanError::UuidColumnNullable { .. }), "{e}");
-    assert!(e.to_string().contains("VALIDATE CONSTRAINT"), "{e}");
+    assert!(
+        e.to_string().contains(
+            "pg-rekey prepare --parent public.users --uuid-column \"uuid\" --column-exists"
+        ),
+        "{e}"
+    );
 
     let e = load_parent(&c, &users(), "missing").await.unwrap_err();
     assert!(matches!(e, PlanError::UuidColumnMissing { .. }), "{e}");
     assert!(
-        e.to_string().contains("CREATE UNIQUE INDEX CONCURRENTLY"),
+        e.to_string()
+            .contains("pg-rekey prepare --parent public.users --uuid-column \"missing\""),
         "{e}"
     );
 
@@ -216,7 +222,7 @@ async fn parent_problems_are_all_reported_with_the_fix() {
     let unique = report.with_code("uuid_column_not_unique").next().unwrap();
     assert!(
         unique.message.contains(
-            "CREATE UNIQUE INDEX CONCURRENTLY \"users_uuid_key\" ON \"public\".\"users\" (\"uuid\")"
+            "pg-rekey prepare --parent public.users --uuid-column \"uuid\" --column-exists"
         ),
         "{}",
         unique.message

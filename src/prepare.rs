@@ -268,7 +268,9 @@ pub fn remaining(
         steps.push(Step::SetDefault);
     }
     if !not_null {
-        match o.cursor.map(|c| c.next_key) {
+        // A cursor left from a column since dropped says nothing of a new one.
+        let cursor = o.column.as_ref().and(o.cursor);
+        match cursor.map(|c| c.next_key) {
             None => steps.push(Step::Backfill { from: i64::MIN }),
             Some(Some(from)) => steps.push(Step::Backfill { from }),
             Some(None) => {}
@@ -606,8 +608,16 @@ pub async fn run(
             Step::AddColumn => {
                 let sql = format!("ALTER TABLE {t} ADD COLUMN {c} uuid");
                 // The cursor row says "prepare added this column" (for a
-                // re-run), so it commits with the column.
-                let cursor = cursor_insert(parent, col);
+                // re-run), so it commits with the column; one left from a
+                // column since dropped starts again.
+                let cursor = format!(
+                    "{} ; UPDATE pgrekey.prepare SET next_key = DEFAULT, rows_filled = 0, done = false, updated_at = now()
+                      WHERE parent_schema = {} AND parent_table = {} AND uuid_column = {}",
+                    cursor_insert(parent, col),
+                    quote_literal(&parent.schema),
+                    quote_literal(&parent.name),
+                    quote_literal(col)
+                );
                 sr.attempts = locked(&client, cfg, &t, &[sql.as_str(), cursor.as_str()]).await?;
                 sr.sql = Some(sql);
             }
@@ -1038,6 +1048,26 @@ mod tests {
                 Step::SetNotNull,
                 Step::DropCheck,
                 Step::BuildIndex,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cursor_of_a_dropped_column_is_not_followed() {
+        let o = Observed {
+            cursor: Some(Cursor {
+                next_key: None,
+                rows_filled: 5,
+            }),
+            ..ready_key()
+        };
+        let steps = remaining(&o, "public.users", "uuid_id", false).unwrap();
+        assert_eq!(
+            &steps[..3],
+            &[
+                Step::AddColumn,
+                Step::SetDefault,
+                Step::Backfill { from: i64::MIN }
             ]
         );
     }

@@ -350,3 +350,25 @@ async fn a_busy_table_is_given_up_on_without_a_change() {
     assert_eq!(code, 0, "{out}{err}");
     assert_prepared(&c).await;
 }
+
+/// A column `prepare` made, dropped by hand, is made again from the start
+/// (the old cursor says nothing of it).
+#[tokio::test]
+async fn a_dropped_column_is_made_again_from_the_start() {
+    let db = TestDb::new().await;
+    let dsn = db.spec.to_dsn();
+    let c = db.client().await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    let (code, out, err) = run(&dsn, &prepare_args(&[]), None).await;
+    assert_eq!(code, 0, "{out}{err}");
+    c.batch_execute("ALTER TABLE users DROP COLUMN uuid_id")
+        .await
+        .unwrap();
+    let (code, out, err) = run(&dsn, &prepare_args(&[]), None).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("30,000 rows"),
+        "the backfill did every row: {out}"
+    );
+    assert_prepared(&c).await;
+}

@@ -272,15 +272,7 @@ async fn rewrite_dies_keeping(failpoint: &str, kept: &[&str]) {
         );
     }
     writes(&c, 2).await;
-    let (code, out, err) = run(
-        &dsn,
-        &["cutover", "--table", "notes", "--table", "likes"],
-        None,
-    )
-    .await;
-    assert_eq!(code, 0, "cutover after resume: {out}{err}");
-    let (code, _, err) = finish(child).await;
-    assert_eq!(code, 0, "resumed rewrite ends at cutover: {err}");
+    cut_over_and_end(&dsn, child, "resumed rewrite ends at cutover").await;
     assert_done(&c).await;
 }
 
@@ -532,15 +524,7 @@ async fn server_restart_while_streaming() {
         "figure: back to streaming after pg_ctl restart -m fast: {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    let (code, out, err) = run(
-        &dsn,
-        &["cutover", "--table", "notes", "--table", "likes"],
-        None,
-    )
-    .await;
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, _, err) = finish(rewrite).await;
-    assert_eq!(code, 0, "the rewrite survived the restart: {err}");
+    cut_over_and_end(&dsn, rewrite, "the rewrite survived the restart").await;
     assert_done(&c).await;
     drop(c);
     drop(cluster);
@@ -677,15 +661,7 @@ async fn server_restart_during_copy() {
         "notes was copied before the restart: not copied again"
     );
     writes(&c, 2).await;
-    let (code, out, err) = run(
-        &dsn,
-        &["cutover", "--table", "notes", "--table", "likes"],
-        None,
-    )
-    .await;
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, _, err) = finish(rewrite).await;
-    assert_eq!(code, 0, "the rewrite survived the restart: {err}");
+    let err = cut_over_and_end(&dsn, rewrite, "the rewrite survived the restart").await;
     assert!(
         err.contains("resuming an interrupted copy"),
         "the copy was resumed, not finished before the restart: {err}"
@@ -718,4 +694,19 @@ async fn restartable(extra_conf: Vec<String>) -> (Cluster, pg_rekey::pg::ConnSpe
     let c = connect(&spec).await;
     c.batch_execute(SCHEMA).await.unwrap();
     (cluster, spec, c)
+}
+
+/// Cut over the job's tables; the rewrite (`child`) must end with 0.
+/// Returns its stderr.
+async fn cut_over_and_end(dsn: &str, child: Child, what: &str) -> String {
+    let (code, out, err) = run(
+        dsn,
+        &["cutover", "--table", "notes", "--table", "likes"],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "cutover ({what}): {out}{err}");
+    let (code, _, err) = finish(child).await;
+    assert_eq!(code, 0, "{what}: {err}");
+    err
 }

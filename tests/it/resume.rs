@@ -501,22 +501,7 @@ async fn server_restart_while_streaming() {
     writes(&c, 1).await;
     drop(c);
 
-    let cluster = tokio::task::spawn_blocking(move || {
-        cluster.restart_fast().expect("pg_ctl restart -m fast");
-        cluster
-    })
-    .await
-    .unwrap();
-    let started = Instant::now();
-    let c = wait_for(
-        "the server to accept connections",
-        Duration::from_secs(60),
-        || {
-            let spec = spec.clone();
-            async move { pg_rekey::pg::connect(&spec, "test").await.ok() }
-        },
-    )
-    .await;
+    let (cluster, c, started) = restart(cluster, &spec).await;
     writes(&c, 2).await;
     while_dead(&c).await;
     resumed(&c).await;
@@ -638,21 +623,7 @@ async fn server_restart_during_copy() {
     let notes_before = shadow_storage(&c, "notes").await;
     assert!(notes_before.is_some());
     drop(c);
-    let cluster = tokio::task::spawn_blocking(move || {
-        cluster.restart_fast().expect("pg_ctl restart -m fast");
-        cluster
-    })
-    .await
-    .unwrap();
-    let c = wait_for(
-        "the server to accept connections",
-        Duration::from_secs(60),
-        || {
-            let spec = spec.clone();
-            async move { pg_rekey::pg::connect(&spec, "test").await.ok() }
-        },
-    )
-    .await;
+    let (cluster, c, _) = restart(cluster, &spec).await;
     while_dead(&c).await;
     resumed(&c).await;
     assert_eq!(
@@ -709,4 +680,26 @@ async fn cut_over_and_end(dsn: &str, child: Child, what: &str) -> String {
     let (code, _, err) = finish(child).await;
     assert_eq!(code, 0, "{what}: {err}");
     err
+}
+
+/// `pg_ctl restart -m fast`, then a session once the server accepts
+/// connections again; also when the restart returned.
+async fn restart(cluster: Cluster, spec: &pg_rekey::pg::ConnSpec) -> (Cluster, Client, Instant) {
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart_fast().expect("pg_ctl restart -m fast");
+        cluster
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let c = wait_for(
+        "the server to accept connections",
+        Duration::from_secs(60),
+        || {
+            let spec = spec.clone();
+            async move { pg_rekey::pg::connect(&spec, "test").await.ok() }
+        },
+    )
+    .await;
+    (cluster, c, started)
 }

@@ -83,11 +83,7 @@ async fn prepare(dsn: Option<&str>, a: crate::cli::PrepareArgs) -> Result<ExitCo
         lock_timeout: a.lock_timeout,
         attempts: a.attempts.max(1),
         backoff: a.backoff,
-        throttle: crate::throttle::ThrottleLimits {
-            max_replica_lag: a.max_replica_lag,
-            max_slot_wal_bytes: a.max_slot_wal,
-            ..Default::default()
-        },
+        throttle: a.throttle.limits(),
         progress_interval: a.progress_interval,
         ..crate::prepare::PrepareConfig::new(spec, parent, a.uuid_column)
     };
@@ -130,11 +126,7 @@ async fn plan(dsn: Option<&str>, a: PlanArgs) -> Result<ExitCode, Error> {
 
 /// The rewrite's throttle limits from its flags.
 pub fn throttle_limits(a: &RewriteArgs) -> crate::throttle::ThrottleLimits {
-    crate::throttle::ThrottleLimits {
-        max_replica_lag: a.max_replica_lag,
-        max_slot_wal_bytes: a.max_slot_wal,
-        ..Default::default()
-    }
+    a.throttle.limits()
 }
 
 /// How `rewrite` shows progress: bars on a terminal with text logs; log lines

@@ -189,6 +189,34 @@ pub struct PlanArgs {
     pub rewrite_dependents: bool,
 }
 
+/// Holding bulk work (the copy, the backfill) back while the server's
+/// other consumers fall behind (see `crate::throttle`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ThrottleArgs {
+    /// Pause the copy (or backfill) while a physical replica's replay lag
+    /// exceeds this (e.g. 30s); it slows down as the lag nears it. The stream
+    /// is never held.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_replica_lag: Option<Duration>,
+    /// Pause the copy (or backfill) while another consumer's replication slot
+    /// (a replica's, or a logical one on this database; never pg-rekey's own)
+    /// retains more WAL than this (e.g. 1GB, 512MB; units as in
+    /// postgresql.conf, powers of 1024).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_slot_wal: Option<u64>,
+}
+
+impl ThrottleArgs {
+    /// The throttle's limits.
+    pub fn limits(&self) -> crate::throttle::ThrottleLimits {
+        crate::throttle::ThrottleLimits {
+            max_replica_lag: self.max_replica_lag,
+            max_slot_wal_bytes: self.max_slot_wal,
+            ..Default::default()
+        }
+    }
+}
+
 /// `prepare`.
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
@@ -215,13 +243,9 @@ pub struct PrepareArgs {
     /// Pause after the first failed attempt; doubles each time (capped at 10 s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
     pub backoff: Duration,
-    /// Hold the backfill while a physical replica's replay lag exceeds this.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub max_replica_lag: Option<Duration>,
-    /// Hold the backfill while another replication slot retains more WAL
-    /// than this (e.g. 1GB).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
-    pub max_slot_wal: Option<u64>,
+    /// Backfill throttle.
+    #[command(flatten)]
+    pub throttle: ThrottleArgs,
     /// How often a progress line is logged when stderr is not a terminal.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
     pub progress_interval: Duration,
@@ -263,15 +287,9 @@ pub struct RewriteArgs {
     /// runs (e.g. 127.0.0.1:9187).
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_listen_addr)]
     pub metrics_addr: Option<SocketAddr>,
-    /// Pause the copy while a physical replica's replay lag exceeds this
-    /// (e.g. 30s); it slows down as the lag nears it. The stream is never held.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub max_replica_lag: Option<Duration>,
-    /// Pause the copy while another consumer's replication slot (a replica's,
-    /// or a logical one on this database; never pg-rekey's own) retains more
-    /// WAL than this (e.g. 1GB, 512MB; units as in postgresql.conf, powers of 1024).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
-    pub max_slot_wal: Option<u64>,
+    /// Copy throttle.
+    #[command(flatten)]
+    pub throttle: ThrottleArgs,
     /// How often a progress line per table is logged when stderr is not a
     /// terminal (or with --log-format json). On a terminal, bars are shown.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
@@ -634,8 +652,8 @@ mod tests {
         match c.command {
             Command::Rewrite(r) => {
                 assert_eq!(r.metrics_addr, Some("127.0.0.1:9187".parse().unwrap()));
-                assert_eq!(r.max_replica_lag, Some(Duration::from_secs(30)));
-                assert_eq!(r.max_slot_wal, Some(1 << 30));
+                assert_eq!(r.throttle.max_replica_lag, Some(Duration::from_secs(30)));
+                assert_eq!(r.throttle.max_slot_wal, Some(1 << 30));
                 assert_eq!(r.progress_interval, Duration::from_secs(2));
                 assert_eq!(r.parent.parent, "users");
             }
@@ -645,7 +663,11 @@ mod tests {
         match c.command {
             Command::Rewrite(r) => {
                 assert_eq!(
-                    (r.metrics_addr, r.max_replica_lag, r.max_slot_wal),
+                    (
+                        r.metrics_addr,
+                        r.throttle.max_replica_lag,
+                        r.throttle.max_slot_wal
+                    ),
                     (None, None, None)
                 );
                 assert_eq!(r.progress_interval, Duration::from_secs(10));

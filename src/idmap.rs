@@ -54,6 +54,13 @@
 //! [`IdMap::memory_bytes`] reports the current figure (`benches/idmap.rs`
 //! measures both at 1 M and 10 M users, against the `DashMap` this replaced).
 //!
+//! On the way back after cutover ([`IdMap::enable_reverse`]) the map also
+//! keeps a uuid → key index, maintained by the same `upsert` and `remove`
+//! under the same lock (so it moves, and is undone, with the map): a
+//! SipHash table of 24-byte entries plus a control byte — about 27–55 more
+//! bytes per user, reported by [`IdMap::memory_bytes`]. SipHash, not the
+//! folded multiply: uuids can be chosen by anyone who can insert a row.
+//!
 //! Lookups take the read lock (one uncontended atomic on the copy's hot
 //! path) and index the array; only the apply engine writes. Keys in the
 //! sparse part are hashed with a seeded folded multiply rather than SipHash:
@@ -103,6 +110,8 @@ struct Store {
     dense_len: usize,
     /// Keys outside the window.
     sparse: HashMap<i64, Uuid, KeyHasherBuilder>,
+    /// uuid → key, once [`IdMap::enable_reverse`] was called.
+    reverse: Option<HashMap<Uuid, i64>>,
 }
 
 impl Store {
@@ -113,6 +122,7 @@ impl Store {
             present: Vec::new(),
             dense_len: 0,
             sparse: HashMap::with_capacity_and_hasher(sparse_capacity, KeyHasherBuilder::random()),
+            reverse: None,
         }
     }
 
@@ -153,6 +163,15 @@ impl Store {
     }
 
     fn insert(&mut self, key: i64, uuid: Uuid) {
+        let before = self.reverse.as_ref().and_then(|_| self.get(key));
+        if let Some(rev) = self.reverse.as_mut() {
+            if let Some(b) = before.filter(|b| *b != uuid) {
+                if rev.get(&b) == Some(&key) {
+                    rev.remove(&b);
+                }
+            }
+            rev.insert(uuid, key);
+        }
         if self.slot(key).is_none() && self.extends_window(key) {
             self.grow_to(key);
         }
@@ -211,6 +230,14 @@ impl Store {
     }
 
     fn remove(&mut self, key: i64) {
+        let before = self.reverse.as_ref().and_then(|_| self.get(key));
+        if let (Some(rev), Some(b)) = (self.reverse.as_mut(), before) {
+            // Only this key's entry: with a deferrable unique uuid another
+            // key may hold the same uuid for a moment.
+            if rev.get(&b) == Some(&key) {
+                rev.remove(&b);
+            }
+        }
         match self.slot(key) {
             Some(i) => {
                 if self.is_present(i) {
@@ -249,7 +276,28 @@ impl Store {
     fn memory_bytes(&self) -> usize {
         // hashbrown: one (key, value) bucket plus one control byte each.
         let bucket = std::mem::size_of::<(i64, Uuid)>() + 1;
-        self.dense.capacity() * 16 + self.present.capacity() * 8 + self.sparse.capacity() * bucket
+        let reverse = self.reverse.as_ref().map_or(0, |r| r.capacity() * bucket);
+        self.dense.capacity() * 16
+            + self.present.capacity() * 8
+            + self.sparse.capacity() * bucket
+            + reverse
+    }
+
+    /// Build the uuid → key index from every entry (once).
+    fn enable_reverse(&mut self) {
+        if self.reverse.is_some() {
+            return;
+        }
+        let mut rev = HashMap::with_capacity(self.len());
+        for i in 0..self.dense.len() {
+            if self.is_present(i) {
+                rev.insert(Uuid::from_bytes(self.dense[i]), self.base + i as i64);
+            }
+        }
+        for (k, u) in &self.sparse {
+            rev.insert(*u, *k);
+        }
+        self.reverse = Some(rev);
     }
 }
 
@@ -367,6 +415,20 @@ impl IdMap {
     #[inline]
     pub fn get(&self, key: i64) -> Option<Uuid> {
         self.read().get(key)
+    }
+
+    /// Keep a uuid → key index from now on (built from the entries now;
+    /// idempotent), for [`IdMap::key_of`]: the way back after cutover
+    /// translates uuids to keys.
+    pub fn enable_reverse(&self) {
+        self.write().enable_reverse();
+    }
+
+    /// The key of the parent row holding `uuid` (`None` when absent, or
+    /// when [`IdMap::enable_reverse`] was not called).
+    #[inline]
+    pub fn key_of(&self, uuid: Uuid) -> Option<i64> {
+        self.read().reverse.as_ref()?.get(&uuid).copied()
     }
 
     /// Record a parent row (insert, or a changed uuid for an existing key).
@@ -684,6 +746,62 @@ mod tests {
                 proptest::prop_assert_eq!(s.get(k), m.get(&k).copied());
             }
         }
+    }
+
+    proptest::proptest! {
+        /// With the reverse index on, `key_of` answers like the inverse of
+        /// a plain map (uuids unique, as the parent's column is).
+        #[test]
+        fn the_reverse_index_follows_upserts_and_removes(
+            before in proptest::collection::vec((0i64..300, 0u128..40), 0..60),
+            ops in proptest::collection::vec((proptest::bool::weighted(0.7), 0i64..300, 0u128..40), 0..300),
+        ) {
+            let m = IdMap::default();
+            let mut plain: std::collections::HashMap<i64, Uuid> = Default::default();
+            let mut apply = |m: &IdMap, ins: bool, k: i64, u: u128| {
+                let u = Uuid::from_u128(u);
+                if ins {
+                    // Keep uuids unique: whoever holds u gives it up first.
+                    if let Some((&other, _)) = plain.iter().find(|(_, v)| **v == u) {
+                        m.remove(other);
+                        plain.remove(&other);
+                    }
+                    m.upsert(k, u);
+                    plain.insert(k, u);
+                } else {
+                    m.remove(k);
+                    plain.remove(&k);
+                }
+            };
+            for (k, u) in before {
+                apply(&m, true, k, u);
+            }
+            m.enable_reverse();
+            for (ins, k, u) in ops {
+                apply(&m, ins, k, u);
+            }
+            for u in 0..40u128 {
+                let want = plain.iter().find(|(_, v)| **v == Uuid::from_u128(u)).map(|(k, _)| *k);
+                proptest::prop_assert_eq!(m.key_of(Uuid::from_u128(u)), want);
+            }
+        }
+    }
+
+    #[test]
+    fn the_reverse_index_is_counted() {
+        let m = IdMap::default();
+        for k in 1..=1000 {
+            m.upsert(k, Uuid::from_u128(k as u128));
+        }
+        assert_eq!(m.key_of(Uuid::from_u128(5)), None, "off until enabled");
+        let before = m.memory_bytes();
+        m.enable_reverse();
+        assert_eq!(m.key_of(Uuid::from_u128(5)), Some(5));
+        assert!(
+            m.memory_bytes() >= before + 1000 * 24,
+            "{}",
+            m.memory_bytes()
+        );
     }
 
     #[test]

@@ -141,6 +141,10 @@ impl TableBatching {
                     out.push(b'U');
                     out.extend_from_slice(u.as_bytes());
                 }
+                Param::Int(k) => {
+                    out.push(b'I');
+                    out.extend_from_slice(&k.to_be_bytes());
+                }
             }
         }
         Some(out)
@@ -266,6 +270,10 @@ pub fn columns(run: &Run) -> Vec<Vec<Param>> {
 /// element `a{n}` of the unnested row as the column's type.
 fn array_param(spec: &TableSpec, pos: usize, n: usize) -> (String, String) {
     match spec.columns.get(pos) {
+        Some(c) if c.reads_uuid() => (
+            format!("${n}::int8[]"),
+            format!("v.a{n}::{}", c.shadow_type_sql()),
+        ),
         Some(c) if c.reference.is_some() => (format!("${n}::uuid[]"), format!("v.a{n}")),
         Some(c) => (format!("${n}::text[]"), format!("v.a{n}::{}", c.type_sql)),
         None => (format!("${n}::text[]"), format!("v.a{n}")),
@@ -419,6 +427,35 @@ mod tests {
         assert!(set_statement(&id, &StatementShape::Insert).contains(
             "(\"id\", \"user_id\", \"n\", \"body\") OVERRIDING SYSTEM VALUE SELECT v.a1::bigint"
         ));
+    }
+
+    #[test]
+    fn the_way_back_binds_keys_as_int8_arrays() {
+        let rev = spec().reversed(8, QualifiedName::new("public", "_rekey_old_ev"));
+        assert_eq!(
+            set_statement(
+                &rev,
+                &StatementShape::Update {
+                    set: vec![1],
+                    key: vec![0]
+                }
+            ),
+            "UPDATE \"public\".\"_rekey_old_ev\" AS t SET \"user_id\" = v.a1::bigint \
+             FROM unnest($1::int8[], $2::text[]) AS v(a1, a2) WHERE t.\"id\" = v.a2::bigint"
+        );
+        // A translated key in the row key: the same row, the same bytes.
+        let mut keyed = rev.clone();
+        keyed.key = vec![1, 0];
+        let b = TableBatching::for_table(&keyed, &[]).unwrap();
+        let del = StatementShape::Delete { key: vec![1, 0] };
+        assert_eq!(
+            b.row_key(&del, &[Param::Int(5), text(1)]),
+            b.row_key(&del, &[Param::Int(5), text(1)])
+        );
+        assert_ne!(
+            b.row_key(&del, &[Param::Int(5), text(1)]),
+            b.row_key(&del, &[Param::Int(6), text(1)])
+        );
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub mod sql;
 pub mod translate;
 pub mod txn;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -200,7 +200,8 @@ use crate::replication::pgoutput::{LogicalMessage, Relation};
 
 use sql::StatementShape;
 use translate::{
-    bind_relation, parent_entry, parent_key, BoundRelation, RowTranslator, TranslateError,
+    bind_relation, parent_entry, parent_key, BoundRelation, ParentRef, RowTranslator,
+    TranslateError,
 };
 use txn::{Buffer, Lookahead, TxnLookup, TxnState};
 
@@ -287,6 +288,16 @@ struct TableState {
     bound: Option<BoundRelation>,
 }
 
+/// A table of the way back ([`Applier::add_reverse`]).
+#[derive(Debug, Clone, Copy)]
+struct Reverse {
+    /// The forward spec of the same table (same source name), if registered.
+    forward: Option<u32>,
+    /// The swap has committed: the old table is written, the forward
+    /// shadow no longer (see "The way back" in the module docs).
+    active: bool,
+}
+
 /// Applies decoded pgoutput messages to the shadow tables of one job.
 pub struct Applier {
     client: Arc<Client>,
@@ -335,6 +346,11 @@ pub struct Applier {
     /// the position from which the stream applies to each (see
     /// [`Applier::apply_from`]).
     synced: HashMap<u32, Lsn>,
+    /// Tables of the way back, by their (live) oid ([`Applier::add_reverse`]).
+    reverse: HashMap<u32, Reverse>,
+    /// Tables of the way back whose set-wise plan is not read yet (their
+    /// old table may not exist before the swap commits).
+    unplanned: HashSet<u32>,
 }
 
 impl Applier {
@@ -396,7 +412,172 @@ impl Applier {
             window: batch::Window::default(),
             set_stmts: HashMap::new(),
             synced: HashMap::new(),
+            reverse: HashMap::new(),
+            unplanned: HashSet::new(),
         })
+    }
+
+    /// Register the tables of the way back after cutover: each spec from
+    /// [`TableSpec::reversed`] (keyed by the live table's oid, beside the
+    /// forward specs, which stay registered — the publication decides which
+    /// of a table's two oids streams). Changes of the live uuid table are
+    /// then applied to the old integer table, every uuid reference
+    /// translated back to the parent's key with the forward direction's
+    /// guarantees (module docs, "The way back"). Turns on the map's uuid →
+    /// key index. Nothing is read or prepared here: the old table may not
+    /// exist before the swap commits; statements and the set-wise plan are
+    /// made at first use.
+    pub async fn add_reverse(&mut self, specs: Vec<TableSpec>) -> Result<(), Error> {
+        for s in specs {
+            if !s.is_reverse() || s.reference_columns().any(|c| !c.reads_uuid()) {
+                return Err(Error::Config(format!(
+                    "{} (oid {}): not a spec of the way back, its reference columns are not all uuid (build it with TableSpec::reversed)",
+                    s.source, s.oid
+                )));
+            }
+            if s.oid == self.parent.oid
+                || self
+                    .tables
+                    .get(&s.oid)
+                    .is_some_and(|t| !t.spec.is_reverse())
+            {
+                return Err(Error::Config(format!(
+                    "{} (oid {}): that oid is already the parent or a forward table of this job",
+                    s.source, s.oid
+                )));
+            }
+            let forward = self
+                .tables
+                .values()
+                .find(|t| !t.spec.is_reverse() && t.spec.source == s.source)
+                .map(|t| t.spec.oid);
+            self.reverse.insert(
+                s.oid,
+                Reverse {
+                    forward,
+                    active: false,
+                },
+            );
+            self.unplanned.insert(s.oid);
+            self.batching.remove(&s.oid);
+            self.tables.insert(
+                s.oid,
+                TableState {
+                    spec: s,
+                    bound: None,
+                },
+            );
+        }
+        self.map.enable_reverse();
+        Ok(())
+    }
+
+    /// Whether tables of the way back are registered.
+    fn reversing(&self) -> bool {
+        !self.reverse.is_empty()
+    }
+
+    /// Whether the table written for `spec` takes the work that spans
+    /// tables at this point of the stream (re-pointing after a parent's
+    /// change, the orphan check at commit): a table of the way back once
+    /// the swap committed; a forward table until then (and from its own
+    /// synchronisation point, see [`Applier::apply_from`]).
+    fn writes(&self, spec: &TableSpec) -> bool {
+        match self.reverse.get(&spec.oid) {
+            Some(r) => r.active,
+            None => {
+                self.live(spec.oid)
+                    && !self
+                        .reverse
+                        .values()
+                        .any(|r| r.active && r.forward == Some(spec.oid))
+            }
+        }
+    }
+
+    /// Before work that spans tables: find out whether the swap of a table
+    /// of the way back has committed, when no change of its live table said
+    /// so yet. The parent is locked from before the cutover's fence until
+    /// the swap ends, so a parent change after the fence is applied only
+    /// once the swap has committed or rolled back, and one before it was
+    /// applied before the swap could commit (the drain waits for it): the
+    /// catalog read now answers for this point of the stream. Committed
+    /// means the old table exists and the forward shadow (renamed to the
+    /// live table) no longer does.
+    async fn settle_directions(&mut self) -> Result<(), Error> {
+        let pending: Vec<(u32, String, Option<String>)> = self
+            .reverse
+            .iter()
+            .filter(|(_, r)| !r.active)
+            .map(|(oid, r)| {
+                (
+                    *oid,
+                    self.tables[oid].spec.shadow.quoted(),
+                    r.forward
+                        .and_then(|f| self.tables.get(&f))
+                        .map(|t| t.spec.shadow.quoted()),
+                )
+            })
+            .collect();
+        for (oid, old, forward) in pending {
+            let row = self
+                .client
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+                    &[&old, &forward],
+                )
+                .await
+                .map_err(Error::db(format!(
+                    "look for {old} (is the way back live yet?) at LSN {}",
+                    self.cur_lsn
+                )))?;
+            let (old_exists, forward_exists): (bool, bool) = (row.get(0), row.get(1));
+            if old_exists && !forward_exists {
+                self.activate(oid);
+            }
+        }
+        Ok(())
+    }
+
+    /// The swap of a table of the way back has committed.
+    fn activate(&mut self, oid: u32) {
+        if let Some(r) = self.reverse.get_mut(&oid) {
+            if !r.active {
+                r.active = true;
+                tracing::info!(table = %self.tables[&oid].spec.source, lsn = %self.cur_lsn,
+                    "the way back is live: changes of the new table go to the old one");
+            }
+        }
+    }
+
+    /// Read the set-wise plan of a table of the way back at its first
+    /// change (its old table exists by then; if not, nothing is decided and
+    /// the statement's own prepare reports it).
+    async fn plan_reverse(&mut self, oid: u32) -> Result<(), Error> {
+        let spec = self.tables[&oid].spec.clone();
+        let exists = self
+            .client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&spec.shadow.quoted()],
+            )
+            .await;
+        let plan = match exists {
+            Ok(row) if row.get::<_, bool>(0) => batch_plan(&self.client, &[spec]).await,
+            Ok(_) => return Ok(()),
+            Err(e) => Err(Error::db(format!("look for {}", spec.shadow))(e)),
+        };
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                // A change in flight may have failed first.
+                self.settle_in_flight().await?;
+                return Err(e);
+            }
+        };
+        self.batching.extend(plan);
+        self.unplanned.remove(&oid);
+        Ok(())
     }
 
     /// Apply the changes of table `oid` only from source transactions that
@@ -634,15 +815,21 @@ impl Applier {
             self.txn.ahead = None;
         }
         self.cur_lsn = commit_lsn;
-        let candidates = self.txn.orphan_candidates();
-        if candidates.is_empty() {
+        let candidates = self.txn.keys.orphan_candidates();
+        let back = if self.reversing() {
+            self.txn.uuids.orphan_candidates()
+        } else {
+            Vec::new()
+        };
+        if candidates.is_empty() && back.is_empty() {
             return Ok(());
         }
         // The checks read the shadow after every change of the transaction.
         self.settle().await?;
+        self.settle_directions().await?;
         for (key, uuid) in candidates {
             for t in self.tables.values() {
-                if !self.live(t.spec.oid) {
+                if t.spec.is_reverse() || !self.writes(&t.spec) {
                     continue;
                 }
                 for (pos, c) in t.spec.columns.iter().enumerate() {
@@ -670,6 +857,38 @@ impl Applier {
                 }
             }
         }
+        // The way back: old-table rows still holding the key a uuid this
+        // transaction deleted had (and no other uuid holds now).
+        for (uuid, key) in back {
+            for t in self.tables.values() {
+                if !t.spec.is_reverse() || !self.writes(&t.spec) {
+                    continue;
+                }
+                for (pos, c) in t.spec.columns.iter().enumerate() {
+                    if c.reference.is_none() {
+                        continue;
+                    }
+                    let text = sql::references_key(&t.spec, pos);
+                    let found: bool = self
+                        .client
+                        .query_one(text.as_str(), &[&translate::Param::Int(key)])
+                        .await
+                        .map_err(Error::db(format!(
+                            "check {} for references to a deleted parent at LSN {commit_lsn}",
+                            t.spec.shadow
+                        )))?
+                        .get(0);
+                    if found {
+                        return Err(data(TranslateError::OrphanUuidAtCommit {
+                            table: t.spec.source.to_string(),
+                            column: c.name.clone(),
+                            value: uuid,
+                            lsn: commit_lsn,
+                        }));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -689,6 +908,10 @@ impl Applier {
         if row_of.is_some_and(|oid| !self.live(oid)) {
             // In this table's copy already (see `apply_from`).
             return Ok(Step::Done);
+        }
+        if let Some(oid) = row_of {
+            // A change of the live table: its swap has committed.
+            self.activate(oid);
         }
         let (oid, translated, must_hit) = match msg {
             LogicalMessage::Relation(r) => {
@@ -757,13 +980,18 @@ impl Applier {
         };
         let (shape, params, written) = match translated {
             Ok(t) => t,
-            Err(TranslateError::Orphan { .. }) if self.txn.ahead.is_none() => {
+            Err(TranslateError::Orphan { .. } | TranslateError::OrphanUuid { .. })
+                if self.txn.ahead.is_none() =>
+            {
                 return Ok(Step::Unresolved)
             }
             Err(e) => return Err(data(e)),
         };
-        for key in written {
-            self.txn.record_written(key);
+        for r in written {
+            match r {
+                ParentRef::Key(key) => self.txn.keys.record_written(key),
+                ParentRef::Uuid(uuid) => self.txn.uuids.record_written(uuid),
+            }
         }
         self.exec(oid, shape, params, must_hit).await?;
         Ok(Step::Done)
@@ -795,6 +1023,8 @@ impl Applier {
             let bound = bind_relation(&t.spec, r, lsn).map_err(data)?;
             t.bound = Some(bound);
             // Statements prepared for an older shape stay valid: the shape is the same.
+            // The live table is published only from its swap's commit on.
+            self.activate(r.oid);
         }
         Ok(())
     }
@@ -821,7 +1051,8 @@ impl Applier {
         })?;
         let lookup = TxnLookup {
             map: &self.map,
-            deleted: self.txn.deleted(),
+            deleted: self.txn.keys.deleted(),
+            deleted_uuids: self.txn.uuids.deleted(),
             ahead: self.txn.ahead.as_ref(),
         };
         Ok(f(&RowTranslator {
@@ -861,31 +1092,49 @@ impl Applier {
                 )))
             }
         };
+        let before = self.map.get(key);
         // A key change: the old key is gone (as if deleted).
         if let Some(old_key) = old.and_then(|o| parent_key(o.tuple(), k)) {
             if old_key != key {
                 self.parent_delete_key(old_key);
             }
         }
-        self.txn.holds(key, uuid);
+        // The way back, the same with key and uuid exchanged: a uuid change
+        // takes the old uuid away (as if deleted, with this key); a uuid
+        // deleted earlier in this transaction (its row deleted, or its key
+        // changed just now) and held again under another key re-points the
+        // old table's rows from the key it had to this one.
+        let back = if self.reversing() {
+            if let Some(prev) = before.filter(|p| *p != uuid) {
+                self.txn.uuids.delete(prev, key);
+            }
+            self.txn.uuids.holds(uuid, key);
+            self.txn.uuids.undelete(uuid).filter(|had| *had != key)
+        } else {
+            None
+        };
+        self.txn.keys.holds(key, uuid);
         // Deleted earlier in this transaction and back now: references the
         // transaction wrote to the key in between are the new row's at commit.
-        if let Some(gone) = self.txn.undelete(key) {
+        let forward = if let Some(gone) = self.txn.keys.undelete(key) {
             self.map_set(key, uuid);
-            if gone != uuid {
-                return self.follow_uuid_change(gone, uuid).await;
+            (gone != uuid).then_some(gone)
+        } else {
+            if before != Some(uuid) {
+                self.map_set(key, uuid);
             }
-            return Ok(());
+            match before {
+                Some(old) if is_update && old != uuid => Some(old),
+                _ => None,
+            }
+        };
+        if let Some(old) = forward {
+            self.follow_uuid_change(old, uuid).await?;
         }
-        let before = self.map.get(key);
-        if before == Some(uuid) {
-            return Ok(());
+        if let Some(had) = back {
+            self.follow_key_change(had, key).await?;
         }
-        self.map_set(key, uuid);
-        match before {
-            Some(old) if is_update => self.follow_uuid_change(old, uuid).await,
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     /// A parent row was deleted: its key leaves the map (the uuid is kept
@@ -906,7 +1155,10 @@ impl Applier {
             self.map_undo.push((self.txn_final, key, Some(uuid)));
             self.map.remove(key);
             self.mark_dirty(key);
-            self.txn.delete(key, uuid);
+            self.txn.keys.delete(key, uuid);
+            if self.reversing() {
+                self.txn.uuids.delete(uuid, key);
+            }
         }
     }
 
@@ -924,10 +1176,13 @@ impl Applier {
         self.begin().await?;
         // The rows written so far must be in the shadow to be re-pointed.
         self.send_window().await?;
+        if self.reversing() {
+            self.settle_directions().await?;
+        }
         let (new, old) = (translate::Param::Uuid(new), translate::Param::Uuid(old));
         let mut rows = 0;
         for t in self.tables.values() {
-            if !self.live(t.spec.oid) {
+            if t.spec.is_reverse() || !self.writes(&t.spec) {
                 continue;
             }
             for (pos, _) in t
@@ -949,6 +1204,45 @@ impl Applier {
             }
         }
         tracing::debug!(parent = %self.parent.table, rows, lsn = %self.cur_lsn, "followed a parent uuid change");
+        self.batch_changes += 1;
+        self.stats.changes += rows;
+        Ok(())
+    }
+
+    /// The way back: `UPDATE old SET ref = new WHERE ref = old` for every
+    /// reference column of every table of the way back whose swap has
+    /// committed — a parent row's key changed (its uuid kept), so the rows
+    /// the old table holds with the old key are the new key's (see "The
+    /// way back" in the module docs). Rare, so not cached.
+    async fn follow_key_change(&mut self, old: i64, new: i64) -> Result<(), Error> {
+        self.begin().await?;
+        self.send_window().await?;
+        self.settle_directions().await?;
+        let (new, old) = (translate::Param::Int(new), translate::Param::Int(old));
+        let mut rows = 0;
+        for t in self.tables.values() {
+            if !t.spec.is_reverse() || !self.writes(&t.spec) {
+                continue;
+            }
+            for (pos, _) in t
+                .spec
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.reference.is_some())
+            {
+                let text = sql::follow_key_change(&t.spec, pos);
+                rows += self
+                    .client
+                    .execute(text.as_str(), &[&new, &old])
+                    .await
+                    .map_err(Error::db(format!(
+                        "re-point {} to a changed key of {} at LSN {}",
+                        t.spec.shadow, self.parent.table, self.cur_lsn
+                    )))?;
+            }
+        }
+        tracing::debug!(parent = %self.parent.table, rows, lsn = %self.cur_lsn, "followed a parent key change on the way back");
         self.batch_changes += 1;
         self.stats.changes += rows;
         Ok(())
@@ -977,6 +1271,9 @@ impl Applier {
         must_hit: bool,
     ) -> Result<Applied, Error> {
         self.begin().await?;
+        if self.unplanned.contains(&oid) {
+            self.plan_reverse(oid).await?;
+        }
         self.batch_changes += 1;
         self.stats.changes += 1;
         let lsn = self.cur_lsn;

@@ -5,7 +5,9 @@
 //! (`$n::text::<type>`), which accepts exactly what the type's output function
 //! printed — the walsender's session settings are pinned so that output is
 //! unambiguous. Reference columns are bound as `uuid` values after
-//! translation. Identifiers are always quoted.
+//! translation — on the way back ([`TableSpec::reversed`]) as `int8` keys
+//! cast to the old table's integer type (a key too wide for it fails the
+//! statement rather than wrap). Identifiers are always quoted.
 
 use crate::pg::quote_ident;
 use crate::plan::model::TableSpec;
@@ -33,6 +35,7 @@ pub enum StatementShape {
 /// The parameter expression for column `pos` bound as `$n`.
 fn param(spec: &TableSpec, pos: usize, n: usize) -> String {
     match spec.columns.get(pos) {
+        Some(c) if c.reads_uuid() => format!("${n}::int8::{}", c.shadow_type_sql()),
         Some(c) if c.reference.is_some() => format!("${n}::uuid"),
         Some(c) => format!("${n}::text::{}", c.type_sql),
         None => format!("${n}"),
@@ -116,6 +119,28 @@ pub fn follow_uuid_change(spec: &TableSpec, pos: usize) -> String {
     format!(
         "UPDATE {} SET {c} = $1::uuid WHERE {c} = $2::uuid",
         spec.shadow.quoted()
+    )
+}
+
+/// The way back: re-point every reference in the old table's column `pos`
+/// from one parent key (`$2`) to another (`$1`): what a change of a parent
+/// row's key means for rows written before it (see [`crate::apply`], "The
+/// way back").
+pub fn follow_key_change(spec: &TableSpec, pos: usize) -> String {
+    let c = col(spec, pos);
+    format!(
+        "UPDATE {} SET {c} = $1::int8 WHERE {c} = $2::int8",
+        spec.shadow.quoted()
+    )
+}
+
+/// The way back: whether any row of the old table's column `pos` holds
+/// parent key `$1` (the commit-time orphan check).
+pub fn references_key(spec: &TableSpec, pos: usize) -> String {
+    format!(
+        "SELECT EXISTS (SELECT FROM {} WHERE {} = $1::int8)",
+        spec.shadow.quoted(),
+        col(spec, pos)
     )
 }
 
@@ -206,6 +231,33 @@ mod tests {
         assert_eq!(
             follow_uuid_change(&spec(), 1),
             "UPDATE \"public\".\"My \"\"T\"\"__rekey\" SET \"user_id\" = $1::uuid WHERE \"user_id\" = $2::uuid"
+        );
+    }
+
+    /// The way back: the old table's integer references bound as int8 and
+    /// cast to the column's own type, everything else as forward.
+    #[test]
+    fn the_way_back_writes_integer_keys() {
+        let mut fwd = spec();
+        fwd.columns[1] = c("user_id", "integer", Some(IntKind::Int4));
+        let rev = fwd.reversed(9, QualifiedName::new("public", "_rekey_old_t"));
+        assert_eq!(
+            statement(&rev, &StatementShape::Insert),
+            "INSERT INTO \"public\".\"_rekey_old_t\" (\"id\", \"user_id\", \"body\") OVERRIDING SYSTEM VALUE \
+             VALUES ($1::text::bigint, $2::int8::integer, $3::text::text) \
+             ON CONFLICT (\"id\") DO UPDATE SET \"user_id\" = EXCLUDED.\"user_id\", \"body\" = EXCLUDED.\"body\""
+        );
+        assert_eq!(
+            statement(&rev, &StatementShape::Delete { key: vec![0, 1] }),
+            "DELETE FROM \"public\".\"_rekey_old_t\" WHERE \"id\" = $1::text::bigint AND \"user_id\" = $2::int8::integer"
+        );
+        assert_eq!(
+            follow_key_change(&rev, 1),
+            "UPDATE \"public\".\"_rekey_old_t\" SET \"user_id\" = $1::int8 WHERE \"user_id\" = $2::int8"
+        );
+        assert_eq!(
+            references_key(&rev, 1),
+            "SELECT EXISTS (SELECT FROM \"public\".\"_rekey_old_t\" WHERE \"user_id\" = $1::int8)"
         );
     }
 

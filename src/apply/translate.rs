@@ -7,7 +7,10 @@
 //!   changed, or `O`, replica identity full), else by the key columns of the
 //!   new row;
 //! - a reference column's integer is translated through the id map; NULL stays
-//!   NULL; an integer with no parent is an error naming table, column, value.
+//!   NULL; an integer with no parent is an error naming table, column, value;
+//! - on the way back ([`TableSpec::reversed`]) a reference arrives as a uuid
+//!   and is translated to the parent's key the same way ([`Lookup::key_of`]);
+//!   a uuid with no parent is the same error, naming the uuid.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
@@ -28,12 +31,14 @@ pub enum Param {
     Text(Bytes),
     /// A translated reference.
     Uuid(Uuid),
+    /// A reference translated back to the parent's key (bound as `int8`).
+    Int(i64),
 }
 
 impl ToSql for Param {
     fn to_sql(
         &self,
-        _ty: &Type,
+        ty: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
@@ -42,15 +47,25 @@ impl ToSql for Param {
                 out.put_slice(b);
                 Ok(IsNull::No)
             }
-            Param::Uuid(u) => {
+            Param::Uuid(u) if *ty == Type::UUID => {
                 out.put_slice(u.as_bytes());
                 Ok(IsNull::No)
             }
+            Param::Int(k) if *ty == Type::INT8 => {
+                out.put_i64(*k);
+                Ok(IsNull::No)
+            }
+            Param::Int(k) if *ty == Type::TEXT => {
+                out.put_slice(k.to_string().as_bytes());
+                Ok(IsNull::No)
+            }
+            // A wrong width or type would be read as another value: refuse.
+            p => Err(format!("{p:?} bound to a parameter of type {ty}").into()),
         }
     }
 
     fn accepts(ty: &Type) -> bool {
-        *ty == Type::TEXT || *ty == Type::UUID
+        *ty == Type::TEXT || *ty == Type::UUID || *ty == Type::INT8
     }
 
     to_sql_checked!();
@@ -70,6 +85,32 @@ pub enum TranslateError {
         /// The integer value.
         value: i64,
         /// Where in the stream.
+        lsn: Lsn,
+    },
+    /// On the way back: a uuid that no parent row holds, neither before the
+    /// change nor anywhere later in its transaction.
+    #[error("{table}.{column} = {value} references no row of the parent table, neither before this change nor later in its transaction (change at LSN {lsn}); at its commit the live table has an orphaned reference (a foreign key dropped, disabled or bypassed) — nothing of that transaction was written to the old table, which stops following the live one here; fix or delete that row before relying on the way back")]
+    OrphanUuid {
+        /// Table (the live one).
+        table: String,
+        /// Reference column.
+        column: String,
+        /// The uuid.
+        value: Uuid,
+        /// Where in the stream.
+        lsn: Lsn,
+    },
+    /// On the way back: a reference to a parent row its own transaction
+    /// deleted, still held by the old table at the transaction's commit.
+    #[error("{table}.{column} = {value} references a parent row that its own transaction deleted: at that transaction's commit (LSN {lsn}) the live table has an orphaned reference (a foreign key dropped, disabled or bypassed) — nothing of that transaction was written to the old table, which stops following the live one here; fix or delete that row before relying on the way back")]
+    OrphanUuidAtCommit {
+        /// Table (the live one).
+        table: String,
+        /// Reference column.
+        column: String,
+        /// The uuid the deleted parent had.
+        value: Uuid,
+        /// The transaction's commit LSN.
         lsn: Lsn,
     },
     /// A reference written by a transaction that also deleted its parent
@@ -162,12 +203,28 @@ pub fn bind_relation(
 pub trait Lookup {
     /// The uuid of parent key `key`.
     fn lookup(&self, key: i64) -> Option<Uuid>;
+
+    /// The key of the parent row holding `uuid` (the way back). A lookup
+    /// that knows keys only finds none.
+    fn key_of(&self, uuid: Uuid) -> Option<i64> {
+        let _ = uuid;
+        None
+    }
 }
 
 impl<F: Fn(i64) -> Option<Uuid>> Lookup for F {
     fn lookup(&self, key: i64) -> Option<Uuid> {
         self(key)
     }
+}
+
+/// A parent a row image references: by key (forward) or by uuid (the way back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParentRef {
+    /// The parent's integer key.
+    Key(i64),
+    /// The parent's uuid.
+    Uuid(Uuid),
 }
 
 /// Translates the changes of one table.
@@ -196,6 +253,11 @@ impl<L: Lookup> RowTranslator<'_, L> {
                 }
                 Ok(Param::Text(b.clone()))
             }
+            TupleValue::Text(_) | TupleValue::Binary(_) if col.reads_uuid() => {
+                let u = parse_uuid(v)
+                    .ok_or_else(|| self.bad(pos, "a reference value that is not a uuid"))?;
+                self.translate_back(pos, u)
+            }
             TupleValue::Text(b) => {
                 let key = parse_int(b)
                     .ok_or_else(|| self.bad(pos, "a reference value that is not an integer"))?;
@@ -217,6 +279,18 @@ impl<L: Lookup> RowTranslator<'_, L> {
                 table: self.spec.source.to_string(),
                 column: self.spec.columns[pos].name.clone(),
                 value: key,
+                lsn: self.lsn,
+            }),
+        }
+    }
+
+    fn translate_back(&self, pos: usize, uuid: Uuid) -> Result<Param, TranslateError> {
+        match self.map.key_of(uuid) {
+            Some(k) => Ok(Param::Int(k)),
+            None => Err(TranslateError::OrphanUuid {
+                table: self.spec.source.to_string(),
+                column: self.spec.columns[pos].name.clone(),
+                value: uuid,
                 lsn: self.lsn,
             }),
         }
@@ -251,20 +325,26 @@ impl<L: Lookup> RowTranslator<'_, L> {
         Ok(())
     }
 
-    /// The parent keys a new row image references (what an insert or an
-    /// update writes; NULL and unchanged values name none).
-    pub fn references<'t>(&'t self, new: &'t Tuple) -> impl Iterator<Item = i64> + 't {
+    /// The parents a new row image references (what an insert or an
+    /// update writes; NULL and unchanged values name none): by key, or on
+    /// the way back by uuid.
+    pub fn references<'t>(&'t self, new: &'t Tuple) -> impl Iterator<Item = ParentRef> + 't {
         self.bound
             .positions
             .iter()
             .zip(new)
             .filter_map(move |(&pos, v)| {
-                let kind = self.spec.columns.get(pos)?.reference?;
+                let col = self.spec.columns.get(pos)?;
+                let kind = col.reference?;
+                if col.reads_uuid() {
+                    return parse_uuid(v).map(ParentRef::Uuid);
+                }
                 match v {
                     TupleValue::Text(b) => parse_int(b),
                     TupleValue::Binary(b) => parse_binary_int(b, kind),
                     _ => None,
                 }
+                .map(ParentRef::Key)
             })
     }
 
@@ -346,6 +426,15 @@ impl<L: Lookup> RowTranslator<'_, L> {
 /// Parse an ASCII decimal integer (what int2/int4/int8 output prints).
 pub fn parse_int(b: &[u8]) -> Option<i64> {
     std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// A uuid as the stream sends it (text, or 16 bytes in binary).
+fn parse_uuid(v: &TupleValue) -> Option<Uuid> {
+    match v {
+        TupleValue::Text(b) => Uuid::try_parse_ascii(b).ok(),
+        TupleValue::Binary(b) => Uuid::from_slice(b).ok(),
+        _ => None,
+    }
 }
 
 fn parse_binary_int(b: &[u8], kind: IntKind) -> Option<i64> {
@@ -607,7 +696,10 @@ mod tests {
         };
         // Only reference columns; NULL and unchanged values name no key.
         let row = vec![t("10"), t("77"), t("5")];
-        assert_eq!(tr.references(&row).collect::<Vec<_>>(), vec![77]);
+        assert_eq!(
+            tr.references(&row).collect::<Vec<_>>(),
+            vec![ParentRef::Key(77)]
+        );
         let row = vec![t("10"), TupleValue::Null, t("5")];
         assert!(tr.references(&row).next().is_none());
         let row = vec![t("10"), TupleValue::UnchangedToast, t("5")];
@@ -627,6 +719,120 @@ mod tests {
         ] {
             assert!(text.contains(part), "{part:?} missing from {text}");
         }
+    }
+
+    /// The way back: uuids in, keys out; the same error for a uuid no
+    /// parent holds, naming the uuid.
+    #[test]
+    fn the_way_back_translates_uuids_to_keys() {
+        struct Back;
+        impl Lookup for Back {
+            fn lookup(&self, _: i64) -> Option<Uuid> {
+                None
+            }
+            fn key_of(&self, u: Uuid) -> Option<i64> {
+                (u == U1).then_some(1)
+            }
+        }
+        let s = spec().reversed(8, QualifiedName::new("public", "_rekey_old_sessions"));
+        let b = bind_relation(
+            &s,
+            &rel(&[
+                ("id", 20, true),
+                ("user_id", 2950, false),
+                ("blob", 25, false),
+            ]),
+            Lsn(1),
+        )
+        .unwrap();
+        // The forward relation (an integer column) no longer binds.
+        assert!(bind_relation(
+            &s,
+            &rel(&[
+                ("id", 20, true),
+                ("user_id", 20, false),
+                ("blob", 25, false)
+            ]),
+            Lsn(1)
+        )
+        .is_err());
+        let tr = RowTranslator {
+            spec: &s,
+            bound: &b,
+            map: &Back,
+            lsn: Lsn(9),
+        };
+        let u1 = U1.to_string();
+        let (_, p) = tr.insert(&vec![t("10"), t(&u1), TupleValue::Null]).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                Param::Text(Bytes::from_static(b"10")),
+                Param::Int(1),
+                Param::Null
+            ]
+        );
+        assert_eq!(
+            tr.references(&vec![t("10"), t(&u1), t("x")])
+                .collect::<Vec<_>>(),
+            vec![ParentRef::Uuid(U1)]
+        );
+        // Unchanged TOAST left out; the key of a full old row translated too.
+        let (shape, p) = tr
+            .update(
+                Some(&OldRow::Full(vec![t("10"), t(&u1), t("x")])),
+                &vec![t("10"), t(&u1), TupleValue::UnchangedToast],
+            )
+            .unwrap();
+        assert_eq!(
+            shape,
+            StatementShape::Update {
+                set: vec![0, 1],
+                key: vec![0]
+            }
+        );
+        assert_eq!(p[1], Param::Int(1));
+        let stranger = Uuid::from_u128(0xdead);
+        let e = tr
+            .insert(&vec![t("11"), t(&stranger.to_string()), t("x")])
+            .unwrap_err();
+        assert_eq!(
+            e,
+            TranslateError::OrphanUuid {
+                table: "public.sessions".into(),
+                column: "user_id".into(),
+                value: stranger,
+                lsn: Lsn(9)
+            }
+        );
+        let text = e.to_string();
+        for part in [
+            "public.sessions.user_id = 00000000-0000-0000-0000-00000000dead",
+            "LSN 0/9",
+            "nothing of that transaction was written",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from {text}");
+        }
+        assert!(matches!(
+            tr.insert(&vec![t("12"), t("7"), t("x")]),
+            Err(TranslateError::BadValue { .. })
+        ));
+    }
+
+    #[test]
+    fn int_params_bind_as_int8_or_text_only() {
+        let mut out = BytesMut::new();
+        Param::Int(-2).to_sql(&Type::INT8, &mut out).unwrap();
+        assert_eq!(&out[..], &(-2i64).to_be_bytes());
+        let mut out = BytesMut::new();
+        Param::Int(42).to_sql(&Type::TEXT, &mut out).unwrap();
+        assert_eq!(&out[..], b"42");
+        assert!(Param::Int(1)
+            .to_sql(&Type::UUID, &mut BytesMut::new())
+            .is_err());
+        assert!(Param::Uuid(U1)
+            .to_sql(&Type::INT8, &mut BytesMut::new())
+            .is_err());
     }
 
     #[test]

@@ -2,13 +2,19 @@
 //! so that references resolve as of its commit (pure; see [`crate::apply`],
 //! "References resolve at commit").
 //!
-//! - [`TxnState::deleted`]: parent keys this transaction deleted (removed
+//! - [`Tracked::deleted`]: parent keys this transaction deleted (removed
 //!   from the id map), with the uuid each had. A later change of the same
 //!   transaction may still name such a key — a child deleted after its
 //!   parent, or a parent inserted again — and finds the rows by that uuid.
-//! - [`TxnState::record_written`]: parent keys this transaction wrote
+//! - [`Tracked::record_written`]: parent keys this transaction wrote
 //!   references to; at commit, those among the deleted keys are checked for
 //!   rows still holding them (an orphan at commit).
+//! - The way back is the same with key and uuid exchanged
+//!   ([`TxnState::uuids`]): references arrive as uuids and the old table
+//!   holds keys, so what a transaction "deletes" is a uuid (its parent row
+//!   deleted, or given another uuid), kept with the key it had; a uuid
+//!   deleted and held again by a row with another key re-points the old
+//!   table from that key to the new one.
 //! - [`Buffer`]: after a reference to a key that exists neither in the map
 //!   nor among the deleted keys, the rest of the transaction is held here
 //!   until its `Commit`, then replayed with a [`Lookahead`] that knows every
@@ -39,22 +45,13 @@ use super::translate::{parent_entry, Lookup};
 pub const MAX_WRITTEN_KEYS: usize = 1 << 20;
 
 /// State of the source transaction being applied. Reset at each `Begin`.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct TxnState {
-    /// Parent keys deleted in this transaction (and not inserted again), with
-    /// the uuid each had when deleted.
-    deleted: HashMap<i64, Uuid>,
-    /// Every uuid a key deleted in this transaction had.
-    deleted_uuids: HashSet<Uuid>,
-    /// Parent keys this transaction wrote references to; `None` once more
-    /// than [`MAX_WRITTEN_KEYS`] (then every deleted key counts as written).
-    written: Option<HashSet<i64>>,
-    /// Of the uuids deleted keys had, those a parent row holds again now
-    /// (a key change moves the uuid to another key), with the key; and the
-    /// reverse. Only such uuids are tracked, so this stays within the size
-    /// of `deleted`.
-    holders: HashMap<Uuid, i64>,
-    held_by: HashMap<i64, Uuid>,
+    /// Forward: references arrive as keys, the shadow holds uuids.
+    pub keys: Tracked<i64, Uuid>,
+    /// The way back: references arrive as uuids, the old table holds keys
+    /// (kept only while reverse tables are registered).
+    pub uuids: Tracked<Uuid, i64>,
     /// The rest of the transaction, held after a reference that did not
     /// resolve yet.
     pub buffer: Option<Buffer>,
@@ -62,23 +59,46 @@ pub struct TxnState {
     pub ahead: Option<Lookahead>,
 }
 
-impl Default for TxnState {
+/// What one transaction did to the parent, seen from one direction: `K` is
+/// how a reference arrives (the parent's key forward, its uuid on the way
+/// back), `V` what the written table holds for it.
+#[derive(Debug)]
+pub struct Tracked<K, V> {
+    /// `K`s deleted in this transaction (and not inserted again), with the
+    /// `V` each had when deleted.
+    deleted: HashMap<K, V>,
+    /// Every `V` a deleted `K` had.
+    deleted_values: HashSet<V>,
+    /// `K`s this transaction wrote references to; `None` once more than
+    /// [`MAX_WRITTEN_KEYS`] (then every deleted one counts as written).
+    written: Option<HashSet<K>>,
+    /// Of the `V`s deleted `K`s had, those a parent row holds again now
+    /// (forward: a key change moves the uuid to another key), with the `K`;
+    /// and the reverse. Only such values are tracked, so this stays within
+    /// the size of `deleted`.
+    holders: HashMap<V, K>,
+    held_by: HashMap<K, V>,
+}
+
+impl<K, V> Default for Tracked<K, V> {
     fn default() -> Self {
-        TxnState {
+        Tracked {
             deleted: HashMap::new(),
-            deleted_uuids: HashSet::new(),
+            deleted_values: HashSet::new(),
             written: Some(HashSet::new()),
             holders: HashMap::new(),
             held_by: HashMap::new(),
-            buffer: None,
-            ahead: None,
         }
     }
 }
 
-impl TxnState {
+impl<K, V> Tracked<K, V>
+where
+    K: std::hash::Hash + Eq + Copy + Ord,
+    V: std::hash::Hash + Eq + Copy + Ord,
+{
     /// Remember that a change of this transaction wrote a reference to `key`.
-    pub fn record_written(&mut self, key: i64) {
+    pub fn record_written(&mut self, key: K) {
         if let Some(w) = &mut self.written {
             if w.len() >= MAX_WRITTEN_KEYS && !w.contains(&key) {
                 self.written = None;
@@ -92,8 +112,8 @@ impl TxnState {
     /// wrote references to — with the uuid such references hold. A uuid
     /// another key holds now (a key change) is left out: rows holding it
     /// reference that key. Sorted by key (deterministic errors).
-    pub fn orphan_candidates(&self) -> Vec<(i64, Uuid)> {
-        let mut v: Vec<(i64, Uuid)> = self
+    pub fn orphan_candidates(&self) -> Vec<(K, V)> {
+        let mut v: Vec<(K, V)> = self
             .deleted
             .iter()
             .filter(|(k, u)| {
@@ -106,34 +126,35 @@ impl TxnState {
     }
 
     /// Keys deleted in this transaction, with their uuids.
-    pub fn deleted(&self) -> &HashMap<i64, Uuid> {
+    pub fn deleted(&self) -> &HashMap<K, V> {
         &self.deleted
     }
 
     /// Parent key `key`, which had `uuid`, was deleted (or changed to
-    /// another key).
-    pub fn delete(&mut self, key: i64, uuid: Uuid) {
+    /// another key; on the way back: a uuid whose row was deleted or given
+    /// another uuid).
+    pub fn delete(&mut self, key: K, uuid: V) {
         self.gone(key);
         self.deleted.insert(key, uuid);
-        self.deleted_uuids.insert(uuid);
+        self.deleted_values.insert(uuid);
     }
 
     /// Parent key `key` exists again: the uuid it had when deleted, if it was.
-    pub fn undelete(&mut self, key: i64) -> Option<Uuid> {
+    pub fn undelete(&mut self, key: K) -> Option<V> {
         self.deleted.remove(&key)
     }
 
     /// A parent row of this transaction now holds `uuid` under `key`.
-    pub fn holds(&mut self, key: i64, uuid: Uuid) {
+    pub fn holds(&mut self, key: K, uuid: V) {
         self.gone(key);
-        if self.deleted_uuids.contains(&uuid) {
+        if self.deleted_values.contains(&uuid) {
             self.holders.insert(uuid, key);
             self.held_by.insert(key, uuid);
         }
     }
 
     /// Parent key `key` no longer holds the uuid recorded for it.
-    fn gone(&mut self, key: i64) {
+    fn gone(&mut self, key: K) {
         if let Some(u) = self.held_by.remove(&key) {
             if self.holders.get(&u) == Some(&key) {
                 self.holders.remove(&u);
@@ -208,10 +229,12 @@ pub fn message_bytes(msg: &LogicalMessage) -> usize {
 }
 
 /// Every parent row image (insert, update) in a held transaction, by key:
-/// the uuid a key will have at each later point.
+/// the uuid a key will have at each later point; and by uuid: the key a
+/// uuid will have (the way back).
 #[derive(Debug, Default)]
 pub struct Lookahead {
     images: HashMap<i64, Vec<(usize, Uuid)>>,
+    by_uuid: HashMap<Uuid, Vec<(usize, i64)>>,
     /// Index of the held message being replayed.
     pub pos: usize,
 }
@@ -229,6 +252,7 @@ impl Lookahead {
         names: (&str, &str),
     ) -> Lookahead {
         let mut images: HashMap<i64, Vec<(usize, Uuid)>> = HashMap::new();
+        let mut by_uuid: HashMap<Uuid, Vec<(usize, i64)>> = HashMap::new();
         for (i, (msg, _)) in msgs.iter().enumerate() {
             let new = match msg {
                 LogicalMessage::Relation(r) if r.oid == parent_oid => {
@@ -244,9 +268,14 @@ impl Lookahead {
             // A malformed row is reported when it is replayed.
             if let Some(Ok(Some((key, uuid)))) = cols.map(|(k, u)| parent_entry(new, k, u)) {
                 images.entry(key).or_default().push((i, uuid));
+                by_uuid.entry(uuid).or_default().push((i, key));
             }
         }
-        Lookahead { images, pos: 0 }
+        Lookahead {
+            images,
+            by_uuid,
+            pos: 0,
+        }
     }
 
     /// The uuid of the first row image of `key` after the message being replayed.
@@ -257,17 +286,30 @@ impl Lookahead {
             .find(|(i, _)| *i > self.pos)
             .map(|(_, u)| *u)
     }
+
+    /// The key of the first row image holding `uuid` after the message
+    /// being replayed (the way back).
+    pub fn next_key(&self, uuid: Uuid) -> Option<i64> {
+        self.by_uuid
+            .get(&uuid)?
+            .iter()
+            .find(|(i, _)| *i > self.pos)
+            .map(|(_, k)| *k)
+    }
 }
 
 /// How a reference resolves inside a transaction: the map (parents as of
 /// this point of the transaction), then keys this transaction deleted (rows
 /// still holding them can be found), then — while replaying a held
-/// transaction — the parent row this transaction inserts later.
+/// transaction — the parent row this transaction inserts later. The way
+/// back resolves a uuid the same way, in the same order.
 pub struct TxnLookup<'a> {
     /// The id map.
     pub map: &'a IdMap,
-    /// [`TxnState::deleted`].
+    /// [`Tracked::deleted`] of [`TxnState::keys`].
     pub deleted: &'a HashMap<i64, Uuid>,
+    /// [`Tracked::deleted`] of [`TxnState::uuids`].
+    pub deleted_uuids: &'a HashMap<Uuid, i64>,
     /// [`TxnState::ahead`].
     pub ahead: Option<&'a Lookahead>,
 }
@@ -278,6 +320,13 @@ impl Lookup for TxnLookup<'_> {
             .get(key)
             .or_else(|| self.deleted.get(&key).copied())
             .or_else(|| self.ahead.and_then(|a| a.next_image(key)))
+    }
+
+    fn key_of(&self, uuid: Uuid) -> Option<i64> {
+        self.map
+            .key_of(uuid)
+            .or_else(|| self.deleted_uuids.get(&uuid).copied())
+            .or_else(|| self.ahead.and_then(|a| a.next_key(uuid)))
     }
 }
 
@@ -368,9 +417,11 @@ mod tests {
         let deleted = HashMap::from([(2, Uuid::from_u128(2))]);
         let msgs = vec![(ins(2, 3, 0), Lsn(1)), (ins(1, 3, 3), Lsn(2))];
         let mut ahead = Lookahead::build(&msgs, 1, Some((0, 1)), ("id", "uuid"));
+        let none = HashMap::new();
         let l = TxnLookup {
             map: &map,
             deleted: &deleted,
+            deleted_uuids: &none,
             ahead: None,
         };
         assert_eq!(l.lookup(1), Some(Uuid::from_u128(1)));
@@ -380,15 +431,77 @@ mod tests {
         let l = TxnLookup {
             map: &map,
             deleted: &deleted,
+            deleted_uuids: &none,
             ahead: Some(&ahead),
         };
         assert_eq!(l.lookup(3), Some(Uuid::from_u128(3)));
         assert_eq!(l.lookup(4), None);
     }
 
+    /// The way back: a uuid resolves through the reverse index, then the
+    /// uuids this transaction deleted, then the first later image holding it.
+    #[test]
+    fn the_way_back_resolves_uuids_in_the_same_order() {
+        let map = IdMap::default();
+        map.upsert(1, Uuid::from_u128(1));
+        map.enable_reverse();
+        let deleted_uuids = HashMap::from([(Uuid::from_u128(2), 2)]);
+        let none = HashMap::new();
+        // A child first, then the parent (5, uuid 50), then its key changes to 6.
+        let msgs = vec![
+            (ins(2, 3, 0), Lsn(1)),
+            (ins(1, 5, 50), Lsn(2)),
+            (
+                LogicalMessage::Update(Update {
+                    relation: 1,
+                    old: Some(OldRow::Key(vec![t("5"), TupleValue::Null])),
+                    new: vec![t("6"), t(&Uuid::from_u128(50).to_string())],
+                }),
+                Lsn(3),
+            ),
+        ];
+        let mut ahead = Lookahead::build(&msgs, 1, Some((0, 1)), ("id", "uuid"));
+        let l = TxnLookup {
+            map: &map,
+            deleted: &none,
+            deleted_uuids: &deleted_uuids,
+            ahead: Some(&ahead),
+        };
+        assert_eq!(l.key_of(Uuid::from_u128(1)), Some(1), "the map");
+        assert_eq!(l.key_of(Uuid::from_u128(2)), Some(2), "deleted here");
+        assert_eq!(
+            l.key_of(Uuid::from_u128(50)),
+            Some(5),
+            "the first later image"
+        );
+        assert_eq!(l.key_of(Uuid::from_u128(9)), None);
+        ahead.pos = 1;
+        assert_eq!(ahead.next_key(Uuid::from_u128(50)), Some(6));
+        ahead.pos = 2;
+        assert_eq!(ahead.next_key(Uuid::from_u128(50)), None);
+    }
+
+    /// The same bookkeeping with key and uuid exchanged: a uuid deleted
+    /// (with the key it had) and written is a candidate unless another uuid
+    /// holds that key now (a uuid change of the same row).
+    #[test]
+    fn the_way_back_tracks_deleted_uuids() {
+        let (a, b) = (Uuid::from_u128(0xa), Uuid::from_u128(0xb));
+        let mut s = Tracked::<Uuid, i64>::default();
+        s.delete(a, 5);
+        s.record_written(a);
+        assert_eq!(s.orphan_candidates(), vec![(a, 5)]);
+        // Key 5 now holds uuid b: rows holding 5 reference b.
+        s.holds(b, 5);
+        assert!(s.orphan_candidates().is_empty());
+        // The uuid comes back under key 7: re-point 5 → 7.
+        assert_eq!(s.undelete(a), Some(5));
+        assert!(s.orphan_candidates().is_empty());
+    }
+
     #[test]
     fn orphan_candidates_are_deleted_and_written() {
-        let mut s = TxnState::default();
+        let mut s = Tracked::<i64, Uuid>::default();
         s.delete(1, Uuid::from_u128(1));
         s.delete(2, Uuid::from_u128(2));
         s.record_written(2);

@@ -68,14 +68,25 @@ pub struct ColumnSpec {
     pub identity: Option<char>,
 }
 
+/// The `uuid` type's OID.
+pub const UUID_OID: u32 = 2950;
+
 impl ColumnSpec {
-    /// The column's type in the shadow table.
+    /// The column's type in the table the job writes: for a reference,
+    /// `uuid` going forward, the integer type on the way back
+    /// ([`TableSpec::reversed`]).
     pub fn shadow_type_sql(&self) -> &str {
-        if self.reference.is_some() {
-            "uuid"
-        } else {
-            &self.type_sql
+        match self.reference {
+            Some(kind) if self.reads_uuid() => kind.sql_name(),
+            Some(_) => "uuid",
+            None => &self.type_sql,
         }
+    }
+
+    /// A reference column of a spec of the way back: the stream sends a
+    /// uuid, the table written holds the parent's integer key.
+    pub fn reads_uuid(&self) -> bool {
+        self.reference.is_some() && self.type_oid == UUID_OID
     }
 }
 
@@ -108,6 +119,30 @@ impl TableSpec {
     pub fn reference_columns(&self) -> impl Iterator<Item = &ColumnSpec> {
         self.columns.iter().filter(|c| c.reference.is_some())
     }
+
+    /// The spec of the way back after cutover, for a forward spec `self`
+    /// (source = the original table, shadow = `_rekey_new_<t>`): the live
+    /// table now carries the source's name and is the former shadow
+    /// (`live_oid`); the table written is the old one (`old`, the original
+    /// table kept as `_rekey_old_<t>`). Reference columns arrive as `uuid`
+    /// (`type_oid` 2950, `type_sql` `uuid`) and keep in `reference` the
+    /// integer kind the old table's column has. Everything else is equal.
+    pub fn reversed(&self, live_oid: u32, old: QualifiedName) -> TableSpec {
+        let mut s = self.clone();
+        s.oid = live_oid;
+        s.shadow = old;
+        for c in s.columns.iter_mut().filter(|c| c.reference.is_some()) {
+            c.type_oid = UUID_OID;
+            c.type_sql = "uuid".into();
+        }
+        s
+    }
+
+    /// Whether this is a spec of the way back ([`TableSpec::reversed`]):
+    /// its reference columns arrive as uuids.
+    pub fn is_reverse(&self) -> bool {
+        self.columns.iter().any(ColumnSpec::reads_uuid)
+    }
 }
 
 /// The parent (referenced) table: its integer key and its uuid column.
@@ -123,4 +158,56 @@ pub struct ParentSpec {
     pub key_kind: IntKind,
     /// The existing unique, not-null uuid column.
     pub uuid_column: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, attnum: i16, ty: &str, oid: u32, r: Option<IntKind>) -> ColumnSpec {
+        ColumnSpec {
+            name: name.into(),
+            attnum,
+            type_sql: ty.into(),
+            type_oid: oid,
+            reference: r,
+            not_null: true,
+            generated: false,
+            identity: None,
+        }
+    }
+
+    #[test]
+    fn reversed_reads_uuids_and_writes_the_old_table() {
+        let fwd = TableSpec {
+            source: QualifiedName::new("public", "t"),
+            oid: 100,
+            shadow: QualifiedName::new("public", "_rekey_new_t"),
+            columns: vec![
+                col("id", 1, "bigint", 20, None),
+                col("user_id", 2, "integer", 23, Some(IntKind::Int4)),
+                col("body", 3, "text", 25, None),
+            ],
+            key: vec![0, 1],
+        };
+        assert!(!fwd.is_reverse());
+        assert_eq!(fwd.columns[1].shadow_type_sql(), "uuid");
+        let rev = fwd.reversed(200, QualifiedName::new("public", "_rekey_old_t"));
+        assert!(rev.is_reverse());
+        assert_eq!(rev.source, fwd.source, "the live table carries the name");
+        assert_eq!(rev.oid, 200);
+        assert_eq!(rev.shadow, QualifiedName::new("public", "_rekey_old_t"));
+        let r = &rev.columns[1];
+        assert_eq!((r.type_oid, r.type_sql.as_str()), (UUID_OID, "uuid"));
+        assert_eq!(r.reference, Some(IntKind::Int4));
+        assert_eq!(r.shadow_type_sql(), "integer", "the old table's type");
+        assert_eq!(rev.columns[0], fwd.columns[0]);
+        assert_eq!(rev.columns[2], fwd.columns[2]);
+        assert_eq!(rev.key, fwd.key);
+        assert_eq!(
+            rev.columns.len(),
+            fwd.columns.len(),
+            "the same columns, same order"
+        );
+    }
 }

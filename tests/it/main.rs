@@ -29,6 +29,7 @@ mod plan;
 mod prepare;
 mod replication;
 mod resume;
+mod reverse_apply;
 mod rewrite;
 mod rewrite_scenarios;
 mod seed_alembic;

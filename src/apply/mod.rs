@@ -144,6 +144,80 @@
 //!   change before it, applied. A set statement's row count is checked like
 //!   a single one's: every change of an update or delete run must touch its
 //!   row, else the job stops naming the first LSN and the run's range.
+//! - **The way back.** After cutover the live table `t` is the former
+//!   shadow (uuid references) and the original is kept as `_rekey_old_t`
+//!   (integer references). [`Applier::add_reverse`] registers, per table, the
+//!   spec of the way back ([`TableSpec::reversed`]: the live table's oid,
+//!   the old table as the one written) beside the forward one; the
+//!   publication decides which of the two oids streams (the swap moves the
+//!   table in it, so changes of the new `t` arrive from the swap's commit
+//!   on). Every argument above holds with key and uuid exchanged:
+//!   references arrive as uuids, the old table holds keys, and the map's
+//!   uuid → key index ([`IdMap::enable_reverse`]) moves with the map (same
+//!   upserts, same undo, same durable table — the map itself is kept from
+//!   the parent's changes exactly as before).
+//!   1. *Resolved at commit.* A uuid resolves through the index (the
+//!      parent as of this point of `T`), else the uuids `T` deleted so far
+//!      (with the key each had: rows still holding it are found), else the
+//!      rest of `T` is held and replayed at its commit with the lookahead,
+//!      which also knows the key of the first later row image holding a
+//!      uuid. A uuid found nowhere stops the job
+//!      ([`TranslateError::OrphanUuid`]: table, column, uuid, LSN); the
+//!      open shadow transaction is rolled back, so nothing of `T` is
+//!      written — never a NULL.
+//!   2. *What "deleted" means.* Seen from the old table a parent's
+//!      identity is its key, so a uuid leaves (as if deleted, with the key
+//!      it had) when its row is deleted, when its key changes, and when the
+//!      row gets another uuid. A uuid that comes back under another key —
+//!      the same row after a key change (`UPDATE users SET id = …`), or a
+//!      row deleted and inserted again with the same uuid and a new key —
+//!      re-points every old-table row holding the old key to the new one
+//!      ([`sql::follow_key_change`]) before the next change is applied:
+//!      the reverse of following a uuid change. It is safe for the reason
+//!      that one is: the key is the parent's primary key, unique and
+//!      checked row by row, so at that change the old key belonged to this
+//!      row alone and the old table's rows holding it are this row's (rows
+//!      of an earlier holder of the key were deleted or re-pointed by that
+//!      holder's own transaction, whose key held at its commit). Stopping
+//!      instead would make every key change of a parent end the way back,
+//!      which is the one change the old table cannot otherwise follow.
+//!   3. *A uuid change needs no re-pointing.* The old table holds the key,
+//!      which did not change; the live rows holding the old uuid are
+//!      changed by the source itself (`ON UPDATE CASCADE`), or none is
+//!      left at commit (the key holds), and either way arrive as their own
+//!      changes, translated to the same key.
+//!   4. *The orphan check at commit.* For every uuid `T` deleted, wrote
+//!      references to and did not give back, and whose key no other uuid
+//!      holds now, the old tables are checked for rows still holding that
+//!      key (`SELECT EXISTS … WHERE ref = key`, every reference column):
+//!      one found is an orphan at commit
+//!      ([`TranslateError::OrphanUuidAtCommit`], naming the uuid).
+//!   5. *Which tables the work spanning tables goes to.* Re-pointing and
+//!      the orphan check go to the forward shadows until a table's swap
+//!      has committed, to its old table after: a change or `Relation` of
+//!      the live table says so (it is published only from the swap on);
+//!      before one arrives, a parent change asks the catalog whether the
+//!      old table exists and the forward shadow no longer does. That read
+//!      is for the right point of the stream because the cutover holds the
+//!      parent locked from before its fence until the swap ends: a parent
+//!      change after the fence is applied only once the swap has
+//!      committed or rolled back, and one before it was applied before the
+//!      swap could commit (the drain waits for it).
+//!
+//!   The set-wise plan of a table of the way back (the live table's and
+//!   the old table's unique indexes, the same rule as forward) is read at
+//!   its first change, when the old table exists; statements are prepared
+//!   lazily as always. Not detected, as forward: a live row left holding a
+//!   uuid whose row's uuid changed in the same transaction while the
+//!   source's key is dropped (the old table holds the key, now another
+//!   uuid's: `verify`-style comparison finds it); a key deleted and reused
+//!   by another uuid in one transaction whose old-uuid children are kept
+//!   (a broken source only); and in one exotic valid order — a key
+//!   deleted, inserted again with another uuid and then changed in the
+//!   same transaction — a child of the deleted row that is kept until
+//!   later in that transaction and found by a key holding its reference
+//!   is re-pointed with the new row, so its later change finds no row and
+//!   the job stops (never a wrong row).
 //! - **Stop, don't guess.** An orphaned reference, a TRUNCATE of a rewritten
 //!   table or the parent, a change of a source table's columns, or a change
 //!   that finds no row in the shadow stops the job with an error naming the

@@ -611,6 +611,8 @@ async fn one_run(admin: &tokio_postgres::Client, cluster: &Cluster, n: u64, coun
         skip_verify: true,
         verify_chunk_rows: 10_000,
         rewrite_dependents: false,
+        way_back: false,
+        direction: Default::default(),
     };
     // The swap's statements, from a dry run (catalog reads only).
     let dry = cutover::run(&CutoverConfig {

@@ -60,3 +60,22 @@ CREATE TABLE IF NOT EXISTS pgrekey.prepare (
     updated_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (parent_schema, parent_table, uuid_column)
 );
+-- The way back after cutover (`cutover --way-back`): set in the swap's
+-- transaction; the job keeps the old table current from the new one until
+-- `rollback` or `finish`.
+ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS way_back boolean NOT NULL DEFAULT false;
+-- The table's spec as planned (JSON of plan::model::TableSpec): after a
+-- cutover the table's name holds the new table, so a process that serves
+-- the way back after a restart reads the original shape from here.
+ALTER TABLE pgrekey.jobs ADD COLUMN IF NOT EXISTS table_spec text;
+-- Foreign keys of an old table (to tables outside its swap) dropped by a
+-- cutover with a way back, so that no write of the application is checked
+-- against, or cascades into, the old table; `rollback` re-creates them.
+CREATE TABLE IF NOT EXISTS pgrekey.held_constraints (
+    table_schema  text NOT NULL,
+    table_name    text NOT NULL,
+    name          text NOT NULL,
+    definition    text NOT NULL,
+    comment       text,
+    PRIMARY KEY (table_schema, table_name, name)
+);

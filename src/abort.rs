@@ -54,6 +54,15 @@ pub async fn abort(spec: &ConnSpec, tables: &[QualifiedName]) -> Result<Vec<Abor
             });
             continue;
         }
+        if let Some(served) = jobs
+            .iter()
+            .find(|j| j.job_id == job.job_id && j.way_back && j.phase() == Some(Phase::CutOver))
+        {
+            return Err(Error::Precondition(format!(
+                "{t} shares its job (one slot, one stream) with {}, which is cut over and whose way back the job serves; aborting would drop that stream. Roll it back first (`pg-rekey rollback --table {}`) or end it (`pg-rekey finish --table {}`)",
+                served.table, served.table, served.table
+            )));
+        }
         let members: Vec<&state::JobRow> = jobs
             .iter()
             .filter(|j| j.job_id == job.job_id && j.phase() != Some(Phase::CutOver))

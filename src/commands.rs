@@ -49,6 +49,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Status(a) => status(dsn, a).await,
         Command::Abort(a) => abort(dsn, a).await,
         Command::Cutover(a) => cutover(dsn, a).await,
+        Command::Rollback(a) => rollback(dsn, a).await,
+        Command::Finish(a) => finish(dsn, a).await,
         Command::Verify(a) => verify(dsn, a).await,
         Command::Demo(a) => demo(dsn, a).await,
         Command::Soak(a) => soak(dsn, a).await,
@@ -242,6 +244,20 @@ async fn rewrite(
             print(&crate::guide::next_after_swap(&swapped))?;
             Ok(0)
         }
+        crate::rewrite::RewriteOutcome::Finished => {
+            print("the way back was finished (`pg-rekey finish`); slot and publication dropped\n")?;
+            Ok(0)
+        }
+        crate::rewrite::RewriteOutcome::Paused => {
+            let names: Vec<String> = cfg.tables.iter().map(|t| format!("--table {t}")).collect();
+            print(&format!(
+                "stopped serving the way back; nothing was removed. The slot retains WAL until this runs again: pg-rekey rewrite --parent {} --uuid-column {} {}\n",
+                cfg.parent,
+                cfg.uuid_column,
+                names.join(" ")
+            ))?;
+            Ok(1)
+        }
         crate::rewrite::RewriteOutcome::Aborted => {
             print("stopped: the job's shadows, slot, publication and state were removed; the source tables are untouched\n")?;
             let names: Vec<String> = cfg.tables.iter().map(|t| t.to_string()).collect();
@@ -347,7 +363,11 @@ async fn rewrite_end_hook(
 ) {
     use crate::hooks::{Event, Facts};
     let (event, error) = match result {
-        Ok(crate::rewrite::RewriteOutcome::CutOver) => return,
+        Ok(
+            crate::rewrite::RewriteOutcome::CutOver
+            | crate::rewrite::RewriteOutcome::Finished
+            | crate::rewrite::RewriteOutcome::Paused,
+        ) => return,
         Ok(crate::rewrite::RewriteOutcome::Aborted) => (Event::Aborted, None),
         Err(e) => (Event::Failed, Some(e.to_string())),
     };
@@ -437,7 +457,7 @@ async fn abort(dsn: Option<&str>, a: AbortArgs) -> Result<ExitCode, Error> {
                 r.table,
                 r.with.join(", ")
             ),
-            "already_cut_over" => format!("{}: already cut over; nothing to abort (the old table is kept)\n", r.table),
+            "already_cut_over" => format!("{}: already cut over; abort does not undo a cutover — `pg-rekey rollback --table {}` swaps back (after a cutover with --way-back), `pg-rekey finish --table {}` ends the job\n", r.table, r.table, r.table),
             _ => format!("{}: no job; nothing to do\n", r.table),
         };
         text.push_str(&line);
@@ -460,6 +480,7 @@ async fn cutover(dsn: Option<&str>, a: CutoverArgs) -> Result<ExitCode, Error> {
         wait_for_lag: a.wait_for_lag,
         dry_run: a.dry_run,
         skip_verify: a.skip_verify,
+        way_back: a.way_back,
         ..cutover_config(
             conn_spec(dsn)?,
             parse_tables(&a.tables)?,
@@ -515,6 +536,124 @@ async fn cutover(dsn: Option<&str>, a: CutoverArgs) -> Result<ExitCode, Error> {
         }
     }
     Ok(if report.swapped || cfg.dry_run { 0 } else { 1 })
+}
+
+async fn rollback(dsn: Option<&str>, a: crate::cli::RollbackArgs) -> Result<ExitCode, Error> {
+    let cfg = crate::cutover::CutoverConfig {
+        dry_run: a.dry_run,
+        skip_verify: true,
+        direction: crate::cutover::Direction::Back,
+        ..cutover_config(
+            conn_spec(dsn)?,
+            parse_tables(&a.tables)?,
+            &a.lock,
+            &crate::cli::HookArgs::default(),
+            false,
+        )
+    };
+    cfg.validate()?;
+    if !cfg.dry_run && !a.yes && crate::guide::interactive() {
+        let names: Vec<String> = cfg.tables.iter().map(|t| t.to_string()).collect();
+        let plan = format!(
+            "rollback will lock {} (and the parent) for at most {:?} per attempt, swap the old tables back into place and carry every dependent object back; the application's statements that send uuids for these columns will fail with a type error afterwards",
+            names.join(", "),
+            cfg.lock_timeout + cfg.max_hold
+        );
+        if !crate::guide::confirm(&plan, false)? {
+            print("not confirmed; nothing was done\n")?;
+            return Ok(1);
+        }
+    }
+    let report = crate::cutover::run(&cfg).await?;
+    if a.json {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        print(&format!("{text}\n"))?;
+    } else if !report.dry_run_sql.is_empty() {
+        print(&render_cutover(&report))?;
+    } else {
+        for at in &report.attempts {
+            print(&format!(
+                "attempt {}: {} (lock wait {:.1} ms{})\n",
+                at.attempt,
+                at.outcome,
+                at.lock_wait_ms,
+                at.lock_hold_ms
+                    .map(|h| format!(", hold {h:.1} ms"))
+                    .unwrap_or_default()
+            ))?;
+        }
+        if report.swapped {
+            for (t, uuid_table) in &report.tables {
+                print(&format!("{t}: rolled back; the original table holds the name again, the uuid table is {uuid_table} and is kept current from it\n"))?;
+            }
+            let args: Vec<String> = cfg.tables.iter().map(|t| format!("--table {t}")).collect();
+            print(&format!(
+                "-- next: the jobs stream forward again; cut over again when ready (no copy): pg-rekey cutover --way-back {}\n",
+                args.join(" ")
+            ))?;
+        }
+        if let Some(reason) = &report.reason {
+            print(&format!("not rolled back: {reason}\n"))?;
+        }
+        for w in &report.warnings {
+            print(&format!("warning: {w}\n"))?;
+        }
+    }
+    Ok(if report.swapped || cfg.dry_run { 0 } else { 1 })
+}
+
+async fn finish(dsn: Option<&str>, a: crate::cli::FinishArgs) -> Result<ExitCode, Error> {
+    let spec = conn_spec(dsn)?;
+    let tables = parse_tables(&a.tables)?;
+    if !a.yes && crate::guide::interactive() {
+        let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+        let plan = format!(
+            "finish will compare old and new a last time, stop the way back, drop the job's slot and publication{} for {}; there is no rollback after it",
+            if a.keep_old { "" } else { " and drop the old tables" },
+            names.join(", ")
+        );
+        if !crate::guide::confirm(&plan, false)? {
+            print("not confirmed; nothing was done\n")?;
+            return Ok(1);
+        }
+    }
+    let opts = crate::way_back::FinishOptions {
+        force: a.force,
+        keep_old: a.keep_old,
+        ..Default::default()
+    };
+    let report = match crate::way_back::finish(&spec, &tables, &opts).await {
+        Ok(r) => r,
+        Err(e @ Error::Data(_)) => {
+            print(&format!("{e}\n"))?;
+            return Ok(1);
+        }
+        Err(e) => return Err(e),
+    };
+    if a.json {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        print(&format!("{text}\n"))?;
+    } else {
+        match report.verified {
+            Some(true) => print("old and new compared equal\n")?,
+            Some(false) => print(&format!(
+                "finished with --force although: {}\n",
+                report.verify_detail.clone().unwrap_or_default()
+            ))?,
+            None => print("no way back was kept: the old tables stopped at the swap, so they were not compared\n")?,
+        }
+        for (t, old) in report.tables.iter().zip(&report.old_tables) {
+            let what = if report.kept_old {
+                "kept (detached)"
+            } else {
+                "dropped"
+            };
+            print(&format!("{t}: finished; the old table {old} was {what}, the job's slot, publication and rows removed\n"))?;
+        }
+    }
+    Ok(0)
 }
 
 /// Human summary of a cutover.

@@ -225,14 +225,15 @@ pub struct Pruned {
 }
 
 /// Remove the job rows that describe nothing running: `cut_over` (finished;
-/// the old table is kept, if it still exists), `aborted`, and `failed` jobs
+/// the old table is kept, if it still exists; not one with a way back,
+/// which `finish` ends), `aborted`, and `failed` jobs
 /// whose slot and shadow are both gone (orphaned). A failed job that still
 /// has its slot or shadow is kept: `pg-rekey abort` removes those.
 pub async fn prune(client: &Client) -> Result<Vec<Pruned>, Error> {
     let rows = client
         .query(
             "DELETE FROM pgrekey.jobs j
-              WHERE j.phase IN ('cut_over', 'aborted')
+              WHERE (j.phase IN ('cut_over', 'aborted') AND NOT j.way_back)
                  OR (j.phase = 'failed'
                      AND NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = j.slot_name)
                      AND to_regclass(format('%I.%I', j.source_schema, j.shadow_table)) IS NULL)

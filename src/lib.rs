@@ -49,6 +49,7 @@ pub mod swap;
 pub mod task;
 pub mod units;
 pub mod verify;
+pub mod way_back;
 
 pub use error::{Error, Result};
 

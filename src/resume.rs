@@ -328,17 +328,30 @@ pub async fn find(
             )));
         }
     }
-    if members.iter().any(|m| m.phase() == Some(Phase::CutOver)) {
+    // Cut over with a way back: the job serves it, and resumes like a
+    // streaming one (from the table's stored spec, see `crate::way_back`).
+    let served = |m: &JobRow| m.phase() == Some(Phase::CutOver) && m.way_back;
+    if let Some(m) = members
+        .iter()
+        .find(|m| m.phase() == Some(Phase::CutOver) && !served(m))
+    {
         return Err(Error::Precondition(format!(
             "{} is already cut over (job {job_id}); nothing to resume — run pg-rekey status",
-            first.source
+            m.source
+        )));
+    }
+    if let Some(m) = members.iter().find(|m| served(m) && m.spec.is_none()) {
+        return Err(Error::Precondition(format!(
+            "{} is cut over with a way back but its job records no table spec; it cannot be resumed by this version",
+            m.source
         )));
     }
     let streamed = members.iter().all(|m| {
-        matches!(
-            m.phase(),
-            Some(Phase::Streaming | Phase::CuttingOver | Phase::Failed)
-        )
+        served(m)
+            || matches!(
+                m.phase(),
+                Some(Phase::Streaming | Phase::CuttingOver | Phase::Failed)
+            )
     });
     let slot_there = match &first.slot_name {
         Some(s) => {
@@ -356,10 +369,16 @@ pub async fn find(
     };
     let mut shadows_there = true;
     for m in &members {
+        // After a cutover the way back writes the old table instead.
+        let written = if served(m) {
+            crate::naming::old_name(&m.source)
+        } else {
+            m.shadow.clone()
+        };
         let exists: bool = admin
             .query_one(
                 "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-                &[&m.shadow.quoted()],
+                &[&written.quoted()],
             )
             .await
             .map_err(Error::db("look for a shadow"))?
@@ -440,7 +459,9 @@ pub async fn liveness<C: GenericClient>(
         return Ok(out);
     }
     for j in jobs {
-        if matches!(j.phase(), Some(Phase::CutOver | Phase::Aborted)) {
+        // A table cut over with a way back is served by the job's process.
+        let served = j.way_back && j.phase() == Some(Phase::CutOver);
+        if matches!(j.phase(), Some(Phase::CutOver | Phase::Aborted)) && !served {
             continue;
         }
         let (owner, cutover) = match by_job.get(&j.job_id) {
@@ -456,11 +477,17 @@ pub async fn liveness<C: GenericClient>(
         };
         let members: Vec<JobRow> = jobs
             .iter()
-            .filter(|m| m.job_id == j.job_id && m.phase() != Some(Phase::CutOver))
+            .filter(|m| m.job_id == j.job_id && (m.phase() != Some(Phase::CutOver) || m.way_back))
             .cloned()
             .collect();
         let stuck_cutover = j.phase() == Some(Phase::CuttingOver) && !cutover;
-        let next_command = if !owner {
+        let next_command = if !owner && served {
+            Some(format!(
+                "{} to serve the way back again (the slot retains WAL meanwhile), or pg-rekey finish --table {} to end it",
+                resume_command(&members),
+                j.table
+            ))
+        } else if !owner {
             Some(format!(
                 "{} to resume, or pg-rekey abort --table {}",
                 resume_command(&members),

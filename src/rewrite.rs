@@ -141,6 +141,11 @@ pub enum RewriteOutcome {
     CutOver,
     /// Aborted (Ctrl-C here, or `pg-rekey abort` elsewhere); everything removed.
     Aborted,
+    /// The way back was ended by `pg-rekey finish`; slot and publication dropped.
+    Finished,
+    /// Stopped (Ctrl-C) while serving a way back: everything is kept, and
+    /// the next `rewrite` of the same tables resumes from the slot.
+    Paused,
 }
 
 /// The objects a job created, for clean-up.
@@ -171,6 +176,9 @@ pub async fn run(
         match &result {
             Ok(RewriteOutcome::CutOver) => t.set_phase(progress::Phase::CutOver),
             Ok(RewriteOutcome::Aborted) => t.set_phase(progress::Phase::Aborted),
+            Ok(RewriteOutcome::Finished | RewriteOutcome::Paused) => {
+                t.set_phase(progress::Phase::CutOver)
+            }
             // The plan is the error's message, reported once by the caller;
             // not once per table.
             Err(Error::Blocked(_)) => {
@@ -380,8 +388,11 @@ async fn resume_job(
         }
         let cutover_running = crate::resume::cutover_alive(&admin, job_id).await?;
         for r in &rows {
-            // A cutover that is still running waits on this stream: its phase stays.
-            if !(r.phase() == Some(Phase::CuttingOver) && cutover_running) {
+            // A cutover that is still running waits on this stream: its phase
+            // stays; so does a table cut over with a way back.
+            let stays = (r.phase() == Some(Phase::CuttingOver) && cutover_running)
+                || r.phase() == Some(Phase::CutOver);
+            if !stays {
                 state::set_phase(&admin, &r.source, Phase::Streaming).await?;
             }
             progress.add_table(r.source.clone()).set_phase(progress::Phase::Streaming);
@@ -392,7 +403,17 @@ async fn resume_job(
         info!(slot = %objects.slot, applied = ?rows[0].applied_lsn.map(|l| l.to_string()), users = map.len(),
             seconds = started.elapsed().as_secs_f64(), "took over the job of a process that is gone; resuming from the slot");
         let repl = ReplicationClient::connect(&cfg.spec).await?;
-        let specs: Vec<TableSpec> = details.iter().map(|d| d.spec.clone()).collect();
+        // A table cut over with a way back has the new table under its
+        // name: its spec is the one the job was planned with.
+        let specs: Vec<TableSpec> = details
+            .iter()
+            .map(|d| {
+                rows.iter()
+                    .find(|r| r.source == d.spec.source && r.phase() == Some(Phase::CutOver))
+                    .and_then(|r| r.spec.clone())
+                    .unwrap_or_else(|| d.spec.clone())
+            })
+            .collect();
         let watch = Observed { progress, watermark: &watermark };
         stream_until_done(cfg, &admin, &objects, specs, parent, map, repl, consistent, &watch, &mut shutdown).await
     }
@@ -499,6 +520,7 @@ async fn register(
             rows_estimate: d.row_estimate.max(0),
             parent: parent.table.clone(),
             parent_uuid_column: parent.uuid_column.clone(),
+            spec: Some(d.spec.clone()),
         };
         if let Err(e) = state::register_job(admin, &job).await {
             let _ = admin.batch_execute("ROLLBACK").await;
@@ -799,6 +821,10 @@ enum LoopEnd {
     CutOver,
     Aborted,
     Stopped,
+    /// The job rows went while the way back was served: `finish` ended it.
+    Finished,
+    /// Ctrl-C while the way back was served: keep everything.
+    Paused,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -814,7 +840,7 @@ async fn stream_until_done(
     observed: &Observed<'_>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<RewriteOutcome, Error> {
-    let by_oid: HashMap<u32, Arc<TableProgress>> = specs
+    let mut by_oid: HashMap<u32, Arc<TableProgress>> = specs
         .iter()
         .map(|s| (s.oid, observed.progress.add_table(s.source.clone())))
         .collect();
@@ -862,7 +888,18 @@ async fn stream_until_done(
         for (oid, at) in &synced {
             applier.apply_from(*oid, *at);
         }
-        let result = apply_loop(admin, o, &mut applier, stream, observed, &by_oid, shutdown).await;
+        let mut way = WayBackServed::default();
+        register_way_back(admin, o, &mut applier, &specs, &mut by_oid, &mut way).await?;
+        let result = apply_loop(
+            admin,
+            o,
+            &mut applier,
+            stream,
+            observed,
+            (&specs, &mut by_oid, &mut way),
+            shutdown,
+        )
+        .await;
         match result {
             Ok((LoopEnd::CutOver, stream)) => {
                 // Changes after the cutover's fence are of no table of the
@@ -875,6 +912,21 @@ async fn stream_until_done(
                 info!("every table is cut over; slot and publication dropped");
                 return Ok(RewriteOutcome::CutOver);
             }
+            Ok((LoopEnd::Finished, stream)) => {
+                applier.rollback().await;
+                finish_stream(stream).await;
+                crate::abort::drop_slot(admin, &o.slot).await;
+                crate::abort::drop_publication(admin, &o.publication).await;
+                crate::resume::drop_map_table(admin, o.job_id).await;
+                info!("the way back was finished; slot and publication dropped");
+                return Ok(RewriteOutcome::Finished);
+            }
+            Ok((LoopEnd::Paused, stream)) => {
+                applier.rollback().await;
+                finish_stream(stream).await;
+                info!(slot = %o.slot, "stopped serving the way back; the slot, publication and tables are kept — run the same rewrite again to resume (the slot retains WAL meanwhile)");
+                return Ok(RewriteOutcome::Paused);
+            }
             Ok((LoopEnd::Aborted, stream)) | Ok((LoopEnd::Stopped, stream)) => {
                 // An open shadow transaction holds a lock on the shadow that
                 // would make dropping it wait forever.
@@ -882,6 +934,16 @@ async fn stream_until_done(
                 finish_stream(stream).await;
                 cleanup(admin, o, Cleanup::Abort).await;
                 return Ok(RewriteOutcome::Aborted);
+            }
+            Err(_) if way.serving && job_rows_gone(admin, o.job_id).await => {
+                // `finish` removed the rows between two looks (a position
+                // could not be recorded for rows that are gone).
+                applier.rollback().await;
+                crate::abort::drop_slot(admin, &o.slot).await;
+                crate::abort::drop_publication(admin, &o.publication).await;
+                crate::resume::drop_map_table(admin, o.job_id).await;
+                info!("the way back was finished; slot and publication dropped");
+                return Ok(RewriteOutcome::Finished);
             }
             Err(e) if e.is_transient() && attempt < 8 => {
                 applier.rollback().await;
@@ -942,7 +1004,11 @@ async fn apply_loop(
     applier: &mut Applier,
     mut stream: LogicalStream,
     observed: &Observed<'_>,
-    by_oid: &HashMap<u32, Arc<TableProgress>>,
+    (specs, by_oid, way): (
+        &[TableSpec],
+        &mut HashMap<u32, Arc<TableProgress>>,
+        &mut WayBackServed,
+    ),
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(LoopEnd, LogicalStream), Error> {
     let watermark = observed.watermark;
@@ -956,7 +1022,15 @@ async fn apply_loop(
     let mut last_poll = Instant::now();
     let mut last_log = Instant::now();
     let mut fence_seen = false;
+    let mut swap_seen = false;
+    // Serving a way back (a table cut over with `--way-back`): Ctrl-C keeps
+    // everything, and rows that go away were finished, not aborted.
+    let mut serving = crate::state::list_jobs(admin)
+        .await?
+        .iter()
+        .any(|r| r.job_id == o.job_id && r.way_back && r.phase() == Some(Phase::CutOver));
     loop {
+        way.serving = serving;
         tokio::select! {
             // Priorities: the operator's stop first; then the periodic work,
             // which is due at most every 100 ms and short, so it cannot
@@ -965,6 +1039,9 @@ async fn apply_loop(
             // stream.
             biased;
             _ = shutdown.changed() => {
+                if serving {
+                    return Ok((LoopEnd::Paused, stream));
+                }
                 info!("stop requested; removing the job's objects");
                 return Ok((LoopEnd::Stopped, stream));
             }
@@ -976,7 +1053,7 @@ async fn apply_loop(
                 watermark.set_applied(applied_now(applier, &feedback));
                 if last_poll.elapsed() >= Duration::from_millis(500) {
                     last_poll = Instant::now();
-                    if let Some(end) = poll_jobs(admin, o, observed.progress).await? {
+                    if let Some(end) = poll_jobs(admin, o, observed.progress, &mut serving).await? {
                         return Ok((end, stream));
                     }
                     if last_log.elapsed() >= Duration::from_secs(10) {
@@ -1007,7 +1084,10 @@ async fn apply_loop(
                     t.add_changes_applied(applier.stats().changes.saturating_sub(before));
                 }
                 match handled {
-                    Ok(Applied::Fence(_)) => fence_seen = true,
+                    Ok(Applied::Fence(token)) => {
+                        fence_seen = true;
+                        swap_seen |= token == crate::way_back::SWAP_TOKEN;
+                    }
                     Ok(Applied::Committed(_)) => {
                         if let Some(c) = commit_time {
                             watermark.set_commit_time(c);
@@ -1017,6 +1097,13 @@ async fn apply_loop(
                             let d = applier.record_position().await?;
                             feedback.confirm(d);
                             fence_seen = false;
+                            if swap_seen {
+                                // A swap with a way back (or a rollback)
+                                // committed: the next transactions may
+                                // change the new tables.
+                                swap_seen = false;
+                                serving = register_way_back(admin, o, applier, specs, by_oid, way).await?;
+                            }
                         } else if applier.should_flush() || !applier.in_transaction() {
                             let d = applier.flush().await?;
                             feedback.confirm(d);
@@ -1031,6 +1118,94 @@ async fn apply_loop(
     }
 }
 
+/// Whether every row of the job is gone (`finish` or `abort` removed them).
+async fn job_rows_gone(admin: &Client, job_id: Uuid) -> bool {
+    state::list_jobs(admin)
+        .await
+        .is_ok_and(|rows| rows.iter().all(|r| r.job_id != job_id))
+}
+
+/// The tables whose way back the current applier serves (by the new
+/// table's OID).
+#[derive(Default)]
+struct WayBackServed {
+    /// The live (uuid) table's OID of each table whose way back is
+    /// registered with the current applier.
+    registered: HashMap<QualifiedName, u32>,
+    /// A table of the job was cut over with a way back at the last look.
+    serving: bool,
+}
+
+/// Register with the applier the way back of every table of the job that
+/// is cut over with one — the changes of its new table (the former shadow,
+/// by OID) are applied to its old table, references translated back (see
+/// [`crate::way_back`]) — and set each registered table's direction from
+/// the job rows (a rollback sets it forward again). Called when the
+/// applier starts and at every swap's own fence, so the direction changes
+/// exactly at the swap's place in the stream. Returns whether any table's
+/// way back is served.
+async fn register_way_back(
+    admin: &Client,
+    o: &JobObjects,
+    applier: &mut Applier,
+    specs: &[TableSpec],
+    by_oid: &mut HashMap<u32, Arc<TableProgress>>,
+    way: &mut WayBackServed,
+) -> Result<bool, Error> {
+    let rows = state::list_jobs(admin).await?;
+    let mut serving = false;
+    let mut add = Vec::new();
+    let mut directions = Vec::new();
+    for spec in specs {
+        let Some(row) = rows
+            .iter()
+            .find(|r| r.job_id == o.job_id && r.source == spec.source)
+        else {
+            continue;
+        };
+        let back = row.way_back && row.phase() == Some(Phase::CutOver);
+        serving |= back;
+        if let Some(live) = way.registered.get(&spec.source) {
+            directions.push((*live, back));
+            continue;
+        }
+        if !back {
+            continue;
+        }
+        // After the swap the new table holds the name; the old one has the
+        // source's OID.
+        let live: Option<u32> = admin
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1)::oid",
+                &[&spec.source.quoted()],
+            )
+            .await
+            .map_err(Error::db("read the catalog"))?
+            .get(0);
+        let Some(live) = live.filter(|l| *l != spec.oid) else {
+            return Err(Error::Precondition(format!(
+                "{} is recorded as cut over with a way back but its name does not hold the new table; inspect it before doing anything else",
+                spec.source
+            )));
+        };
+        way.registered.insert(spec.source.clone(), live);
+        let old = crate::naming::old_name(&spec.source);
+        if let Some(p) = by_oid.get(&spec.oid).cloned() {
+            by_oid.insert(live, p);
+        }
+        info!(table = %spec.source, old = %old, "serving the way back: the new table's changes go to the old one");
+        add.push(spec.reversed(live, old));
+        directions.push((live, true));
+    }
+    if !add.is_empty() {
+        applier.add_reverse(add).await?;
+    }
+    for (live, back) in directions {
+        applier.set_back(live, back);
+    }
+    Ok(serving)
+}
+
 /// `Some` when every table is cut over, or any was aborted. Mirrors the
 /// phases the job rows show (a cutover runs in another process) into the
 /// progress.
@@ -1038,8 +1213,10 @@ async fn poll_jobs(
     admin: &Client,
     o: &JobObjects,
     progress: &JobProgress,
+    serving: &mut bool,
 ) -> Result<Option<LoopEnd>, Error> {
     let mut all_cut = true;
+    let mut way_back = false;
     for t in &o.tables {
         let job = state::get_job(admin, t).await?;
         if let (Some(j), Some(p)) = (&job, progress.table(t)) {
@@ -1053,16 +1230,18 @@ async fn poll_jobs(
             }
         }
         match job {
+            None if *serving => return Ok(Some(LoopEnd::Finished)),
             None => return Ok(Some(LoopEnd::Aborted)),
             Some(j) if j.job_id != o.job_id => return Ok(Some(LoopEnd::Aborted)),
             Some(j) => match j.phase() {
                 Some(Phase::Aborted) => return Ok(Some(LoopEnd::Aborted)),
-                Some(Phase::CutOver) => {}
+                Some(Phase::CutOver) => way_back |= j.way_back,
                 _ => all_cut = false,
             },
         }
     }
-    Ok(all_cut.then_some(LoopEnd::CutOver))
+    *serving = way_back;
+    Ok((all_cut && !way_back).then_some(LoopEnd::CutOver))
 }
 
 /// What to remove when a job ends.

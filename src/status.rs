@@ -11,8 +11,12 @@ use crate::state;
 pub struct TableStatus {
     /// Source table, schema-qualified.
     pub table: String,
-    /// `copying`, `streaming`, `cutting_over`, `cut_over`, `failed`, `aborted`.
+    /// `copying`, `streaming`, `cutting_over`, `cut_over`, `failed`,
+    /// `aborted`; `reverse_streaming` for a table cut over with a way back
+    /// (stored as `cut_over`: the job keeps its old table current).
     pub phase: String,
+    /// Cut over with a way back (`rollback` and `finish` apply).
+    pub way_back: bool,
     /// Shadow table, schema-qualified.
     pub shadow_table: String,
     /// The old table after cutover.
@@ -100,15 +104,21 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
             None => None,
         };
         let live = lags.iter().find(|l| l.job_id == j.job_id);
-        let (lag, lag_seconds) = match (j.phase.as_str(), live) {
-            ("copying" | "streaming" | "cutting_over", Some(l)) => {
+        let phase = if j.way_back && j.phase == "cut_over" {
+            "reverse_streaming".to_string()
+        } else {
+            j.phase.clone()
+        };
+        let (lag, lag_seconds) = match (phase.as_str(), live) {
+            ("copying" | "streaming" | "cutting_over" | "reverse_streaming", Some(l)) => {
                 (Some(i64::try_from(l.bytes).unwrap_or(i64::MAX)), l.seconds)
             }
             _ => (j.lag_bytes, None),
         };
         out.push(TableStatus {
             table: j.table,
-            phase: j.phase,
+            phase,
+            way_back: j.way_back,
             shadow_table: j.shadow_table,
             old_table: j.old_table,
             old_table_exists,
@@ -227,7 +237,7 @@ pub fn render(rows: &[TableStatus]) -> String {
     out.push_str(&render_liveness(rows));
     let finished = rows
         .iter()
-        .filter(|r| matches!(r.phase.as_str(), "cut_over" | "aborted"))
+        .filter(|r| matches!(r.phase.as_str(), "cut_over" | "aborted") && !r.way_back)
         .count();
     if finished > 0 {
         out.push_str(&format!(
@@ -341,6 +351,7 @@ mod tests {
         let row = TableStatus {
             table: "public.sessions".into(),
             phase: "streaming".into(),
+            way_back: false,
             shadow_table: "public._rekey_new_sessions".into(),
             old_table: None,
             old_table_exists: None,

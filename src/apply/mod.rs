@@ -582,7 +582,6 @@ impl Applier {
         let pending: Vec<(u32, String, Option<String>)> = self
             .reverse
             .iter()
-            .filter(|(_, r)| !r.active)
             .map(|(oid, r)| {
                 (
                     *oid,
@@ -608,18 +607,50 @@ impl Applier {
             let (old_exists, forward_exists): (bool, bool) = (row.get(0), row.get(1));
             if old_exists && !forward_exists {
                 self.activate(oid);
+            } else if forward_exists && !old_exists {
+                // Rolled back: the old table holds its name again.
+                self.set_back(oid, false);
             }
         }
         Ok(())
     }
 
-    /// The swap of a table of the way back has committed.
+    /// The swap of a table of the way back has committed (a change of its
+    /// live table says so); or a rollback has (a change of its forward
+    /// source does).
     fn activate(&mut self, oid: u32) {
-        if let Some(r) = self.reverse.get_mut(&oid) {
-            if !r.active {
-                r.active = true;
-                tracing::info!(table = %self.tables[&oid].spec.source, lsn = %self.cur_lsn,
+        if self.reverse.contains_key(&oid) {
+            self.set_back(oid, true);
+        } else if let Some(live) = self
+            .reverse
+            .iter()
+            .find(|(_, r)| r.active && r.forward == Some(oid))
+            .map(|(l, _)| *l)
+        {
+            self.set_back(live, false);
+        }
+    }
+
+    /// Which way the table whose live (uuid) table has OID `live_oid` goes
+    /// from this point of the stream: `back` after a cutover with a way
+    /// back, forward after a rollback (or before any cutover). The caller
+    /// that sees the swap's own fence in the stream (see
+    /// [`crate::way_back`]) sets it exactly; a row change of either table
+    /// sets it too.
+    pub fn set_back(&mut self, live_oid: u32, back: bool) {
+        let lsn = self.cur_lsn;
+        let Some(r) = self.reverse.get_mut(&live_oid) else {
+            return;
+        };
+        if r.active != back {
+            r.active = back;
+            let table = self.tables[&live_oid].spec.source.clone();
+            if back {
+                tracing::info!(table = %table, lsn = %lsn,
                     "the way back is live: changes of the new table go to the old one");
+            } else {
+                tracing::info!(table = %table, lsn = %lsn,
+                    "rolled back: changes of the original table go to the uuid table again");
             }
         }
     }

@@ -60,6 +60,19 @@ Examples:
   pg-rekey cutover --table sessions --yes --json
   pg-rekey cutover --table sessions --hook-dir /etc/pg-rekey/hooks";
 
+/// `rollback --help`.
+pub const ROLLBACK: &str = "\
+Examples:
+  pg-rekey cutover --table sessions --way-back     # first: a cutover that keeps the way back
+  pg-rekey rollback --table sessions --dry-run
+  pg-rekey rollback --table sessions --lock-timeout 200ms --max-hold 2s --yes";
+
+/// `finish --help`.
+pub const FINISH: &str = "\
+Examples:
+  pg-rekey finish --table sessions
+  pg-rekey finish --table sessions --table api_access_tokens --keep-old --yes";
+
 /// `verify --help`.
 pub const VERIFY: &str = "\
 Examples:

@@ -113,6 +113,18 @@ pub enum Command {
     /// (sources untouched, still streaming), 2 error.
     #[command(after_help = help::CUTOVER)]
     Cutover(CutoverArgs),
+    /// After `cutover --way-back`: swap the old tables (kept current from
+    /// the new ones) back into place in one short locked transaction, every
+    /// dependent object carried back; the job streams forward again.
+    /// Exit 0 rolled back, 1 gave up (new tables untouched), 2 error.
+    #[command(after_help = help::ROLLBACK)]
+    Rollback(RollbackArgs),
+    /// End the journey of cut-over tables: compare old and new a last time,
+    /// stop the way back, drop its slot and publication, drop the old tables
+    /// (--keep-old keeps them), remove the job rows.
+    /// Exit 0 finished, 1 refused (differences, not confirmed), 2 error.
+    #[command(after_help = help::FINISH)]
+    Finish(FinishArgs),
     /// Compare source and shadow (before cutover) or old and new (after).
     /// Exit 0 equal, 1 different or no consistent point reached, 2 error.
     #[command(after_help = help::VERIFY)]
@@ -459,6 +471,52 @@ pub struct CutoverArgs {
     /// up front when such objects exist.
     #[arg(long)]
     pub rewrite_dependents: bool,
+    /// Keep a way back: from the swap on, the job keeps each old table
+    /// current from its new one (uuids translated back), so `pg-rekey
+    /// rollback` can swap back without losing a write; `pg-rekey finish`
+    /// ends it. The rewrite process keeps running to serve it.
+    #[arg(long)]
+    pub way_back: bool,
+}
+
+/// `rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Tables to swap back together (repeatable, at least one).
+    #[arg(long = "table", required = true)]
+    pub tables: Vec<String>,
+    /// Lock budget.
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// Print the SQL the swap back would run, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation on a terminal.
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Machine-readable report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `finish`.
+#[derive(Debug, Args)]
+pub struct FinishArgs {
+    /// Cut-over tables to finish (repeatable; every table of their job).
+    #[arg(long = "table", required = true)]
+    pub tables: Vec<String>,
+    /// Finish even when the last comparison finds differences or cannot run.
+    #[arg(long)]
+    pub force: bool,
+    /// Keep the old tables (no job follows them any more).
+    #[arg(long)]
+    pub keep_old: bool,
+    /// Do not ask for confirmation on a terminal.
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Machine-readable report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `verify`.

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::targets::{columns_changed, Target};
-use super::{AttemptOutcome, AttemptReport, CutoverConfig, PhaseTime};
+use super::{AttemptOutcome, AttemptReport, CutoverConfig, Direction, PhaseTime};
 use crate::error::Error;
 use crate::pg::QualifiedName;
 use crate::plan::catalog::TableDetail;
@@ -92,15 +92,7 @@ pub(super) async fn attempt_once(
         let fingerprinter = swap::catalog::Fingerprinter::prepare(session)
             .await
             .map_err(Error::db("prepare the catalog fingerprint"))?;
-        let prepared = prepare(
-            session,
-            &fingerprinter,
-            targets,
-            parent,
-            attempt == 1,
-            cfg.rewrite_dependents,
-        )
-        .await?;
+        let prepared = prepare(session, &fingerprinter, targets, parent, attempt == 1, cfg).await?;
         let _ = lock_statements(session, targets, parent).await;
         let _ = current_columns(session, targets, parent).await;
         // Every lock the swap needs, in one fixed order (see `lock_statements`).
@@ -234,12 +226,14 @@ pub(super) async fn attempt_once(
     // transaction is aborted) and the swap's error is the one reported.
     let (swapped, recorded) = futures_util::join!(
         swap::execute_swap(session, &swap),
-        futures_util::future::join_all(
-            targets
-                .iter()
-                .zip(&old_names)
-                .map(|(t, old)| state::record_cutover(session, &t.job.source, old))
-        ),
+        futures_util::future::join_all(targets.iter().zip(&old_names).map(|(t, old)| async move {
+            match cfg.direction {
+                Direction::Forward => {
+                    state::record_cutover(session, &t.job.source, old, cfg.way_back).await
+                }
+                Direction::Back => state::record_rollback(session, &t.job.source).await,
+            }
+        })),
     );
     let written = swapped.map_err(swap_err).and_then(|()| {
         recorded
@@ -254,11 +248,15 @@ pub(super) async fn attempt_once(
     crate::failpoint::hit("cutover.before_swap");
     // If the connection drops during COMMIT, ask the catalog before anything
     // else whether the commit happened.
+    let done = match cfg.direction {
+        Direction::Forward => Phase::CutOver,
+        Direction::Back => Phase::Streaming,
+    };
     let (outcome, error) = quiet
         .commit(|| async {
             for t in targets {
                 if let Ok(Some(j)) = state::get_job(admin, &t.job.source).await {
-                    if j.phase() == Some(Phase::CutOver) {
+                    if j.phase() == Some(done) {
                         return true;
                     }
                 }
@@ -317,15 +315,23 @@ pub(super) async fn dry_run_sql(
     // Read-only: a dry run takes no lock on an application table. The
     // statements are the ones a real attempt runs under its locks when the
     // catalog has not changed since they were built.
-    let swap = read_and_build(admin, targets, parent, true, cfg.rewrite_dependents).await?;
+    let swap = read_and_build(admin, targets, parent, true, cfg).await?;
     out.extend(swap.sql());
     for t in targets {
-        out.push(format!(
-            "UPDATE pgrekey.jobs SET phase = 'cut_over', old_table = {} WHERE source_schema = {} AND source_table = {}",
-            crate::pg::quote_literal(&t.names.old_table),
-            crate::pg::quote_literal(&t.job.source.schema),
-            crate::pg::quote_literal(&t.job.source.name)
-        ));
+        out.push(match cfg.direction {
+            Direction::Forward => format!(
+                "UPDATE pgrekey.jobs SET phase = 'cut_over', old_table = {}, way_back = {} WHERE source_schema = {} AND source_table = {}",
+                crate::pg::quote_literal(&t.names.old_table),
+                cfg.way_back,
+                crate::pg::quote_literal(&t.job.source.schema),
+                crate::pg::quote_literal(&t.job.source.name)
+            ),
+            Direction::Back => format!(
+                "UPDATE pgrekey.jobs SET phase = 'streaming', old_table = NULL WHERE source_schema = {} AND source_table = {}",
+                crate::pg::quote_literal(&t.job.source.schema),
+                crate::pg::quote_literal(&t.job.source.name)
+            ),
+        });
     }
     out.push("COMMIT".into());
     out.push("-- after commit, outside the lock:".into());
@@ -366,13 +372,13 @@ async fn prepare(
     targets: &[Target],
     parent: &ParentSpec,
     report: bool,
-    rewrite: bool,
+    cfg: &CutoverConfig,
 ) -> Result<Prepared, Error> {
     let fingerprint = fingerprinter
         .take(c, &pairs(targets))
         .await
         .map_err(Error::db("fingerprint the catalog"))?;
-    let swap = read_and_build(c, targets, parent, report, rewrite).await?;
+    let swap = read_and_build(c, targets, parent, report, cfg).await?;
     Ok(Prepared { fingerprint, swap })
 }
 
@@ -385,12 +391,20 @@ async fn read_and_build(
     targets: &[Target],
     parent: &ParentSpec,
     report: bool,
-    rewrite: bool,
+    cfg: &CutoverConfig,
 ) -> Result<SwapSql, Error> {
     let mut deps = swap::catalog::load_dependents_many(c, &pairs(targets))
         .await
         .map_err(swap_err)?;
-    if rewrite {
+    let way = if cfg.way_back || cfg.direction == Direction::Back {
+        Some(
+            crate::way_back::read(c, targets.iter().map(|t| (&t.job, &t.names)), cfg.direction)
+                .await?,
+        )
+    } else {
+        None
+    };
+    if cfg.rewrite_dependents && cfg.direction == Direction::Forward {
         let details: Vec<&TableDetail> = targets.iter().map(|t| &t.detail).collect();
         let ctx = crate::plan::dependents::rewrite_context(&details, parent);
         let changed = crate::plan::dependents::apply_rewrites(&mut deps, &ctx);
@@ -411,7 +425,21 @@ async fn read_and_build(
             }
         }
     }
-    Ok(swap_plan(targets, parent, &deps))
+    let mut sql = match cfg.direction {
+        Direction::Forward => swap_plan(targets, parent, &deps),
+        Direction::Back => {
+            let pairs: Vec<(&swap::Dependents, &SwapNames)> =
+                deps.iter().zip(targets.iter().map(|t| &t.names)).collect();
+            let mut sql = swap::swap_sql_many(&pairs);
+            // The restored tables keep their statistics.
+            sql.analyze.clear();
+            sql
+        }
+    };
+    if let Some(way) = way {
+        way.extend(&mut sql);
+    }
+    Ok(sql)
 }
 
 /// The statements of the locked part, in order: the swap proper

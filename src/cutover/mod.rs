@@ -178,6 +178,24 @@ pub struct CutoverConfig {
     /// ([`crate::plan::dependents`]). Without it, cutover refuses up front
     /// when such objects exist.
     pub rewrite_dependents: bool,
+    /// Keep a way back (`cutover --way-back`): the swap moves the old tables
+    /// out of the job's publication and the new ones in, holds the old
+    /// tables' foreign keys aside, and the job keeps each old table current
+    /// from its new one until `rollback` or `finish` (see [`crate::way_back`]).
+    pub way_back: bool,
+    /// Which way the swap goes: a cutover, or a rollback.
+    pub direction: Direction,
+}
+
+/// Which way a swap goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// The shadows take the tables' names (`cutover`).
+    #[default]
+    Forward,
+    /// The old tables take their names back and the uuid tables become the
+    /// shadows again (`rollback`, after a cutover with a way back).
+    Back,
 }
 
 /// Default `--attempts` of a cutover.
@@ -207,6 +225,8 @@ impl CutoverConfig {
             skip_verify: false,
             verify_chunk_rows: crate::verify::DEFAULT_CHUNK_ROWS,
             rewrite_dependents: false,
+            way_back: false,
+            direction: Direction::Forward,
         }
     }
 
@@ -226,9 +246,15 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
     let admin = pg::connect_cutover(&cfg.spec, "cutover-admin").await?;
     let mut report = CutoverReport::default();
     let jobs = targets::load_jobs(&admin, &cfg.tables).await?;
-
-    // Already done (this or an earlier cutover): confirm with the catalog, report, stop.
-    if jobs.iter().all(|j| j.phase() == Some(Phase::CutOver)) {
+    if cfg.direction == Direction::Back {
+        if let Some(done) = targets::check_rollback(&admin, &jobs).await? {
+            report.swapped = true;
+            report.tables = done;
+            info!("already rolled back: the original tables hold their names and the jobs stream forward");
+            return Ok(report);
+        }
+    } else if jobs.iter().all(|j| j.phase() == Some(Phase::CutOver)) {
+        // Already done (this or an earlier cutover): confirm with the catalog, report, stop.
         for j in &jobs {
             targets::confirm_swapped_in_catalog(&admin, j).await?;
             report
@@ -252,13 +278,15 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         }
         return Ok(report);
     }
-    if let Some(j) = jobs.iter().find(|j| j.phase() == Some(Phase::CutOver)) {
+    if cfg.direction == Direction::Back {
+        // Checked by `check_rollback`.
+    } else if let Some(j) = jobs.iter().find(|j| j.phase() == Some(Phase::CutOver)) {
         return Err(Error::Config(format!(
             "{} is already cut over but other named tables are not; run cutover for the remaining tables only",
             j.table
         )));
     }
-    for j in &jobs {
+    for j in jobs.iter().filter(|_| cfg.direction == Direction::Forward) {
         match j.phase() {
             Some(Phase::Streaming) | Some(Phase::CuttingOver) => {}
             _ => {
@@ -283,9 +311,17 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                 .filter(|m| m.job_id == j.job_id)
                 .collect();
             return Err(Error::Precondition(format!(
-                "the rewrite of {} is not running (its process is gone), so nothing would apply the cutover's fence; resume it first: {}",
+                "the rewrite of {} is not running (its process is gone), so nothing would apply the {}'s fence; resume it first: {}{}",
                 j.table,
-                crate::resume::resume_command(&members)
+                match cfg.direction {
+                    Direction::Forward => "cutover",
+                    Direction::Back => "rollback",
+                },
+                crate::resume::resume_command(&members),
+                j.error
+                    .as_ref()
+                    .map(|e| format!(" (it stopped with: {e})"))
+                    .unwrap_or_default()
             )));
         }
     }
@@ -294,16 +330,23 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
     for j in &jobs {
         crate::resume::lock_shared(&admin, crate::resume::cutover_key(j.job_id)).await?;
     }
-    let mut targets = targets::load_targets(&admin, jobs).await?;
+    let mut targets = match cfg.direction {
+        Direction::Forward => targets::load_targets(&admin, jobs).await?,
+        Direction::Back => targets::load_back_targets(&admin, jobs).await?,
+    };
     let parent = targets::load_parent_of(&admin, &targets).await?;
-    targets::dependents_gate(cfg, &targets, &parent).await?;
+    if cfg.direction == Direction::Forward {
+        targets::dependents_gate(cfg, &targets, &parent).await?;
+    }
 
     if cfg.dry_run {
         report.dry_run_sql = attempt::dry_run_sql(&admin, cfg, &targets, &parent).await?;
         return Ok(report);
     }
 
-    if !cfg.skip_verify {
+    // A rollback's fence drain is its equality argument; `verify` compares
+    // sources with shadows by the forward rule only.
+    if !cfg.skip_verify && cfg.direction == Direction::Forward {
         let opts = crate::verify::RunOptions {
             compare: crate::verify::VerifyOptions {
                 chunk_rows: cfg.verify_chunk_rows.max(1),
@@ -326,7 +369,10 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         );
     }
 
-    for t in &targets {
+    for t in targets
+        .iter()
+        .filter(|_| cfg.direction == Direction::Forward)
+    {
         let _ = state::set_phase(&admin, &t.job.source, Phase::CuttingOver).await;
     }
     let fence_session = pg::connect_cutover(&cfg.spec, "cutover-fence").await?;
@@ -420,7 +466,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                         if let Err(e) =
                             targets::refresh_details(&admin, &mut targets, &parent).await
                         {
-                            back_to_streaming(&admin, &targets).await;
+                            back_to_streaming(&admin, &targets, cfg.direction).await;
                             return Err(e);
                         }
                     }
@@ -428,7 +474,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
                 Err((a, e)) => {
                     report.attempts.push(a);
                     if !e.is_transient() {
-                        back_to_streaming(&admin, &targets).await;
+                        back_to_streaming(&admin, &targets, cfg.direction).await;
                         return Err(e);
                     }
                     warn!(attempt, error = %crate::error::chain(&e), "cutover attempt failed; retrying");
@@ -440,7 +486,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
         }
     }
     if !report.swapped {
-        back_to_streaming(&admin, &targets).await;
+        back_to_streaming(&admin, &targets, cfg.direction).await;
         let outcomes: Vec<&str> = report.attempts.iter().map(|a| a.outcome.as_str()).collect();
         report.reason = Some(gate::give_up_reason(
             &outcomes,
@@ -466,7 +512,7 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             QualifiedName::new(t.job.source.schema.clone(), t.names.old_table.clone()).to_string(),
         ));
     }
-    after_commit(&admin, &targets, &mut report).await;
+    after_commit(&admin, &targets, cfg, &mut report).await;
     if cfg.hooks.any() {
         let facts = crate::hooks::Facts {
             job_id: Some(
@@ -489,7 +535,11 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
 /// The cutover is over without a swap: the jobs go back from `cutting_over`
 /// to `streaming` (best effort: a job row that cannot be written stays
 /// `cutting_over`, which `status` shows and a next cutover accepts).
-async fn back_to_streaming(admin: &Client, targets: &[Target]) {
+async fn back_to_streaming(admin: &Client, targets: &[Target], direction: Direction) {
+    if direction == Direction::Back {
+        // A rollback that did not swap leaves the rows `cut_over`.
+        return;
+    }
     for t in targets {
         let _ = state::set_phase(admin, &t.job.source, Phase::Streaming).await;
     }
@@ -548,7 +598,12 @@ async fn attempt_failed_hook(cfg: &CutoverConfig, a: &AttemptReport) {
 }
 
 /// Validate the `NOT VALID` keys, analyze, and see the slots go.
-async fn after_commit(admin: &Client, targets: &[Target], report: &mut CutoverReport) {
+async fn after_commit(
+    admin: &Client,
+    targets: &[Target],
+    cfg: &CutoverConfig,
+    report: &mut CutoverReport,
+) {
     let new_tables: Vec<QualifiedName> = targets.iter().map(|t| t.job.source.clone()).collect();
     // Every constraint validated and every table analyzed, each on its own
     // (one that fails does not skip the others); see `cutover_finish`.
@@ -556,7 +611,11 @@ async fn after_commit(admin: &Client, targets: &[Target], report: &mut CutoverRe
         Ok(constraints) => {
             let pending = finish::Pending {
                 constraints,
-                analyze: new_tables.clone(),
+                // The restored tables of a rollback keep their statistics.
+                analyze: match cfg.direction {
+                    Direction::Forward => new_tables.clone(),
+                    Direction::Back => Vec::new(),
+                },
             };
             let warnings = finish::complete(admin, &pending).await;
             report.warnings.extend(warnings);
@@ -564,6 +623,11 @@ async fn after_commit(admin: &Client, targets: &[Target], report: &mut CutoverRe
         Err(e) => report.warnings.push(format!(
             "could not list constraints to validate: {e}; run `pg-rekey cutover` for these tables again to finish"
         )),
+    }
+    if cfg.way_back || cfg.direction == Direction::Back {
+        // The job keeps its slot: it serves the way back (or, after a
+        // rollback, the forward stream again).
+        return;
     }
     // The rewrite processes see cut_over and drop their slots; a job whose
     // owner is gone is cleaned here.

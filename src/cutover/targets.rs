@@ -165,3 +165,100 @@ pub(super) async fn dependents_gate(
     }
     Ok(())
 }
+
+/// The checks before a rollback. `Some(tables)` when there is nothing to do
+/// (every table streams forward again after an earlier rollback); an error
+/// names what stands in the way.
+pub(super) async fn check_rollback(
+    admin: &Client,
+    jobs: &[JobRow],
+) -> Result<Option<Vec<(String, String)>>, Error> {
+    use crate::state::Phase;
+    if jobs
+        .iter()
+        .all(|j| j.way_back && j.phase() == Some(Phase::Streaming) && j.old_table.is_none())
+    {
+        let mut done = Vec::new();
+        for j in jobs {
+            let oid = relation_oid(admin, &j.source).await?;
+            if oid != Some(j.source_oid) {
+                return Err(Error::Precondition(format!(
+                    "{} is recorded as rolled back but does not hold the original table; inspect it before doing anything else",
+                    j.table
+                )));
+            }
+            done.push((j.table.clone(), j.shadow_table.clone()));
+        }
+        return Ok(Some(done));
+    }
+    for j in jobs {
+        match j.phase() {
+            Some(Phase::CutOver) if j.way_back => {}
+            Some(Phase::CutOver) => {
+                return Err(Error::Precondition(format!(
+                    "{} was cut over without --way-back: its old table received no writes since, so there is no way back but a restore; `pg-rekey finish --table {}` ends the job",
+                    j.table, j.table
+                )))
+            }
+            _ => {
+                return Err(Error::Precondition(format!(
+                    "{} is {}, not cut over: there is nothing to roll back{}",
+                    j.table,
+                    j.phase,
+                    j.error
+                        .as_ref()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                )))
+            }
+        }
+    }
+    Ok(None)
+}
+
+async fn relation_oid(admin: &Client, table: &QualifiedName) -> Result<Option<u32>, Error> {
+    let row = admin
+        .query_one("SELECT pg_catalog.to_regclass($1)::oid", &[&table.quoted()])
+        .await
+        .map_err(Error::db("read the catalog"))?;
+    Ok(row.get(0))
+}
+
+/// The targets of a rollback: each table's new (uuid) table leaves the name
+/// for its shadow name and the old table takes it back. In the returned
+/// rows `source_oid` is the new table's OID and `shadow` the old table.
+pub(super) async fn load_back_targets(
+    admin: &Client,
+    jobs: Vec<JobRow>,
+) -> Result<Vec<Target>, Error> {
+    let mut targets = Vec::with_capacity(jobs.len());
+    for mut job in jobs {
+        let (parent_table, uuid_column) = job.parent.clone().ok_or_else(|| {
+            Error::Precondition(format!(
+                "the job of {} does not record its parent table",
+                job.table
+            ))
+        })?;
+        let old = QualifiedName::new(
+            job.source.schema.clone(),
+            SwapNames::derive(&job.source).old_table,
+        );
+        if relation_oid(admin, &old).await? != Some(job.source_oid) {
+            return Err(Error::Precondition(format!(
+                "{}'s old table {old} is gone or is not the original table; there is nothing to roll back to",
+                job.table
+            )));
+        }
+        let live = relation_oid(admin, &job.source)
+            .await?
+            .ok_or_else(|| Error::Precondition(format!("no table is named {}", job.table)))?;
+        let parent = catalog::load_parent(admin, &parent_table, &uuid_column).await?;
+        let detail = catalog::load_table(admin, &job.source, &parent).await?;
+        job.source_oid = live;
+        job.shadow = old;
+        let names = SwapNames::back(&job.source);
+        targets.push(Target { job, detail, names });
+    }
+    targets.sort_by(|a, b| a.job.source.cmp(&b.job.source));
+    Ok(targets)
+}

@@ -837,6 +837,8 @@ fn outcome_name(o: &RewriteOutcome) -> &'static str {
     match o {
         RewriteOutcome::CutOver => "cut over; slot and publication dropped, exited",
         RewriteOutcome::Aborted => "aborted; its objects were removed",
+        RewriteOutcome::Finished => "the way back was finished; slot and publication dropped",
+        RewriteOutcome::Paused => "stopped serving the way back; everything kept",
     }
 }
 

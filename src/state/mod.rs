@@ -190,8 +190,8 @@ pub async fn ensure_schema(client: &Client) -> Result<(), StateError> {
         .query_one(
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
                  WHERE attrelid = pg_catalog.to_regclass('pgrekey.jobs')
-                   AND attname = 'synced_lsn' AND NOT attisdropped)
-                AND pg_catalog.to_regclass('pgrekey.prepare') IS NOT NULL",
+                   AND attname = 'table_spec' AND NOT attisdropped)
+                AND pg_catalog.to_regclass('pgrekey.held_constraints') IS NOT NULL",
             &[],
         )
         .await
@@ -226,6 +226,8 @@ pub struct NewJob {
     pub parent: QualifiedName,
     /// The parent's uuid column.
     pub parent_uuid_column: String,
+    /// The table as planned (kept for the way back after cutover).
+    pub spec: Option<crate::plan::model::TableSpec>,
 }
 
 /// Register a table's job (phase `copying`, owner = this process and host).
@@ -237,8 +239,8 @@ pub async fn register_job<C: GenericClient>(client: &C, job: &NewJob) -> Result<
         .execute(
             "INSERT INTO pgrekey.jobs (source_schema, source_table, source_oid, job_id, phase, slot_name,
                  publication_name, shadow_table, rows_estimate, owner_pid, owner_host,
-                 parent_schema, parent_table, parent_uuid_column)
-             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 parent_schema, parent_table, parent_uuid_column, table_spec)
+             VALUES ($1, $2, $3, $4, 'copying', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (source_schema, source_table) DO NOTHING",
             &[
                 &job.source.schema,
@@ -254,6 +256,7 @@ pub async fn register_job<C: GenericClient>(client: &C, job: &NewJob) -> Result<
                 &job.parent.schema,
                 &job.parent.name,
                 &job.parent_uuid_column,
+                &job.spec.as_ref().and_then(|s| serde_json::to_string(s).ok()),
             ],
         )
         .await
@@ -382,7 +385,9 @@ pub async fn set_error<C: GenericClient>(
     table: &QualifiedName,
     message: &str,
 ) -> Result<(), StateError> {
-    set_phase(client, table, Phase::Failed).await?;
+    // The message first: a table cut over with a way back stays `cut_over`
+    // (a final phase) but its way back stopped, and `status` and `rollback`
+    // must say why.
     client
         .execute(
             "UPDATE pgrekey.jobs SET last_error = $3, updated_at = now()
@@ -391,7 +396,7 @@ pub async fn set_error<C: GenericClient>(
         )
         .await
         .map_err(db(format!("recording the error of {table}")))?;
-    Ok(())
+    set_phase(client, table, Phase::Failed).await
 }
 
 /// Update a table's progress; `None` leaves a value as it is.
@@ -490,17 +495,102 @@ pub async fn record_cutover<C: GenericClient>(
     client: &C,
     table: &QualifiedName,
     old_table: &QualifiedName,
+    way_back: bool,
 ) -> Result<(), StateError> {
     set_phase(client, table, Phase::CutOver).await?;
     client
         .execute(
-            "UPDATE pgrekey.jobs SET old_table = $3, lag_bytes = 0, updated_at = now()
+            "UPDATE pgrekey.jobs SET old_table = $3, way_back = $4, lag_bytes = 0, updated_at = now()
              WHERE source_schema = $1 AND source_table = $2",
-            &[&table.schema, &table.name, &old_table.name],
+            &[&table.schema, &table.name, &old_table.name, &way_back],
         )
         .await
         .map_err(db(format!("recording the cutover of {table}")))?;
     Ok(())
+}
+
+/// Record a rollback in the swap's transaction: `table` holds the original
+/// table again and the job streams forward (phase `streaming`, no old
+/// table). The way back stays on: the next cutover may keep it again.
+pub async fn record_rollback<C: GenericClient>(
+    client: &C,
+    table: &QualifiedName,
+) -> Result<(), StateError> {
+    let n = client
+        .execute(
+            "UPDATE pgrekey.jobs SET phase = 'streaming', old_table = NULL, lag_bytes = 0, updated_at = now()
+             WHERE source_schema = $1 AND source_table = $2 AND phase = 'cut_over' AND way_back",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(db(format!("recording the rollback of {table}")))?;
+    if n == 0 {
+        return Err(StateError::NotFound {
+            table: table.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// A foreign key of an old table held aside while the way back runs (see
+/// `sql/state.sql`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldConstraint {
+    /// The table it belongs on.
+    pub table: QualifiedName,
+    /// Constraint name.
+    pub name: String,
+    /// `pg_get_constraintdef` text, schema-qualified.
+    pub definition: String,
+    /// Its comment.
+    pub comment: Option<String>,
+}
+
+/// The constraints held aside for `table` (by its current name).
+pub async fn held_constraints<C: GenericClient>(
+    client: &C,
+    table: &QualifiedName,
+) -> Result<Vec<HeldConstraint>, StateError> {
+    let rows = client
+        .query(
+            "SELECT name, definition, comment FROM pgrekey.held_constraints
+              WHERE table_schema = $1 AND table_name = $2 ORDER BY name",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(db(format!("reading the constraints held for {table}")))?;
+    Ok(rows
+        .iter()
+        .map(|r| HeldConstraint {
+            table: table.clone(),
+            name: r.get(0),
+            definition: r.get(1),
+            comment: r.get(2),
+        })
+        .collect())
+}
+
+/// The statement that records `c` as held (run in the swap's transaction).
+pub fn hold_constraint_sql(c: &HeldConstraint) -> String {
+    use crate::pg::quote_literal as q;
+    format!(
+        "INSERT INTO pgrekey.held_constraints (table_schema, table_name, name, definition, comment) VALUES ({}, {}, {}, {}, {}) \
+         ON CONFLICT (table_schema, table_name, name) DO UPDATE SET definition = EXCLUDED.definition, comment = EXCLUDED.comment",
+        q(&c.table.schema),
+        q(&c.table.name),
+        q(&c.name),
+        q(&c.definition),
+        c.comment.as_deref().map(q).unwrap_or_else(|| "NULL".into())
+    )
+}
+
+/// The statement that forgets every constraint held for `table`.
+pub fn release_constraints_sql(table: &QualifiedName) -> String {
+    format!(
+        "DELETE FROM pgrekey.held_constraints WHERE table_schema = {} AND table_name = {}",
+        crate::pg::quote_literal(&table.schema),
+        crate::pg::quote_literal(&table.name)
+    )
 }
 
 /// Remove a table's job row. `true` when there was one (abort is idempotent).
@@ -581,6 +671,12 @@ pub struct JobRow {
     /// The parent table and its uuid column, as the job was started with.
     #[serde(skip)]
     pub parent: Option<(QualifiedName, String)>,
+    /// Cut over with a way back: the old table is kept current from the
+    /// new one (`reverse_streaming` in `status`).
+    pub way_back: bool,
+    /// The table as planned (`None` for jobs registered by an older version).
+    #[serde(skip)]
+    pub spec: Option<crate::plan::model::TableSpec>,
 }
 
 impl JobRow {
@@ -601,7 +697,7 @@ const SELECT_JOBS: &str = "
 SELECT source_schema, source_table, phase, shadow_table, old_table, rows_copied, rows_estimate,
        lag_bytes, last_error, job_id, source_oid, slot_name, publication_name, consistent_lsn,
        applied_lsn, owner_pid, owner_host, parent_schema, parent_table, parent_uuid_column,
-       id_map_users, id_map_bytes, synced_lsn,
+       id_map_users, id_map_bytes, synced_lsn, way_back, table_spec,
        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS created_at,
        to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS updated_at
 FROM pgrekey.jobs";
@@ -650,6 +746,10 @@ fn job_row(r: &Row) -> JobRow {
             .map(|l| Lsn(u64::from(l))),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
+        way_back: r.get("way_back"),
+        spec: r
+            .get::<_, Option<String>>("table_spec")
+            .and_then(|s| serde_json::from_str(&s).ok()),
         source,
         shadow,
     }

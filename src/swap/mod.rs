@@ -526,6 +526,11 @@ pub struct Statistics {
 pub struct SwapNames {
     /// What the source table is renamed to (in its own schema).
     pub old_table: String,
+    /// The prefix its indexes, index-backed constraints, statistics and
+    /// identity sequences get: [`OLD_PREFIX`] for a cutover;
+    /// [`crate::naming::SHADOW_PREFIX`] for a rollback, so the uuid table
+    /// leaving the name is exactly the shadow a later cutover expects.
+    pub object_prefix: &'static str,
 }
 
 impl SwapNames {
@@ -533,7 +538,23 @@ impl SwapNames {
     pub fn derive(source: &QualifiedName) -> SwapNames {
         SwapNames {
             old_table: derived_name(OLD_PREFIX, &source.name),
+            object_prefix: OLD_PREFIX,
         }
+    }
+
+    /// The names of a rollback of `table` (the uuid table that holds the
+    /// name): it becomes the shadow again, `_rekey_new_<name>`, and its
+    /// objects `_rekey_new_<object>`.
+    pub fn back(table: &QualifiedName) -> SwapNames {
+        SwapNames {
+            old_table: crate::naming::shadow_name(table).name,
+            object_prefix: crate::naming::SHADOW_PREFIX,
+        }
+    }
+
+    /// Where an object named `name` of the table leaving the name goes.
+    pub fn object_name(&self, name: &str) -> String {
+        derived_name(self.object_prefix, name)
     }
 }
 
@@ -698,6 +719,22 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_rollback_names_the_uuid_table_as_the_shadow_a_cutover_expects() {
+        let t = QualifiedName::new("public", "docs");
+        let back = SwapNames::back(&t);
+        assert_eq!(back.old_table, crate::naming::shadow_name(&t).name);
+        assert_eq!(
+            back.object_name("docs_pkey"),
+            crate::naming::shadow_object_name("docs_pkey")
+        );
+        let forward = SwapNames::derive(&t);
+        assert_eq!(
+            forward.object_name("docs_pkey"),
+            old_object_name("docs_pkey")
+        );
+    }
 
     #[test]
     fn old_names_fit_and_are_stable() {

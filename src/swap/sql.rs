@@ -128,10 +128,13 @@ pub fn match_objects(
     let mut pairs = Vec::new();
     let mut rest: Vec<&CatalogObject> = Vec::new();
     for s in source_sorted {
+        // The shadow DDL's name; or, for a rollback (the old table taking
+        // its name back), the name the cutover moved the object to.
         let derived = crate::naming::shadow_object_name(&s.name);
+        let moved = old_object_name(&s.name);
         let candidates: Vec<&str> = match s.kind {
             ObjectKind::Constraint => vec![s.name.as_str(), derived.as_str()],
-            _ => vec![derived.as_str()],
+            _ => vec![derived.as_str(), moved.as_str()],
         };
         let built = candidates.iter().find_map(|name| {
             shadow.iter().find(|h| {
@@ -287,7 +290,7 @@ pub fn swap_sql_many(tables: &[(&Dependents, &SwapNames)]) -> SwapSql {
                         "ALTER TABLE {} RENAME CONSTRAINT {} TO {}",
                         old.quoted(),
                         quote_ident(&r.original),
-                        quote_ident(&old_object_name(&r.original))
+                        quote_ident(&n.object_name(&r.original))
                     ),
                 ),
                 ObjectKind::Index => step(
@@ -296,7 +299,7 @@ pub fn swap_sql_many(tables: &[(&Dependents, &SwapNames)]) -> SwapSql {
                     format!(
                         "ALTER INDEX {} RENAME TO {}",
                         QualifiedName::new(d.source.schema.clone(), r.original.clone()).quoted(),
-                        quote_ident(&old_object_name(&r.original))
+                        quote_ident(&n.object_name(&r.original))
                     ),
                 ),
                 ObjectKind::Constraint => {}
@@ -309,7 +312,7 @@ pub fn swap_sql_many(tables: &[(&Dependents, &SwapNames)]) -> SwapSql {
                 format!(
                     "ALTER STATISTICS {} RENAME TO {}",
                     st.name.quoted(),
-                    quote_ident(&old_object_name(&st.name.name))
+                    quote_ident(&n.object_name(&st.name.name))
                 ),
             );
         }
@@ -321,7 +324,7 @@ pub fn swap_sql_many(tables: &[(&Dependents, &SwapNames)]) -> SwapSql {
                     format!(
                         "ALTER SEQUENCE {} RENAME TO {}",
                         sequence.quoted(),
-                        quote_ident(&old_object_name(&sequence.name))
+                        quote_ident(&n.object_name(&sequence.name))
                     ),
                 );
             }
@@ -391,8 +394,8 @@ pub fn swap_sql_many(tables: &[(&Dependents, &SwapNames)]) -> SwapSql {
         }
     }
     // 8. Everything bound to the table itself.
-    for (d, _) in tables {
-        table_steps(&mut out, d);
+    for (d, n) in tables {
+        table_steps(&mut out, d, n);
         for r in d.renames.iter().filter(|r| r.validate) {
             validate.push(ValidateConstraint {
                 table: d.source.clone(),
@@ -490,7 +493,7 @@ fn ordered_views<'a>(views: impl Iterator<Item = &'a View>) -> Vec<&'a View> {
     order
 }
 
-fn table_steps(out: &mut Vec<SwapStep>, d: &Dependents) {
+fn table_steps(out: &mut Vec<SwapStep>, d: &Dependents, n: &SwapNames) {
     let t = d.source.quoted();
     let label = format!("table {}", d.source);
     step(
@@ -499,7 +502,7 @@ fn table_steps(out: &mut Vec<SwapStep>, d: &Dependents) {
         format!("ALTER TABLE {t} OWNER TO {}", quote_ident(&d.owner)),
     );
     for s in &d.sequences {
-        sequence_steps(out, d, s);
+        sequence_steps(out, d, n, s);
     }
     let mut revoke: Vec<Grantee> = d.shadow_grantees.clone();
     revoke.push(Grantee::Role(d.shadow_owner.clone()));
@@ -637,7 +640,7 @@ fn seq_options(o: &SequenceOptions, prefix: &str, sep: &str) -> String {
     .join(sep)
 }
 
-fn sequence_steps(out: &mut Vec<SwapStep>, d: &Dependents, s: &SequenceCarry) {
+fn sequence_steps(out: &mut Vec<SwapStep>, d: &Dependents, n: &SwapNames, s: &SequenceCarry) {
     let t = d.source.quoted();
     match s {
         SequenceCarry::Owned {
@@ -697,7 +700,7 @@ fn sequence_steps(out: &mut Vec<SwapStep>, d: &Dependents, s: &SequenceCarry) {
                 ),
             };
             step(out, &label, sql);
-            let old = QualifiedName::new(sequence.schema.clone(), old_object_name(&sequence.name));
+            let old = QualifiedName::new(sequence.schema.clone(), n.object_name(&sequence.name));
             step(
                 out,
                 &label,
@@ -1198,6 +1201,36 @@ mod tests {
         assert_ne!(
             constraint_key("p", "PRIMARY KEY (id)"),
             constraint_key("u", "PRIMARY KEY (id)")
+        );
+    }
+
+    #[test]
+    fn a_rollback_pairs_each_object_with_the_one_the_cutover_moved_aside() {
+        // The old table's indexes carry the cutover's `_rekey_old_` names;
+        // two indexes of the same shape are paired by name, not by shape.
+        let source = vec![
+            obj(ObjectKind::Index, "t_a_idx", "USING btree (a)", true),
+            obj(ObjectKind::Index, "t_a_idx2", "USING btree (a)", true),
+        ];
+        // Printed otherwise (as a uuid table's index may print): only the
+        // names can pair them.
+        let moved = |name: &str| CatalogObject {
+            key: "USING btree (a) -- printed otherwise".into(),
+            ..obj(ObjectKind::Index, name, "USING btree (a)", true)
+        };
+        let shadow = vec![moved("_rekey_old_t_a_idx2"), moved("_rekey_old_t_a_idx")];
+        let (pairs, unmatched) = match_objects(&source, &shadow);
+        assert!(unmatched.is_empty());
+        let by: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|p| (p.original.as_str(), p.shadow.as_str()))
+            .collect();
+        assert_eq!(
+            by,
+            vec![
+                ("t_a_idx", "_rekey_old_t_a_idx"),
+                ("t_a_idx2", "_rekey_old_t_a_idx2")
+            ]
         );
     }
 

@@ -747,10 +747,14 @@ async fn run_inner(
                 })?;
             pairs.push((i, plan_pair(&w, t, job, opts.parent.as_ref()).await?));
         }
+        // Both sides take writes before cutover (the source, then the
+        // shadow through the stream), and after a cutover with a way back
+        // (the new table, then the old one through the way back): those
+        // need a consistent point. The new table carries the source's name.
         let before: Vec<&Pair> = pairs
             .iter()
             .map(|(_, p)| p)
-            .filter(|p| p.stage == Stage::BeforeCutover)
+            .filter(|p| p.stage == Stage::BeforeCutover || p.job.way_back)
             .collect();
         if before.is_empty() {
             w.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -997,8 +1001,16 @@ async fn recheck_jobs(lock: &Client, before: &[&Pair]) -> Result<Option<Retry>, 
             .get(0);
         let same = now.as_ref().is_some_and(|j| {
             j.job_id == p.job.job_id
-                && matches!(j.phase(), Some(Phase::Streaming | Phase::CuttingOver))
-                && oid == Some(j.source_oid)
+                && match p.stage {
+                    Stage::BeforeCutover => {
+                        matches!(j.phase(), Some(Phase::Streaming | Phase::CuttingOver))
+                            && oid == Some(j.source_oid)
+                    }
+                    // The way back: still cut over, the name on the new table.
+                    Stage::AfterCutover => {
+                        j.phase() == Some(Phase::CutOver) && j.way_back && oid != Some(j.source_oid)
+                    }
+                }
         });
         if !same {
             return Ok(Some(format!(
@@ -1038,6 +1050,8 @@ mod tests {
             id_map_users: None,
             id_map_bytes: None,
             synced_lsn: None,
+            way_back: false,
+            spec: None,
             created_at: String::new(),
             updated_at: String::new(),
             source,

@@ -240,6 +240,8 @@ async fn any_key_tables_rewrite_stream_verify_and_cut_over() {
         skip_verify: false,
         verify_chunk_rows: 500,
         rewrite_dependents: false,
+        way_back: false,
+        direction: Default::default(),
     })
     .await
     .unwrap_or_else(|e| panic!("cutover: {}", pg_rekey::error::chain(&e)));

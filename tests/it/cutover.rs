@@ -36,6 +36,8 @@ pub fn cutover_cfg(db: &TestDb, tables: &[&str]) -> CutoverConfig {
         skip_verify: true,
         verify_chunk_rows: 10_000,
         rewrite_dependents: false,
+        way_back: false,
+        direction: Default::default(),
     }
 }
 

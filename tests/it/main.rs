@@ -39,4 +39,5 @@ mod tls;
 mod verify;
 mod verify_cmd;
 mod verify_many;
+mod way_back;
 mod workload;

@@ -540,6 +540,7 @@ async fn a_taken_over_applier_cannot_commit() {
             rows_estimate: 0,
             parent: QualifiedName::new("public", "users"),
             parent_uuid_column: "uuid".into(),
+            spec: None,
         },
     )
     .await

@@ -159,6 +159,7 @@ async fn setup(db: &TestDb) -> Setup {
                 rows_estimate: 0,
                 parent: parent.table.clone(),
                 parent_uuid_column: parent.uuid_column.clone(),
+                spec: None,
             },
         )
         .await

@@ -22,6 +22,7 @@ fn job(job_id: Uuid, table: &str) -> NewJob {
         rows_estimate: 1000,
         parent: QualifiedName::new("public", "users"),
         parent_uuid_column: "uuid_id".into(),
+        spec: None,
     }
 }
 
@@ -136,7 +137,7 @@ async fn job_rows_round_trip() {
     );
 
     set_phase(&c, &sessions, Phase::CuttingOver).await.unwrap();
-    record_cutover(&c, &sessions, &pg_rekey::ddl::old_name(&sessions))
+    record_cutover(&c, &sessions, &pg_rekey::ddl::old_name(&sessions), false)
         .await
         .unwrap();
     set_error(

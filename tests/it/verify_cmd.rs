@@ -284,6 +284,7 @@ async fn refuses_tables_without_a_usable_job() {
             rows_estimate: 0,
             parent: QualifiedName::new("public", "users"),
             parent_uuid_column: "uuid_id".into(),
+            spec: None,
         },
     )
     .await
@@ -356,7 +357,9 @@ async fn after_a_simulated_cutover_compares_old_and_new() {
     state::set_phase(&tx, &sessions, Phase::CuttingOver)
         .await
         .unwrap();
-    state::record_cutover(&tx, &sessions, &old).await.unwrap();
+    state::record_cutover(&tx, &sessions, &old, false)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 
     // One run, both kinds: sessions old vs new, chat_messages source vs shadow.

@@ -34,6 +34,7 @@ pub mod fence;
 pub mod guide;
 pub mod hooks;
 pub mod idmap;
+pub mod locked_step;
 pub mod naming;
 pub mod observe;
 pub mod pg;

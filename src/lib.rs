@@ -40,6 +40,7 @@ pub mod observe;
 pub mod pg;
 pub mod plan;
 pub mod prepare;
+pub mod promote;
 pub mod quiesce;
 pub mod replication;
 pub mod resume;

@@ -504,3 +504,62 @@ async fn a_busy_table_is_waited_on_then_given_up_on_untouched_or_promoted_once_r
     );
     assert_eq!(primary_key(&c).await.2, vec!["uuid_id".to_string()]);
 }
+
+/// A uuid column unique through a `UNIQUE` constraint (whose index cannot
+/// be handed to another constraint): promote builds its own index for the
+/// key and leaves the constraint.
+#[tokio::test]
+async fn a_uuid_unique_through_a_constraint_gets_its_own_key_index() {
+    let db = TestDb::new().await;
+    let dsn = db.spec.to_dsn();
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE users (id bigint PRIMARY KEY, uuid uuid NOT NULL UNIQUE DEFAULT gen_random_uuid(), email text);
+         INSERT INTO users (id, email) SELECT g, 'u' || g FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .unwrap();
+    let before = rows(&c, "id", "uuid").await;
+    let (code, out, err) = run(&dsn, &["promote", "--parent", "users"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("build unique index users_uuid_promote"),
+        "{out}"
+    );
+    assert_eq!(
+        primary_key(&c).await,
+        (
+            "users_pkey".into(),
+            "users_pkey".into(),
+            vec!["uuid".into()]
+        )
+    );
+    assert_eq!(
+        column(&c, "uuid").await,
+        Some(("uuid".into(), true, vec!["users_uuid_key".into()])),
+        "the UNIQUE constraint is left as it was"
+    );
+    assert_eq!(rows(&c, "id", "uuid").await, before);
+}
+
+/// `--drop-integer-key` while a view still selects the integer: PostgreSQL
+/// refuses the drop, and the whole locked step — the key's move with it —
+/// rolls back; the error names the view.
+#[tokio::test]
+async fn a_drop_refused_by_a_dependent_view_rolls_the_whole_step_back() {
+    let db = TestDb::new().await;
+    let dsn = db.spec.to_dsn();
+    let c = prepared(&db).await;
+    c.batch_execute(REPOINT).await.unwrap();
+    c.batch_execute("CREATE VIEW user_ids AS SELECT id FROM users")
+        .await
+        .unwrap();
+    let (code, out, err) = run(&dsn, &promote_args(&["--drop-integer-key"])).await;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("DROP COLUMN") && err.contains("view user_ids") && err.contains("rolled back"),
+        "{err}"
+    );
+    assert_eq!(primary_key(&c).await.2, vec!["id".to_string()], "untouched");
+    assert_eq!(column(&c, "id").await.unwrap().0, "bigint");
+}

@@ -44,6 +44,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let dsn = cli.global.dsn.as_deref();
     match cli.command {
         Command::Prepare(a) => prepare(dsn, a).await,
+        Command::Promote(a) => promote(dsn, a).await,
         Command::Plan(a) => plan(dsn, a).await,
         Command::Rewrite(a) => rewrite(dsn, cli.global.log_format, a).await,
         Command::Status(a) => status(dsn, a).await,
@@ -90,6 +91,32 @@ async fn prepare(dsn: Option<&str>, a: crate::cli::PrepareArgs) -> Result<ExitCo
         ..crate::prepare::PrepareConfig::new(spec, parent, a.uuid_column)
     };
     let report = crate::prepare::run(&cfg, shutdown_signal()).await?;
+    if a.json {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        print(&format!("{text}\n"))?;
+    } else {
+        print(&report.to_string())?;
+    }
+    Ok(0)
+}
+
+async fn promote(dsn: Option<&str>, a: crate::cli::PromoteArgs) -> Result<ExitCode, Error> {
+    let spec = conn_spec(dsn)?;
+    let parent = QualifiedName::parse(&a.parent, "public")
+        .map_err(|e| Error::Config(format!("--parent: {e}")))?;
+    let mut cfg = crate::promote::PromoteConfig::new(spec, parent, a.uuid_column);
+    cfg.options.drop_integer_key = a.drop_integer_key;
+    cfg.options.rename = a.rename;
+    cfg.options.legacy_name = a.legacy_name;
+    cfg.options.integer_column = a.integer_column;
+    cfg.limits = crate::locked_step::LockLimits {
+        lock_timeout: a.lock_timeout,
+        attempts: a.attempts.max(1),
+        backoff: a.backoff,
+    };
+    cfg.dry_run = a.dry_run;
+    let report = crate::promote::run(&cfg).await?;
     if a.json {
         let text =
             serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;

@@ -60,6 +60,7 @@ use tokio_postgres::Client;
 use tracing::info;
 
 use crate::error::Error;
+use crate::locked_step::{locked, LockLimits};
 use crate::pg::{self, quote_ident, quote_literal, ConnSpec, QualifiedName};
 use crate::progress::{format_count, format_duration, thousands};
 use crate::throttle::{Throttle, ThrottleConfig, ThrottleLimits};
@@ -90,6 +91,15 @@ pub struct PrepareConfig {
 }
 
 impl PrepareConfig {
+    /// The limits of its locked steps.
+    pub fn limits(&self) -> LockLimits {
+        LockLimits {
+            lock_timeout: self.lock_timeout,
+            attempts: self.attempts,
+            backoff: self.backoff,
+        }
+    }
+
     /// Defaults: 10,000 rows per batch, 200 ms lock timeout, 10 attempts.
     pub fn new(spec: ConnSpec, parent: QualifiedName, column: impl Into<String>) -> Self {
         PrepareConfig {
@@ -300,23 +310,8 @@ pub fn remaining(
     Ok(steps)
 }
 
-/// The pause before attempt `attempt + 1` (the first retry waits `base`),
-/// doubling, at most 10 s (pure).
-pub fn backoff(base: Duration, attempt: u32) -> Duration {
-    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(10))
-        .min(Duration::from_secs(10))
-}
-
-/// One attempt at a locked step.
-#[derive(Debug, Clone, Serialize)]
-pub struct Attempt {
-    /// Milliseconds spent waiting for the lock.
-    pub waited_ms: u64,
-    /// Milliseconds the lock was held (0 when it was not obtained).
-    pub held_ms: u64,
-    /// Whether the lock was obtained and the step committed.
-    pub done: bool,
-}
+pub use crate::locked_step::Attempt;
+pub use crate::quiesce::backoff;
 
 /// What one step did.
 #[derive(Debug, Clone, Serialize)]
@@ -618,7 +613,14 @@ pub async fn run(
                     quote_literal(&parent.name),
                     quote_literal(col)
                 );
-                sr.attempts = locked(&client, cfg, &t, &[sql.as_str(), cursor.as_str()]).await?;
+                sr.attempts = locked(
+                    &client,
+                    &cfg.limits(),
+                    &t,
+                    "prepare",
+                    &[sql.as_str(), cursor.as_str()],
+                )
+                .await?;
                 sr.sql = Some(sql);
             }
             Step::SetDefault => {
@@ -626,7 +628,14 @@ pub async fn run(
                 // A column completed with --column-exists gets its cursor
                 // row here (its first step that changes anything).
                 let cursor = cursor_insert(parent, col);
-                sr.attempts = locked(&client, cfg, &t, &[sql.as_str(), cursor.as_str()]).await?;
+                sr.attempts = locked(
+                    &client,
+                    &cfg.limits(),
+                    &t,
+                    "prepare",
+                    &[sql.as_str(), cursor.as_str()],
+                )
+                .await?;
                 sr.sql = Some(sql);
             }
             Step::Backfill { from } => {
@@ -649,7 +658,8 @@ pub async fn run(
                 let sql = format!(
                     "ALTER TABLE {t} ADD CONSTRAINT {check} CHECK ({c} IS NOT NULL) NOT VALID"
                 );
-                sr.attempts = locked(&client, cfg, &t, &[sql.as_str()]).await?;
+                sr.attempts =
+                    locked(&client, &cfg.limits(), &t, "prepare", &[sql.as_str()]).await?;
                 // Rows written between the first sweep and the check.
                 let n = sweep(&client, &t, &c).await?;
                 sr.rows = Some(n);
@@ -666,13 +676,21 @@ pub async fn run(
             }
             Step::SetNotNull => {
                 let sql = format!("ALTER TABLE {t} ALTER COLUMN {c} SET NOT NULL");
-                sr.attempts = locked(&client, cfg, &t, &[sql.as_str()]).await?;
+                sr.attempts =
+                    locked(&client, &cfg.limits(), &t, "prepare", &[sql.as_str()]).await?;
                 sr.sql = Some(sql);
             }
             Step::DropCheck => {
                 let sql = format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {check}");
                 let done = cursor_done(parent, col);
-                sr.attempts = locked(&client, cfg, &t, &[sql.as_str(), done.as_str()]).await?;
+                sr.attempts = locked(
+                    &client,
+                    &cfg.limits(),
+                    &t,
+                    "prepare",
+                    &[sql.as_str(), done.as_str()],
+                )
+                .await?;
                 sr.sql = Some(sql);
             }
             Step::DropInvalidIndex => {
@@ -738,87 +756,6 @@ fn cursor_done(parent: &QualifiedName, col: &str) -> String {
         quote_literal(&parent.name),
         quote_literal(col)
     )
-}
-
-/// Run `statements` in one transaction after `LOCK TABLE … IN ACCESS
-/// EXCLUSIVE MODE` under `lock_timeout`, retried with back-off on a lock
-/// timeout. Returns every attempt.
-async fn locked(
-    client: &Client,
-    cfg: &PrepareConfig,
-    table: &str,
-    statements: &[&str],
-) -> Result<Vec<Attempt>, Error> {
-    let mut attempts = Vec::new();
-    for n in 1..=cfg.attempts.max(1) {
-        client
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL lock_timeout = '{}ms'",
-                cfg.lock_timeout.as_millis().max(1)
-            ))
-            .await
-            .map_err(Error::db("begin a locked step"))?;
-        let t0 = Instant::now();
-        let lock = client
-            .batch_execute(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
-            .await;
-        let waited_ms = t0.elapsed().as_millis() as u64;
-        match lock {
-            Ok(()) => {}
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                attempts.push(Attempt {
-                    waited_ms,
-                    held_ms: 0,
-                    done: false,
-                });
-                let pause = backoff(cfg.backoff, n);
-                info!(table, attempt = n, waited_ms, pause_ms = pause.as_millis() as u64,
-                    "lock not granted within the lock timeout (the table is busy); retrying after a pause");
-                if n < cfg.attempts {
-                    tokio::time::sleep(pause).await;
-                }
-                continue;
-            }
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(Error::Db {
-                    context: format!("lock {table}"),
-                    source: e,
-                });
-            }
-        }
-        let t1 = Instant::now();
-        for s in statements {
-            if let Err(e) = client.batch_execute(s).await {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(Error::Db {
-                    context: format!("{s} (rolled back)"),
-                    source: e,
-                });
-            }
-        }
-        client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(Error::db("commit a locked step"))?;
-        attempts.push(Attempt {
-            waited_ms,
-            held_ms: t1.elapsed().as_millis() as u64,
-            done: true,
-        });
-        return Ok(attempts);
-    }
-    Err(Error::GaveUp(format!(
-        "could not lock {table} within {} ms in {} attempts (waits: {} ms); nothing of this step was changed — run prepare again when the table is less busy, or raise --lock-timeout / --attempts",
-        cfg.lock_timeout.as_millis(),
-        attempts.len(),
-        attempts
-            .iter()
-            .map(|a| a.waited_ms.to_string())
-            .collect::<Vec<_>>()
-            .join("/")
-    )))
 }
 
 /// `UPDATE … SET c = gen_random_uuid() WHERE c IS NULL`; rows changed.

@@ -29,6 +29,14 @@ Examples:
   pg-rekey prepare --parent users --uuid-column uuid_id --batch-rows 5000 --max-replica-lag 30s
   pg-rekey prepare --parent users --uuid-column uuid_id --column-exists   # complete a half-filled column";
 
+/// `promote --help`.
+pub const PROMOTE: &str = "\
+Examples:
+  pg-rekey promote --parent users --uuid-column uuid_id --dry-run
+  pg-rekey promote --parent users --uuid-column uuid_id                       # integer kept, UNIQUE
+  pg-rekey promote --parent users --uuid-column uuid_id --rename              # users.id is the uuid, users.legacy_id the integer
+  pg-rekey promote --parent users --uuid-column uuid_id --drop-integer-key    # later, when nothing uses the integer";
+
 /// `rewrite --help`.
 pub const REWRITE: &str = "\
 Examples:

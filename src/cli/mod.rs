@@ -90,6 +90,14 @@ pub enum Command {
     /// stopped (run it again to go on), 2 error.
     #[command(after_help = help::PREPARE)]
     Prepare(PrepareArgs),
+    /// Make the parent's uuid column its primary key (phase 5), in one short
+    /// locked transaction; the integer key stays NOT NULL and UNIQUE unless
+    /// --drop-integer-key. Refuses while foreign keys reference the integer
+    /// key or pg-rekey jobs for the parent remain. Idempotent. Exit 0
+    /// promoted (or already), 1 refused or gave up on a busy table (nothing
+    /// changed), 2 error.
+    #[command(after_help = help::PROMOTE)]
+    Promote(PromoteArgs),
     /// Show what `rewrite` would do and every preflight finding.
     /// Exit 0 ready, 1 blockers found, 2 error.
     #[command(after_help = help::PLAN)]
@@ -261,6 +269,50 @@ pub struct PrepareArgs {
     /// How often a progress line is logged when stderr is not a terminal.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
     pub progress_interval: Duration,
+    /// Machine-readable report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The parent table.
+    #[arg(long, default_value = "users")]
+    pub parent: String,
+    /// The uuid column that becomes the primary key (NOT NULL, with a unique
+    /// index: what `prepare` makes).
+    #[arg(long, default_value = "uuid")]
+    pub uuid_column: String,
+    /// Drop the integer key column (and its sequence and indexes) in the
+    /// same locked transaction, after a fresh check that nothing references it.
+    #[arg(long)]
+    pub drop_integer_key: bool,
+    /// The uuid column takes the integer key's name (`id`); the integer is
+    /// renamed to --legacy-name. The application's SQL that names the column
+    /// then means the uuid.
+    #[arg(long)]
+    pub rename: bool,
+    /// The integer key's name after --rename.
+    #[arg(long, default_value = "legacy_id")]
+    pub legacy_name: String,
+    /// The former integer key, for a run after the key already moved
+    /// (default: the --legacy-name column, else `id`).
+    #[arg(long)]
+    pub integer_column: Option<String>,
+    /// How long one attempt at the locked step waits for its ACCESS
+    /// EXCLUSIVE lock (the application queues behind it meanwhile).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "200ms")]
+    pub lock_timeout: Duration,
+    /// Attempts before giving up.
+    #[arg(long, default_value_t = 10)]
+    pub attempts: u32,
+    /// Pause after the first failed attempt; doubles each time (capped at 10 s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
+    pub backoff: Duration,
+    /// Print the statements instead of running them (refusals still apply).
+    #[arg(long)]
+    pub dry_run: bool,
     /// Machine-readable report.
     #[arg(long)]
     pub json: bool,

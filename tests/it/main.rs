@@ -27,6 +27,7 @@ mod operator;
 mod pgoutput;
 mod plan;
 mod prepare;
+mod promote;
 mod replication;
 mod resume;
 mod reverse_apply;

@@ -26,6 +26,7 @@ pub const NAMES: &[&str] = &[
     "apply.after_commit",
     "cutover.before_swap",
     "cutover.after_commit",
+    "way_back.before_commit",
     "prepare.after_batch",
 ];
 

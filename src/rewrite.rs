@@ -1047,6 +1047,9 @@ async fn apply_loop(
             }
             _ = tick.tick() => {
                 if applier.between_transactions() && applier.should_flush() {
+                    if serving {
+                        crate::failpoint::hit("way_back.before_commit");
+                    }
                     let d = applier.flush().await?;
                     feedback.confirm(d);
                 }
@@ -1105,6 +1108,9 @@ async fn apply_loop(
                                 serving = register_way_back(admin, o, applier, specs, by_oid, way).await?;
                             }
                         } else if applier.should_flush() || !applier.in_transaction() {
+                            if serving && applier.in_transaction() {
+                                crate::failpoint::hit("way_back.before_commit");
+                            }
                             let d = applier.flush().await?;
                             feedback.confirm(d);
                         }

@@ -704,3 +704,117 @@ async fn restart(cluster: Cluster, spec: &pg_rekey::pg::ConnSpec) -> (Cluster, C
     .await;
     (cluster, c, started)
 }
+
+/// The way back: the process serving it dies with changes of the new
+/// tables applied to the old ones but not committed, the application goes
+/// on writing uuids while it is dead, and the same `rewrite` run again
+/// resumes from the slot: nothing lost, nothing applied twice. `finish`
+/// then ends the job and the resumed process with it.
+#[tokio::test]
+async fn way_back_dies_before_commit_and_resumes() {
+    let db = TestDb::new().await;
+    let dsn = db.spec.to_dsn();
+    let c = db.client().await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    let rewrite = spawn(&dsn, &rewrite_args(), Some("way_back.before_commit"));
+    wait_phase(&c, TABLES, "streaming").await;
+    writes(&c, 1).await;
+    let cut = [
+        "cutover",
+        "--table",
+        "notes",
+        "--table",
+        "likes",
+        "--way-back",
+    ];
+    let (code, out, err) = run(&dsn, &cut, None).await;
+    assert_eq!(code, 0, "cutover --way-back: {out} {err}");
+    // The application now sends uuids; the first shadow commit of the way
+    // back kills the process.
+    let uuid_writes = |round: i64| {
+        format!(
+            "BEGIN; INSERT INTO users (id) VALUES ({1}); INSERT INTO notes SELECT {0}, uuid, 'ahead' FROM users WHERE id = {1}; COMMIT;
+             UPDATE notes SET body = body || 'y', user_id = (SELECT uuid FROM users WHERE id = {2}) WHERE id % 7 = {3};
+             DELETE FROM likes WHERE id % 60 = {4};
+             INSERT INTO likes SELECT {5}, uuid FROM users WHERE id = 7;",
+            400_000 + round,
+            5000 + round,
+            1 + round % 40,
+            round % 7,
+            round % 60,
+            410_000 + round,
+        )
+    };
+    c.batch_execute(&uuid_writes(1)).await.unwrap();
+    let (code, _, err) = finish(rewrite).await;
+    assert_eq!(code, 99, "died at way_back.before_commit: {err}");
+    for round in 2..6 {
+        c.batch_execute(&uuid_writes(round)).await.unwrap();
+    }
+    let status = status_json(&dsn).await;
+    for s in &status {
+        assert_eq!(s["phase"], "reverse_streaming", "{s}");
+        assert_eq!(s["owner_alive"], false, "{s}");
+        assert!(
+            s["next_command"]
+                .as_str()
+                .unwrap_or("")
+                .contains("pg-rekey rewrite"),
+            "{s}"
+        );
+    }
+    let rewrite = spawn(&dsn, &rewrite_args(), None);
+    for round in 6..9 {
+        c.batch_execute(&uuid_writes(round)).await.unwrap();
+    }
+    catch_up(&c).await;
+    for t in TABLES {
+        let (missing, extra) = compare_translated(
+            &c,
+            &format!("_rekey_old_{t}"),
+            t,
+            &["user_id"],
+            "users",
+            "id",
+            "uuid",
+        )
+        .await;
+        assert_eq!(
+            (missing, extra),
+            (0, 0),
+            "{t}: the old table follows the new one"
+        );
+    }
+    let ahead: i64 = c
+        .query_one(
+            "SELECT count(*) FROM _rekey_old_notes WHERE body = 'ahead' OR body LIKE '%y'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        ahead >= 8,
+        "the writes made while the process was dead reached the old table: {ahead}"
+    );
+    let (code, out, err) = run(
+        &dsn,
+        &["finish", "--table", "notes", "--table", "likes", "--yes"],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "finish: {out} {err}");
+    let (code, out, err) = finish(rewrite).await;
+    assert_eq!(code, 0, "the resumed rewrite ends with finish: {out} {err}");
+    let left: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database())
+                  + (SELECT count(*) FROM pg_publication)
+                  + (SELECT count(*) FROM pg_class WHERE relname LIKE '\\_rekey\\_%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "slot, publication or old table left");
+}

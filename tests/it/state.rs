@@ -57,7 +57,11 @@ async fn schema_creation_is_idempotent_and_safe_concurrently() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(tables, ["jobs", "prepare"], "each table once");
+    assert_eq!(
+        tables,
+        ["held_constraints", "jobs", "prepare"],
+        "each table once"
+    );
 }
 
 #[tokio::test]

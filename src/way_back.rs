@@ -107,6 +107,11 @@ pub struct TableWay {
     pub policies: Vec<String>,
     /// `relrowsecurity` of the leaving table.
     pub rls: bool,
+    /// Extended statistics of the table taking the name, as they are before
+    /// the swap: a swap that moved it aside before renamed them out of the
+    /// way, and this swap creates the other table's definitions under the
+    /// original names, so these go.
+    pub stale_statistics: Vec<QualifiedName>,
 }
 
 /// The way back's part of one swap.
@@ -156,8 +161,28 @@ pub async fn read<'a>(
         )
         .await
         .map_err(Error::db("read the triggers and policies of the tables leaving their names"))?;
+    let taking: Vec<String> = targets.iter().map(|(j, _)| j.shadow.quoted()).collect();
+    let stats = c
+        .query_typed(
+            "SELECT t.x, n.nspname::text, s.stxname::text
+               FROM unnest($1::text[]) AS t(x)
+               JOIN pg_catalog.pg_statistic_ext s ON s.stxrelid = pg_catalog.to_regclass(t.x)
+               JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace
+              ORDER BY 1, 2, 3",
+            &[(&taking, Type::TEXT_ARRAY)],
+        )
+        .await
+        .map_err(Error::db(
+            "read the statistics of the tables taking the names",
+        ))?;
     let mut tables = Vec::with_capacity(targets.len());
     for (job, names) in targets {
+        let shadow = job.shadow.quoted();
+        let stale_statistics = stats
+            .iter()
+            .filter(|r| r.get::<_, String>(0) == shadow)
+            .map(|r| QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)))
+            .collect();
         let of = |kind: &str| -> Vec<String> {
             hanging
                 .iter()
@@ -193,6 +218,7 @@ pub async fn read<'a>(
             triggers: of("t"),
             policies: of("p"),
             rls: !of("r").is_empty(),
+            stale_statistics,
         });
     }
     Ok(WayBack { direction, tables })
@@ -230,6 +256,12 @@ impl WayBack {
                         "ALTER TABLE {} DISABLE ROW LEVEL SECURITY, NO FORCE ROW LEVEL SECURITY",
                         t.leaving.quoted()
                     ),
+                );
+            }
+            for st in &t.stale_statistics {
+                step(
+                    format!("statistics {st}"),
+                    format!("DROP STATISTICS {}", st.quoted()),
                 );
             }
             let object = format!("foreign keys of {}", t.leaving);
@@ -628,6 +660,7 @@ mod tests {
                 triggers: vec!["audit".into()],
                 policies: vec![],
                 rls: false,
+                stale_statistics: vec![],
             }],
         }
     }

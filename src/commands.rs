@@ -86,7 +86,7 @@ async fn prepare(dsn: Option<&str>, a: crate::cli::PrepareArgs) -> Result<ExitCo
         lock_timeout: a.lock_timeout,
         attempts: a.attempts.max(1),
         backoff: a.backoff,
-        throttle: a.throttle.limits(),
+        throttle: limits_of(&a.throttle),
         progress_interval: a.progress_interval,
         ..crate::prepare::PrepareConfig::new(spec, parent, a.uuid_column)
     };
@@ -155,7 +155,7 @@ async fn plan(dsn: Option<&str>, a: PlanArgs) -> Result<ExitCode, Error> {
 
 /// The rewrite's throttle limits from its flags.
 pub fn throttle_limits(a: &RewriteArgs) -> crate::throttle::ThrottleLimits {
-    a.throttle.limits()
+    limits_of(&a.throttle)
 }
 
 /// How `rewrite` shows progress: bars on a terminal with text logs; log lines
@@ -845,6 +845,15 @@ fn print_summary(summary: &crate::demo::DemoSummary, json: bool) -> Result<ExitC
         print(&format!("{summary}\n"))?;
     }
     Ok(if summary.passed() { 0 } else { 1 })
+}
+
+/// The throttle's limits from `--max-replica-lag` and `--max-slot-wal`.
+fn limits_of(a: &crate::cli::ThrottleArgs) -> crate::throttle::ThrottleLimits {
+    crate::throttle::ThrottleLimits {
+        max_replica_lag: a.max_replica_lag,
+        max_slot_wal_bytes: a.max_slot_wal,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

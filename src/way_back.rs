@@ -61,11 +61,21 @@
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use crate::cutover::Direction;
 use crate::error::Error;
 use crate::pg::{quote_ident, quote_literal, QualifiedName};
 use crate::state::{self, HeldConstraint, JobRow};
 use crate::swap::{SwapNames, SwapSql, SwapStep, ValidateConstraint};
+
+/// Which way a swap goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// The shadows take the tables' names (`cutover`).
+    #[default]
+    Forward,
+    /// The old tables take their names back and the uuid tables become the
+    /// shadows again (`rollback`, after a cutover with a way back).
+    Back,
+}
 
 /// The fence token a swap with a way back (and a rollback) writes in its
 /// own transaction: the process serving the job registers the new tables'

@@ -226,17 +226,6 @@ pub struct ThrottleArgs {
     pub max_slot_wal: Option<u64>,
 }
 
-impl ThrottleArgs {
-    /// The throttle's limits.
-    pub fn limits(&self) -> crate::throttle::ThrottleLimits {
-        crate::throttle::ThrottleLimits {
-            max_replica_lag: self.max_replica_lag,
-            max_slot_wal_bytes: self.max_slot_wal,
-            ..Default::default()
-        }
-    }
-}
-
 /// `prepare`.
 #[derive(Debug, Args)]
 pub struct PrepareArgs {

@@ -187,16 +187,7 @@ pub struct CutoverConfig {
     pub direction: Direction,
 }
 
-/// Which way a swap goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Direction {
-    /// The shadows take the tables' names (`cutover`).
-    #[default]
-    Forward,
-    /// The old tables take their names back and the uuid tables become the
-    /// shadows again (`rollback`, after a cutover with a way back).
-    Back,
-}
+pub use crate::way_back::Direction;
 
 /// Default `--attempts` of a cutover.
 pub const DEFAULT_ATTEMPTS: u32 = 10;

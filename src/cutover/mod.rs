@@ -277,6 +277,14 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             j.table
         )));
     }
+    if cfg.way_back && cfg.direction == Direction::Forward {
+        if let Some(j) = jobs.iter().find(|j| j.spec.is_none()) {
+            return Err(Error::Precondition(format!(
+                "the job of {} was started by an older pg-rekey that does not record the table's spec, which a way back needs to be served again after a restart; cut over without --way-back, or abort and start the rewrite again",
+                j.table
+            )));
+        }
+    }
     for j in jobs.iter().filter(|_| cfg.direction == Direction::Forward) {
         match j.phase() {
             Some(Phase::Streaming) | Some(Phase::CuttingOver) => {}

@@ -435,19 +435,8 @@ pub(crate) fn per_second(count: u64, seconds: f64) -> f64 {
     }
 }
 
-/// Bytes for people: `512 B`, `12.3 kB`, `4.0 MB`, `1.2 GB` (powers of 1000).
-pub(crate) fn human_bytes(b: u64) -> String {
-    let v = b as f64;
-    if b < 1000 {
-        format!("{b} B")
-    } else if v < 1e6 {
-        format!("{:.1} kB", v / 1e3)
-    } else if v < 1e9 {
-        format!("{:.1} MB", v / 1e6)
-    } else {
-        format!("{:.1} GB", v / 1e9)
-    }
-}
+/// Bytes in the one format every command prints ([`crate::units::format_bytes`]).
+pub(crate) use crate::units::format_bytes as human_bytes;
 
 /// A count with thousands separators: `50,000` (the one formatter, [`crate::units::thousands`]).
 pub(crate) use crate::units::thousands as grouped;
@@ -1417,9 +1406,9 @@ mod tests {
         assert_eq!(per_second(100, 2.0), 50.0);
         assert_eq!(per_second(100, 0.0), 0.0);
         assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(12_345), "12.3 kB");
-        assert_eq!(human_bytes(4_000_000), "4.0 MB");
-        assert_eq!(human_bytes(1_200_000_000), "1.2 GB");
+        assert_eq!(human_bytes(12_345), "12.1 KiB");
+        assert_eq!(human_bytes(4_000_000), "3.81 MiB");
+        assert_eq!(human_bytes(1_200_000_000), "1.12 GiB");
         assert_eq!(grouped(0), "0");
         assert_eq!(grouped(999), "999");
         assert_eq!(grouped(1000), "1,000");

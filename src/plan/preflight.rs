@@ -213,19 +213,9 @@ impl PlanReport {
     }
 }
 
+/// Bytes in the one format every command prints ([`crate::units::format_bytes`]).
 fn human_bytes(n: i64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n.max(0) as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units.get(u).copied().unwrap_or("B"))
-    }
+    crate::units::format_bytes(u64::try_from(n).unwrap_or(0))
 }
 
 impl fmt::Display for PlanReport {
@@ -1239,7 +1229,8 @@ mod tests {
     #[test]
     fn sizes_read_well() {
         assert_eq!(human_bytes(10), "10 B");
-        assert_eq!(human_bytes(2048), "2.0 kB");
-        assert_eq!(human_bytes(5 * 1024 * 1024), "5.0 MB");
+        assert_eq!(human_bytes(2048), "2.00 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024), "5.00 MiB");
+        assert_eq!(human_bytes(-1), "0 B");
     }
 }

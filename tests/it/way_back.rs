@@ -557,3 +557,69 @@ async fn a_uuid_without_a_parent_stops_the_way_back_and_rollback_says_why() {
     let t: String = c.query_one("SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = 'docs'::regclass AND attname = 'owner_id'", &[]).await.unwrap().get(0);
     assert_eq!(t, "uuid");
 }
+
+#[tokio::test]
+async fn without_a_way_back_finish_drops_the_old_tables_and_abort_points_to_it() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    let (_stop, job) = rewrite_task(&db).await;
+    wait_phase(&c, TABLES, "streaming").await;
+    let report = cutover::run(&CutoverConfig {
+        way_back: false,
+        ..swap_cfg(&db, Direction::Forward)
+    })
+    .await
+    .unwrap();
+    assert!(report.swapped);
+    // Without a way back the rewrite ends at the cutover, as before.
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::CutOver);
+    // Rollback has nothing to go back to.
+    let e = cutover::run(&swap_cfg(&db, Direction::Back))
+        .await
+        .expect_err("no way back was kept");
+    assert!(
+        pg_rekey::error::chain(&e).contains("without --way-back"),
+        "{e}"
+    );
+    // Abort does not undo a cutover.
+    let r = pg_rekey::abort::abort(&db.spec, &names(&["docs"]))
+        .await
+        .unwrap();
+    assert_eq!(r[0].outcome, "already_cut_over");
+    // finish names every table of the job.
+    let e = pg_rekey::way_back::finish(&db.spec, &names(&["docs"]), &Default::default())
+        .await
+        .expect_err("the job has three tables");
+    assert!(
+        pg_rekey::error::chain(&e).contains("finish them together"),
+        "{e}"
+    );
+    let report = pg_rekey::way_back::finish(&db.spec, &names(TABLES), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.verified, None,
+        "the old tables stopped at the swap: nothing to compare"
+    );
+    let left: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pgrekey.jobs) + (SELECT count(*) FROM pg_class WHERE relname LIKE '\\_rekey\\_%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    let rows: i64 = c
+        .query_one("SELECT count(*) FROM docs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 300, "the new tables are untouched");
+}

@@ -754,27 +754,10 @@ impl CopyError {
     /// Whether retrying the copy (from an empty shadow) may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            CopyError::Db { source, .. } => match source.as_db_error() {
-                Some(db) => crate::error::is_transient_sqlstate(db.code().code()),
-                None => source.is_closed(),
-            },
+            // The one rule every error uses (SQLSTATE classes, a closed
+            // connection, an I/O failure).
+            CopyError::Db { source, .. } => crate::pg::diag::is_transient_pg(source),
             _ => false,
-        }
-    }
-}
-
-impl From<CopyError> for crate::Error {
-    fn from(e: CopyError) -> Self {
-        match e {
-            CopyError::Db {
-                table,
-                context,
-                source,
-            } => crate::Error::Db {
-                context: format!("copy of {table}: {context}"),
-                source,
-            },
-            other => crate::Error::Data(other.to_string()),
         }
     }
 }

@@ -62,6 +62,15 @@ pub enum Error {
     #[error(transparent)]
     Swap(#[from] crate::swap::SwapError),
 
+    /// The snapshot copy of a table (an orphaned reference at the snapshot,
+    /// an unreadable stream, a failed statement).
+    #[error(transparent)]
+    Copy(#[from] crate::copy::CopyError),
+
+    /// A comparison of the two sides of a table.
+    #[error(transparent)]
+    Verify(#[from] crate::verify::VerifyError),
+
     /// A precondition on the server or the data does not hold.
     #[error("{0}")]
     Precondition(String),
@@ -131,6 +140,8 @@ impl Error {
             Error::Db { source, .. } => is_transient_pg(source),
             Error::Replication(e) => e.is_transient(),
             Error::Swap(e) => e.is_transient(),
+            Error::Copy(e) => e.is_transient(),
+            Error::Verify(crate::verify::VerifyError::Db { source, .. }) => is_transient_pg(source),
             // The state session lost (a server restart): as transient as any other.
             Error::State(crate::state::StateError::Db { source, .. }) => is_transient_pg(source),
             _ => false,
@@ -150,6 +161,11 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Blocked(_) | Error::Data(_) | Error::GaveUp(_) | Error::Stopped(_) => 1,
+            // The data stops the copy; a failed statement is an error.
+            Error::Copy(crate::copy::CopyError::Db { .. }) => 2,
+            Error::Copy(_) => 1,
+            // No consistent point within the attempts: nothing harmed.
+            Error::Verify(crate::verify::VerifyError::NoConsistentPoint { .. }) => 1,
             Error::Swap(crate::swap::SwapError::Catalog { .. }) => 2,
             Error::Swap(_) => 1,
             _ => 2,
@@ -165,6 +181,10 @@ impl Error {
                 ..
             } => source.as_db_error().map(|d| d.code().code()),
             Error::Replication(e) => e.sqlstate(),
+            Error::Copy(crate::copy::CopyError::Db { source, .. })
+            | Error::Verify(crate::verify::VerifyError::Db { source, .. }) => {
+                source.as_db_error().map(|d| d.code().code())
+            }
             _ => None,
         }
     }
@@ -185,12 +205,26 @@ mod tests {
                 table: crate::pg::QualifiedName::new("public", "t"),
                 objects: vec![],
             }),
+            Error::Copy(crate::copy::CopyError::MissingParent {
+                table: "public.t".into(),
+                column: "user_id".into(),
+                value: 7,
+                row: 1,
+            }),
+            Error::Verify(crate::verify::VerifyError::NoConsistentPoint {
+                tables: "public.t".into(),
+                attempts: 5,
+                reason: "lock timeout".into(),
+            }),
         ] {
             assert_eq!(found.exit_code(), 1, "{found}");
         }
         for error in [
             Error::Config("bad flag".into()),
             Error::Precondition("no snapshot".into()),
+            Error::Verify(crate::verify::VerifyError::NoJob {
+                table: "public.t".into(),
+            }),
         ] {
             assert_eq!(error.exit_code(), 2, "{error}");
         }

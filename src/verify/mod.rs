@@ -311,26 +311,6 @@ pub enum VerifyError {
     },
 }
 
-impl From<VerifyError> for crate::error::Error {
-    fn from(e: VerifyError) -> Self {
-        match e {
-            VerifyError::Db {
-                table,
-                step,
-                source,
-            } => crate::error::Error::Db {
-                context: format!("verifying {table} ({step})"),
-                source,
-            },
-            // Nothing was changed; the operator may simply retry (exit 1).
-            gave_up @ VerifyError::NoConsistentPoint { .. } => {
-                crate::error::Error::GaveUp(gave_up.to_string())
-            }
-            other => crate::error::Error::Precondition(other.to_string()),
-        }
-    }
-}
-
 /// Compare `left` (integer references) with `right` (uuid references), chunk
 /// by chunk, inside the caller's transaction.
 ///

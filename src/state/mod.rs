@@ -497,16 +497,32 @@ pub async fn record_cutover<C: GenericClient>(
     old_table: &QualifiedName,
     way_back: bool,
 ) -> Result<(), StateError> {
-    set_phase(client, table, Phase::CutOver).await?;
-    client
+    // One statement: it runs under the swap's locks.
+    let allowed: Vec<&str> = Phase::predecessors(Phase::CutOver)
+        .into_iter()
+        .map(Phase::as_str)
+        .collect();
+    let n = client
         .execute(
-            "UPDATE pgrekey.jobs SET old_table = $3, way_back = $4, lag_bytes = 0, updated_at = now()
-             WHERE source_schema = $1 AND source_table = $2",
-            &[&table.schema, &table.name, &old_table.name, &way_back],
+            "UPDATE pgrekey.jobs SET phase = 'cut_over', old_table = $3, way_back = $4, lag_bytes = 0, updated_at = now()
+             WHERE source_schema = $1 AND source_table = $2 AND phase = ANY ($5)",
+            &[&table.schema, &table.name, &old_table.name, &way_back, &allowed],
         )
         .await
         .map_err(db(format!("recording the cutover of {table}")))?;
-    Ok(())
+    if n == 1 {
+        return Ok(());
+    }
+    match get_job(client, table).await? {
+        Some(job) => Err(StateError::BadTransition {
+            table: table.clone(),
+            from: job.phase,
+            to: Phase::CutOver,
+        }),
+        None => Err(StateError::NotFound {
+            table: table.clone(),
+        }),
+    }
 }
 
 /// Record a rollback in the swap's transaction: `table` holds the original

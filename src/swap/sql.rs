@@ -496,11 +496,17 @@ fn ordered_views<'a>(views: impl Iterator<Item = &'a View>) -> Vec<&'a View> {
 fn table_steps(out: &mut Vec<SwapStep>, d: &Dependents, n: &SwapNames) {
     let t = d.source.quoted();
     let label = format!("table {}", d.source);
-    step(
-        out,
-        &label,
-        format!("ALTER TABLE {t} OWNER TO {}", quote_ident(&d.owner)),
-    );
+    // Statements that would change nothing are left out: every one runs
+    // under the locks. The shadow is pg-rekey's own: created without row
+    // level security, and a table leaving its name in a swap with a way
+    // back has it disabled (see `crate::way_back`).
+    if d.owner != d.shadow_owner {
+        step(
+            out,
+            &label,
+            format!("ALTER TABLE {t} OWNER TO {}", quote_ident(&d.owner)),
+        );
+    }
     for s in &d.sequences {
         sequence_steps(out, d, n, s);
     }
@@ -515,22 +521,20 @@ fn table_steps(out: &mut Vec<SwapStep>, d: &Dependents, n: &SwapNames) {
         d.shadow_acl_default,
         &d.acl,
     );
-    step(
-        out,
-        &label,
-        format!(
-            "ALTER TABLE {t} {} ROW LEVEL SECURITY",
-            if d.rls_enabled { "ENABLE" } else { "DISABLE" }
-        ),
-    );
-    step(
-        out,
-        &label,
-        format!(
-            "ALTER TABLE {t} {} ROW LEVEL SECURITY",
-            if d.rls_forced { "FORCE" } else { "NO FORCE" }
-        ),
-    );
+    if d.rls_enabled {
+        step(
+            out,
+            &label,
+            format!("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY"),
+        );
+    }
+    if d.rls_forced {
+        step(
+            out,
+            &label,
+            format!("ALTER TABLE {t} FORCE ROW LEVEL SECURITY"),
+        );
+    }
     for p in &d.policies {
         policy_steps(out, &d.source, p);
     }
@@ -1670,7 +1674,6 @@ mod tests {
         let sql = s.sql();
         for want in [
             "ALTER TABLE \"public\".\"t\" ENABLE ROW LEVEL SECURITY",
-            "ALTER TABLE \"public\".\"t\" NO FORCE ROW LEVEL SECURITY",
             "CREATE POLICY \"own\" ON \"public\".\"t\" AS RESTRICTIVE FOR SELECT TO \"app\", PUBLIC USING ((owner = CURRENT_USER))",
             "COMMENT ON POLICY \"own\" ON \"public\".\"t\" IS 'it''s mine'",
             "ALTER TABLE \"public\".\"t\" DISABLE TRIGGER \"audit\"",
@@ -1682,6 +1685,16 @@ mod tests {
             assert!(sql.contains(&want.to_string()), "missing {want}:\n{sql:#?}");
         }
         assert!(pos(&s, "CREATE TRIGGER audit") < pos(&s, "DISABLE TRIGGER"));
+        // Nothing that changes nothing under the locks: the shadow has no
+        // row level security to turn off or unforce.
+        assert!(
+            !sql.iter()
+                .any(|x| x.contains("NO FORCE") || x.contains("DISABLE ROW")),
+            "{sql:#?}"
+        );
+        d.rls_forced = true;
+        let sql = swap_sql(&d, &SwapNames::derive(&d.source)).sql();
+        assert!(sql.contains(&"ALTER TABLE \"public\".\"t\" FORCE ROW LEVEL SECURITY".to_string()));
     }
 
     #[test]

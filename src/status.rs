@@ -67,7 +67,8 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
         .get(0);
     // The same figure the rewrite process shows and the cutover gates on
     // (see `crate::lag::stands_at`).
-    let lags = if in_recovery {
+    // No job rows (or no state schema yet): nothing to measure.
+    let lags = if in_recovery || jobs.is_empty() {
         Vec::new()
     } else {
         crate::lag::job_lags(client, None).await?

@@ -435,16 +435,35 @@ async fn status(dsn: Option<&str>, a: StatusArgs) -> Result<ExitCode, Error> {
         }
         return Ok(0);
     }
+    let named = match &a.parent {
+        Some(p) => Some((
+            QualifiedName::parse(p, "public")
+                .map_err(|e| Error::Config(format!("--parent: {e}")))?,
+            a.uuid_column.clone(),
+        )),
+        None => None,
+    };
     if let Some(every) = a.watch {
-        return crate::status::watch(&client, every, a.json).await;
+        return crate::status::watch(&client, every, a.json, named).await;
     }
     let report = crate::status::load(&client).await?;
+    let journeys = crate::status::journey::load_for_status(&client, &report, named.clone()).await?;
     if a.json {
-        let text =
-            serde_json::to_string_pretty(&report).map_err(|e| Error::Config(e.to_string()))?;
+        // The array of tables is the contract of `status --json`; the
+        // object with the journeys is asked for (--journeys, --parent).
+        let text = if a.journeys || named.is_some() {
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "tables": report, "journeys": journeys }),
+            )
+        } else {
+            serde_json::to_string_pretty(&report)
+        }
+        .map_err(|e| Error::Config(e.to_string()))?;
         print(&format!("{text}\n"))?;
     } else {
-        print(&crate::status::render(&report))?;
+        let mut text = crate::status::render(&report);
+        text.push_str(&crate::status::journey::render(&journeys));
+        print(&text)?;
     }
     Ok(0)
 }

@@ -1,5 +1,8 @@
 //! `status`: one entry per table being rewritten, read from the state schema
-//! and the server, so it works from any machine.
+//! and the server, so it works from any machine; and per parent, the whole
+//! journey with the next command to run ([`journey`]).
+
+pub mod journey;
 
 use tokio_postgres::Client;
 
@@ -67,7 +70,8 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
         .get(0);
     // The same figure the rewrite process shows and the cutover gates on
     // (see `crate::lag::stands_at`).
-    let lags = if in_recovery {
+    // No job rows (or no state schema yet): nothing to measure.
+    let lags = if in_recovery || jobs.is_empty() {
         Vec::new()
     } else {
         crate::lag::job_lags(client, None).await?
@@ -276,24 +280,32 @@ fn id_map_lines(rows: &[TableStatus]) -> String {
 /// `status --watch`: redraw every `every` until Ctrl-C. On a terminal the
 /// screen is cleared between draws; otherwise (and with `--json`, one
 /// object per line) each draw is appended.
-pub async fn watch(client: &Client, every: std::time::Duration, json: bool) -> Result<u8, Error> {
+pub async fn watch(
+    client: &Client,
+    every: std::time::Duration,
+    json: bool,
+    named: Option<(crate::pg::QualifiedName, Option<String>)>,
+) -> Result<u8, Error> {
     use std::io::IsTerminal;
     let terminal = std::io::stdout().is_terminal();
     let mut stop = crate::console::shutdown_signal();
     loop {
         let rows = load(client).await?;
+        let journeys = journey::load_for_status(client, &rows, named.clone()).await?;
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
         let text = if json {
-            let v = serde_json::json!({ "at": now.to_string(), "tables": rows });
+            let v =
+                serde_json::json!({ "at": now.to_string(), "tables": rows, "journeys": journeys });
             format!("{v}\n")
         } else if terminal {
             format!(
-                "\x1b[H\x1b[2J{now}  (every {}; Ctrl-C to stop)\n{}",
+                "\x1b[H\x1b[2J{now}  (every {}; Ctrl-C to stop)\n{}{}",
                 humantime::format_duration(every),
-                render(&rows)
+                render(&rows),
+                journey::render(&journeys)
             )
         } else {
-            format!("{now}\n{}\n", render(&rows))
+            format!("{now}\n{}{}\n", render(&rows), journey::render(&journeys))
         };
         crate::console::print(&text)?;
         tokio::select! {

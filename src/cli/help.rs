@@ -51,6 +51,8 @@ Examples:
   pg-rekey status
   pg-rekey status --watch 5s
   pg-rekey status --json
+  pg-rekey status --json --journeys             # {\"tables\": [...], \"journeys\": [...]}
+  pg-rekey status --parent users --uuid-column uuid_id   # the journey before any job
   pg-rekey status --prune        # clear the rows of finished jobs";
 
 /// `abort --help`.

@@ -438,6 +438,20 @@ pub struct StatusArgs {
     /// Redraw every INTERVAL until interrupted (e.g. 2s).
     #[arg(long, value_name = "INTERVAL", value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "2s", conflicts_with = "prune")]
     pub watch: Option<Duration>,
+    /// Show this parent's journey too (prepared, each referencing table,
+    /// promoted, the next command), even before it has a job or a prepare
+    /// row. Parents of jobs and of `prepare` are always shown.
+    #[arg(long, conflicts_with = "prune")]
+    pub parent: Option<String>,
+    /// The uuid column of --parent (default: the one its jobs or `prepare`
+    /// recorded, else `uuid`).
+    #[arg(long, requires = "parent")]
+    pub uuid_column: Option<String>,
+    /// With --json: print {"tables": [...], "journeys": [...]} instead of
+    /// the array of tables (implied by --parent). `--watch --json` lines
+    /// always carry "journeys".
+    #[arg(long)]
+    pub journeys: bool,
 }
 
 /// `abort`.

@@ -20,6 +20,7 @@ mod dependents;
 mod django;
 mod exit_codes;
 mod harness;
+mod journey;
 mod least_privilege;
 mod observe;
 mod observe_rewrite;

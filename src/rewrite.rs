@@ -1171,6 +1171,9 @@ async fn register_way_back(
         };
         let back = row.way_back && row.phase() == Some(Phase::CutOver);
         serving |= back;
+        if let Some(p) = by_oid.get(&spec.oid) {
+            p.set_way_back(back);
+        }
         if let Some(live) = way.registered.get(&spec.source) {
             directions.push((*live, back));
             continue;

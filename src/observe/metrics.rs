@@ -312,6 +312,18 @@ pub fn render(progress: &JobProgress) -> String {
         }
     }
     o.family(
+        "pg_rekey_way_back",
+        "gauge",
+        "1 while the stream keeps the table's old table current from the new one (cut over with --way-back; the lag gauges are the way back's), 0 otherwise.",
+    );
+    for t in &snap.tables {
+        o.sample(
+            "pg_rekey_way_back",
+            &[("table", &t.table)],
+            if t.way_back { 1.0 } else { 0.0 },
+        );
+    }
+    o.family(
         "pg_rekey_phase",
         "gauge",
         "Current phase of each table's rewrite (1 for the current phase, 0 otherwise).",
@@ -512,6 +524,7 @@ mod tests {
         assert_eq!(get(&s, "pg_rekey_cutover_lock_wait_ms", ""), 12.5);
         assert_eq!(get(&s, "pg_rekey_cutover_lock_hold_ms", ""), 40.0);
         assert_eq!(get(&s, "pg_rekey_copy_throttle", "state=\"proceed\""), 1.0);
+        assert_eq!(get(&s, "pg_rekey_way_back", orders), 0.0);
         // One phase sample per phase per table; exactly one is 1.
         let phases: Vec<_> = s.iter().filter(|(n, _, _)| n == "pg_rekey_phase").collect();
         assert_eq!(phases.len(), 2 * Phase::ALL.len());

@@ -107,6 +107,7 @@ pub struct TableProgress {
     lag_bytes: AtomicU64,
     lag_us: AtomicU64,
     wal_retained_bytes: AtomicU64,
+    way_back: std::sync::atomic::AtomicBool,
     copy_started: Mutex<Option<Instant>>,
     copy_finished: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
@@ -123,6 +124,7 @@ impl TableProgress {
             lag_bytes: AtomicU64::new(0),
             lag_us: AtomicU64::new(0),
             wal_retained_bytes: AtomicU64::new(0),
+            way_back: std::sync::atomic::AtomicBool::new(false),
             copy_started: Mutex::new(None),
             copy_finished: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -212,6 +214,12 @@ impl TableProgress {
         self.set_phase(Phase::Failed);
     }
 
+    /// Whether the job keeps this table's old table current from the new
+    /// one (cut over with a way back): the direction of its stream.
+    pub fn set_way_back(&self, on: bool) {
+        self.way_back.store(on, Relaxed);
+    }
+
     /// A copy of every value, for display.
     pub fn snapshot(&self) -> TableSnapshot {
         let started = *lock(&self.copy_started);
@@ -226,6 +234,7 @@ impl TableProgress {
             lag_bytes: self.lag_bytes.load(Relaxed),
             lag_seconds: duration_from_us(self.lag_us.load(Relaxed)).as_secs_f64(),
             wal_retained_bytes: self.wal_retained_bytes.load(Relaxed),
+            way_back: self.way_back.load(Relaxed),
             copy_seconds: copy_elapsed.map(|d| d.as_secs_f64()),
             copy_done: finished.is_some(),
             last_error: lock(&self.last_error).clone(),
@@ -252,6 +261,9 @@ pub struct TableSnapshot {
     pub lag_seconds: f64,
     /// WAL retained by the job's slot, bytes.
     pub wal_retained_bytes: u64,
+    /// The stream keeps the old table current from the new one (the way
+    /// back after a cutover with `--way-back`).
+    pub way_back: bool,
     /// Seconds the copy has run (or ran), if it started.
     pub copy_seconds: Option<f64>,
     /// Whether the copy has finished.

@@ -291,12 +291,32 @@ async fn rewrite_task(
     watch::Sender<bool>,
     tokio::task::JoinHandle<Result<RewriteOutcome, pg_rekey::Error>>,
 ) {
+    let (tx, task, _) = rewrite_watched(db).await;
+    (tx, task)
+}
+
+/// [`rewrite_task`], with the progress its metrics are rendered from.
+async fn rewrite_watched(
+    db: &TestDb,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<RewriteOutcome, pg_rekey::Error>>,
+    std::sync::Arc<pg_rekey::progress::JobProgress>,
+) {
     let (tx, rx) = watch::channel(false);
     let cfg = rewrite_cfg(db);
-    let task = tokio::spawn(async move {
-        rewrite::run(&cfg, rx, pg_rekey::progress::JobProgress::new()).await
-    });
-    (tx, task)
+    let progress = pg_rekey::progress::JobProgress::new();
+    let p = progress.clone();
+    let task = tokio::spawn(async move { rewrite::run(&cfg, rx, p).await });
+    (tx, task, progress)
+}
+
+/// The `pg_rekey_way_back` sample of `table` in the process's metrics.
+fn way_back_metric(progress: &pg_rekey::progress::JobProgress, table: &str) -> Option<String> {
+    let prefix = format!("pg_rekey_way_back{{table=\"public.{table}\"}} ");
+    pg_rekey::metrics::render(progress)
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
 }
 
 async fn swap(db: &TestDb, direction: Direction) {
@@ -330,8 +350,9 @@ async fn rollback_after_writes_to_the_new_tables_loses_nothing_and_restores_ever
     for t in TABLES {
         before.push(catalog_snapshot(&c, &public(t)).await);
     }
-    let (_stop, job) = rewrite_task(&db).await;
+    let (_stop, job, progress) = rewrite_watched(&db).await;
     wait_phase(&c, TABLES, "streaming").await;
+    assert_eq!(way_back_metric(&progress, "docs").as_deref(), Some("0"));
     let writer = Writer::start(&db).await;
     writer.more(100).await;
 
@@ -361,6 +382,7 @@ async fn rollback_after_writes_to_the_new_tables_loses_nothing_and_restores_ever
         status.iter().all(|s| s.phase == "reverse_streaming"),
         "{status:?}"
     );
+    assert_eq!(way_back_metric(&progress, "docs").as_deref(), Some("1"));
     // The old tables hold none of the application's foreign keys meanwhile.
     let held: i64 = c
         .query_one("SELECT count(*) FROM pgrekey.held_constraints", &[])
@@ -412,6 +434,7 @@ async fn rollback_after_writes_to_the_new_tables_loses_nothing_and_restores_ever
             .all(|j| j.phase == "streaming" && j.old_table.is_none()),
         "{jobs:?}"
     );
+    assert_eq!(way_back_metric(&progress, "docs").as_deref(), Some("0"));
     assert!(!job.is_finished(), "the rewrite keeps streaming forward");
 }
 

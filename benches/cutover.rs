@@ -508,8 +508,11 @@ fn merge_statements(swap: &[String]) -> Vec<String> {
             .strip_prefix("UPDATE pgrekey.jobs SET phase = 'cut_over', old_table = ")
             .and_then(|r| r.split_once(" WHERE source_schema = "))
             .and_then(|(old, r)| {
+                // `old_table = 'x', way_back = false` (the cutover records
+                // whether it keeps a way back).
+                let (old, way_back) = old.split_once(", way_back = ")?;
                 let (schema, table) = r.split_once(" AND source_table = ")?;
-                Some(format!("({schema}, {table}, {old})"))
+                Some(format!("({schema}, {table}, {old}, {way_back})"))
             })
         {
             jobs.push(v);
@@ -519,7 +522,7 @@ fn merge_statements(swap: &[String]) -> Vec<String> {
     }
     if !jobs.is_empty() {
         out.push(format!(
-            "UPDATE pgrekey.jobs j SET phase = 'cut_over', old_table = v.o FROM (VALUES {}) v(s, t, o) \
+            "UPDATE pgrekey.jobs j SET phase = 'cut_over', old_table = v.o, way_back = v.w FROM (VALUES {}) v(s, t, o, w) \
              WHERE j.source_schema = v.s AND j.source_table = v.t",
             jobs.join(", ")
         ));

@@ -5,6 +5,7 @@
 //! cargo bench --bench apply                         # 60k changes, 2 generator sessions
 //! PGREKEY_BENCH_CHANGES=200000 cargo bench --bench apply
 //! PGREKEY_BENCH_SESSIONS=1 PGREKEY_BENCH_REPEAT=5 cargo bench --bench apply
+//! PGREKEY_BENCH_REVERSE=0 cargo bench --bench apply  # forward only, no cutover
 //! ```
 //!
 //! One throwaway cluster (embedded defaults: fsync off), one database:
@@ -36,11 +37,26 @@
 //! CPU: the tool's (this process, which runs the job) and the server's (every
 //! child of the cluster's postmaster alive at both ends of the round, which
 //! includes the generator sessions, the apply session and the walsender).
+//!
+//! Then the way back (`PGREKEY_BENCH_REVERSE=0` leaves it out): the table is
+//! cut over with a way back (`cutover::run` with `way_back: true`), so the
+//! same job now streams the new (uuid) `events` table's changes, translated
+//! back to integer keys, into `_rekey_old_events`. The same rounds run again
+//! with the generator writing uuids (`(SELECT uuid_id FROM users WHERE id =
+//! …)` where it wrote the key; the extra index lookup makes the generator
+//! itself slower, which caps the live rate, not the backlog drain), the
+//! backlog held by a lock on `_rekey_old_events`, and the old table compared
+//! with the new one translated back. The summary puts the medians of both
+//! directions side by side with the ratio reverse/forward, from the same run
+//! (forward rounds first, then reverse: not interleaved, since the cutover
+//! is the boundary; each round prints the load average). The bench ends with
+//! `way_back::finish` (compare, drop the old table; the job ends itself).
 
 #![allow(clippy::disallowed_methods)] // tests and benches spawn their own helpers bare
 
 use std::time::{Duration, Instant};
 
+use pg_rekey::cutover::{self, CutoverConfig};
 use pg_rekey::embedded::Cluster;
 use pg_rekey::pg::{connect, ConnSpec, QualifiedName};
 use pg_rekey::progress::JobProgress;
@@ -70,9 +86,46 @@ INSERT INTO users (email) SELECT 'u' || g || '@example.com' FROM generate_series
 INSERT INTO events (user_id, note) SELECT 1 + (g * 7919) % 20000, md5(g::text) FROM generate_series(1, 20000) g;
 ";
 
+/// Which way the job applies: to the shadow (forward, the application writes
+/// integers to `events`), or, after a cutover with a way back, to the old
+/// table (the application writes uuids to the new `events`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Forward,
+    Back,
+}
+
+impl Way {
+    /// The reference as the application writes it, for the user whose key is
+    /// the SQL expression `key`.
+    fn reference(self, key: &str) -> String {
+        match self {
+            Way::Forward => key.to_string(),
+            Way::Back => format!("(SELECT uuid_id FROM users WHERE id = {key})"),
+        }
+    }
+
+    /// The table the job writes.
+    fn target(self) -> &'static str {
+        match self {
+            Way::Forward => "_rekey_new_events",
+            Way::Back => "_rekey_old_events",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Way::Forward => "forward",
+            Way::Back => "reverse",
+        }
+    }
+}
+
 /// `txns` transactions of three changes each: insert, update another row's
 /// reference, delete the row this loop inserted `lag` transactions ago.
-fn generator_sql(txns: u64, seed: u64) -> String {
+fn generator_sql(way: Way, txns: u64, seed: u64) -> String {
+    let inserted = way.reference(&format!("1 + ((i * 7919 + {seed}) % 20000)"));
+    let updated = way.reference(&format!("1 + ((i * 104729 + {seed}) % 20000)"));
     format!(
         "DO $$
          DECLARE
@@ -81,9 +134,9 @@ fn generator_sql(txns: u64, seed: u64) -> String {
          BEGIN
            FOR i IN 1..{txns} LOOP
              INSERT INTO events (user_id, note)
-               VALUES (1 + ((i * 7919 + {seed}) % 20000), md5(i::text)) RETURNING id INTO new_id;
+               VALUES ({inserted}, md5(i::text)) RETURNING id INTO new_id;
              ids := ids || new_id;
-             UPDATE events SET n = n + 1, user_id = 1 + ((i * 104729 + {seed}) % 20000)
+             UPDATE events SET n = n + 1, user_id = {updated}
                WHERE id = 1 + ((i * 31 + {seed}) % 20000);
              IF i > 50 THEN
                DELETE FROM events WHERE id = ids[i - 50];
@@ -117,8 +170,24 @@ async fn lag_bytes(c: &Client) -> i64 {
     .unwrap_or(-1)
 }
 
-/// Source and shadow agree: same keys, same translated rows.
-async fn compare(c: &Client) -> (i64, i64) {
+/// The table the job writes agrees with the one the application writes:
+/// same keys, same translated rows (missing, extra).
+async fn compare(c: &Client, way: Way) -> (i64, i64) {
+    if way == Way::Back {
+        let r = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM (
+                           SELECT e.id, u.id, e.n, e.note FROM events e JOIN users u ON u.uuid_id = e.user_id
+                           EXCEPT SELECT id, user_id, n, note FROM _rekey_old_events) d),
+                        (SELECT count(*) FROM (
+                           SELECT id, user_id, n, note FROM _rekey_old_events
+                           EXCEPT SELECT e.id, u.id, e.n, e.note FROM events e JOIN users u ON u.uuid_id = e.user_id) d)",
+                &[],
+            )
+            .await
+            .unwrap();
+        return (r.get(0), r.get(1));
+    }
     let r = c
         .query_one(
             "SELECT (SELECT count(*) FROM (
@@ -201,11 +270,11 @@ async fn postmaster_pid(c: &Client) -> u32 {
 
 /// Commit `changes` changes from `sessions` generator sessions (already
 /// connected), waiting for all of them.
-async fn generate(gens: Vec<Client>, changes: u64, seed: u64) {
+async fn generate(way: Way, gens: Vec<Client>, changes: u64, seed: u64) {
     let txns_per_session = (changes / 3 / gens.len() as u64).max(1);
     let mut tasks = Vec::new();
     for (s, g) in gens.into_iter().enumerate() {
-        let sql = generator_sql(txns_per_session, s as u64 * 1_000 + seed);
+        let sql = generator_sql(way, txns_per_session, s as u64 * 1_000 + seed);
         tasks.push(tokio::spawn(async move {
             g.batch_execute(&sql).await.unwrap();
         }));
@@ -217,6 +286,7 @@ async fn generate(gens: Vec<Client>, changes: u64, seed: u64) {
 
 /// The backlog part of a round: see the module docs.
 async fn backlog(
+    way: Way,
     c: &Client,
     spec: &ConnSpec,
     changes: u64,
@@ -227,14 +297,14 @@ async fn backlog(
     let total = txns_per_session * 3 * sessions;
     let locker = connect(spec, "bench locker").await.unwrap();
     locker
-        .batch_execute("BEGIN; LOCK TABLE _rekey_new_events IN SHARE MODE")
+        .batch_execute(&format!("BEGIN; LOCK TABLE {} IN SHARE MODE", way.target()))
         .await
         .unwrap();
     let mut gens = Vec::new();
     for _ in 0..sessions {
         gens.push(connect(spec, "bench generator").await.unwrap());
     }
-    generate(gens, total, 500_000 + n * 7).await;
+    generate(way, gens, total, 500_000 + n * 7).await;
     let ids = job_ids(c).await;
     let f = fence::emit(c, "bench-backlog").await.unwrap();
     let postmaster = postmaster_pid(c).await;
@@ -258,12 +328,18 @@ async fn backlog(
         .zip(cpu0)
         .map_or(0.0, |(b, a)| b - a);
     let srv_cpu = server_cpu_delta(&server0, &server_cpu(postmaster));
-    let (missing, extra) = compare(c).await;
-    assert_eq!((missing, extra), (0, 0), "shadow differs from source");
+    let (missing, extra) = compare(c, way).await;
+    assert_eq!(
+        (missing, extra),
+        (0, 0),
+        "{} differs from events",
+        way.target()
+    );
     (total, total as f64 / drain, tool_cpu, srv_cpu)
 }
 
 async fn round(
+    way: Way,
     c: &Client,
     spec: &ConnSpec,
     progress: &JobProgress,
@@ -283,7 +359,7 @@ async fn round(
     let started = Instant::now();
     let mut gens = Vec::new();
     for (s, g) in clients.into_iter().enumerate() {
-        let sql = generator_sql(txns_per_session, s as u64 * 1_000 + n * 7);
+        let sql = generator_sql(way, txns_per_session, s as u64 * 1_000 + n * 7);
         gens.push(tokio::spawn(async move {
             g.batch_execute(&sql).await.unwrap();
             g
@@ -339,13 +415,18 @@ async fn round(
         .map_or(0.0, |(b, a)| b - a);
     let srv_cpu = server_cpu_delta(&server0, &server_cpu(postmaster));
     drop(alive);
-    let (missing, extra) = compare(c).await;
-    assert_eq!((missing, extra), (0, 0), "shadow differs from source");
+    let (missing, extra) = compare(c, way).await;
+    assert_eq!(
+        (missing, extra),
+        (0, 0),
+        "{} differs from events",
+        way.target()
+    );
     // Progress counters are refreshed by the job every 500 ms.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let applied_by_job = applied(progress) - applied_before;
     let (backlog_changes, backlog_rate, drain_tool, drain_server) =
-        backlog(c, spec, changes, sessions, n).await;
+        backlog(way, c, spec, changes, sessions, n).await;
     let r = Round {
         changes: total,
         generate_s: generated.as_secs_f64(),
@@ -355,13 +436,15 @@ async fn round(
         backlog_rate,
     };
     println!(
-        "round {n}: {} changes in {:.2}s generated ({:.0}/s) | applied at {:.0} changes/s | tail after the generator {:.0} ms | max lag {:.1} MB | job counted {applied_by_job} changes | shadow = source",
+        "{} round {n}: {} changes in {:.2}s generated ({:.0}/s) | applied at {:.0} changes/s | tail after the generator {:.0} ms | max lag {:.1} MB | job counted {applied_by_job} changes | {} = events",
+        way.name(),
         r.changes,
         r.generate_s,
         r.changes as f64 / r.generate_s,
         r.apply_rate,
         r.tail_ms,
         r.max_lag as f64 / 1e6,
+        way.target(),
     );
     println!(
         "         cpu in the live part: tool {tool_cpu:.2} s, server {srv_cpu:.2} s | apply capacity: a backlog of {backlog_changes} changes drained at {:.0} changes/s, cpu tool {drain_tool:.2} s, server {drain_server:.2} s | load {}",
@@ -400,6 +483,7 @@ fn main() {
     let changes = env_u64("PGREKEY_BENCH_CHANGES", 60_000);
     let sessions = env_u64("PGREKEY_BENCH_SESSIONS", 2).max(1);
     let repeat = env_u64("PGREKEY_BENCH_REPEAT", 3).max(1);
+    let reverse = env_u64("PGREKEY_BENCH_REVERSE", 1) != 0;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -410,7 +494,10 @@ fn main() {
         let admin = connect(&cluster.spec("postgres"), "bench admin")
             .await
             .unwrap();
-        admin.batch_execute("CREATE DATABASE bench_apply").await.unwrap();
+        admin
+            .batch_execute("CREATE DATABASE bench_apply")
+            .await
+            .unwrap();
         let spec = cluster.spec("bench_apply");
         let c = connect(&spec, "bench").await.unwrap();
         c.batch_execute(SCHEMA).await.unwrap();
@@ -445,40 +532,127 @@ fn main() {
         }
         let ids = job_ids(&c).await;
         let f = fence::emit(&c, "bench-start").await.unwrap();
-        assert!(fence::wait_drained(&c, &ids, f, Instant::now() + Duration::from_secs(120))
-            .await
-            .unwrap());
+        assert!(
+            fence::wait_drained(&c, &ids, f, Instant::now() + Duration::from_secs(120))
+                .await
+                .unwrap()
+        );
 
-        let mut rounds = Vec::new();
+        let mut forward = Vec::new();
         for n in 1..=repeat {
-            rounds.push(round(&c, &spec, &progress, changes, sessions, n).await);
+            forward.push(round(Way::Forward, &c, &spec, &progress, changes, sessions, n).await);
         }
-        let mut rates: Vec<f64> = rounds.iter().map(|r| r.apply_rate).collect();
-        rates.sort_by(|a, b| a.total_cmp(b));
-        println!(
-            "\napply rate (changes/s) over {} rounds of {changes} changes, {sessions} generator sessions: min {:.0}, median {:.0}, max {:.0}; worst tail {:.0} ms; worst lag {:.1} MB",
-            rounds.len(),
-            rates[0],
-            rates[rates.len() / 2],
-            rates[rates.len() - 1],
-            rounds.iter().map(|r| r.tail_ms).fold(0.0, f64::max),
-            rounds.iter().map(|r| r.max_lag).max().unwrap_or(0) as f64 / 1e6,
+        println!("load average after the forward rounds: {}", load_average());
+        let fwd = summarize(Way::Forward, &forward, changes, sessions);
+        if !reverse {
+            println!("load average at end: {}", load_average());
+            let _ = stop_tx.send(true);
+            let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(outcome, RewriteOutcome::Aborted);
+            return;
+        }
+
+        // The way back: cut over keeping the old table current, then the
+        // same rounds against the new (uuid) table.
+        let table = vec![QualifiedName::new("public", "events")];
+        let report = cutover::run(&CutoverConfig {
+            skip_verify: true,
+            way_back: true,
+            ..CutoverConfig::new(spec.clone(), table.clone())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("cutover: {}", pg_rekey::error::chain(&e)));
+        assert!(
+            report.swapped,
+            "cutover --way-back did not swap: {report:?}"
         );
-        let mut caps: Vec<f64> = rounds.iter().map(|r| r.backlog_rate).collect();
-        caps.sort_by(|a, b| a.total_cmp(b));
+        let a = report.attempts.last().unwrap();
         println!(
-            "apply capacity (changes/s, draining a backlog): min {:.0}, median {:.0}, max {:.0}",
-            caps[0],
-            caps[caps.len() / 2],
-            caps[caps.len() - 1],
+            "\ncut over with a way back: attempts {}, lock wait {:.1} ms, hold {:.1} ms",
+            report.attempts.len(),
+            a.lock_wait_ms,
+            a.lock_hold_ms.unwrap_or(0.0)
         );
+        let ids = job_ids(&c).await;
+        let f = fence::emit(&c, "bench-way-back").await.unwrap();
+        assert!(
+            fence::wait_drained(&c, &ids, f, Instant::now() + Duration::from_secs(120))
+                .await
+                .unwrap()
+        );
+        let (missing, extra) = compare(&c, Way::Back).await;
+        assert_eq!(
+            (missing, extra),
+            (0, 0),
+            "the old table differs from events after the swap"
+        );
+        let mut back = Vec::new();
+        for n in 1..=repeat {
+            back.push(round(Way::Back, &c, &spec, &progress, changes, sessions, n).await);
+        }
+        println!("load average after the reverse rounds: {}", load_average());
+        let rev = summarize(Way::Back, &back, changes, sessions);
+        let gen = |r: &[Round]| {
+            let mut v: Vec<f64> = r.iter().map(|r| r.changes as f64 / r.generate_s).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        println!(
+            "\n{:<34} {:>10} {:>10} {:>16}",
+            "medians (changes/s)", "forward", "reverse", "reverse/forward"
+        );
+        for (what, f, r) in [
+            ("generator", gen(&forward), gen(&back)),
+            ("applied live (generator running)", fwd.0, rev.0),
+            ("apply capacity (backlog drain)", fwd.1, rev.1),
+        ] {
+            println!("{what:<34} {f:>10.0} {r:>10.0} {:>16.2}", r / f);
+        }
+
+        // End the way back: compare old and new, drop the old table, the
+        // job ends itself.
+        let finished = pg_rekey::way_back::finish(&spec, &table, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("finish: {}", pg_rekey::error::chain(&e)));
+        assert_eq!(finished.verified, Some(true), "{finished:?}");
         println!("load average at end: {}", load_average());
-        let _ = stop_tx.send(true);
         let outcome = tokio::time::timeout(Duration::from_secs(60), job)
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        assert_eq!(outcome, RewriteOutcome::Aborted);
+        assert_eq!(outcome, RewriteOutcome::Finished);
+        drop(stop_tx);
     });
+}
+
+/// Print one direction's rounds; returns the medians of the live apply rate
+/// and of the backlog drain.
+fn summarize(way: Way, rounds: &[Round], changes: u64, sessions: u64) -> (f64, f64) {
+    let mut rates: Vec<f64> = rounds.iter().map(|r| r.apply_rate).collect();
+    rates.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "\n{} apply rate (changes/s) over {} rounds of {changes} changes, {sessions} generator sessions: min {:.0}, median {:.0}, max {:.0}; worst tail {:.0} ms; worst lag {:.1} MB",
+        way.name(),
+        rounds.len(),
+        rates[0],
+        rates[rates.len() / 2],
+        rates[rates.len() - 1],
+        rounds.iter().map(|r| r.tail_ms).fold(0.0, f64::max),
+        rounds.iter().map(|r| r.max_lag).max().unwrap_or(0) as f64 / 1e6,
+    );
+    let mut caps: Vec<f64> = rounds.iter().map(|r| r.backlog_rate).collect();
+    caps.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{} apply capacity (changes/s, draining a backlog): min {:.0}, median {:.0}, max {:.0}",
+        way.name(),
+        caps[0],
+        caps[caps.len() / 2],
+        caps[caps.len() - 1],
+    );
+    (rates[rates.len() / 2], caps[caps.len() / 2])
 }

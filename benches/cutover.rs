@@ -9,6 +9,7 @@
 //! PGREKEY_BENCH_WRITERS=6 PGREKEY_BENCH_READERS=4 cargo bench --bench cutover
 //! PGREKEY_BENCH_TABLE_COUNTS=5,9,17 cargo bench --bench cutover  # 5, 9 and 17 tables per run
 //! PGREKEY_BENCH_SWAP_PROFILE=1 cargo bench --bench cutover  # also time each swap statement
+//! PGREKEY_BENCH_ROLLBACK=0 cargo bench --bench cutover   # no way-back cutover and rollback first
 //! RUST_LOG=pg_rekey::cutover=debug cargo bench --bench cutover   # every step logged
 //! ```
 //!
@@ -56,13 +57,31 @@
 //! (of which: type errors, the expected "reference became uuid" that an
 //! application sending integers sees once per table), and the hold split into
 //! steps. The summary gives min / median / max.
+//!
+//! The way back (`PGREKEY_BENCH_ROLLBACK=0` leaves it out): before that
+//! cutover, each run first cuts over with a way back (`way_back: true`: the
+//! job keeps the old tables current from the new ones), lets the load run
+//! on the new tables for two seconds (the writers switched to uuids at the
+//! swap), then rolls back (`Direction::Back`) with the same lock budget,
+//! measured the same way. The application then rolls back too: the writers
+//! are restarted sending integers, the job (streaming forward again) catches
+//! up, `verify` checks every shadow against its source (not timed), two
+//! more seconds of load, and the cutover above runs as it always
+//! did, on the same database, the same job and the same shadows. The
+//! summary gives, per table count, the way-back cutover's and the
+//! rollback's figures and the ratios of the medians from the same runs:
+//! rollback / cutover with a way back, rollback / cutover, and cutover with
+//! a way back / cutover. "Other failures" are failed writes that were not
+//! the expected type error at a swap (the old writers keep sending uuids
+//! after the rollback until they are stopped, so the raw failed-write count
+//! of a rollback says little).
 
 #![allow(clippy::disallowed_methods)] // tests and benches spawn their own helpers bare
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use pg_rekey::cutover::{self, CutoverConfig, CutoverReport};
+use pg_rekey::cutover::{self, CutoverConfig, CutoverReport, Direction};
 use pg_rekey::embedded::Cluster;
 use pg_rekey::pg::{connect, ConnSpec, QualifiedName};
 use pg_rekey::rewrite::{self, RewriteConfig, RewriteOutcome};
@@ -96,6 +115,9 @@ struct Run {
     server_cpu_ms: f64,
     /// Statements in the swap's locked transaction (from a dry run).
     swap_statements: usize,
+    /// Before the cutover above: a cutover with a way back and the rollback
+    /// that followed (`PGREKEY_BENCH_ROLLBACK`, on by default).
+    way_back: Option<(Swap, Swap)>,
 }
 
 fn extra_table(i: usize) -> String {
@@ -145,6 +167,8 @@ struct ExtraLoad {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
     failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Of the failures: type errors (a table swapped under the writer).
+    type_errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
     worst_write_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -155,14 +179,16 @@ impl ExtraLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let commits = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(AtomicU64::new(0));
+        let type_errors = Arc::new(AtomicU64::new(0));
         let worst_write_us = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for w in 0..if extras == 0 { 0 } else { writers } {
             let c = connect(spec, "bench extra writer").await.unwrap();
-            let (stop, commits, failures, worst) = (
+            let (stop, commits, failures, types, worst) = (
                 stop.clone(),
                 commits.clone(),
                 failures.clone(),
+                type_errors.clone(),
                 worst_write_us.clone(),
             );
             tasks.push(tokio::spawn(async move {
@@ -204,6 +230,7 @@ impl ExtraLoad {
                             // 42804: the column is uuid now (the table was swapped).
                             if e.as_db_error().map(|d| d.code().code()) == Some("42804") {
                                 uuid_mode[i] = true;
+                                types.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     }
@@ -216,6 +243,7 @@ impl ExtraLoad {
             tasks,
             commits,
             failures,
+            type_errors,
             worst_write_us,
         }
     }
@@ -480,8 +508,11 @@ fn merge_statements(swap: &[String]) -> Vec<String> {
             .strip_prefix("UPDATE pgrekey.jobs SET phase = 'cut_over', old_table = ")
             .and_then(|r| r.split_once(" WHERE source_schema = "))
             .and_then(|(old, r)| {
+                // `old_table = 'x', way_back = false` (the cutover records
+                // whether it keeps a way back).
+                let (old, way_back) = old.split_once(", way_back = ")?;
                 let (schema, table) = r.split_once(" AND source_table = ")?;
-                Some(format!("({schema}, {table}, {old})"))
+                Some(format!("({schema}, {table}, {old}, {way_back})"))
             })
         {
             jobs.push(v);
@@ -491,7 +522,7 @@ fn merge_statements(swap: &[String]) -> Vec<String> {
     }
     if !jobs.is_empty() {
         out.push(format!(
-            "UPDATE pgrekey.jobs j SET phase = 'cut_over', old_table = v.o FROM (VALUES {}) v(s, t, o) \
+            "UPDATE pgrekey.jobs j SET phase = 'cut_over', old_table = v.o, way_back = v.w FROM (VALUES {}) v(s, t, o, w) \
              WHERE j.source_schema = v.s AND j.source_table = v.t",
             jobs.join(", ")
         ));
@@ -530,6 +561,92 @@ async fn catch_up(c: &tokio_postgres::Client) -> Duration {
     t.elapsed()
 }
 
+/// What the application felt during one swap (a cutover or a rollback).
+struct Swap {
+    report: CutoverReport,
+    worst_read_ms: f64,
+    worst_write_ms: f64,
+    failed_writes: u64,
+    type_errors: u64,
+    read_failures: u64,
+    /// This process's CPU during `cutover::run` (the swap, and the workload
+    /// and applier running beside it), ms.
+    tool_cpu_ms: f64,
+    /// The whole server's CPU during `cutover::run`, ms.
+    server_cpu_ms: f64,
+}
+
+impl Swap {
+    fn attempts(&self) -> usize {
+        self.report.attempts.len()
+    }
+    fn wait_ms(&self) -> f64 {
+        self.report.attempts.last().map_or(0.0, |a| a.lock_wait_ms)
+    }
+    fn hold_ms(&self) -> f64 {
+        self.report
+            .attempts
+            .last()
+            .and_then(|a| a.lock_hold_ms)
+            .unwrap_or(0.0)
+    }
+    /// Σ over attempts of wait + hold: the time the application's statements
+    /// on those tables could not proceed.
+    fn blocked_ms(&self) -> f64 {
+        self.report
+            .attempts
+            .iter()
+            .map(|a| a.lock_wait_ms + a.lock_hold_ms.unwrap_or(0.0))
+            .sum()
+    }
+}
+
+/// Run one swap (`cfg`) while the workload runs, measuring what the
+/// application felt: latency maxima are reset just before, and readers and
+/// writers queued behind the lock are given 300 ms to finish after.
+async fn timed_swap(
+    cfg: &CutoverConfig,
+    what: &str,
+    stats: &workload::WorkloadStats,
+    extra_load: &ExtraLoad,
+    postmaster: i32,
+) -> Swap {
+    let extra_failures_before = extra_load.failures.load(Ordering::Relaxed);
+    let extra_types_before = extra_load.type_errors.load(Ordering::Relaxed);
+    extra_load.worst_write_us.store(0, Ordering::Relaxed);
+    let failures_before = stats.failures.load(Ordering::Relaxed);
+    let types_before = stats.type_switches.load(Ordering::Relaxed);
+    let read_failures_before = stats.read_failures.load(Ordering::Relaxed);
+    stats.reset_worst();
+    let (tool0, server0) = (cpu_time(), server_cpu(postmaster));
+    let report: CutoverReport = cutover::run(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {}", pg_rekey::error::chain(&e)));
+    let tool_cpu_ms = (cpu_time() - tool0).as_secs_f64() * 1000.0;
+    let server_cpu_ms = (server_cpu(postmaster) - server0).as_secs_f64() * 1000.0;
+    assert!(report.swapped, "{what}: not swapped: {report:?}");
+    // Let readers and writers that were queued behind the lock finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Swap {
+        worst_read_ms: stats.worst_read_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        worst_write_ms: stats
+            .worst_write_us
+            .load(Ordering::Relaxed)
+            .max(extra_load.worst_write_us.load(Ordering::Relaxed)) as f64
+            / 1000.0,
+        failed_writes: stats.failures.load(Ordering::Relaxed) - failures_before
+            + extra_load.failures.load(Ordering::Relaxed)
+            - extra_failures_before,
+        type_errors: stats.type_switches.load(Ordering::Relaxed) - types_before
+            + extra_load.type_errors.load(Ordering::Relaxed)
+            - extra_types_before,
+        read_failures: stats.read_failures.load(Ordering::Relaxed) - read_failures_before,
+        report,
+        tool_cpu_ms,
+        server_cpu_ms,
+    }
+}
+
 async fn one_run(admin: &tokio_postgres::Client, cluster: &Cluster, n: u64, count: usize) -> Run {
     let rows = env_u64("PGREKEY_BENCH_ROWS", 200_000);
     let users = env_u64("PGREKEY_BENCH_USERS", 20_000);
@@ -561,8 +678,8 @@ async fn one_run(admin: &tokio_postgres::Client, cluster: &Cluster, n: u64, coun
         readers: env_u64("PGREKEY_BENCH_READERS", 2) as usize,
         ..WorkloadOptions::default()
     };
-    let load = Workload::start(&spec, opts).await.unwrap();
-    let extra_load = ExtraLoad::start(
+    let mut load = Workload::start(&spec, opts).await.unwrap();
+    let mut extra_load = ExtraLoad::start(
         &spec,
         extras,
         env_u64("PGREKEY_BENCH_EXTRA_WRITERS", 1) as usize,
@@ -628,32 +745,91 @@ async fn one_run(admin: &tokio_postgres::Client, cluster: &Cluster, n: u64, coun
         catch_up(&c).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let stats = load.stats.clone();
-    let extra_failures_before = extra_load.failures.load(Ordering::Relaxed);
-    extra_load.worst_write_us.store(0, Ordering::Relaxed);
-    let failures_before = stats.failures.load(Ordering::Relaxed);
-    let types_before = stats.type_switches.load(Ordering::Relaxed);
-    let read_failures_before = stats.read_failures.load(Ordering::Relaxed);
-    stats.reset_worst();
     let postmaster = postmaster_pid(cluster);
-    let (tool0, server0) = (cpu_time(), server_cpu(postmaster));
-    let report: CutoverReport = cutover::run(&cfg).await.unwrap();
-    let tool_cpu_ms = (cpu_time() - tool0).as_secs_f64() * 1000.0;
-    let server_cpu_ms = (server_cpu(postmaster) - server0).as_secs_f64() * 1000.0;
-    assert!(report.swapped, "run {n}: not swapped: {report:?}");
-    // Let readers and writers that were queued behind the lock finish.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let worst_read_ms = stats.worst_read_us.load(Ordering::Relaxed) as f64 / 1000.0;
-    let worst_write_ms = stats
-        .worst_write_us
-        .load(Ordering::Relaxed)
-        .max(extra_load.worst_write_us.load(Ordering::Relaxed)) as f64
-        / 1000.0;
-    let failed_writes = stats.failures.load(Ordering::Relaxed) - failures_before
-        + extra_load.failures.load(Ordering::Relaxed)
-        - extra_failures_before;
-    let type_errors = stats.type_switches.load(Ordering::Relaxed) - types_before;
-    let read_failures = stats.read_failures.load(Ordering::Relaxed) - read_failures_before;
+    let mut way = None;
+    if env_u64("PGREKEY_BENCH_ROLLBACK", 1) != 0 {
+        // The way back: cut over keeping the old tables current, let the
+        // load run on the new tables (the writers switched to uuids at the
+        // swap), then roll back under the same load.
+        let forward = timed_swap(
+            &CutoverConfig {
+                way_back: true,
+                ..cfg.clone()
+            },
+            "cutover --way-back",
+            &load.stats,
+            &extra_load,
+            postmaster,
+        )
+        .await;
+        catch_up(&c).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let back = timed_swap(
+            &CutoverConfig {
+                direction: Direction::Back,
+                ..cfg.clone()
+            },
+            "rollback",
+            &load.stats,
+            &extra_load,
+            postmaster,
+        )
+        .await;
+        // The application rolled back too: writers that send integers again
+        // (the old ones switched to uuids for good).
+        extra_load.stop().await;
+        load.stop().await;
+        load = Workload::start(&spec, opts).await.unwrap();
+        extra_load = ExtraLoad::start(
+            &spec,
+            extras,
+            env_u64("PGREKEY_BENCH_EXTRA_WRITERS", 1) as usize,
+            users,
+        )
+        .await;
+        // Not measured: after the rollback every shadow must equal its
+        // translated source again (the way back and the rollback lost
+        // nothing the forward stream then relies on).
+        let verdict = pg_rekey::verify::run(&spec, &tables(count), &Default::default())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("verify after the rollback: {}", pg_rekey::error::chain(&e))
+            });
+        assert!(
+            verdict.equal,
+            "run {n}: differences after the rollback:\n{verdict}"
+        );
+        catch_up(&c).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for (what, s) in [("cutover --way-back", &forward), ("rollback", &back)] {
+            println!(
+                "run {n}, {count} tables: {what}: attempts {} | lock wait {:.1} ms | hold {:.1} ms | blocked {:.1} ms | worst read {:.1} ms | worst write {:.1} ms | failed writes {} ({} type errors) | failed reads {} | cpu tool {:.0} ms, server {:.0} ms",
+                s.attempts(), s.wait_ms(), s.hold_ms(), s.blocked_ms(), s.worst_read_ms, s.worst_write_ms, s.failed_writes, s.type_errors, s.read_failures, s.tool_cpu_ms, s.server_cpu_ms
+            );
+            if let Some(a) = s.report.attempts.last() {
+                println!(
+                    "        hold: {}",
+                    a.phases
+                        .iter()
+                        .map(|p| format!("{} {:.1}", p.phase, p.ms))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        way = Some((forward, back));
+    }
+    let swap = timed_swap(&cfg, "cutover", &load.stats, &extra_load, postmaster).await;
+    let Swap {
+        report,
+        worst_read_ms,
+        worst_write_ms,
+        failed_writes,
+        type_errors,
+        read_failures,
+        tool_cpu_ms,
+        server_cpu_ms,
+    } = swap;
     let extra_commits = extra_load.commits.load(Ordering::Relaxed);
     extra_load.stop().await;
     load.stop().await;
@@ -685,6 +861,7 @@ async fn one_run(admin: &tokio_postgres::Client, cluster: &Cluster, n: u64, coun
         tool_cpu_ms,
         server_cpu_ms,
         swap_statements,
+        way_back: way,
     };
     for a in &report.attempts {
         if a.outcome != "swapped" {
@@ -832,6 +1009,122 @@ fn main() {
                 );
             }
         }
+    }
+    // The rollback against the cutovers of the same runs.
+    for &count in &counts {
+        let ways: Vec<&(Swap, Swap)> = results
+            .iter()
+            .filter(|(c, _)| *c == count)
+            .filter_map(|(_, r)| r.way_back.as_ref())
+            .collect();
+        if ways.is_empty() {
+            continue;
+        }
+        let plain: Vec<&Run> = results
+            .iter()
+            .filter(|(c, r)| *c == count && r.way_back.is_some())
+            .map(|(_, r)| r)
+            .collect();
+        println!(
+            "\n{} runs, {count} tables, way back   min   median      max (ms)",
+            ways.len()
+        );
+        let mut medians = Vec::new();
+        for (name, pick) in [("cutover --way-back", 0usize), ("rollback", 1)] {
+            fn pick_of<'a>(w: &&'a (Swap, Swap), pick: usize) -> &'a Swap {
+                if pick == 0 {
+                    &w.0
+                } else {
+                    &w.1
+                }
+            }
+            println!("{name}:");
+            let wait = summary(
+                "  lock wait",
+                ways.iter().map(|w| pick_of(w, pick).wait_ms()).collect(),
+            );
+            let hold = summary(
+                "  lock hold",
+                ways.iter().map(|w| pick_of(w, pick).hold_ms()).collect(),
+            );
+            summary(
+                "  blocked",
+                ways.iter().map(|w| pick_of(w, pick).blocked_ms()).collect(),
+            );
+            summary(
+                "  worst read",
+                ways.iter()
+                    .map(|w| pick_of(w, pick).worst_read_ms)
+                    .collect(),
+            );
+            summary(
+                "  worst write",
+                ways.iter()
+                    .map(|w| pick_of(w, pick).worst_write_ms)
+                    .collect(),
+            );
+            summary(
+                "  other failures",
+                ways.iter()
+                    .map(|w| {
+                        pick_of(w, pick)
+                            .failed_writes
+                            .saturating_sub(pick_of(w, pick).type_errors)
+                            as f64
+                    })
+                    .collect(),
+            );
+            summary(
+                "  attempts",
+                ways.iter()
+                    .map(|w| pick_of(w, pick).attempts() as f64)
+                    .collect(),
+            );
+            summary(
+                "  server cpu",
+                ways.iter()
+                    .map(|w| pick_of(w, pick).server_cpu_ms)
+                    .collect(),
+            );
+            if let Some(first) = ways.first() {
+                let phases = &pick_of(first, pick).report.attempts.last().unwrap().phases;
+                for (i, p) in phases.iter().enumerate() {
+                    summary(
+                        &format!("    {}", p.phase),
+                        ways.iter()
+                            .filter_map(|w| {
+                                pick_of(w, pick)
+                                    .report
+                                    .attempts
+                                    .last()
+                                    .unwrap()
+                                    .phases
+                                    .get(i)
+                                    .map(|p| p.ms)
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            medians.push((wait, hold));
+        }
+        let plain_wait = summary(
+            "cutover lock wait",
+            plain.iter().map(|r| r.wait_ms).collect(),
+        );
+        let plain_hold = summary(
+            "cutover lock hold",
+            plain.iter().map(|r| r.hold_ms).collect(),
+        );
+        let (wb, rb) = (medians[0], medians[1]);
+        println!(
+            "{count} tables: median rollback / cutover --way-back: wait {:.2}, hold {:.2}; rollback / cutover: wait {:.2}, hold {:.2}; cutover --way-back / cutover: hold {:.2}",
+            rb.0 / wb.0,
+            rb.1 / wb.1,
+            rb.0 / plain_wait,
+            rb.1 / plain_hold,
+            wb.1 / plain_hold,
+        );
     }
     // Each count against the five tables of the same run (the anchor) and
     // against the goal.

@@ -457,15 +457,13 @@ const CURSOR_SQL: &str = "
 SELECT next_key, rows_filled, done FROM pgrekey.prepare
  WHERE parent_schema = $1 AND parent_table = $2 AND uuid_column = $3";
 
-/// Read the catalog and the cursor (see [`Observed`]).
-pub async fn observe(
-    client: &Client,
-    parent: &QualifiedName,
-    column: &str,
-) -> Result<Observed, Error> {
-    let rel = parent.quoted();
+/// Refuse a `--parent` that names no relation (shared with `promote`).
+pub(crate) async fn require_parent(client: &Client, parent: &QualifiedName) -> Result<(), Error> {
     let exists: bool = client
-        .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&rel])
+        .query_one(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            &[&parent.quoted()],
+        )
         .await
         .map_err(Error::db("look for the parent"))?
         .get(0);
@@ -474,6 +472,17 @@ pub async fn observe(
             "{parent} does not exist; check --parent (schema.table) and the database in --dsn"
         )));
     }
+    Ok(())
+}
+
+/// Read the catalog and the cursor (see [`Observed`]).
+pub async fn observe(
+    client: &Client,
+    parent: &QualifiedName,
+    column: &str,
+) -> Result<Observed, Error> {
+    let rel = parent.quoted();
+    require_parent(client, parent).await?;
     let mut o = Observed::default();
     match client
         .query_opt(KEY_SQL, &[&rel])

@@ -688,16 +688,7 @@ pub async fn observe(
     opts: &Options,
 ) -> Result<Observed, Error> {
     let rel = parent.quoted();
-    let exists: bool = client
-        .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&rel])
-        .await
-        .map_err(Error::db("look for the parent"))?
-        .get(0);
-    if !exists {
-        return Err(Error::Config(format!(
-            "{parent} does not exist; check --parent (schema.table) and the database in --dsn"
-        )));
-    }
+    crate::prepare::require_parent(client, parent).await?;
     let key = client
         .query_opt(KEY_SQL, &[&rel])
         .await

@@ -1285,9 +1285,25 @@ impl Applier {
             self.settle_directions().await?;
         }
         let (new, old) = (translate::Param::Uuid(new), translate::Param::Uuid(old));
+        let rows = self.repoint(false, &new, &old).await?;
+        tracing::debug!(parent = %self.parent.table, rows, lsn = %self.cur_lsn, "followed a parent uuid change");
+        Ok(())
+    }
+
+    /// `UPDATE … SET ref = $1 WHERE ref = $2` for every reference column of
+    /// every table written in this direction (`back`: the old tables, by
+    /// key; else the shadows, by uuid) that takes the work spanning tables
+    /// at this point (see [`Applier::writes`]). Returns the rows re-pointed.
+    async fn repoint(
+        &mut self,
+        back: bool,
+        new: &translate::Param,
+        old: &translate::Param,
+    ) -> Result<u64, Error> {
+        let what = if back { "key" } else { "uuid" };
         let mut rows = 0;
         for t in self.tables.values() {
-            if t.spec.is_reverse() || !self.writes(&t.spec) {
+            if t.spec.is_reverse() != back || !self.writes(&t.spec) {
                 continue;
             }
             for (pos, _) in t
@@ -1297,21 +1313,24 @@ impl Applier {
                 .enumerate()
                 .filter(|(_, c)| c.reference.is_some())
             {
-                let text = sql::follow_uuid_change(&t.spec, pos);
+                let text = if back {
+                    sql::follow_key_change(&t.spec, pos)
+                } else {
+                    sql::follow_uuid_change(&t.spec, pos)
+                };
                 rows += self
                     .client
-                    .execute(text.as_str(), &[&new, &old])
+                    .execute(text.as_str(), &[new, old])
                     .await
                     .map_err(Error::db(format!(
-                        "re-point {} to a changed uuid of {} at LSN {}",
+                        "re-point {} to a changed {what} of {} at LSN {}",
                         t.spec.shadow, self.parent.table, self.cur_lsn
                     )))?;
             }
         }
-        tracing::debug!(parent = %self.parent.table, rows, lsn = %self.cur_lsn, "followed a parent uuid change");
         self.batch_changes += 1;
         self.stats.changes += rows;
-        Ok(())
+        Ok(rows)
     }
 
     /// The way back: `UPDATE old SET ref = new WHERE ref = old` for every
@@ -1324,32 +1343,8 @@ impl Applier {
         self.send_window().await?;
         self.settle_directions().await?;
         let (new, old) = (translate::Param::Int(new), translate::Param::Int(old));
-        let mut rows = 0;
-        for t in self.tables.values() {
-            if !t.spec.is_reverse() || !self.writes(&t.spec) {
-                continue;
-            }
-            for (pos, _) in t
-                .spec
-                .columns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.reference.is_some())
-            {
-                let text = sql::follow_key_change(&t.spec, pos);
-                rows += self
-                    .client
-                    .execute(text.as_str(), &[&new, &old])
-                    .await
-                    .map_err(Error::db(format!(
-                        "re-point {} to a changed key of {} at LSN {}",
-                        t.spec.shadow, self.parent.table, self.cur_lsn
-                    )))?;
-            }
-        }
+        let rows = self.repoint(true, &new, &old).await?;
         tracing::debug!(parent = %self.parent.table, rows, lsn = %self.cur_lsn, "followed a parent key change on the way back");
-        self.batch_changes += 1;
-        self.stats.changes += rows;
         Ok(())
     }
 

@@ -12,7 +12,6 @@
 //! pointing at its own user. `status`'s journey view is checked at each
 //! stage.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,26 +58,7 @@ fn table_args() -> String {
 }
 
 async fn run(dsn: &str, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(300),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_pg-rekey"))
-            .arg("--dsn")
-            .arg(dsn)
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .env_remove("PGREKEY_FAILPOINT")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("pg-rekey {args:?} did not finish"))
-    .expect("run pg-rekey");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::support::run_binary(dsn, args, None).await
 }
 
 /// `status --json --journeys` (plus `extra`): the tables and the one journey.

@@ -4,7 +4,6 @@
 //! the backfill, a half-filled column completed, an invalid index left by a
 //! failed build, a busy table given up on without a change.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -20,23 +19,7 @@ INSERT INTO sessions (user_id, token) SELECT 1 + g % 30000, 't' || g FROM genera
 ANALYZE;";
 
 async fn run(dsn: &str, args: &[&str], failpoint: Option<&str>) -> (i32, String, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pg-rekey"));
-    cmd.arg("--dsn")
-        .arg(dsn)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("PGREKEY_FAILPOINT")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    if let Some(fp) = failpoint {
-        cmd.env("PGREKEY_FAILPOINT", fp);
-    }
-    let out = cmd.output().await.expect("run pg-rekey");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::support::run_binary(dsn, args, failpoint).await
 }
 
 fn prepare_args(extra: &[&'static str]) -> Vec<&'static str> {

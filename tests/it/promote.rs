@@ -6,7 +6,6 @@
 //! with a view, a comment, a column grant and the sequence following the
 //! integer; a busy table waited on and given up on without a change.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,26 +31,7 @@ ALTER TABLE sessions ADD CONSTRAINT sessions_user_uuid_fkey FOREIGN KEY (user_uu
 ALTER TABLE sessions DROP CONSTRAINT sessions_user_id_fkey;";
 
 async fn run(dsn: &str, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(180),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_pg-rekey"))
-            .arg("--dsn")
-            .arg(dsn)
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .env_remove("PGREKEY_FAILPOINT")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("pg-rekey {args:?} did not finish"))
-    .expect("run pg-rekey");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::support::run_binary(dsn, args, None).await
 }
 
 fn promote_args(extra: &[&'static str]) -> Vec<&'static str> {

@@ -336,3 +336,33 @@ impl Drop for SlotGuard {
         .join();
     }
 }
+
+/// Run the built `pg-rekey` binary with `--dsn dsn` and `args` (dying at
+/// `failpoint` if one is given); `(exit code, stdout, stderr)`. Gives up
+/// after five minutes.
+pub async fn run_binary(
+    dsn: &str,
+    args: &[&str],
+    failpoint: Option<&str>,
+) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pg-rekey"));
+    cmd.arg("--dsn")
+        .arg(dsn)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("PGREKEY_FAILPOINT")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(fp) = failpoint {
+        cmd.env("PGREKEY_FAILPOINT", fp);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("pg-rekey {args:?} did not finish"))
+        .expect("run pg-rekey");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

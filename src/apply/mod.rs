@@ -933,68 +933,81 @@ impl Applier {
         self.settle().await?;
         self.settle_directions().await?;
         for (key, uuid) in candidates {
-            for t in self.tables.values() {
-                if t.spec.is_reverse() || !self.writes(&t.spec) {
-                    continue;
-                }
-                for (pos, c) in t.spec.columns.iter().enumerate() {
-                    if c.reference.is_none() {
-                        continue;
-                    }
-                    let text = sql::references_uuid(&t.spec, pos);
-                    let found: bool = self
-                        .client
-                        .query_one(text.as_str(), &[&translate::Param::Uuid(uuid)])
-                        .await
-                        .map_err(Error::db(format!(
-                            "check {} for references to a deleted parent at LSN {commit_lsn}",
-                            t.spec.shadow
-                        )))?
-                        .get(0);
-                    if found {
-                        return Err(data(TranslateError::OrphanAtCommit {
-                            table: t.spec.source.to_string(),
-                            column: c.name.clone(),
-                            value: key,
-                            lsn: commit_lsn,
-                        }));
-                    }
-                }
+            let held = self
+                .still_referenced(false, &translate::Param::Uuid(uuid), commit_lsn)
+                .await?;
+            if let Some((table, column)) = held {
+                return Err(data(TranslateError::OrphanAtCommit {
+                    table,
+                    column,
+                    value: key,
+                    lsn: commit_lsn,
+                }));
             }
         }
         // The way back: old-table rows still holding the key a uuid this
         // transaction deleted had (and no other uuid holds now).
         for (uuid, key) in back {
-            for t in self.tables.values() {
-                if !t.spec.is_reverse() || !self.writes(&t.spec) {
-                    continue;
-                }
-                for (pos, c) in t.spec.columns.iter().enumerate() {
-                    if c.reference.is_none() {
-                        continue;
-                    }
-                    let text = sql::references_key(&t.spec, pos);
-                    let found: bool = self
-                        .client
-                        .query_one(text.as_str(), &[&translate::Param::Int(key)])
-                        .await
-                        .map_err(Error::db(format!(
-                            "check {} for references to a deleted parent at LSN {commit_lsn}",
-                            t.spec.shadow
-                        )))?
-                        .get(0);
-                    if found {
-                        return Err(data(TranslateError::OrphanUuidAtCommit {
-                            table: t.spec.source.to_string(),
-                            column: c.name.clone(),
-                            value: uuid,
-                            lsn: commit_lsn,
-                        }));
-                    }
-                }
+            let held = self
+                .still_referenced(true, &translate::Param::Int(key), commit_lsn)
+                .await?;
+            if let Some((table, column)) = held {
+                return Err(data(TranslateError::OrphanUuidAtCommit {
+                    table,
+                    column,
+                    value: uuid,
+                    lsn: commit_lsn,
+                }));
             }
         }
         Ok(())
+    }
+
+    /// The first table and reference column (written in this direction:
+    /// `back`, the old tables by key; else the shadows by uuid) with a row
+    /// still holding `value`: the commit-time orphan check.
+    async fn still_referenced(
+        &mut self,
+        back: bool,
+        value: &translate::Param,
+        commit_lsn: Lsn,
+    ) -> Result<Option<(String, String)>, Error> {
+        let mut checks = Vec::new();
+        for t in self.tables.values() {
+            if t.spec.is_reverse() != back || !self.writes(&t.spec) {
+                continue;
+            }
+            for (pos, c) in t.spec.columns.iter().enumerate() {
+                if c.reference.is_none() {
+                    continue;
+                }
+                let text = if back {
+                    sql::references_key(&t.spec, pos)
+                } else {
+                    sql::references_uuid(&t.spec, pos)
+                };
+                checks.push((
+                    text,
+                    t.spec.source.to_string(),
+                    c.name.clone(),
+                    t.spec.shadow.to_string(),
+                ));
+            }
+        }
+        for (text, table, column, written) in checks {
+            let found: bool = self
+                .client
+                .query_one(text.as_str(), &[value])
+                .await
+                .map_err(Error::db(format!(
+                    "check {written} for references to a deleted parent at LSN {commit_lsn}"
+                )))?
+                .get(0);
+            if found {
+                return Ok(Some((table, column)));
+            }
+        }
+        Ok(None)
     }
 
     /// Apply one row change (or relation) of the current transaction.

@@ -646,3 +646,94 @@ async fn without_a_way_back_finish_drops_the_old_tables_and_abort_points_to_it()
         .get(0);
     assert_eq!(rows, 300, "the new tables are untouched");
 }
+
+#[tokio::test]
+async fn ctrl_c_keeps_the_way_back_and_finish_refuses_a_difference_unless_forced() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    let (stop, job) = rewrite_task(&db).await;
+    wait_phase(&c, TABLES, "streaming").await;
+    swap(&db, Direction::Forward).await;
+    // Ctrl-C while the way back is served: nothing is removed.
+    stop.send(true).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::Paused);
+    let slots = crate::support::slots_in_database(&c).await;
+    assert_eq!(slots, 1, "the slot is kept for the next run");
+    // Writes while no process serves it reach the old tables once it runs again.
+    c.batch_execute(
+        "UPDATE docs SET note = 'while stopped' WHERE id <= 20;
+         INSERT INTO docs (owner_id, n, body, note) SELECT uuid_id, 7, 'x', 'new while stopped' FROM users WHERE id = 3;",
+    )
+    .await
+    .unwrap();
+    let (_stop, job) = rewrite_task(&db).await;
+    assert_equal(&c, &old, &public).await;
+    let stopped: i64 = c
+        .query_one(
+            "SELECT count(*) FROM _rekey_old_docs WHERE note LIKE '%while stopped'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stopped, 21);
+    // A row changed behind the way back's back: finish refuses and changes nothing.
+    c.batch_execute("UPDATE _rekey_old_docs SET n = n + 1000 WHERE id = 5")
+        .await
+        .unwrap();
+    let e = pg_rekey::way_back::finish(&db.spec, &names(TABLES), &Default::default())
+        .await
+        .expect_err("a difference");
+    assert!(matches!(e, pg_rekey::Error::Data(_)), "{e:?}");
+    assert!(e.to_string().contains("differ"), "{e}");
+    let jobs: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pgrekey.jobs WHERE phase = 'cut_over'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(jobs, 3, "nothing changed");
+    assert!(!job.is_finished(), "the way back still runs");
+    // Forced, keeping the old tables.
+    let opts = pg_rekey::way_back::FinishOptions {
+        force: true,
+        keep_old: true,
+        ..Default::default()
+    };
+    let report = pg_rekey::way_back::finish(&db.spec, &names(TABLES), &opts)
+        .await
+        .unwrap();
+    assert_eq!(report.verified, Some(false), "{report:?}");
+    assert!(report.kept_old);
+    let outcome = tokio::time::timeout(Duration::from_secs(60), job)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, RewriteOutcome::Finished);
+    let kept: i64 = c
+        .query_one("SELECT count(*) FROM pg_class WHERE relname LIKE '\\_rekey\\_old\\_%' AND relkind = 'r'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 3, "the old tables are kept");
+    let left: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database())
+                  + (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pgrekey.jobs)
+                  + (SELECT count(*) FROM pgrekey.held_constraints)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}

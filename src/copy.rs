@@ -167,6 +167,7 @@ use tokio_postgres::{Client, CopyInSink};
 use tracing::Instrument;
 use uuid::Uuid;
 
+pub use crate::copy_format::{CopyError, RewriteError};
 use crate::idmap::IdMap;
 use crate::pg::quote_ident;
 use crate::plan::model::{IntKind, TableSpec};
@@ -182,70 +183,6 @@ pub fn check_header(h: &[u8]) -> Result<u32, RewriteError> {
         crate::copy_format::HeaderError::BadSignature => RewriteError::BadSignature,
         crate::copy_format::HeaderError::UnsupportedFlags(f) => RewriteError::UnsupportedFlags(f),
     })
-}
-
-/// Why a binary COPY stream could not be rewritten.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RewriteError {
-    /// The stream does not start with the binary COPY signature.
-    #[error("not a binary COPY stream (bad signature)")]
-    BadSignature,
-    /// Header flags this rewriter does not understand (e.g. OIDs included).
-    #[error("unsupported binary COPY header flags {0:#x}")]
-    UnsupportedFlags(u32),
-    /// A tuple has the wrong number of fields.
-    #[error("row {row} has {found} fields, expected {expected}")]
-    FieldCount {
-        /// 1-based row number in the stream.
-        row: u64,
-        /// Fields the layout has.
-        expected: usize,
-        /// Fields the tuple says it has.
-        found: i16,
-    },
-    /// A field length below -1.
-    #[error("row {row} field {field} has invalid length {len}")]
-    BadLength {
-        /// 1-based row number.
-        row: u64,
-        /// 0-based field index.
-        field: usize,
-        /// The length found.
-        len: i32,
-    },
-    /// A reference field whose length is not its integer width.
-    #[error("row {row} field {field} is a reference of {expected} bytes but has {found}")]
-    ReferenceWidth {
-        /// 1-based row number.
-        row: u64,
-        /// 0-based field index.
-        field: usize,
-        /// The integer width.
-        expected: usize,
-        /// The length found.
-        found: i32,
-    },
-    /// A reference whose value is not in the map.
-    #[error("row {row} field {field} references key {value}, which has no parent row")]
-    MissingParent {
-        /// 1-based row number.
-        row: u64,
-        /// 0-based field index.
-        field: usize,
-        /// The integer value.
-        value: i64,
-    },
-    /// Bytes after the trailer.
-    #[error("data after the end of the COPY stream")]
-    TrailingData,
-    /// The stream ended before its trailer.
-    #[error("the COPY stream ended early (after {rows} rows, inside {state})")]
-    Truncated {
-        /// Complete rows seen.
-        rows: u64,
-        /// Where it stopped.
-        state: &'static str,
-    },
 }
 
 /// What one [`Rewriter::feed`] call produced.
@@ -703,65 +640,6 @@ impl Default for CopyOptions {
     }
 }
 
-/// Why a table copy failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CopyError {
-    /// A reference to a parent key that does not exist at the snapshot.
-    #[error("{table}.{column} holds {value}, which is not a key of the parent at the snapshot (orphaned reference, row {row} of the copy): delete or fix those rows (`pg-rekey plan` lists them), then start again")]
-    MissingParent {
-        /// Source table.
-        table: String,
-        /// Reference column.
-        column: String,
-        /// The integer value.
-        value: i64,
-        /// 1-based row number in the copy stream.
-        row: u64,
-    },
-    /// The source's COPY stream could not be parsed.
-    #[error("copy of {table} (column {column}): {source}; this is a bug or a column type pg-rekey does not expect — report it")]
-    Stream {
-        /// Source table.
-        table: String,
-        /// Column involved, or `-` when none is.
-        column: String,
-        /// What was wrong.
-        #[source]
-        source: RewriteError,
-    },
-    /// A statement on the source or the target failed.
-    #[error("copy of {table}: {context}: {}", crate::error::chain(source))]
-    Db {
-        /// Source table.
-        table: String,
-        /// What was being done.
-        context: &'static str,
-        /// The driver's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    /// The spec does not describe a copyable table.
-    #[error("copy of {table}: {reason}")]
-    Spec {
-        /// Source table.
-        table: String,
-        /// What is missing.
-        reason: String,
-    },
-}
-
-impl CopyError {
-    /// Whether retrying the copy (from an empty shadow) may succeed.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            // The one rule every error uses (SQLSTATE classes, a closed
-            // connection, an I/O failure).
-            CopyError::Db { source, .. } => crate::pg::diag::is_transient_pg(source),
-            _ => false,
-        }
-    }
-}
-
 /// The SQL both ends of a copy run, and the rewriter layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyPlan {
@@ -1097,7 +975,7 @@ pub async fn split_points(
     let sample = match client.query(&sample_sql(spec, key), &[&pct]).await {
         Ok(rows) => rows,
         Err(e) => {
-            tracing::warn!(table = %spec.source, error = %crate::error::chain(&e), "the key cannot be sampled; copying the table in one stream");
+            tracing::warn!(table = %spec.source, error = %crate::pg::diag::chain(&e), "the key cannot be sampled; copying the table in one stream");
             client
                 .batch_execute(
                     "ROLLBACK TO SAVEPOINT pgrekey_split; RELEASE SAVEPOINT pgrekey_split",

@@ -61,9 +61,8 @@
 //! also gives the shadow's indexes and constraints their original names (see
 //! [`crate::swap`]).
 
+use crate::model::{IdentitySequence, ParentSpec, TableDetail};
 use crate::pg::{quote_ident, quote_literal, QualifiedName};
-use crate::plan::catalog::{IdentitySequence, TableDetail};
-use crate::plan::model::ParentSpec;
 
 pub use crate::naming::{
     derived_name, old_name, shadow_name, shadow_object_name, MAX_IDENT_BYTES, OLD_PREFIX,
@@ -231,12 +230,12 @@ fn column_settings(table: &TableDetail) -> Vec<String> {
 }
 
 /// Whether `create_shadow` already built this index.
-fn built_with_table(table: &TableDetail, idx: &crate::plan::catalog::IndexDetail) -> bool {
+fn built_with_table(table: &TableDetail, idx: &crate::model::IndexDetail) -> bool {
     idx.primary || (table.primary_key.is_none() && idx.replica_identity)
 }
 
 /// The shadow's name of an index: the constraint's derived name when it backs one.
-fn shadow_index_name(idx: &crate::plan::catalog::IndexDetail) -> String {
+fn shadow_index_name(idx: &crate::model::IndexDetail) -> String {
     shadow_object_name(idx.constraint.as_deref().unwrap_or(&idx.name))
 }
 
@@ -368,7 +367,7 @@ fn action(code: char) -> Option<&'static str> {
 }
 
 /// ` ON UPDATE … ON DELETE … DEFERRABLE …` of a foreign key built from its parts.
-fn fk_tail(fk: &crate::plan::catalog::ForeignKey) -> String {
+fn fk_tail(fk: &crate::model::ForeignKey) -> String {
     let mut s = String::new();
     if let Some(a) = action(fk.on_update) {
         s.push_str(&format!(" ON UPDATE {a}"));
@@ -443,10 +442,10 @@ pub fn key_after_copy(table: &TableDetail) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::catalog::{
+    use crate::model::{
         CheckConstraint, ColumnDetail, ForeignKey, IdentitySequence, IndexDetail, KeyConstraint,
     };
-    use crate::plan::model::{ColumnSpec, IntKind, TableSpec};
+    use crate::model::{ColumnSpec, IntKind, TableSpec};
 
     fn parent() -> ParentSpec {
         ParentSpec {

@@ -65,11 +65,7 @@ pub enum Error {
     /// The snapshot copy of a table (an orphaned reference at the snapshot,
     /// an unreadable stream, a failed statement).
     #[error(transparent)]
-    Copy(#[from] crate::copy::CopyError),
-
-    /// A comparison of the two sides of a table.
-    #[error(transparent)]
-    Verify(#[from] crate::verify::VerifyError),
+    Copy(#[from] crate::copy_format::CopyError),
 
     /// A precondition on the server or the data does not hold.
     #[error("{0}")]
@@ -141,7 +137,6 @@ impl Error {
             Error::Replication(e) => e.is_transient(),
             Error::Swap(e) => e.is_transient(),
             Error::Copy(e) => e.is_transient(),
-            Error::Verify(crate::verify::VerifyError::Db { source, .. }) => is_transient_pg(source),
             // The state session lost (a server restart): as transient as any other.
             Error::State(crate::state::StateError::Db { source, .. }) => is_transient_pg(source),
             _ => false,
@@ -162,10 +157,8 @@ impl Error {
         match self {
             Error::Blocked(_) | Error::Data(_) | Error::GaveUp(_) | Error::Stopped(_) => 1,
             // The data stops the copy; a failed statement is an error.
-            Error::Copy(crate::copy::CopyError::Db { .. }) => 2,
+            Error::Copy(crate::copy_format::CopyError::Db { .. }) => 2,
             Error::Copy(_) => 1,
-            // No consistent point within the attempts: nothing harmed.
-            Error::Verify(crate::verify::VerifyError::NoConsistentPoint { .. }) => 1,
             Error::Swap(crate::swap::SwapError::Catalog { .. }) => 2,
             Error::Swap(_) => 1,
             _ => 2,
@@ -181,8 +174,7 @@ impl Error {
                 ..
             } => source.as_db_error().map(|d| d.code().code()),
             Error::Replication(e) => e.sqlstate(),
-            Error::Copy(crate::copy::CopyError::Db { source, .. })
-            | Error::Verify(crate::verify::VerifyError::Db { source, .. }) => {
+            Error::Copy(crate::copy_format::CopyError::Db { source, .. }) => {
                 source.as_db_error().map(|d| d.code().code())
             }
             _ => None,
@@ -205,16 +197,11 @@ mod tests {
                 table: crate::pg::QualifiedName::new("public", "t"),
                 objects: vec![],
             }),
-            Error::Copy(crate::copy::CopyError::MissingParent {
+            Error::Copy(crate::copy_format::CopyError::MissingParent {
                 table: "public.t".into(),
                 column: "user_id".into(),
                 value: 7,
                 row: 1,
-            }),
-            Error::Verify(crate::verify::VerifyError::NoConsistentPoint {
-                tables: "public.t".into(),
-                attempts: 5,
-                reason: "lock timeout".into(),
             }),
         ] {
             assert_eq!(found.exit_code(), 1, "{found}");
@@ -222,9 +209,6 @@ mod tests {
         for error in [
             Error::Config("bad flag".into()),
             Error::Precondition("no snapshot".into()),
-            Error::Verify(crate::verify::VerifyError::NoJob {
-                table: "public.t".into(),
-            }),
         ] {
             assert_eq!(error.exit_code(), 2, "{error}");
         }

@@ -35,6 +35,7 @@ pub mod guide;
 pub mod hooks;
 pub mod idmap;
 pub mod locked_step;
+pub mod model;
 pub mod naming;
 pub mod observe;
 pub mod pg;

@@ -299,7 +299,7 @@ pub enum VerifyError {
         waited_ms: u64,
     },
     /// A statement failed.
-    #[error("verifying {table} failed while {step}: {}; check that both tables still have the planned columns and that the role may read them and the parent", crate::error::chain(source))]
+    #[error("verifying {table} failed while {step}: {}; check that both tables still have the planned columns and that the role may read them and the parent", crate::pg::diag::chain(source))]
     Db {
         /// The table.
         table: String,
@@ -309,6 +309,31 @@ pub enum VerifyError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// A verify error as the crate's error: a failed statement stays a
+/// [`crate::error::Error::Db`] (so the transient rule applies), no
+/// consistent point within the attempts is [`crate::error::Error::GaveUp`]
+/// (exit 1: nothing was harmed), anything else a precondition. (Not a
+/// variant of its own: `error` would then import `verify`, which imports
+/// `error`.)
+impl From<VerifyError> for crate::error::Error {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::Db {
+                table,
+                step,
+                source,
+            } => crate::error::Error::Db {
+                context: format!("verifying {table} ({step})"),
+                source,
+            },
+            gave_up @ VerifyError::NoConsistentPoint { .. } => {
+                crate::error::Error::GaveUp(gave_up.to_string())
+            }
+            other => crate::error::Error::Precondition(other.to_string()),
+        }
+    }
 }
 
 /// Compare `left` (integer references) with `right` (uuid references), chunk

@@ -908,5 +908,28 @@ mod tests {
         assert_eq!(v.attempts, lib.attempts);
         assert_eq!(v.backoff, lib.backoff);
         assert_eq!(v.chunk_rows, lib.compare.chunk_rows);
+        assert_eq!(v.chunk_rows, crate::verify::DEFAULT_CHUNK_ROWS);
+        let c = Cli::try_parse_from(["pg-rekey", "prepare", "--parent", "users"]).unwrap();
+        let Command::Prepare(p) = c.command else {
+            panic!("not prepare")
+        };
+        let lib = crate::prepare::PrepareConfig::new(
+            crate::pg::ConnSpec::parse("host=h dbname=d").unwrap(),
+            crate::pg::QualifiedName::new("public", "users"),
+            "uuid",
+        );
+        assert_eq!(p.batch_rows, lib.batch_rows);
+        assert_eq!(p.lock_timeout, lib.lock_timeout);
+        // Rollback takes the cutover's lock budget.
+        let c = Cli::try_parse_from(["pg-rekey", "rollback", "--table", "t"]).unwrap();
+        let Command::Rollback(r) = c.command else {
+            panic!("not rollback")
+        };
+        let lib = crate::cutover::CutoverConfig::new(
+            crate::pg::ConnSpec::parse("host=h dbname=d").unwrap(),
+            vec![],
+        );
+        assert_eq!(r.lock.lock_timeout, lib.lock_timeout);
+        assert_eq!(r.lock.attempts, lib.attempts);
     }
 }

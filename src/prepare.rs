@@ -90,6 +90,9 @@ pub struct PrepareConfig {
     pub progress_interval: Duration,
 }
 
+/// Default rows per backfill batch (one transaction each).
+pub const DEFAULT_BATCH_ROWS: i64 = 10_000;
+
 impl PrepareConfig {
     /// The limits of its locked steps.
     pub fn limits(&self) -> LockLimits {
@@ -100,14 +103,15 @@ impl PrepareConfig {
         }
     }
 
-    /// Defaults: 10,000 rows per batch, 200 ms lock timeout, 10 attempts.
+    /// Defaults: [`DEFAULT_BATCH_ROWS`] rows per batch, 200 ms lock
+    /// timeout, 10 attempts.
     pub fn new(spec: ConnSpec, parent: QualifiedName, column: impl Into<String>) -> Self {
         PrepareConfig {
             spec,
             parent,
             column: column.into(),
             column_exists: false,
-            batch_rows: 10_000,
+            batch_rows: DEFAULT_BATCH_ROWS,
             lock_timeout: Duration::from_millis(200),
             attempts: 10,
             backoff: Duration::from_millis(500),

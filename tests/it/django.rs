@@ -270,3 +270,128 @@ async fn django_contrib_schema_rewritten_and_cut_over_under_deferred_child_first
     .await
     .unwrap_or_else(|e| panic!("a uuid write after the swap: {}", pg_rekey::error::chain(&e)));
 }
+
+/// [`transaction`] as the application writes it once the columns are uuid:
+/// the new user's uuid is chosen up front and its children written first.
+fn transaction_uuid(w: i64, i: i64) -> String {
+    let new = 100_000 * (w + 1) + i;
+    let g = uuid::Uuid::new_v4();
+    let mut t = format!(
+        "BEGIN;
+         INSERT INTO django_admin_log (action_time, object_id, object_repr, action_flag, change_message, content_type_id, user_id)
+             VALUES (now(), '{new}', 'user {new}', 1, '[]', 1 + {i} % 20, '{g}');
+         INSERT INTO auth_user_groups (user_id, group_id) VALUES ('{g}', 1 + {i} % 10);
+         INSERT INTO auth_user_user_permissions (user_id, permission_id) VALUES ('{g}', 1 + {i} % 80);
+         INSERT INTO auth_user (id, uuid, password, is_superuser, username, first_name, last_name, email, is_staff, is_active, date_joined)
+             VALUES ({new}, '{g}', 'pbkdf2_sha256$y', false, 'w{w}_{i}', 'New', 'User', 'n{new}@example.com', false, true, now());"
+    );
+    if i % 3 == 2 {
+        let prev = new - 1;
+        t += &format!(
+            "DELETE FROM django_admin_log WHERE user_id = (SELECT uuid FROM auth_user WHERE id = {prev});
+             DELETE FROM auth_user_groups WHERE user_id = (SELECT uuid FROM auth_user WHERE id = {prev});
+             DELETE FROM auth_user_user_permissions WHERE user_id = (SELECT uuid FROM auth_user WHERE id = {prev});
+             DELETE FROM auth_user WHERE id = {prev};"
+        );
+    }
+    t + "COMMIT"
+}
+
+/// The way back on Django's schema: cut over keeping it, write in uuids as
+/// Django would (children before their user, keys checked at commit), roll
+/// back, write in integers again. Each old table follows its new one, and
+/// after the rollback every object hanging off the tables is as it was.
+#[tokio::test]
+async fn django_schema_way_back_and_rollback_restore_every_object() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(DJANGO_SCHEMA).await.unwrap();
+    c.batch_execute(PREPARE).await.unwrap();
+    let names: Vec<QualifiedName> = REFERENCING.iter().map(|(t, _)| public(t)).collect();
+    let mut before = Vec::new();
+    for n in &names {
+        before.push(crate::support::catalog_snapshot(&c, &n.quoted()).await);
+    }
+    let (_stop, rx) = watch::channel(false);
+    let cfg = RewriteConfig::new(db.spec.clone(), public("auth_user"), "uuid", names.clone());
+    let job = pg_rekey::task::spawn("django-rewrite", async move {
+        rewrite::run(&cfg, rx, pg_rekey::progress::JobProgress::new()).await
+    });
+    let tables: Vec<&str> = REFERENCING.iter().map(|(t, _)| *t).collect();
+    wait_phase(&c, &tables, "streaming").await;
+    for i in 0..30 {
+        c.batch_execute(&transaction(0, i)).await.unwrap();
+    }
+    let tables_cfg = crate::cutover::cutover_cfg(&db, &tables);
+    let swap = |direction| cutover::CutoverConfig {
+        way_back: direction == cutover::Direction::Forward,
+        direction,
+        ..tables_cfg.clone()
+    };
+    let report = cutover::run(&swap(cutover::Direction::Forward))
+        .await
+        .unwrap();
+    assert!(report.swapped, "{report:?}");
+    for i in 30..60 {
+        c.batch_execute(&transaction_uuid(0, i))
+            .await
+            .unwrap_or_else(|e| panic!("{}", pg_rekey::error::chain(&e)));
+    }
+    catch_up(&c).await;
+    for (table, reference) in REFERENCING {
+        let (missing, extra) = compare_translated(
+            &c,
+            &format!("public._rekey_old_{table}"),
+            &public(table).quoted(),
+            &[reference],
+            "public.auth_user",
+            "id",
+            "uuid",
+        )
+        .await;
+        assert_eq!(
+            (missing, extra),
+            (0, 0),
+            "{table}: the old table follows the new one"
+        );
+    }
+    let report = cutover::run(&swap(cutover::Direction::Back)).await.unwrap();
+    assert!(report.swapped, "{report:?}");
+    for i in 0..30 {
+        c.batch_execute(&transaction(1, i)).await.unwrap();
+    }
+    catch_up(&c).await;
+    for (table, reference) in REFERENCING {
+        let (missing, extra) = compare_translated(
+            &c,
+            &public(table).quoted(),
+            &format!("public._rekey_new_{table}"),
+            &[reference],
+            "public.auth_user",
+            "id",
+            "uuid",
+        )
+        .await;
+        assert_eq!(
+            (missing, extra),
+            (0, 0),
+            "{table}: the uuid table follows the restored one"
+        );
+    }
+    for (n, was) in names.iter().zip(&before) {
+        let now = crate::support::catalog_snapshot(&c, &n.quoted()).await;
+        let gone: Vec<&String> = was.iter().filter(|x| !now.contains(x)).collect();
+        let new: Vec<&String> = now.iter().filter(|x| !was.contains(x)).collect();
+        assert!(
+            gone.is_empty() && new.is_empty(),
+            "{n}: missing {gone:?}, new {new:?}"
+        );
+    }
+    let writes: i64 = count(
+        &c,
+        "SELECT count(*) FROM auth_user WHERE username LIKE 'w%'",
+    )
+    .await;
+    assert!(writes >= 60, "{writes}");
+    assert!(!job.is_finished(), "the rewrite streams forward again");
+}

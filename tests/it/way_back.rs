@@ -259,32 +259,6 @@ fn assert_equal<'a>(
     }
 }
 
-/// What hangs off a table, as text that does not depend on OIDs.
-async fn catalog_snapshot(c: &Client, table: &str) -> Vec<String> {
-    let q = |sql: &'static str| sql;
-    let mut out = Vec::new();
-    for (what, sql) in [
-        ("index", q("SELECT i.indexrelid::regclass::text || ' ' || pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = $1::text::regclass")),
-        ("constraint", q("SELECT conname || ' ' || pg_get_constraintdef(oid) || ' valid=' || convalidated FROM pg_constraint WHERE conrelid = $1::text::regclass")),
-        ("incoming", q("SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid) || ' valid=' || convalidated FROM pg_constraint WHERE confrelid = $1::text::regclass AND conrelid <> confrelid")),
-        ("trigger", q("SELECT tgname || ' ' || pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = $1::text::regclass AND NOT tgisinternal")),
-        ("table", q("SELECT coalesce((SELECT string_agg(a::text, ',' ORDER BY a::text) FROM unnest(relacl) a), '-') || ' ' || pg_get_userbyid(relowner) || ' ' || coalesce(obj_description(oid, 'pg_class'), '-') || ' ' || relreplident::text || ' rls=' || relrowsecurity FROM pg_class WHERE oid = $1::text::regclass")),
-        ("column", q("SELECT attname || ' ' || format_type(atttypid, atttypmod) || ' ' || coalesce(col_description(attrelid, attnum), '-') || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '-') FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped")),
-        ("sequence", q("SELECT coalesce(pg_get_serial_sequence($1::text, a.attname), '-') FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attname = 'id'")),
-        ("statistics", q("SELECT stxname::text || ' ' || pg_get_statisticsobjdef(oid) FROM pg_statistic_ext WHERE stxrelid = $1::text::regclass")),
-        ("identity", q("SELECT attname || ' ' || attidentity::text FROM pg_attribute WHERE attrelid = $1::text::regclass AND attidentity <> ''")),
-        ("view", q("SELECT 'doc_notes ' || pg_get_viewdef('public.doc_notes'::regclass) WHERE $1::text IS NOT NULL")),
-        ("publication", q("SELECT pubname FROM pg_publication_tables WHERE schemaname || '.' || tablename = $1::text AND pubname NOT LIKE 'pg_rekey%'")),
-    ] {
-        let rows = c.query(sql, &[&table]).await.unwrap_or_else(|e| panic!("{what} of {table}: {}", pg_rekey::error::chain(&e)));
-        for r in rows {
-            out.push(format!("{what}: {}", r.get::<_, String>(0)));
-        }
-    }
-    out.sort();
-    out
-}
-
 async fn rewrite_task(
     db: &TestDb,
 ) -> (
@@ -348,7 +322,7 @@ async fn rollback_after_writes_to_the_new_tables_loses_nothing_and_restores_ever
     c.batch_execute(SCHEMA).await.unwrap();
     let mut before = Vec::new();
     for t in TABLES {
-        before.push(catalog_snapshot(&c, &public(t)).await);
+        before.push(crate::support::catalog_snapshot(&c, &public(t)).await);
     }
     let (_stop, job, progress) = rewrite_watched(&db).await;
     wait_phase(&c, TABLES, "streaming").await;
@@ -414,7 +388,7 @@ async fn rollback_after_writes_to_the_new_tables_loses_nothing_and_restores_ever
     }
     assert_equal(&c, &public, &shadow).await;
     for (t, was) in TABLES.iter().zip(&before) {
-        let now = catalog_snapshot(&c, &public(t)).await;
+        let now = crate::support::catalog_snapshot(&c, &public(t)).await;
         let gone: Vec<&String> = was.iter().filter(|x| !now.contains(x)).collect();
         let new: Vec<&String> = now.iter().filter(|x| !was.contains(x)).collect();
         assert!(

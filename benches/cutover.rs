@@ -31,11 +31,12 @@
 //! asks `cutover --dry-run` for the swap's statements, runs them one at a
 //! time in a transaction of its own (under the same locks, workload running)
 //! and rolls back, and prints the time per kind of statement: where the
-//! `swap_and_state` step of the hold goes. The real cutover pipelines the
-//! same statements in one round trip, so the sum is an upper bound. Then the
+//! `swap_and_state` step of the hold goes. The real cutover sends the same
+//! statements as one message, so the sum is an upper bound. Then the
 //! statements after the locks are sent whole three ways, each under the
 //! same locks and rolled back: pipelined one message each (as the cutover
-//! sends them), as one message, and as one message with each table's
+//! sent them before), as one message (as it sends them now), and as one
+//! message with each table's
 //! combinable `ALTER TABLE` subcommands merged and one `UPDATE` of the job
 //! rows — what batching the swap would save. The profile holds the locks
 //! meanwhile, so the real cutover that follows it (and its hold) is
@@ -385,9 +386,9 @@ async fn swap_profile(c: &tokio_postgres::Client, n: u64, count: usize, sql: &[S
         e.1 += ms;
     }
     let _ = c.batch_execute("ROLLBACK").await;
-    // The same statements sent as the cutover sends them (pipelined, one
-    // message each), as one message, and as one message with fewer
-    // statements; each under the same locks, rolled back.
+    // The same statements pipelined one message each (as the cutover sent
+    // them before), as one message (as it sends them now), and as one
+    // message with fewer statements; each under the same locks, rolled back.
     let locks = body
         .iter()
         .rposition(|s| s.starts_with("LOCK TABLE"))
@@ -397,8 +398,12 @@ async fn swap_profile(c: &tokio_postgres::Client, n: u64, count: usize, sql: &[S
     let merged = merge_statements(&swap);
     let mut variants = Vec::new();
     for (name, stmts, one_message) in [
-        ("pipelined, one message each (as the cutover)", &swap, false),
-        ("one message", &swap, true),
+        (
+            "pipelined, one message each (the cutover before)",
+            &swap,
+            false,
+        ),
+        ("one message (as the cutover)", &swap, true),
         (
             "one message, ALTER TABLEs merged per table, one UPDATE of the job rows",
             &merged,

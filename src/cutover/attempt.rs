@@ -224,22 +224,26 @@ pub(super) async fn attempt_once(
     // The state rows are written right behind the swap statements, in the
     // same pipeline: if a swap statement fails, they fail too (the
     // transaction is aborted) and the swap's error is the one reported.
-    let (swapped, recorded) = futures_util::join!(
-        swap::execute_swap(session, &swap),
-        futures_util::future::join_all(targets.iter().zip(&old_names).map(|(t, old)| async move {
-            match cfg.direction {
-                Direction::Forward => {
-                    state::record_cutover(session, &t.job.source, old, cfg.way_back).await
-                }
-                Direction::Back => state::record_rollback(session, &t.job.source).await,
+    let (swapped, recorded) = futures_util::join!(swap::execute_swap(session, &swap), async {
+        match cfg.direction {
+            Direction::Forward => {
+                let pairs: Vec<(QualifiedName, QualifiedName)> = targets
+                    .iter()
+                    .zip(old_names)
+                    .map(|(t, old)| (t.job.source.clone(), old))
+                    .collect();
+                state::record_cutovers(session, &pairs, cfg.way_back).await
             }
-        })),
-    );
-    let written = swapped.map_err(swap_err).and_then(|()| {
-        recorded
-            .into_iter()
-            .try_for_each(|r| r.map_err(Error::from))
+            Direction::Back => {
+                let tables: Vec<QualifiedName> =
+                    targets.iter().map(|t| t.job.source.clone()).collect();
+                state::record_rollbacks(session, &tables).await
+            }
+        }
     });
+    let written = swapped
+        .map_err(swap_err)
+        .and_then(|()| recorded.map_err(Error::from));
     if let Err(e) = written {
         quiet.abandon().await;
         return Err(fail(e, &phases));
@@ -317,22 +321,34 @@ pub(super) async fn dry_run_sql(
     // catalog has not changed since they were built.
     let swap = read_and_build(admin, targets, parent, true, cfg).await?;
     out.extend(swap.sql());
-    for t in targets {
-        out.push(match cfg.direction {
-            Direction::Forward => format!(
-                "UPDATE pgrekey.jobs SET phase = 'cut_over', old_table = {}, way_back = {} WHERE source_schema = {} AND source_table = {}",
-                crate::pg::quote_literal(&t.names.old_table),
-                cfg.way_back,
-                crate::pg::quote_literal(&t.job.source.schema),
-                crate::pg::quote_literal(&t.job.source.name)
-            ),
-            Direction::Back => format!(
-                "UPDATE pgrekey.jobs SET phase = 'streaming', old_table = NULL WHERE source_schema = {} AND source_table = {}",
-                crate::pg::quote_literal(&t.job.source.schema),
-                crate::pg::quote_literal(&t.job.source.name)
-            ),
-        });
-    }
+    // The job rows: one statement for all tables, as the attempt sends it
+    // (`state::record_cutovers` / `record_rollbacks`, with arrays).
+    let q = crate::pg::quote_literal;
+    let rows = |old: bool| {
+        targets
+            .iter()
+            .map(|t| {
+                let (s, n) = (q(&t.job.source.schema), q(&t.job.source.name));
+                if old {
+                    format!("({s}, {n}, {})", q(&t.names.old_table))
+                } else {
+                    format!("({s}, {n})")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    out.push(match cfg.direction {
+        Direction::Forward => format!(
+            "UPDATE pgrekey.jobs j SET phase = 'cut_over', old_table = v.old, way_back = {} FROM (VALUES {}) AS v(s, t, old) WHERE j.source_schema = v.s AND j.source_table = v.t",
+            cfg.way_back,
+            rows(true)
+        ),
+        Direction::Back => format!(
+            "UPDATE pgrekey.jobs j SET phase = 'streaming', old_table = NULL FROM (VALUES {}) AS v(s, t) WHERE j.source_schema = v.s AND j.source_table = v.t",
+            rows(false)
+        ),
+    });
     out.push("COMMIT".into());
     out.push("-- after commit, outside the lock:".into());
     for v in &swap.validate {

@@ -22,7 +22,7 @@
 
 use std::fmt;
 
-use tokio_postgres::types::PgLsn;
+use tokio_postgres::types::{PgLsn, Type};
 use tokio_postgres::{Client, GenericClient, Row};
 use uuid::Uuid;
 
@@ -491,61 +491,114 @@ pub async fn applied_lsn<C: GenericClient>(
 
 /// Mark a table swapped: phase `cut_over` and where the old table went. Call it
 /// inside the cutover transaction so it commits with the rename.
-pub async fn record_cutover<C: GenericClient>(
+pub async fn record_cutover<C: GenericClient + Sync>(
     client: &C,
     table: &QualifiedName,
     old_table: &QualifiedName,
     way_back: bool,
 ) -> Result<(), StateError> {
-    // One statement: it runs under the swap's locks.
+    record_cutovers(client, &[(table.clone(), old_table.clone())], way_back).await
+}
+
+/// [`record_cutover`] for every table of one swap, in one statement: it runs
+/// under the swap's locks, right behind the swap's statements, and is sent
+/// without a separate prepare (an unnamed statement), so it costs the hold
+/// no round trip of its own. Each pair is `(table, old table)`.
+pub async fn record_cutovers<C: GenericClient + Sync>(
+    client: &C,
+    tables: &[(QualifiedName, QualifiedName)],
+    way_back: bool,
+) -> Result<(), StateError> {
     let allowed: Vec<&str> = Phase::predecessors(Phase::CutOver)
         .into_iter()
         .map(Phase::as_str)
         .collect();
-    let n = client
-        .execute(
-            "UPDATE pgrekey.jobs SET phase = 'cut_over', old_table = $3, way_back = $4, lag_bytes = 0, updated_at = now()
-             WHERE source_schema = $1 AND source_table = $2 AND phase = ANY ($5)",
-            &[&table.schema, &table.name, &old_table.name, &way_back, &allowed],
+    let schemas: Vec<&str> = tables.iter().map(|(t, _)| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|(t, _)| t.name.as_str()).collect();
+    let olds: Vec<&str> = tables.iter().map(|(_, o)| o.name.as_str()).collect();
+    let rows = client
+        .query_typed(
+            "UPDATE pgrekey.jobs j SET phase = 'cut_over', old_table = v.old, way_back = $4, lag_bytes = 0, updated_at = now()
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS v(s, t, old)
+             WHERE j.source_schema = v.s AND j.source_table = v.t AND j.phase = ANY ($5)
+             RETURNING j.source_schema, j.source_table",
+            &[
+                (&schemas, Type::TEXT_ARRAY),
+                (&names, Type::TEXT_ARRAY),
+                (&olds, Type::TEXT_ARRAY),
+                (&way_back, Type::BOOL),
+                (&allowed, Type::TEXT_ARRAY),
+            ],
         )
         .await
-        .map_err(db(format!("recording the cutover of {table}")))?;
-    if n == 1 {
-        return Ok(());
+        .map_err(db(format!("recording the cutover of {}", list(tables))))?;
+    for (table, _) in tables {
+        if !updated(&rows, table) {
+            return Err(match get_job(client, table).await? {
+                Some(job) => StateError::BadTransition {
+                    table: table.clone(),
+                    from: job.phase,
+                    to: Phase::CutOver,
+                },
+                None => StateError::NotFound {
+                    table: table.clone(),
+                },
+            });
+        }
     }
-    match get_job(client, table).await? {
-        Some(job) => Err(StateError::BadTransition {
-            table: table.clone(),
-            from: job.phase,
-            to: Phase::CutOver,
-        }),
-        None => Err(StateError::NotFound {
-            table: table.clone(),
-        }),
-    }
+    Ok(())
 }
 
 /// Record a rollback in the swap's transaction: `table` holds the original
 /// table again and the job streams forward (phase `streaming`, no old
 /// table). The way back stays on: the next cutover may keep it again.
-pub async fn record_rollback<C: GenericClient>(
+pub async fn record_rollback<C: GenericClient + Sync>(
     client: &C,
     table: &QualifiedName,
 ) -> Result<(), StateError> {
-    let n = client
-        .execute(
-            "UPDATE pgrekey.jobs SET phase = 'streaming', old_table = NULL, lag_bytes = 0, updated_at = now()
-             WHERE source_schema = $1 AND source_table = $2 AND phase = 'cut_over' AND way_back",
-            &[&table.schema, &table.name],
+    record_rollbacks(client, std::slice::from_ref(table)).await
+}
+
+/// [`record_rollback`] for every table of one swap, in one statement (as
+/// [`record_cutovers`]).
+pub async fn record_rollbacks<C: GenericClient + Sync>(
+    client: &C,
+    tables: &[QualifiedName],
+) -> Result<(), StateError> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let rows = client
+        .query_typed(
+            "UPDATE pgrekey.jobs j SET phase = 'streaming', old_table = NULL, lag_bytes = 0, updated_at = now()
+             FROM unnest($1::text[], $2::text[]) AS v(s, t)
+             WHERE j.source_schema = v.s AND j.source_table = v.t AND j.phase = 'cut_over' AND j.way_back
+             RETURNING j.source_schema, j.source_table",
+            &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
         )
         .await
-        .map_err(db(format!("recording the rollback of {table}")))?;
-    if n == 0 {
-        return Err(StateError::NotFound {
-            table: table.clone(),
-        });
+        .map_err(db(format!(
+            "recording the rollback of {}",
+            tables.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+        )))?;
+    match tables.iter().find(|t| !updated(&rows, t)) {
+        Some(t) => Err(StateError::NotFound { table: t.clone() }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Whether `table` is among the rows an `UPDATE … RETURNING source_schema,
+/// source_table` returned.
+fn updated(rows: &[Row], table: &QualifiedName) -> bool {
+    rows.iter()
+        .any(|r| r.get::<_, &str>(0) == table.schema && r.get::<_, &str>(1) == table.name)
+}
+
+fn list(tables: &[(QualifiedName, QualifiedName)]) -> String {
+    tables
+        .iter()
+        .map(|(t, _)| t.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A foreign key of an old table held aside while the way back runs (see

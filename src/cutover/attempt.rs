@@ -38,7 +38,11 @@ impl Phases {
 
     /// Close the current step under `phase`.
     fn mark(&mut self, phase: &'static str) {
-        let now = Instant::now();
+        self.mark_at(phase, Instant::now());
+    }
+
+    /// Close the current step under `phase`, as of `now`.
+    fn mark_at(&mut self, phase: &'static str, now: Instant) {
         self.list.push(PhaseTime {
             phase,
             ms: ms(now - self.last),
@@ -133,55 +137,71 @@ pub(super) async fn attempt_once(
         )
     };
 
-    // Drain to a fence, bounded by the hold budget.
+    // Drain to a fence, bounded by the hold budget; meanwhile, on the
+    // locked session, re-read the sources' columns and fingerprint the
+    // catalog again. Both may run before the drain ends: from the lock on,
+    // no DDL can touch the sources, the objects the swap locks, or the
+    // shadows (held in SHARE UPDATE EXCLUSIVE, which the job's writes do not
+    // conflict with), so what they read is what the swap will find. They
+    // cost the hold nothing when the drain takes longer than they do.
     let token = format!("cutover-{}-{attempt}", Uuid::new_v4().simple());
     let fence = quiesce::Fence {
         session: fence_session,
         prepared: true,
         token: &token,
     };
-    let lsn = match quiet.fence(&fence).await {
-        Ok(f) => f,
-        Err(e) => return Err(fail(e, &phases)),
-    };
-    phases.mark("fence");
     let drain = quiesce::Drain {
         poll: admin,
         job_ids,
         max_pause: HELD_POLL,
     };
-    match quiet.drain(&drain, lsn, cfg.max_hold).await {
-        Ok(true) => {}
-        Ok(false) => {
+    let pairs = pairs(targets);
+    let reads = async {
+        futures_util::join!(
+            current_columns(session, targets, parent),
+            fingerprinter.take(session, &pairs),
+        )
+    };
+    let quiesced = async {
+        let lsn = quiet.fence(&fence).await?;
+        let fenced = Instant::now();
+        quiet
+            .drain(&drain, lsn, cfg.max_hold)
+            .await
+            .map(|d| (fenced, d))
+    };
+    let ((columns, fingerprint), drained) = futures_util::join!(reads, quiesced);
+    let drained = match drained {
+        Ok((fenced, drained)) => {
+            phases.mark_at("fence", fenced);
             phases.mark("drain");
-            return Ok(report(
-                wait,
-                Some(locked.elapsed()),
-                AttemptOutcome::DrainTimeout,
-                &phases,
-            ));
+            drained
         }
         Err(e) => return Err(fail(e, &phases)),
+    };
+    if !drained {
+        return Ok(report(
+            wait,
+            Some(locked.elapsed()),
+            AttemptOutcome::DrainTimeout,
+            &phases,
+        ));
     }
-    phases.mark("drain");
 
-    // One round trip: lock the shadows, re-read the sources' columns, and
-    // fingerprint the catalog again. The server runs them in this order.
+    // Lock the shadows (the job has applied everything up to the fence) and
+    // look at what was read meanwhile.
     let checks = async {
         let shadows = targets
             .iter()
             .map(|t| t.job.shadow.quoted())
             .collect::<Vec<_>>()
             .join(", ");
-        let lock_shadows =
-            format!("SET LOCAL search_path = ''; LOCK TABLE {shadows} IN ACCESS EXCLUSIVE MODE");
-        let pairs = pairs(targets);
-        let (locked_shadows, columns, fingerprint) = futures_util::join!(
-            session.batch_execute(&lock_shadows),
-            current_columns(session, targets, parent),
-            fingerprinter.take(session, &pairs),
-        );
-        locked_shadows.map_err(Error::db("lock the shadow tables"))?;
+        session
+            .batch_execute(&format!(
+                "SET LOCAL search_path = ''; LOCK TABLE {shadows} IN ACCESS EXCLUSIVE MODE"
+            ))
+            .await
+            .map_err(Error::db("lock the shadow tables"))?;
         // The columns must still be the ones the job planned (DDL under a
         // running job is refused by the stream too, but a DDL that sent no
         // row since would only show here).
@@ -298,7 +318,20 @@ async fn lock_statements(
         .await
         .map_err(Error::db("list the tables and views the swap locks"))?;
     let sources: Vec<QualifiedName> = targets.iter().map(|t| t.job.source.clone()).collect();
-    Ok(swap::sql::lock_sql(&sources, &parent.table, &hanging))
+    let shadows = targets
+        .iter()
+        .map(|t| t.job.shadow.quoted())
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Last, the shadows in SHARE UPDATE EXCLUSIVE: the job's writes to them
+    // go on (ROW EXCLUSIVE does not conflict) while DDL on them waits, so
+    // their catalog rows cannot change from here on and the fingerprint can
+    // be taken while the job drains (see `attempt_once`). ACCESS EXCLUSIVE
+    // on them follows the drain.
+    Ok(format!(
+        "{}; LOCK TABLE {shadows} IN SHARE UPDATE EXCLUSIVE MODE",
+        swap::sql::lock_sql(&sources, &parent.table, &hanging)
+    ))
 }
 
 /// The statements of the swap transaction, for `--dry-run` (catalog reads

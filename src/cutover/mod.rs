@@ -12,7 +12,8 @@
 //!    EXCLUSIVE` on the tables the shadows' foreign keys will reference (the
 //!    parent; see [`crate::swap::sql::lock_sql`] for why first), then `ACCESS EXCLUSIVE`
 //!    on every source table, each in a fixed (sorted) order so two cutovers
-//!    can never deadlock each other. A lock request that waits is
+//!    can never deadlock each other; last `SHARE UPDATE EXCLUSIVE` on the
+//!    shadows (the job's writes go on, DDL on them waits). A lock request that waits is
 //!    itself a queue head that blocks every later reader and writer of the
 //!    table, which is why the wait is short and retried with backoff instead
 //!    of long.
@@ -20,10 +21,13 @@
 //!    second session (a transactional logical message, see [`crate::fence`])
 //!    and wait until every job involved has recorded an applied position past
 //!    it. Nothing can commit to a source any more, so at that point each
-//!    shadow holds exactly its source's rows. If this takes longer than the
+//!    shadow holds exactly its source's rows. Meanwhile, on the locked
+//!    session, the sources' columns and the catalog fingerprint are read
+//!    again (step 3's checks): nothing they read can change from step 1 on.
+//!    If this takes longer than the
 //!    hold budget, roll back — the application gets its tables back — let the
 //!    jobs catch up, back off, and try again.
-//! 3. Lock the shadows, check that no source table's columns changed since
+//! 3. Lock the shadows (`ACCESS EXCLUSIVE`), check that no source table's columns changed since
 //!    the job was planned, and check that the catalog is as it was when the
 //!    swap was built (below); run the swap ([`crate::swap`]): rename each
 //!    source out of the way and its shadow into place, and carry sequences,
@@ -59,7 +63,10 @@
 //! *before* requesting any lock, after taking a catalog fingerprint
 //! ([`crate::swap::catalog::fingerprint`]: every catalog row that read depends on,
 //! with its `xmin`). Under the locks the fingerprint is taken again, in the
-//! same round trip as the column check. Equal: no transaction changed any of
+//! same round trip as the column check, while the jobs drain to the fence
+//! (the locks of step 1 cover every table it describes: sources and
+//! referencing tables and views in their locks, the shadows in `SHARE UPDATE
+//! EXCLUSIVE`, which blocks DDL but not the job's writes). Equal: no transaction changed any of
 //! that state since the read, so the statements are exactly what a read now
 //! would produce, and they run as built. Different (DDL committed in
 //! between, typically while the attempt waited for its locks): the attempt
@@ -74,11 +81,16 @@
 //!
 //! Every step under the locks is pipelined: statements that do not need an
 //! earlier answer are sent together and the server runs them in the order
-//! sent, so each group costs one round trip (lock the shadows + column
-//! re-check + fingerprint; swap statements + foreign keys + job rows).
-//! Answers are checked in order and before `COMMIT`, so a failure is
-//! attributed to its own statement and the transaction is rolled back as
-//! before. The column re-check is one query over all sources (same fields as
+//! sent, so each group costs one round trip: the column re-check and the
+//! fingerprint, sent while the fence is written and the drain polled on
+//! other sessions (they overlap the drain instead of following it); the
+//! shadows' lock; the swap statements with the new foreign keys, as **one**
+//! simple-query message ([`crate::swap::execute_swap`]: the server pays no
+//! per-message overhead, and the count of completed statements names a
+//! failing one), followed by the job rows of all tables in one `UPDATE`
+//! over arrays. Answers are checked in order and before `COMMIT`, so a
+//! failure is attributed to its own statement and the transaction is rolled
+//! back as before. The column re-check is one query over all sources (same fields as
 //! [`crate::plan::catalog::load_table`] produces). The fence session is prepared once;
 //! the fence is one exchange; the drain polls every millisecond while the
 //! locks are held. The session that takes the locks runs the same catalog

@@ -452,8 +452,9 @@ async fn status(dsn: Option<&str>, a: StatusArgs) -> Result<ExitCode, Error> {
         // The array of tables is the contract of `status --json`; the
         // object with the journeys is asked for (--journeys, --parent).
         let text = if a.journeys || named.is_some() {
+            let leftovers = crate::guide::leftovers(&client).await?;
             serde_json::to_string_pretty(
-                &serde_json::json!({ "tables": report, "journeys": journeys }),
+                &serde_json::json!({ "tables": report, "journeys": journeys, "leftovers": leftovers }),
             )
         } else {
             serde_json::to_string_pretty(&report)
@@ -463,6 +464,9 @@ async fn status(dsn: Option<&str>, a: StatusArgs) -> Result<ExitCode, Error> {
     } else {
         let mut text = crate::status::render(&report);
         text.push_str(&crate::status::journey::render(&journeys));
+        text.push_str(&crate::guide::render_leftovers(
+            &crate::guide::leftovers(&client).await?,
+        ));
         print(&text)?;
     }
     Ok(0)

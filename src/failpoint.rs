@@ -27,6 +27,8 @@ pub const NAMES: &[&str] = &[
     "cutover.before_swap",
     "cutover.after_commit",
     "way_back.before_commit",
+    "finish.after_commit",
+    "rewrite.finished_before_cleanup",
     "prepare.after_batch",
 ];
 

@@ -213,10 +213,12 @@ pub fn next_after_rewrite_stopped(tables: &[String]) -> String {
     )
 }
 
-/// A job row `prune` removed, and why.
+/// A job row `prune` removed, and why; or a leftover object it dropped.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Pruned {
-    /// The table.
+    /// `job row`, or the kind of a leftover ([`Leftover::kind`]).
+    pub kind: String,
+    /// The table (for a leftover: the object's name).
     pub table: String,
     /// Its phase.
     pub phase: String,
@@ -248,22 +250,188 @@ pub async fn prune(client: &Client) -> Result<Vec<Pruned>, Error> {
     let mut out: Vec<Pruned> = rows
         .iter()
         .map(|r| Pruned {
+            kind: "job row".into(),
             table: r.get(0),
             phase: r.get(1),
             old_table: r.get(2),
         })
         .collect();
     out.sort_by(|a, b| a.table.cmp(&b.table));
+    // Then what no job row describes any more (the rows just removed
+    // included): a slot no process serves is dropped, and with it the
+    // publication and the durable map of the same job; one still in use is
+    // left to its process, which drops it itself.
+    for l in leftovers(client).await? {
+        let in_use = l.active_pid.is_some()
+            || (l.kind != LeftoverKind::Slot && leftover_slot_in_use(client, &l.job).await?);
+        if in_use {
+            continue;
+        }
+        match l.kind {
+            LeftoverKind::Slot => crate::abort::drop_slot(client, &l.name).await,
+            LeftoverKind::Publication => crate::abort::drop_publication(client, &l.name).await,
+            LeftoverKind::MapTable => client
+                .batch_execute(&format!("DROP TABLE IF EXISTS {}", l.name))
+                .await
+                .map_err(Error::db(format!("drop the leftover {}", l.name)))?,
+        }
+        out.push(Pruned {
+            kind: l.kind.as_str().into(),
+            table: l.name.clone(),
+            phase: "leftover".into(),
+            old_table: None,
+        });
+    }
     Ok(out)
+}
+
+/// What a leftover is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeftoverKind {
+    /// A logical replication slot `pg_rekey_<job>`: it retains WAL.
+    Slot,
+    /// The publication `pg_rekey_<job>`.
+    Publication,
+    /// The durable id map `pgrekey.idmap_<job>`.
+    MapTable,
+}
+
+impl LeftoverKind {
+    /// For people: `replication slot`, `publication`, `id map table`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeftoverKind::Slot => "replication slot",
+            LeftoverKind::Publication => "publication",
+            LeftoverKind::MapTable => "id map table",
+        }
+    }
+}
+
+/// An object pg-rekey made for a job that no job row describes any more:
+/// left when a process was cut off between removing a job's rows and
+/// dropping its objects (`finish` killed after its commit while the serving
+/// `rewrite` was gone too), or when the rows were deleted by hand.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Leftover {
+    /// What it is.
+    pub kind: LeftoverKind,
+    /// Its name (the map table schema-qualified and quoted).
+    pub name: String,
+    /// The job's short id (the 12 hex digits every name of the job ends in).
+    pub job: String,
+    /// WAL the slot retains, bytes (slots only).
+    pub wal_retained_bytes: Option<i64>,
+    /// The process streaming from the slot now, if any.
+    pub active_pid: Option<i32>,
+}
+
+/// Every [`Leftover`] in this database. Names are recognised exactly:
+/// `pg_rekey_` and 12 lowercase hex digits (a job's slot and publication;
+/// the temporary `_sync` slot of a resumed copy does not match and is never
+/// listed), `pgrekey.idmap_` and the same digits. Job rows are registered
+/// before any of a job's objects is made and removed before they are
+/// dropped, so an object of this shape without a row is never one a
+/// running job still needs — but a slot still in use is reported with its
+/// process and never dropped.
+pub async fn leftovers(client: &Client) -> Result<Vec<Leftover>, Error> {
+    let have_jobs: bool = client
+        .query_one("SELECT to_regclass('pgrekey.jobs') IS NOT NULL", &[])
+        .await
+        .map_err(Error::db("look for pgrekey.jobs"))?
+        .get(0);
+    let known = if have_jobs {
+        "SELECT substr(slot_name, 10) FROM pgrekey.jobs WHERE slot_name IS NOT NULL
+          UNION SELECT substr(publication_name, 10) FROM pgrekey.jobs WHERE publication_name IS NOT NULL"
+    } else {
+        "SELECT NULL::text WHERE false"
+    };
+    let sql = format!(
+        "WITH known(job) AS ({known})
+         SELECT 'slot', slot_name::text, substr(slot_name, 10),
+                pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, active_pid
+           FROM pg_catalog.pg_replication_slots
+          WHERE slot_name ~ '^pg_rekey_[0-9a-f]{{12}}$' AND NOT temporary
+            AND database = current_database()
+            AND substr(slot_name, 10) NOT IN (SELECT job FROM known WHERE job IS NOT NULL)
+         UNION ALL
+         SELECT 'publication', pubname::text, substr(pubname, 10), NULL, NULL
+           FROM pg_catalog.pg_publication
+          WHERE pubname ~ '^pg_rekey_[0-9a-f]{{12}}$'
+            AND substr(pubname, 10) NOT IN (SELECT job FROM known WHERE job IS NOT NULL)
+         UNION ALL
+         SELECT 'map', format('%I.%I', n.nspname, c.relname), substr(c.relname, 7), NULL, NULL
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'pgrekey' AND c.relkind = 'r' AND c.relname ~ '^idmap_[0-9a-f]{{12}}$'
+            AND substr(c.relname, 7) NOT IN (SELECT job FROM known WHERE job IS NOT NULL)
+          ORDER BY 3, 1"
+    );
+    let rows = client.query(&sql, &[]).await.map_err(Error::db(
+        "look for leftover slots, publications and id maps",
+    ))?;
+    Ok(rows
+        .iter()
+        .map(|r| Leftover {
+            kind: match r.get::<_, &str>(0) {
+                "slot" => LeftoverKind::Slot,
+                "publication" => LeftoverKind::Publication,
+                _ => LeftoverKind::MapTable,
+            },
+            name: r.get(1),
+            job: r.get(2),
+            wal_retained_bytes: r.get(3),
+            active_pid: r.get(4),
+        })
+        .collect())
+}
+
+/// Whether the slot of the job with short id `job` exists and is in use.
+async fn leftover_slot_in_use(client: &Client, job: &str) -> Result<bool, Error> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_replication_slots
+                             WHERE slot_name = 'pg_rekey_' || $1::text AND active)",
+            &[&job],
+        )
+        .await
+        .map_err(Error::db("read pg_replication_slots"))?
+        .get(0))
+}
+
+/// What `status` prints about leftovers (empty when there are none).
+pub fn render_leftovers(l: &[Leftover]) -> String {
+    if l.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\nleft over, no job describes them:\n");
+    for x in l {
+        out.push_str(&format!("  {} {}", x.kind.as_str(), x.name));
+        if let Some(b) = x.wal_retained_bytes {
+            out.push_str(&format!(
+                " (retains {} of WAL)",
+                crate::units::format_bytes(b.max(0) as u64)
+            ));
+        }
+        if let Some(pid) = x.active_pid {
+            out.push_str(&format!(" (in use by process {pid})"));
+        }
+        out.push('\n');
+    }
+    out.push_str("  `pg-rekey status --prune` drops them (a slot in use is left to its process)\n");
+    out
 }
 
 /// What `status --prune` prints.
 pub fn render_pruned(p: &[Pruned]) -> String {
     if p.is_empty() {
-        return "no finished or orphaned job rows to clear\n".into();
+        return "no finished or orphaned job rows, and nothing left over, to clear\n".into();
     }
     let mut out = String::new();
     for r in p {
+        if r.phase == "leftover" {
+            out.push_str(&format!("dropped the leftover {} {}\n", r.kind, r.table));
+            continue;
+        }
         out.push_str(&format!("cleared {} ({})", r.table, r.phase));
         if let Some(old) = &r.old_table {
             out.push_str(&format!(
@@ -312,20 +480,59 @@ mod tests {
         assert!(render_pruned(&[]).starts_with("no finished"));
         let t = render_pruned(&[
             Pruned {
+                kind: "job row".into(),
                 table: "public.a".into(),
                 phase: "cut_over".into(),
                 old_table: Some("public._rekey_old_a".into()),
             },
             Pruned {
+                kind: "job row".into(),
                 table: "public.b".into(),
                 phase: "aborted".into(),
+                old_table: None,
+            },
+            Pruned {
+                kind: "replication slot".into(),
+                table: "pg_rekey_0123456789ab".into(),
+                phase: "leftover".into(),
                 old_table: None,
             },
         ]);
         assert_eq!(
             t,
             "cleared public.a (cut_over); its old table public._rekey_old_a is kept: DROP TABLE public._rekey_old_a when you no longer need it\n\
-             cleared public.b (aborted)\n"
+             cleared public.b (aborted)\n\
+             dropped the leftover replication slot pg_rekey_0123456789ab\n"
         );
+    }
+
+    #[test]
+    fn leftovers_are_listed_with_their_wal_and_the_fix() {
+        assert_eq!(render_leftovers(&[]), "");
+        let t = render_leftovers(&[
+            Leftover {
+                kind: LeftoverKind::Slot,
+                name: "pg_rekey_0123456789ab".into(),
+                job: "0123456789ab".into(),
+                wal_retained_bytes: Some(3 << 20),
+                active_pid: None,
+            },
+            Leftover {
+                kind: LeftoverKind::MapTable,
+                name: "pgrekey.idmap_0123456789ab".into(),
+                job: "0123456789ab".into(),
+                wal_retained_bytes: None,
+                active_pid: Some(42),
+            },
+        ]);
+        assert!(
+            t.contains("replication slot pg_rekey_0123456789ab (retains 3"),
+            "{t}"
+        );
+        assert!(
+            t.contains("id map table pgrekey.idmap_0123456789ab (in use by process 42)"),
+            "{t}"
+        );
+        assert!(t.contains("`pg-rekey status --prune` drops them"), "{t}");
     }
 }

@@ -915,6 +915,7 @@ async fn stream_until_done(
             Ok((LoopEnd::Finished, stream)) => {
                 applier.rollback().await;
                 finish_stream(stream).await;
+                crate::failpoint::hit("rewrite.finished_before_cleanup");
                 crate::abort::drop_slot(admin, &o.slot).await;
                 crate::abort::drop_publication(admin, &o.publication).await;
                 crate::resume::drop_map_table(admin, o.job_id).await;
@@ -939,6 +940,7 @@ async fn stream_until_done(
                 // `finish` removed the rows between two looks (a position
                 // could not be recorded for rows that are gone).
                 applier.rollback().await;
+                crate::failpoint::hit("rewrite.finished_before_cleanup");
                 crate::abort::drop_slot(admin, &o.slot).await;
                 crate::abort::drop_publication(admin, &o.publication).await;
                 crate::resume::drop_map_table(admin, o.job_id).await;

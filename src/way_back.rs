@@ -603,7 +603,11 @@ pub async fn finish(
         }
     }
 
-    // 4. Slot, publication, durable map.
+    crate::failpoint::hit("finish.after_commit");
+    // 4. Slot, publication, durable map. Cut off before this (and with the
+    //    serving process gone, which drops them itself when it sees its
+    //    rows gone), they are left with no job row: `status` lists them as
+    //    leftovers and `status --prune` drops them ([`crate::guide::leftovers`]).
     let slots: Vec<(String, Option<String>, uuid::Uuid)> = mine
         .iter()
         .filter_map(|j| Some((j.slot_name.clone()?, j.publication_name.clone(), j.job_id)))

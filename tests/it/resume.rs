@@ -809,3 +809,81 @@ async fn way_back_dies_before_commit_and_resumes() {
         .get(0);
     assert_eq!(left, 0, "slot, publication or old table left");
 }
+
+/// `finish` cut off after its commit while the process serving the way back
+/// dies too, before dropping its slot: slot, publication and durable id map
+/// are left with no job row to describe them. `status` lists them, with the
+/// WAL the slot retains and the fix; `status --prune` drops them; nothing is
+/// left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finish_cut_off_after_its_commit_leaves_what_status_lists_and_prune_drops() {
+    let db = TestDb::new().await;
+    let dsn = db.spec.to_dsn();
+    let c = db.client().await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    let rewrite = spawn(
+        &dsn,
+        &rewrite_args(),
+        Some("rewrite.finished_before_cleanup"),
+    );
+    wait_phase(&c, TABLES, "streaming").await;
+    writes(&c, 1).await;
+    let (code, out, err) = run(
+        &dsn,
+        &[
+            "cutover",
+            "--table",
+            "notes",
+            "--table",
+            "likes",
+            "--way-back",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "cutover --way-back: {out} {err}");
+    let (code, out, err) = run(
+        &dsn,
+        &["finish", "--table", "notes", "--table", "likes", "--yes"],
+        Some("finish.after_commit"),
+    )
+    .await;
+    assert_eq!(code, 99, "finish died after its commit: {out} {err}");
+    let (code, _, err) = finish(rewrite).await;
+    assert_eq!(
+        code, 99,
+        "the serving process saw its rows gone and died before dropping its slot: {err}"
+    );
+    let count = |sql: &'static str| {
+        let c = &c;
+        async move { c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM pgrekey.jobs").await, 0);
+    let left = "SELECT (SELECT count(*) FROM pg_replication_slots WHERE database = current_database())
+                     + (SELECT count(*) FROM pg_publication)
+                     + (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = 'pgrekey' AND c.relkind = 'r' AND c.relname LIKE 'idmap\\_%')";
+    assert_eq!(count(left).await, 3, "slot, publication and map are left");
+
+    let (code, out, err) = run(&dsn, &["status"], None).await;
+    assert_eq!(code, 0, "status: {err}");
+    assert!(out.contains("left over, no job describes them"), "{out}");
+    let slot = out
+        .lines()
+        .find(|l| l.contains("replication slot pg_rekey_"))
+        .unwrap_or_else(|| panic!("no leftover slot listed: {out}"));
+    assert!(slot.contains("of WAL"), "{slot}");
+    assert!(out.contains("publication pg_rekey_"), "{out}");
+    assert!(out.contains("id map table pgrekey.idmap_"), "{out}");
+    assert!(
+        out.contains("`pg-rekey status --prune` drops them"),
+        "{out}"
+    );
+
+    let (code, out, err) = run(&dsn, &["status", "--prune"], None).await;
+    assert_eq!(code, 0, "status --prune: {err}");
+    assert_eq!(out.matches("dropped the leftover").count(), 3, "{out}");
+    assert_eq!(count(left).await, 0, "nothing left after prune");
+    let (_, out, _) = run(&dsn, &["status"], None).await;
+    assert!(!out.contains("left over"), "{out}");
+}

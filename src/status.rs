@@ -108,10 +108,10 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
             None => None,
         };
         let live = lags.iter().find(|l| l.job_id == j.job_id);
-        let phase = if j.way_back && j.phase == "cut_over" {
+        let phase = if j.way_back && j.phase == state::Phase::CutOver {
             "reverse_streaming".to_string()
         } else {
-            j.phase.clone()
+            j.phase.to_string()
         };
         let (lag, lag_seconds) = match (phase.as_str(), live) {
             ("copying" | "streaming" | "cutting_over" | "reverse_streaming", Some(l)) => {

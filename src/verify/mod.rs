@@ -270,7 +270,7 @@ pub enum VerifyError {
         /// The table.
         table: String,
         /// The job's phase.
-        phase: String,
+        phase: crate::state::StoredPhase,
     },
     /// The parent the references map to cannot be told from the catalogs.
     #[error("cannot verify {table}: cannot tell the parent table of its references: {detail}; pass --parent and --uuid-column")]

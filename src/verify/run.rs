@@ -1016,7 +1016,7 @@ async fn recheck_jobs(lock: &Client, before: &[&Pair]) -> Result<Option<Retry>, 
             return Ok(Some(format!(
                 "{} changed while it was being locked (phase now {})",
                 p.table,
-                now.map_or_else(|| "gone".to_string(), |j| j.phase)
+                now.map_or_else(|| "gone".to_string(), |j| j.phase.to_string())
             )));
         }
     }

@@ -258,6 +258,18 @@ pub enum StateError {
     },
 }
 
+impl StateError {
+    /// Whether retrying may succeed: only a failed statement, by the one
+    /// rule ([`crate::pg::diag::is_transient_pg`]; the state session lost
+    /// in a server restart is as transient as any other).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StateError::Db { source, .. } => crate::pg::diag::is_transient_pg(source),
+            _ => false,
+        }
+    }
+}
+
 fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StateError {
     let context = context.into();
     move |source| StateError::Db { context, source }

@@ -77,7 +77,9 @@
 //! [`fn@run`] (in [`mod@run`]) is the `pg-rekey verify` entry point: it finds each
 //! table's job, takes a consistent point of the stream per lock set of
 //! tables (one table per set by default) and calls [`verify_table`] per
-//! table in its set's snapshot.
+//! table in its set's snapshot. [`run_loaded`] is the same run for a caller
+//! that has just read the job rows and catalog details (cutover, before its
+//! swap): it plans each table from them instead of reading them again.
 //!
 //! # Invariants the caller provides
 //!
@@ -108,7 +110,10 @@ use crate::plan::model::{ParentSpec, TableSpec};
 pub mod run;
 
 pub use crate::verify_error::VerifyError;
-pub use run::{run, ConsistentPoint, ParentChoice, RunOptions, Stage, TableReport, VerifyReport};
+pub use run::{
+    run, run_loaded, ConsistentPoint, LoadedTable, ParentChoice, RunOptions, Stage, TableReport,
+    VerifyReport,
+};
 
 /// Rows per chunk unless told otherwise.
 pub const DEFAULT_CHUNK_ROWS: u64 = 10_000;

@@ -799,6 +799,44 @@ impl JobRow {
     }
 }
 
+#[cfg(test)]
+impl JobRow {
+    /// A job row of `source` (shadow `_rekey_new_<name>`) in `phase`, every
+    /// other field empty, for unit tests.
+    pub(crate) fn example(source: QualifiedName, phase: &str) -> JobRow {
+        let shadow =
+            QualifiedName::new(source.schema.clone(), format!("_rekey_new_{}", source.name));
+        JobRow {
+            table: source.to_string(),
+            phase: phase.into(),
+            shadow_table: shadow.to_string(),
+            old_table: None,
+            rows_copied: 0,
+            rows_estimate: 0,
+            lag_bytes: None,
+            error: None,
+            job_id: Uuid::nil(),
+            source_oid: 1,
+            slot_name: None,
+            publication_name: None,
+            consistent_lsn: None,
+            applied_lsn: None,
+            owner_pid: None,
+            owner_host: None,
+            id_map_users: None,
+            id_map_bytes: None,
+            synced_lsn: None,
+            way_back: false,
+            spec: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+            source,
+            shadow,
+            parent: None,
+        }
+    }
+}
+
 fn lsn_text<S: serde::Serializer>(v: &Option<Lsn>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(l) => s.serialize_str(&l.to_string()),

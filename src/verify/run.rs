@@ -1141,36 +1141,7 @@ mod tests {
     use super::*;
 
     fn job(phase: &str) -> JobRow {
-        let source = QualifiedName::new("app", "orders");
-        let shadow = QualifiedName::new("app", "_rekey_new_orders");
-        JobRow {
-            table: source.to_string(),
-            phase: phase.into(),
-            shadow_table: shadow.to_string(),
-            old_table: None,
-            rows_copied: 0,
-            rows_estimate: 0,
-            lag_bytes: None,
-            error: None,
-            job_id: Uuid::nil(),
-            source_oid: 1,
-            slot_name: None,
-            publication_name: None,
-            consistent_lsn: None,
-            applied_lsn: None,
-            owner_pid: None,
-            owner_host: None,
-            id_map_users: None,
-            id_map_bytes: None,
-            synced_lsn: None,
-            way_back: false,
-            spec: None,
-            created_at: String::new(),
-            updated_at: String::new(),
-            source,
-            shadow,
-            parent: None,
-        }
+        JobRow::example(QualifiedName::new("app", "orders"), phase)
     }
 
     #[test]

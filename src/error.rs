@@ -67,6 +67,12 @@ pub enum Error {
     #[error(transparent)]
     Copy(#[from] crate::copy_format::CopyError),
 
+    /// Verify could not compare: no job or a failed one, no consistent
+    /// point within the attempts, a failed statement (a difference is not
+    /// an error but a verdict).
+    #[error(transparent)]
+    Verify(#[from] crate::verify_error::VerifyError),
+
     /// A precondition on the server or the data does not hold.
     #[error("{0}")]
     Precondition(String),
@@ -137,8 +143,8 @@ impl Error {
             Error::Replication(e) => e.is_transient(),
             Error::Swap(e) => e.is_transient(),
             Error::Copy(e) => e.is_transient(),
-            // The state session lost (a server restart): as transient as any other.
-            Error::State(crate::state::StateError::Db { source, .. }) => is_transient_pg(source),
+            Error::Verify(e) => e.is_transient(),
+            Error::State(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -150,7 +156,8 @@ impl Error {
     /// reference, a `TRUNCATE`, DDL: [`Error::Data`], shadows kept for
     /// inspection, sources untouched), a swap that failed and rolled back
     /// ([`Error::Swap`], sources untouched and still streaming), retries
-    /// exhausted ([`Error::GaveUp`]), an interruption ([`Error::Stopped`]);
+    /// exhausted ([`Error::GaveUp`], and verify's no consistent point in
+    /// [`Error::Verify`]), an interruption ([`Error::Stopped`]);
     /// **2** for every other error (arguments, connection, privileges, a
     /// failed statement, the catalogs unreadable). Success is 0.
     pub fn exit_code(&self) -> u8 {
@@ -161,6 +168,7 @@ impl Error {
             Error::Copy(_) => 1,
             Error::Swap(crate::swap::SwapError::Catalog { .. }) => 2,
             Error::Swap(_) => 1,
+            Error::Verify(e) if e.gave_up() => 1,
             _ => 2,
         }
     }
@@ -174,6 +182,7 @@ impl Error {
                 ..
             } => source.as_db_error().map(|d| d.code().code()),
             Error::Replication(e) => e.sqlstate(),
+            Error::Verify(e) => e.sqlstate(),
             Error::Copy(crate::copy_format::CopyError::Db { source, .. }) => {
                 source.as_db_error().map(|d| d.code().code())
             }
@@ -203,12 +212,20 @@ mod tests {
                 value: 7,
                 row: 1,
             }),
+            Error::Verify(crate::verify_error::VerifyError::NoConsistentPoint {
+                tables: "public.t".into(),
+                attempts: 5,
+                reason: "lock timeout".into(),
+            }),
         ] {
             assert_eq!(found.exit_code(), 1, "{found}");
         }
         for error in [
             Error::Config("bad flag".into()),
             Error::Precondition("no snapshot".into()),
+            Error::Verify(crate::verify_error::VerifyError::NoJob {
+                table: "public.t".into(),
+            }),
         ] {
             assert_eq!(error.exit_code(), 2, "{error}");
         }

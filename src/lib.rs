@@ -52,6 +52,7 @@ pub mod swap;
 pub mod task;
 pub mod units;
 pub mod verify;
+pub mod verify_error;
 pub mod way_back;
 
 pub use error::{Error, Result};

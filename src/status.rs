@@ -9,30 +9,24 @@ use tokio_postgres::Client;
 use crate::error::Error;
 use crate::state;
 
-/// One table's status.
-#[derive(Debug, Clone, serde::Serialize)]
+/// One table's status: its job row and what `status` reads beside it (the
+/// slot, the live lag, whether the old table and the owner are still
+/// there). Serialized as one flat object, the `status --json` contract.
+#[derive(Debug, Clone)]
 pub struct TableStatus {
-    /// Source table, schema-qualified.
-    pub table: String,
-    /// `copying`, `streaming`, `cutting_over`, `cut_over`, `failed`,
-    /// `aborted`; `reverse_streaming` for a table cut over with a way back
-    /// (stored as `cut_over`: the job keeps its old table current).
+    /// The job row.
+    pub job: state::JobRow,
+    /// The phase shown: the job's (`copying`, `streaming`, `cutting_over`,
+    /// `cut_over`, `failed`, `aborted`, or a newer version's), and
+    /// `reverse_streaming` for a table cut over with a way back (stored as
+    /// `cut_over`: the job keeps its old table current).
     pub phase: String,
-    /// Cut over with a way back (`rollback` and `finish` apply).
-    pub way_back: bool,
-    /// Shadow table, schema-qualified.
-    pub shadow_table: String,
-    /// The old table after cutover.
-    pub old_table: Option<String>,
     /// Whether the old table still exists (`None` before cutover). A job
     /// whose old table was dropped by hand is finished: `status --prune`
     /// clears its row.
     pub old_table_exists: Option<bool>,
-    /// Rows copied.
-    pub rows_copied: i64,
-    /// Estimated rows.
-    pub rows_estimate: i64,
-    /// WAL bytes the job is behind the server (while streaming).
+    /// WAL bytes the job is behind the server: measured now while the job
+    /// runs, else the figure the job row recorded.
     pub lag_bytes: Option<i64>,
     /// How far behind in time, seconds (see [`crate::lag::JobLag::seconds`]).
     pub lag_seconds: Option<f64>,
@@ -40,24 +34,58 @@ pub struct TableStatus {
     pub wal_retained_bytes: Option<i64>,
     /// Whether a process is streaming from the slot now.
     pub slot_active: Option<bool>,
-    /// Last error.
-    pub error: Option<String>,
-    /// Job id (shared by tables rewritten together).
-    pub job_id: String,
-    /// Replication slot.
-    pub slot_name: Option<String>,
-    /// Applied position.
-    pub applied_lsn: Option<String>,
-    /// Last update of the row.
-    pub updated_at: String,
-    /// Parent rows in the job's id map, as recorded at its load.
-    pub id_map_users: Option<i64>,
-    /// Bytes of the job's id map, as recorded at its load.
-    pub id_map_bytes: Option<i64>,
     /// Whether the job's owner (and a cutover) is alive, and what to run
     /// when it is not (see [`crate::resume`]); `None` for a finished job.
-    #[serde(flatten)]
     pub liveness: Option<crate::resume::Liveness>,
+}
+
+impl TableStatus {
+    /// The job id's first characters, as the lines under the table show it.
+    fn short_job_id(&self) -> String {
+        self.job.job_id.to_string().chars().take(8).collect()
+    }
+}
+
+/// The `status --json` object of one table: these keys in this order, the
+/// liveness fields last (absent for a finished job).
+impl serde::Serialize for TableStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let j = &self.job;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("table", &j.table)?;
+        m.serialize_entry("phase", &self.phase)?;
+        m.serialize_entry("way_back", &j.way_back)?;
+        m.serialize_entry("shadow_table", &j.shadow_table)?;
+        m.serialize_entry("old_table", &j.old_table)?;
+        m.serialize_entry("old_table_exists", &self.old_table_exists)?;
+        m.serialize_entry("rows_copied", &j.rows_copied)?;
+        m.serialize_entry("rows_estimate", &j.rows_estimate)?;
+        m.serialize_entry("lag_bytes", &self.lag_bytes)?;
+        m.serialize_entry("lag_seconds", &self.lag_seconds)?;
+        m.serialize_entry("wal_retained_bytes", &self.wal_retained_bytes)?;
+        m.serialize_entry("slot_active", &self.slot_active)?;
+        m.serialize_entry("error", &j.error)?;
+        m.serialize_entry("job_id", &j.job_id.to_string())?;
+        m.serialize_entry("slot_name", &j.slot_name)?;
+        m.serialize_entry("applied_lsn", &j.applied_lsn.map(|l| l.to_string()))?;
+        m.serialize_entry("updated_at", &j.updated_at)?;
+        m.serialize_entry("id_map_users", &j.id_map_users)?;
+        m.serialize_entry("id_map_bytes", &j.id_map_bytes)?;
+        if let Some(crate::resume::Liveness {
+            owner_alive,
+            owner_gone_since,
+            stuck_cutover,
+            next_command,
+        }) = &self.liveness
+        {
+            m.serialize_entry("owner_alive", owner_alive)?;
+            m.serialize_entry("owner_gone_since", owner_gone_since)?;
+            m.serialize_entry("stuck_cutover", stuck_cutover)?;
+            m.serialize_entry("next_command", next_command)?;
+        }
+        m.end()
+    }
 }
 
 /// Read every job and its slot.
@@ -108,10 +136,10 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
             None => None,
         };
         let live = lags.iter().find(|l| l.job_id == j.job_id);
-        let phase = if j.way_back && j.phase == "cut_over" {
+        let phase = if j.way_back && j.phase == state::Phase::CutOver {
             "reverse_streaming".to_string()
         } else {
-            j.phase.clone()
+            j.phase.to_string()
         };
         let (lag, lag_seconds) = match (phase.as_str(), live) {
             ("copying" | "streaming" | "cutting_over" | "reverse_streaming", Some(l)) => {
@@ -120,25 +148,13 @@ pub async fn load(client: &Client) -> Result<Vec<TableStatus>, Error> {
             _ => (j.lag_bytes, None),
         };
         out.push(TableStatus {
-            table: j.table,
+            job: j,
             phase,
-            way_back: j.way_back,
-            shadow_table: j.shadow_table,
-            old_table: j.old_table,
             old_table_exists,
-            rows_copied: j.rows_copied,
-            rows_estimate: j.rows_estimate,
             lag_bytes: lag,
             lag_seconds,
             wal_retained_bytes: retained,
             slot_active: active,
-            error: j.error,
-            job_id: j.job_id.to_string(),
-            slot_name: j.slot_name,
-            applied_lsn: j.applied_lsn.map(|l| l.to_string()),
-            updated_at: j.updated_at,
-            id_map_users: j.id_map_users,
-            id_map_bytes: j.id_map_bytes,
             liveness: alive,
         });
     }
@@ -193,23 +209,23 @@ pub fn render(rows: &[TableStatus]) -> String {
     ]];
     for r in rows {
         lines.push([
-            r.table.clone(),
+            r.job.table.clone(),
             match &r.liveness {
                 Some(l) if !l.owner_alive => format!("{} (owner gone)", r.phase),
                 Some(l) if l.stuck_cutover => format!("{} (stuck)", r.phase),
                 _ => r.phase.clone(),
             },
-            rows_cell(r.rows_copied, r.rows_estimate),
+            rows_cell(r.job.rows_copied, r.job.rows_estimate),
             lag_cell(r.lag_bytes, r.lag_seconds),
             r.wal_retained_bytes
                 .map(human_bytes)
                 .unwrap_or_else(|| "-".into()),
-            match (&r.old_table, r.old_table_exists) {
+            match (&r.job.old_table, r.old_table_exists) {
                 (Some(o), Some(false)) => format!("{o} (dropped)"),
                 (Some(o), _) => o.clone(),
                 (None, _) => "-".into(),
             },
-            r.error.clone().unwrap_or_else(|| "-".into()),
+            r.job.error.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     let widths: Vec<usize> = (0..7)
@@ -241,7 +257,7 @@ pub fn render(rows: &[TableStatus]) -> String {
     out.push_str(&render_liveness(rows));
     let finished = rows
         .iter()
-        .filter(|r| matches!(r.phase.as_str(), "cut_over" | "aborted") && !r.way_back)
+        .filter(|r| matches!(r.phase.as_str(), "cut_over" | "aborted") && !r.job.way_back)
         .count();
     if finished > 0 {
         out.push_str(&format!(
@@ -259,8 +275,8 @@ fn id_map_lines(rows: &[TableStatus]) -> String {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = String::new();
     for r in rows {
-        if let (Some(users), Some(bytes)) = (r.id_map_users, r.id_map_bytes) {
-            if seen.insert(r.job_id.as_str()) {
+        if let (Some(users), Some(bytes)) = (r.job.id_map_users, r.job.id_map_bytes) {
+            if seen.insert(r.job.job_id) {
                 let per = if users > 0 {
                     bytes as f64 / users as f64
                 } else {
@@ -268,7 +284,7 @@ fn id_map_lines(rows: &[TableStatus]) -> String {
                 };
                 out.push_str(&format!(
                     "id map of job {}: {users} users, {} ({per:.1} B/user) at load\n",
-                    &r.job_id[..r.job_id.len().min(8)],
+                    r.short_job_id(),
                     human_bytes(bytes)
                 ));
             }
@@ -321,18 +337,18 @@ pub fn render_liveness(rows: &[TableStatus]) -> String {
     let mut seen = std::collections::BTreeSet::new();
     for r in rows {
         let Some(l) = &r.liveness else { continue };
-        if !l.owner_alive && seen.insert(r.job_id.clone()) {
+        if !l.owner_alive && seen.insert(r.job.job_id) {
             let tables: Vec<&str> = rows
                 .iter()
-                .filter(|o| o.job_id == r.job_id)
-                .map(|o| o.table.as_str())
+                .filter(|o| o.job.job_id == r.job.job_id)
+                .map(|o| o.job.table.as_str())
                 .collect();
             out.push_str(&format!(
                 "job {} ({}): OWNER GONE since {} (last update); its slot {} retains {} of WAL\n  next: {}\n",
-                &r.job_id[..r.job_id.len().min(8)],
+                r.short_job_id(),
                 tables.join(", "),
                 l.owner_gone_since.as_deref().unwrap_or("?"),
-                r.slot_name.as_deref().unwrap_or("-"),
+                r.job.slot_name.as_deref().unwrap_or("-"),
                 r.wal_retained_bytes
                     .map(|b| crate::progress::format_bytes(u64::try_from(b).unwrap_or(0)))
                     .unwrap_or_else(|| "no WAL (slot missing)".into()),
@@ -342,11 +358,11 @@ pub fn render_liveness(rows: &[TableStatus]) -> String {
         if l.stuck_cutover {
             out.push_str(&format!(
                 "{}: STUCK in cutting_over — no cutover is running (killed?); the swap did not commit\n  next: {}\n",
-                r.table,
+                r.job.table,
                 if l.owner_alive {
                     l.next_command.clone().unwrap_or_default()
                 } else {
-                    format!("resume the rewrite first, then pg-rekey cutover --table {}", r.table)
+                    format!("resume the rewrite first, then pg-rekey cutover --table {}", r.job.table)
                 },
             ));
         }
@@ -357,42 +373,35 @@ pub fn render_liveness(rows: &[TableStatus]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::QualifiedName;
 
     #[test]
     fn renders_aligned_rows() {
+        let mut job = state::JobRow::example(QualifiedName::new("public", "sessions"), "streaming");
+        job.rows_copied = 10;
+        job.rows_estimate = 12;
+        job.slot_name = Some("s".into());
+        job.applied_lsn = Some(crate::pg::Lsn(1));
+        job.updated_at = "now".into();
         let row = TableStatus {
-            table: "public.sessions".into(),
+            job,
             phase: "streaming".into(),
-            way_back: false,
-            shadow_table: "public._rekey_new_sessions".into(),
-            old_table: None,
             old_table_exists: None,
-            rows_copied: 10,
-            rows_estimate: 12,
             lag_bytes: Some(2048),
             lag_seconds: Some(0.25),
             wal_retained_bytes: Some(5 * 1024 * 1024),
             slot_active: Some(true),
-            error: None,
-            job_id: "j".into(),
-            slot_name: Some("s".into()),
-            applied_lsn: Some("0/1".into()),
-            updated_at: "now".into(),
-            id_map_users: None,
-            id_map_bytes: None,
             liveness: None,
         };
         let text = render(std::slice::from_ref(&row));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
-        let with_map = TableStatus {
-            id_map_users: Some(1000),
-            id_map_bytes: Some(16_400),
-            ..row.clone()
-        };
+        let mut with_map = row.clone();
+        with_map.job.id_map_users = Some(1000);
+        with_map.job.id_map_bytes = Some(16_400);
         let text = render(&[with_map.clone(), with_map]);
         assert!(
-            text.ends_with("id map of job j: 1000 users, 16.0 KiB (16.4 B/user) at load\n"),
+            text.ends_with("id map of job 00000000: 1000 users, 16.0 KiB (16.4 B/user) at load\n"),
             "{text}"
         );
         assert!(
@@ -400,6 +409,43 @@ mod tests {
             "{text}"
         );
         assert_eq!(render(&[]), "no pg-rekey jobs\n");
+    }
+
+    /// The `status --json` object: every key in the order the contract
+    /// has, the liveness fields last and only when known.
+    #[test]
+    fn json_keys_and_order_are_the_contract() {
+        let mut job = state::JobRow::example(QualifiedName::new("public", "sessions"), "cut_over");
+        job.job_id = uuid::Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0);
+        job.old_table = Some("public._rekey_old_sessions".into());
+        job.error = Some("x \"y\"".into());
+        job.applied_lsn = Some(crate::pg::Lsn(0x1_0000_0010));
+        job.way_back = true;
+        job.id_map_users = Some(3);
+        let mut r = TableStatus {
+            job,
+            phase: "reverse_streaming".into(),
+            old_table_exists: Some(true),
+            lag_bytes: Some(5),
+            lag_seconds: Some(0.125),
+            wal_retained_bytes: None,
+            slot_active: Some(false),
+            liveness: None,
+        };
+        let head = r#"{"table":"public.sessions","phase":"reverse_streaming","way_back":true,"shadow_table":"public._rekey_new_sessions","old_table":"public._rekey_old_sessions","old_table_exists":true,"rows_copied":0,"rows_estimate":0,"lag_bytes":5,"lag_seconds":0.125,"wal_retained_bytes":null,"slot_active":false,"error":"x \"y\"","job_id":"12345678-9abc-def0-1234-56789abcdef0","slot_name":null,"applied_lsn":"1/10","updated_at":"","id_map_users":3,"id_map_bytes":null"#;
+        assert_eq!(serde_json::to_string(&r).unwrap(), format!("{head}}}"));
+        r.liveness = Some(crate::resume::Liveness {
+            owner_alive: false,
+            owner_gone_since: Some("t".into()),
+            stuck_cutover: true,
+            next_command: None,
+        });
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            format!(
+                r#"{head},"owner_alive":false,"owner_gone_since":"t","stuck_cutover":true,"next_command":null}}"#
+            )
+        );
     }
 
     #[test]

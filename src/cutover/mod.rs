@@ -367,7 +367,18 @@ pub async fn run(cfg: &CutoverConfig) -> Result<CutoverReport, Error> {
             max_hold: cfg.max_hold,
             ..Default::default()
         };
-        let verdict = crate::verify::run(&cfg.spec, &cfg.tables, &opts).await?;
+        // The targets just loaded, in the order named (the report's order).
+        let loaded = cfg
+            .tables
+            .iter()
+            .filter_map(|t| targets.iter().find(|x| x.job.source == *t))
+            .map(|x| crate::verify::LoadedTable {
+                job: x.job.clone(),
+                parent: parent.clone(),
+                spec: x.detail.spec.clone(),
+            })
+            .collect();
+        let verdict = crate::verify::run_loaded(&cfg.spec, loaded, &opts).await?;
         if !verdict.equal {
             report.reason = Some(format!(
                 "verify found differences; nothing was swapped:\n{verdict}"

@@ -116,6 +116,90 @@ impl fmt::Display for Phase {
     }
 }
 
+/// A job row's phase as read: parsed once, when the row is read
+/// ([`StoredPhase::from_stored`]), so no caller parses it again. A name this
+/// version does not know (a row written by a newer version) is kept as it
+/// is, so it still prints and is still refused by every check that wants a
+/// known phase.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StoredPhase {
+    /// A phase this version knows.
+    Known(Phase),
+    /// A name written by a newer version, verbatim.
+    Unknown(String),
+}
+
+impl StoredPhase {
+    /// Parse a stored name.
+    pub fn from_stored(name: &str) -> StoredPhase {
+        match Phase::parse(name) {
+            Some(p) => StoredPhase::Known(p),
+            None => StoredPhase::Unknown(name.to_string()),
+        }
+    }
+
+    /// The phase, when this version knows it.
+    pub fn known(&self) -> Option<Phase> {
+        match self {
+            StoredPhase::Known(p) => Some(*p),
+            StoredPhase::Unknown(_) => None,
+        }
+    }
+
+    /// The name as stored.
+    pub fn as_str(&self) -> &str {
+        match self {
+            StoredPhase::Known(p) => p.as_str(),
+            StoredPhase::Unknown(name) => name,
+        }
+    }
+}
+
+impl From<Phase> for StoredPhase {
+    fn from(p: Phase) -> Self {
+        StoredPhase::Known(p)
+    }
+}
+
+impl From<&str> for StoredPhase {
+    fn from(name: &str) -> Self {
+        StoredPhase::from_stored(name)
+    }
+}
+
+impl PartialEq<Phase> for StoredPhase {
+    fn eq(&self, other: &Phase) -> bool {
+        *self == StoredPhase::Known(*other)
+    }
+}
+
+/// Compares the stored name (`phase == "streaming"`).
+impl PartialEq<str> for StoredPhase {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+/// Compares the stored name (`phase == "streaming"`).
+impl PartialEq<&str> for StoredPhase {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Display for StoredPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Serialized as the stored name, known or not (the `--json` contract).
+impl serde::Serialize for StoredPhase {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -136,7 +220,7 @@ pub enum StateError {
         /// The existing job.
         job_id: Uuid,
         /// Its phase.
-        phase: String,
+        phase: StoredPhase,
         /// Its owner, `pid@host`.
         owner: String,
     },
@@ -168,10 +252,22 @@ pub enum StateError {
         /// The table.
         table: QualifiedName,
         /// Current phase.
-        from: String,
+        from: StoredPhase,
         /// Requested phase.
         to: Phase,
     },
+}
+
+impl StateError {
+    /// Whether retrying may succeed: only a failed statement, by the one
+    /// rule ([`crate::pg::diag::is_transient_pg`]; the state session lost
+    /// in a server restart is as transient as any other).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StateError::Db { source, .. } => crate::pg::diag::is_transient_pg(source),
+            _ => false,
+        }
+    }
 }
 
 fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StateError {
@@ -686,8 +782,9 @@ pub async fn delete_job<C: GenericClient>(
 pub struct JobRow {
     /// The source table, schema-qualified.
     pub table: String,
-    /// Phase name (see [`Phase`]); kept as text so a newer version's phase still prints.
-    pub phase: String,
+    /// The phase, parsed when the row was read; a newer version's phase
+    /// is kept by name ([`StoredPhase::Unknown`]) so it still prints.
+    pub phase: StoredPhase,
     /// The shadow table, schema-qualified.
     pub shadow_table: String,
     /// The old table after cutover, schema-qualified.
@@ -751,7 +848,45 @@ pub struct JobRow {
 impl JobRow {
     /// The phase, when it is one this version knows.
     pub fn phase(&self) -> Option<Phase> {
-        Phase::parse(&self.phase)
+        self.phase.known()
+    }
+}
+
+#[cfg(test)]
+impl JobRow {
+    /// A job row of `source` (shadow `_rekey_new_<name>`) in `phase`, every
+    /// other field empty, for unit tests.
+    pub(crate) fn example(source: QualifiedName, phase: &str) -> JobRow {
+        let shadow =
+            QualifiedName::new(source.schema.clone(), format!("_rekey_new_{}", source.name));
+        JobRow {
+            table: source.to_string(),
+            phase: phase.into(),
+            shadow_table: shadow.to_string(),
+            old_table: None,
+            rows_copied: 0,
+            rows_estimate: 0,
+            lag_bytes: None,
+            error: None,
+            job_id: Uuid::nil(),
+            source_oid: 1,
+            slot_name: None,
+            publication_name: None,
+            consistent_lsn: None,
+            applied_lsn: None,
+            owner_pid: None,
+            owner_host: None,
+            id_map_users: None,
+            id_map_bytes: None,
+            synced_lsn: None,
+            way_back: false,
+            spec: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+            source,
+            shadow,
+            parent: None,
+        }
     }
 }
 
@@ -789,7 +924,7 @@ fn job_row(r: &Row) -> JobRow {
     JobRow {
         parent,
         table: source.to_string(),
-        phase: r.get("phase"),
+        phase: StoredPhase::from_stored(r.get("phase")),
         shadow_table: shadow.to_string(),
         old_table: old.map(|o| QualifiedName::new(source.schema.clone(), o).to_string()),
         rows_copied: r.get("rows_copied"),
@@ -904,6 +1039,25 @@ mod tests {
             assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
         }
         assert_eq!(Phase::parse("done"), None);
+    }
+
+    #[test]
+    fn stored_phases_keep_a_newer_versions_name() {
+        for p in Phase::ALL {
+            let stored = StoredPhase::from_stored(p.as_str());
+            assert_eq!(stored, StoredPhase::Known(p));
+            assert_eq!(stored, p);
+            assert_eq!(stored.known(), Some(p));
+            assert_eq!(stored.to_string(), p.as_str());
+            assert_eq!(serde_json::to_value(&stored).unwrap(), p.as_str());
+        }
+        let newer = StoredPhase::from_stored("validating");
+        assert_eq!(newer, StoredPhase::Unknown("validating".into()));
+        assert_eq!(newer.known(), None);
+        assert!(newer == "validating");
+        assert_ne!(newer, Phase::Streaming);
+        assert_eq!(newer.to_string(), "validating");
+        assert_eq!(serde_json::to_value(&newer).unwrap(), "validating");
     }
 
     #[test]

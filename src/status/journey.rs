@@ -728,10 +728,13 @@ pub async fn observe(
         }
     }
     for t in &mut f.tables {
-        t.job = rows.iter().find(|r| r.table == t.table).map(|r| JobFacts {
-            phase: r.phase.clone(),
-            job_id: r.job_id.clone(),
-        });
+        t.job = rows
+            .iter()
+            .find(|r| r.job.table == t.table)
+            .map(|r| JobFacts {
+                phase: r.phase.clone(),
+                job_id: r.job.job_id.to_string(),
+            });
     }
     f.tables.sort_by(|a, b| a.table.cmp(&b.table));
     Ok(f)

@@ -77,7 +77,9 @@
 //! [`fn@run`] (in [`mod@run`]) is the `pg-rekey verify` entry point: it finds each
 //! table's job, takes a consistent point of the stream per lock set of
 //! tables (one table per set by default) and calls [`verify_table`] per
-//! table in its set's snapshot.
+//! table in its set's snapshot. [`run_loaded`] is the same run for a caller
+//! that has just read the job rows and catalog details (cutover, before its
+//! swap): it plans each table from them instead of reading them again.
 //!
 //! # Invariants the caller provides
 //!
@@ -107,7 +109,11 @@ use crate::plan::model::{ParentSpec, TableSpec};
 
 pub mod run;
 
-pub use run::{run, ConsistentPoint, ParentChoice, RunOptions, Stage, TableReport, VerifyReport};
+pub use crate::verify_error::VerifyError;
+pub use run::{
+    run, run_loaded, ConsistentPoint, LoadedTable, ParentChoice, RunOptions, Stage, TableReport,
+    VerifyReport,
+};
 
 /// Rows per chunk unless told otherwise.
 pub const DEFAULT_CHUNK_ROWS: u64 = 10_000;
@@ -214,126 +220,6 @@ pub struct TableVerdict {
     pub rows: Vec<RowDiff>,
     /// Wall time of the comparison in milliseconds.
     pub elapsed_ms: u64,
-}
-
-/// Why a comparison could not run (a difference is not an error: it is a
-/// verdict).
-#[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
-    /// Nothing to chunk by.
-    #[error("cannot verify {table}: it has no primary key or replica identity index to compare rows by; add a primary key")]
-    NoKey {
-        /// The table.
-        table: String,
-    },
-    /// The table model does not fit the table.
-    #[error("cannot verify {table}: {detail}; re-plan the table")]
-    BadSpec {
-        /// The table.
-        table: String,
-        /// What is wrong.
-        detail: String,
-    },
-    /// A chunk size of 0.
-    #[error(
-        "cannot verify {table}: a chunk must hold at least 1 row; pass --chunk-rows 1 or more"
-    )]
-    ChunkRows {
-        /// The table.
-        table: String,
-    },
-    /// The two sides would not be read from one snapshot.
-    #[error("cannot verify {table}: both sides must be read from one snapshot, but the session runs at isolation level {isolation:?}; run the comparison inside BEGIN ISOLATION LEVEL REPEATABLE READ")]
-    NotRepeatableRead {
-        /// The table.
-        table: String,
-        /// The session's `transaction_isolation`.
-        isolation: String,
-    },
-    /// The table is in no pg-rekey job.
-    #[error("cannot verify {table}: no pg-rekey job for it; start one with pg-rekey rewrite --table {table} (pg-rekey status lists the jobs)")]
-    NoJob {
-        /// The table.
-        table: String,
-    },
-    /// The table's job stopped on an error.
-    #[error("cannot verify {table}: its job failed: {error}; fix the cause and resume the rewrite, or run pg-rekey abort --table {table}")]
-    JobFailed {
-        /// The table.
-        table: String,
-        /// The job's recorded error.
-        error: String,
-    },
-    /// The table's job is in a phase with nothing to compare.
-    #[error("cannot verify {table}: its job is {phase}; verify once it is streaming or cut over (pg-rekey status)")]
-    NotReady {
-        /// The table.
-        table: String,
-        /// The job's phase.
-        phase: String,
-    },
-    /// The parent the references map to cannot be told from the catalogs.
-    #[error("cannot verify {table}: cannot tell the parent table of its references: {detail}; pass --parent and --uuid-column")]
-    Parent {
-        /// The table.
-        table: String,
-        /// What is ambiguous or missing.
-        detail: String,
-    },
-    /// The sources could not be read at one point of the stream.
-    #[error("cannot verify {tables}: no consistent point after {attempts} attempts (last: {reason}); retry when long transactions on these tables are gone and the jobs keep up, or raise --lock-timeout / --max-hold")]
-    NoConsistentPoint {
-        /// The tables, comma-separated.
-        tables: String,
-        /// Attempts made.
-        attempts: u32,
-        /// Why the last attempt gave up.
-        reason: String,
-    },
-    /// The jobs did not catch up with the stream before the sources were locked.
-    #[error("cannot verify {tables}: the rewrite did not apply the stream up to now within {waited_ms} ms; check that its pg-rekey rewrite process is running and keeping up (pg-rekey status)")]
-    NotCaughtUp {
-        /// The tables, comma-separated.
-        tables: String,
-        /// How long it waited.
-        waited_ms: u64,
-    },
-    /// A statement failed.
-    #[error("verifying {table} failed while {step}: {}; check that both tables still have the planned columns and that the role may read them and the parent", crate::pg::diag::chain(source))]
-    Db {
-        /// The table.
-        table: String,
-        /// What was being done.
-        step: &'static str,
-        /// The driver's error.
-        #[source]
-        source: tokio_postgres::Error,
-    },
-}
-
-/// A verify error as the crate's error: a failed statement stays a
-/// [`crate::error::Error::Db`] (so the transient rule applies), no
-/// consistent point within the attempts is [`crate::error::Error::GaveUp`]
-/// (exit 1: nothing was harmed), anything else a precondition. (Not a
-/// variant of its own: `error` would then import `verify`, which imports
-/// `error`.)
-impl From<VerifyError> for crate::error::Error {
-    fn from(e: VerifyError) -> Self {
-        match e {
-            VerifyError::Db {
-                table,
-                step,
-                source,
-            } => crate::error::Error::Db {
-                context: format!("verifying {table} ({step})"),
-                source,
-            },
-            gave_up @ VerifyError::NoConsistentPoint { .. } => {
-                crate::error::Error::GaveUp(gave_up.to_string())
-            }
-            other => crate::error::Error::Precondition(other.to_string()),
-        }
-    }
 }
 
 /// Compare `left` (integer references) with `right` (uuid references), chunk

@@ -532,6 +532,19 @@ SELECT a.attname::text
                   AND i.indexprs IS NULL AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum)
  ORDER BY a.attnum";
 
+/// A failed statement while planning `table`'s comparison.
+fn db_failed(
+    table: &QualifiedName,
+    step: &'static str,
+) -> impl FnOnce(tokio_postgres::Error) -> VerifyError {
+    let table = table.to_string();
+    move |source| VerifyError::Db {
+        table,
+        step,
+        source,
+    }
+}
+
 /// Build the comparison of one table: which sides, which columns are
 /// references, the key, the parent.
 async fn plan_pair(
@@ -539,16 +552,10 @@ async fn plan_pair(
     table: &QualifiedName,
     job: JobRow,
     choice: Option<&ParentChoice>,
+    known: Option<&LoadedTable>,
 ) -> Result<Pair, Error> {
     let (stage, left, right) = sides(table, Some(&job))?;
-    let db = |step: &'static str| {
-        let table = table.to_string();
-        move |source| VerifyError::Db {
-            table,
-            step,
-            source,
-        }
-    };
+    let db = |step: &'static str| db_failed(table, step);
     let bad = |detail: String| VerifyError::BadSpec {
         table: table.to_string(),
         detail,
@@ -589,6 +596,42 @@ async fn plan_pair(
     }
     let refs = references(&left, &right, &lcols, &rcols).map_err(bad)?;
 
+    let (parent, mut spec) = match known {
+        // What the caller read (cutover's targets) is what `read_model`
+        // would read: the job's recorded parent, and the source's model,
+        // the left side before cutover.
+        Some(k) if stage == Stage::BeforeCutover && choice.is_none() && k.fits(&left) => {
+            (k.parent.clone(), k.spec.clone())
+        }
+        _ => read_model(w, table, &job, choice, &left, (left_oid, right_oid), &refs).await?,
+    };
+    for c in &mut spec.columns {
+        c.reference = refs.get(&c.name).copied();
+    }
+    Ok(Pair {
+        table: table.clone(),
+        job,
+        stage,
+        left,
+        right,
+        spec,
+        parent,
+    })
+}
+
+/// The parent and the left side's table model, read from the catalogs: the
+/// parent the job recorded unless the caller names one, inferred from the
+/// foreign keys for a job that predates the record.
+async fn read_model(
+    w: &Client,
+    table: &QualifiedName,
+    job: &JobRow,
+    choice: Option<&ParentChoice>,
+    left: &QualifiedName,
+    (left_oid, right_oid): (u32, u32),
+    refs: &BTreeMap<String, IntKind>,
+) -> Result<(ParentSpec, TableSpec), Error> {
+    let db = |step: &'static str| db_failed(table, step);
     // The parent the job recorded (the one its rewrite translated through)
     // unless the caller names one; inferred from the foreign keys only for
     // jobs that predate the record.
@@ -622,7 +665,7 @@ async fn plan_pair(
                 table: table.to_string(),
                 detail,
             };
-            let (parent_table, uuid) = infer_parent(&refs, &keys).map_err(parent_err)?;
+            let (parent_table, uuid) = infer_parent(refs, &keys).map_err(parent_err)?;
             let uuid = match uuid {
                 Some(u) => u,
                 None => {
@@ -656,23 +699,38 @@ async fn plan_pair(
         }
     };
     let parent = catalog::load_parent(w, &parent_table, &uuid_column).await?;
-    let mut spec = catalog::load_table(w, &left, &parent).await?.spec;
-    for c in &mut spec.columns {
-        c.reference = refs.get(&c.name).copied();
-    }
-    Ok(Pair {
-        table: table.clone(),
-        job,
-        stage,
-        left,
-        right,
-        spec,
-        parent,
-    })
+    let spec = catalog::load_table(w, left, &parent).await?.spec;
+    Ok((parent, spec))
 }
 
 /// Why an attempt at a consistent point gave up (it is retried).
 type Retry = String;
+
+/// A table whose job row and catalog details the caller has just read
+/// (cutover, from its targets): [`run_loaded`] plans the comparison from
+/// them instead of reading them again.
+#[derive(Debug, Clone)]
+pub struct LoadedTable {
+    /// The table's job row.
+    pub job: JobRow,
+    /// The parent the job recorded, as read from the catalogs.
+    pub parent: ParentSpec,
+    /// The source's table model, as [`catalog::load_table`] gives it for
+    /// `parent`.
+    pub spec: TableSpec,
+}
+
+impl LoadedTable {
+    /// Whether this is the model `read_model` would read for `left`: the
+    /// job's source, its recorded parent.
+    fn fits(&self, left: &QualifiedName) -> bool {
+        self.job.source == *left
+            && self.spec.source == *left
+            && self.job.parent.as_ref().is_some_and(|(table, uuid)| {
+                *table == self.parent.table && *uuid == self.parent.uuid_column
+            })
+    }
+}
 
 /// Compare each table's two sides, each table at one point of the stream
 /// (one per lock set); see the module docs for the protocol and why it is
@@ -686,10 +744,39 @@ pub async fn run(
     tables: &[QualifiedName],
     opts: &RunOptions,
 ) -> Result<VerifyReport, Error> {
+    start(spec, tables.to_vec(), Vec::new(), opts).await
+}
+
+/// [`run`] on tables whose job rows and catalog details the caller has
+/// just read (cutover's targets, in the order to report them): each table
+/// is planned from them (only the pairing of the two sides' columns is
+/// read), and read again only when an attempt at its consistent point has
+/// to start over. The protocol and its argument are [`run`]'s.
+pub async fn run_loaded(
+    spec: &ConnSpec,
+    loaded: Vec<LoadedTable>,
+    opts: &RunOptions,
+) -> Result<VerifyReport, Error> {
+    let tables = loaded.iter().map(|l| l.job.source.clone()).collect();
+    start(spec, tables, loaded, opts).await
+}
+
+/// Each table once, in the order asked; `loaded` is empty or parallel to
+/// `tables`.
+async fn start(
+    spec: &ConnSpec,
+    tables: Vec<QualifiedName>,
+    loaded: Vec<LoadedTable>,
+    opts: &RunOptions,
+) -> Result<VerifyReport, Error> {
     let mut unique: Vec<QualifiedName> = Vec::with_capacity(tables.len());
+    let mut given: Vec<LoadedTable> = Vec::with_capacity(loaded.len());
+    let mut loaded = loaded.into_iter();
     for t in tables {
-        if !unique.contains(t) {
-            unique.push(t.clone());
+        let l = loaded.next();
+        if !unique.contains(&t) {
+            unique.push(t);
+            given.extend(l);
         }
     }
     if unique.is_empty() {
@@ -703,14 +790,30 @@ pub async fn run(
         .collect::<Vec<_>>()
         .join(", ");
     let span = tracing::info_span!("verify_run", tables = %names);
-    run_inner(spec, &unique, &names, opts)
+    run_inner(spec, &unique, given, &names, opts)
         .instrument(span)
         .await
 }
 
+/// Read `table`'s job row and plan its comparison.
+async fn read_pair(
+    w: &Client,
+    table: &QualifiedName,
+    choice: Option<&ParentChoice>,
+) -> Result<Pair, Error> {
+    let job = state::get_job(w, table)
+        .await?
+        .ok_or_else(|| VerifyError::NoJob {
+            table: table.to_string(),
+        })?;
+    plan_pair(w, table, job, choice, None).await
+}
+
+/// `loaded` is empty (read every table) or parallel to `tables`.
 async fn run_inner(
     spec: &ConnSpec,
     tables: &[QualifiedName],
+    loaded: Vec<LoadedTable>,
     names: &str,
     opts: &RunOptions,
 ) -> Result<VerifyReport, Error> {
@@ -718,14 +821,24 @@ async fn run_inner(
     let w = pg::connect(spec, "verify").await?;
     let mut lock: Option<Client> = None;
     let attempts = opts.attempts.max(1);
-    // Every job row is read (and every error reported) before anything is locked.
+    // Every table is planned (and every error reported) before anything is
+    // locked. What the caller loaded is used once, for a set's first try;
+    // what this run read itself is read again at the set (a cutover may
+    // have won the race meanwhile).
+    let mut given: Vec<Option<Pair>> = Vec::with_capacity(tables.len());
+    let mut loaded = loaded.into_iter();
     for t in tables {
-        let job = state::get_job(&w, t)
-            .await?
-            .ok_or_else(|| VerifyError::NoJob {
-                table: t.to_string(),
-            })?;
-        plan_pair(&w, t, job, opts.parent.as_ref()).await?;
+        match loaded.next() {
+            Some(l) => {
+                let job = l.job.clone();
+                let pair = plan_pair(&w, t, job, opts.parent.as_ref(), Some(&l)).await?;
+                given.push(Some(pair));
+            }
+            None => {
+                read_pair(&w, t, opts.parent.as_ref()).await?;
+                given.push(None);
+            }
+        }
     }
     let mut reports: Vec<Option<TableReport>> = vec![None; tables.len()];
     let mut points: Vec<ConsistentPoint> = Vec::new();
@@ -736,16 +849,16 @@ async fn run_inner(
         .map(|set| (set, 1))
         .collect();
     while let Some((set, attempt)) = queue.pop_front() {
-        // The job rows again: a cutover may have won the race meanwhile.
+        // The job rows again (a cutover may have won the race meanwhile),
+        // unless the caller's are still unused.
         let mut pairs = Vec::with_capacity(set.len());
         for &i in &set {
             let Some(t) = tables.get(i) else { continue };
-            let job = state::get_job(&w, t)
-                .await?
-                .ok_or_else(|| VerifyError::NoJob {
-                    table: t.to_string(),
-                })?;
-            pairs.push((i, plan_pair(&w, t, job, opts.parent.as_ref()).await?));
+            let pair = match given.get_mut(i).and_then(Option::take) {
+                Some(p) => p,
+                None => read_pair(&w, t, opts.parent.as_ref()).await?,
+            };
+            pairs.push((i, pair));
         }
         // Both sides take writes before cutover (the source, then the
         // shadow through the stream), and after a cutover with a way back
@@ -1016,7 +1129,7 @@ async fn recheck_jobs(lock: &Client, before: &[&Pair]) -> Result<Option<Retry>, 
             return Ok(Some(format!(
                 "{} changed while it was being locked (phase now {})",
                 p.table,
-                now.map_or_else(|| "gone".to_string(), |j| j.phase)
+                now.map_or_else(|| "gone".to_string(), |j| j.phase.to_string())
             )));
         }
     }
@@ -1028,36 +1141,7 @@ mod tests {
     use super::*;
 
     fn job(phase: &str) -> JobRow {
-        let source = QualifiedName::new("app", "orders");
-        let shadow = QualifiedName::new("app", "_rekey_new_orders");
-        JobRow {
-            table: source.to_string(),
-            phase: phase.into(),
-            shadow_table: shadow.to_string(),
-            old_table: None,
-            rows_copied: 0,
-            rows_estimate: 0,
-            lag_bytes: None,
-            error: None,
-            job_id: Uuid::nil(),
-            source_oid: 1,
-            slot_name: None,
-            publication_name: None,
-            consistent_lsn: None,
-            applied_lsn: None,
-            owner_pid: None,
-            owner_host: None,
-            id_map_users: None,
-            id_map_bytes: None,
-            synced_lsn: None,
-            way_back: false,
-            spec: None,
-            created_at: String::new(),
-            updated_at: String::new(),
-            source,
-            shadow,
-            parent: None,
-        }
+        JobRow::example(QualifiedName::new("app", "orders"), phase)
     }
 
     #[test]
@@ -1087,6 +1171,42 @@ mod tests {
             sides(&t, Some(&j)),
             Err(VerifyError::BadSpec { .. })
         ));
+    }
+
+    #[test]
+    fn loaded_tables_stand_in_only_for_what_would_be_read() {
+        let users = QualifiedName::new("app", "users");
+        let parent = ParentSpec {
+            table: users.clone(),
+            oid: 2,
+            key_column: "id".into(),
+            key_kind: IntKind::Int8,
+            uuid_column: "uuid".into(),
+        };
+        let mut j = job("streaming");
+        j.parent = Some((users.clone(), "uuid".into()));
+        let spec = TableSpec {
+            source: j.source.clone(),
+            oid: 1,
+            shadow: j.shadow.clone(),
+            columns: Vec::new(),
+            key: Vec::new(),
+        };
+        let loaded = LoadedTable {
+            job: j.clone(),
+            parent: parent.clone(),
+            spec,
+        };
+        assert!(loaded.fits(&j.source));
+        // After cutover the left side is the old table, not the model read.
+        assert!(!loaded.fits(&QualifiedName::new("app", "_rekey_old_orders")));
+        // Another parent (or uuid column) than the job recorded.
+        let mut other = loaded.clone();
+        other.parent.uuid_column = "public_id".into();
+        assert!(!other.fits(&j.source));
+        let mut unrecorded = loaded;
+        unrecorded.job.parent = None;
+        assert!(!unrecorded.fits(&j.source));
     }
 
     #[test]

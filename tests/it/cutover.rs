@@ -323,8 +323,11 @@ async fn auto_cutover_swaps_once_streaming_and_status_follows() {
     .await;
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.phase == "streaming"), "{rows:?}");
-    let s = rows.iter().find(|r| r.table == "public.sessions").unwrap();
-    assert_eq!(s.rows_copied, 100);
+    let s = rows
+        .iter()
+        .find(|r| r.job.table == "public.sessions")
+        .unwrap();
+    assert_eq!(s.job.rows_copied, 100);
     assert!(pg_rekey::status::render(&rows).contains("public.sessions"));
 
     // What `rewrite --cutover auto` spawns: verify, then swap, by itself.
@@ -339,7 +342,7 @@ async fn auto_cutover_swaps_once_streaming_and_status_follows() {
     let rows = pg_rekey::status::load(&c).await.unwrap();
     assert!(
         rows.iter()
-            .all(|r| r.phase == "cut_over" && r.old_table.is_some()),
+            .all(|r| r.phase == "cut_over" && r.job.old_table.is_some()),
         "{rows:?}"
     );
     let ty: String = c

@@ -245,7 +245,7 @@ async fn rewrite_status_verify_cutover_and_abort_exit_by_the_same_rule() {
         .await
         .unwrap()
         .into_iter()
-        .map(|j| j.phase)
+        .map(|j| j.phase.to_string())
         .collect();
     assert_eq!(phases, vec!["streaming", "streaming"], "still streaming");
 

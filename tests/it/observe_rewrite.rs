@@ -162,8 +162,8 @@ async fn the_binary_serves_metrics_and_logs_one_json_object_per_line() {
         "{map_bytes}\n{body}"
     );
     let rows = pg_rekey::status::load(&c).await.unwrap();
-    assert_eq!(rows[0].id_map_users, Some(100));
-    assert_eq!(rows[0].id_map_bytes, Some(map_bytes as i64));
+    assert_eq!(rows[0].job.id_map_users, Some(100));
+    assert_eq!(rows[0].job.id_map_bytes, Some(map_bytes as i64));
     let text = pg_rekey::status::render(&rows);
     assert!(text.contains(": 100 users, "), "{text}");
 

@@ -46,7 +46,7 @@ async fn status_lag(c: &Client, table: &str) -> Option<i64> {
         .await
         .ok()?
         .into_iter()
-        .find(|s| s.table == format!("public.{table}"))?
+        .find(|s| s.job.table == format!("public.{table}"))?
         .lag_bytes
 }
 

@@ -67,11 +67,14 @@
 //!   too, attached with `PRIMARY KEY USING INDEX` afterwards, since
 //!   `ADD PRIMARY KEY` takes an `ACCESS EXCLUSIVE` lock that would wait for
 //!   the others). The same 3M-row shadow (uuid reference) on a server of its
-//!   own, load 3.8–5.2 on the 2 shared cores: key + two indexes one after
-//!   the other 4.2–5.9 s; all three at once 3.3–4.4 s (−20 to −25 %); the
-//!   key first, then the two others at once, 4.6–5.5 s. In the copy bench
-//!   (same run, load 3.3–4.1) the index phase took 2.2–3.8 s against
-//!   2.7–7.1 s one after the other. What completes the table is unchanged:
+//!   own (already vacuumed), load 3.8–5.2 on the 2 shared cores: key + two
+//!   indexes one after the other 4.2–5.9 s; all three at once 3.3–4.4 s
+//!   (−20 to −25 %); the key first, then the two others at once,
+//!   4.6–5.5 s. In the copy bench (`PGREKEY_BENCH_SEQUENTIAL=1`: both ways
+//!   in the same rounds, load 3.0–5.5) the gain was smaller: index phase
+//!   2.7–3.6 s against 3.1–4.4 s, the whole copy phase 0.89 / 0.96 (best)
+//!   and 0.91 / 0.95 (median) of the sequential one for `events` /
+//!   `events_uuid`, with the same server CPU. What completes the table is unchanged:
 //!   the key attached, the constraints and `synced_lsn` in one transaction
 //!   after every build committed (`rewrite::finish_table`); a resume drops
 //!   the indexes an interrupted table kept before copying it again.

@@ -27,7 +27,17 @@
 //! PGREKEY_BENCH_TABLES=events_uuid cargo bench --bench copy   # one table only (default both)
 //! PGREKEY_BENCH_REPACK=0 cargo bench --bench copy     # leave pg_repack out
 //! PGREKEY_BENCH_REPACK_JOBS=2 cargo bench --bench copy # pg_repack -j 2 (default 1)
+//! PGREKEY_BENCH_SEQUENTIAL=1 cargo bench --bench copy  # also, each round, the index builds one after the other
 //! ```
+//!
+//! pg-rekey's index builds run as `rewrite` runs them: the key's index and
+//! the secondary indexes at the same time, each on a session of its own
+//! (`copy::build_concurrently`), then the key attached (`PRIMARY KEY USING
+//! INDEX`). Each line breaks the time down: map load, copy (COPY out,
+//! rewrite and COPY in overlap: their CPU is given per process — source
+//! backend, target backend, tool), and each index build's own wall time
+//! (overlapping). The in-server rewrite and `pg_repack` build theirs one
+//! after the other, as a user running them by default would.
 //!
 //! A throwaway cluster is started with the embedded defaults (fsync off, the
 //! same settings for both contenders); the tool and the server share the
@@ -42,7 +52,9 @@
 
 use std::time::{Duration, Instant};
 
-use pg_rekey::copy::{copy_table_parallel, copy_table_with, CopyOptions, Progress};
+use pg_rekey::copy::{
+    build_concurrently, copy_table_parallel, copy_table_with, CopyOptions, Progress,
+};
 use pg_rekey::embedded::Cluster;
 use pg_rekey::idmap::IdMap;
 use pg_rekey::pg::{connect, ConnSpec, QualifiedName};
@@ -139,6 +151,23 @@ const SECONDARY: [&str; 2] = [
     "CREATE INDEX ON {t} (created_at)",
 ];
 
+/// Names for the breakdown: the key, then `SECONDARY`.
+const BUILD_NAMES: [&str; 3] = ["key index", "user_id index", "created_at index"];
+
+/// What `rewrite` runs after the copy (`ddl::after_copy`): the key's index
+/// and the secondary indexes, each a statement of its own for
+/// `copy::build_concurrently`, then the key attached.
+fn after_copy_builds(shadow: &str) -> (Vec<String>, String) {
+    let mut builds = vec![format!(
+        "CREATE UNIQUE INDEX {shadow}_pkey ON {shadow} (id)"
+    )];
+    builds.extend(SECONDARY.iter().map(|d| d.replace("{t}", shadow)));
+    let attach = format!(
+        "ALTER TABLE {shadow} ADD CONSTRAINT {shadow}_pkey PRIMARY KEY USING INDEX {shadow}_pkey"
+    );
+    (builds, attach)
+}
+
 async fn build_indexes(c: &Client, table: &str) {
     for ddl in SECONDARY {
         c.batch_execute(&ddl.replace("{t}", table)).await.unwrap();
@@ -228,6 +257,9 @@ struct Variant {
     pk_after: bool,
     /// Shadow created UNLOGGED, `SET LOGGED` after the copy.
     unlogged: bool,
+    /// Index builds one after the other on one session (as before
+    /// `build_concurrently`), not at the same time.
+    sequential_builds: bool,
 }
 
 impl Variant {
@@ -240,6 +272,7 @@ impl Variant {
             // `ddl::key_after_copy` (the primary key) after the copy.
             pk_after: true,
             unlogged: false,
+            sequential_builds: false,
         }
     }
 }
@@ -346,15 +379,50 @@ async fn rekey(spec_db: &ConnSpec, admin: &Client, v: &Variant, subject: Subject
             .unwrap();
     }
     let t_logged = t_logged.elapsed();
-    if pk_after {
+    let t_builds = Instant::now();
+    let mut each: Vec<(&'static str, Figure)> = Vec::new();
+    // CPU of the build sessions (fresh backends: all of their CPU counts).
+    let mut builds_cpu = Duration::ZERO;
+    if !pk_after {
+        build_indexes(&targets[0], &shadow).await;
+    } else if v.sequential_builds {
+        let t = Instant::now();
         targets[0]
             .batch_execute(&format!("ALTER TABLE {shadow} ADD PRIMARY KEY (id)"))
             .await
             .unwrap();
+        each.push((BUILD_NAMES[0], Figure::Secs(t.elapsed())));
+        for (i, ddl) in SECONDARY.iter().enumerate() {
+            let t = Instant::now();
+            targets[0]
+                .batch_execute(&ddl.replace("{t}", &shadow))
+                .await
+                .unwrap();
+            each.push((BUILD_NAMES[i + 1], Figure::Secs(t.elapsed())));
+        }
+    } else {
+        // As `rewrite` does (`finish_table`): fresh sessions, one per build
+        // (at most `build_sessions`), then the key attached on another.
+        let (builds, attach) = after_copy_builds(&shadow);
+        let n = builds.len().min(opts.build_sessions.max(1));
+        let mut builders = Vec::new();
+        for _ in 0..n {
+            builders.push(connect(spec_db, "bench index").await.unwrap());
+        }
+        let sessions: Vec<&Client> = builders.iter().collect();
+        let builder_pids = pids(&sessions).await;
+        let took = copy_build(&sessions, &builds).await;
+        builds_cpu = total_cpu(&builder_pids);
+        for (name, t) in BUILD_NAMES.iter().zip(took) {
+            each.push((name, Figure::Secs(t)));
+        }
+        let t = Instant::now();
+        targets[0].batch_execute(&attach).await.unwrap();
+        each.push(("key attached", Figure::Secs(t.elapsed())));
     }
-    build_indexes(&targets[0], &shadow).await;
+    let t_builds = t_builds.elapsed();
     let total = t0.elapsed();
-    let server_total = total_cpu(&backends) - server0;
+    let server_total = total_cpu(&backends) - server0 + builds_cpu;
     let wal_total = wal_lsn(admin).await - wal0;
     // Catch-up: decode everything written since the slot, as the walsender
     // must before it reaches the first change after the copy.
@@ -375,24 +443,42 @@ async fn rekey(spec_db: &ConnSpec, admin: &Client, v: &Variant, subject: Subject
         .batch_execute("SELECT pg_drop_replication_slot('bench_slot')")
         .await
         .unwrap();
+    let mut parts = vec![
+        ("map load", Figure::Secs(t_map)),
+        ("copy", Figure::Secs(t_copy)),
+        ("set logged", Figure::Secs(t_logged)),
+        ("index builds", Figure::Secs(t_builds)),
+        ("tool cpu in map+copy", Figure::Secs(cpu)),
+        ("server cpu in map+copy", Figure::Secs(server_copy)),
+        ("of which source", Figure::Secs(source_copy)),
+        (
+            "target",
+            Figure::Secs(server_copy.saturating_sub(source_copy)),
+        ),
+        ("server cpu total", Figure::Secs(server_total)),
+        ("WAL in copy", Figure::Mb(wal_copy)),
+        ("WAL total", Figure::Mb(wal_total)),
+        ("catch-up decode", Figure::Secs(t_decode)),
+        ("decode cpu", Figure::Secs(decode_cpu)),
+    ];
+    // Where the index builds went: each build's own wall time (they overlap
+    // when run at the same time).
+    let at = parts
+        .iter()
+        .position(|(n, _)| *n == "index builds")
+        .map_or(parts.len(), |i| i + 1);
+    parts.splice(at..at, each);
     Timing {
         name: name.into(),
         total,
-        parts: vec![
-            ("map load", Figure::Secs(t_map)),
-            ("copy", Figure::Secs(t_copy)),
-            ("set logged", Figure::Secs(t_logged)),
-            ("indexes", Figure::Secs(total - t_map - t_copy - t_logged)),
-            ("tool cpu in map+copy", Figure::Secs(cpu)),
-            ("server cpu in map+copy", Figure::Secs(server_copy)),
-            ("of which source", Figure::Secs(source_copy)),
-            ("server cpu total", Figure::Secs(server_total)),
-            ("WAL in copy", Figure::Mb(wal_copy)),
-            ("WAL total", Figure::Mb(wal_total)),
-            ("catch-up decode", Figure::Secs(t_decode)),
-            ("decode cpu", Figure::Secs(decode_cpu)),
-        ],
+        parts,
     }
+}
+
+async fn copy_build(sessions: &[&Client], builds: &[String]) -> Vec<Duration> {
+    build_concurrently(sessions, builds)
+        .await
+        .unwrap_or_else(|(i, e)| panic!("build {}: {e}", builds[i]))
 }
 
 async fn in_server(admin: &Client, subject: Subject) -> Timing {
@@ -704,6 +790,10 @@ fn all_variants() -> Vec<Variant> {
             ..Variant::new("unlogged")
         },
         Variant {
+            sequential_builds: true,
+            ..Variant::new("sequential-builds")
+        },
+        Variant {
             unlogged: true,
             pk_after: false,
             ..Variant::new("unlogged-key-during-copy")
@@ -811,6 +901,15 @@ fn main() {
                 parallel: 2,
                 ..Variant::new("pg-rekey, 2 sessions over sampled key ranges")
             };
+            // PGREKEY_BENCH_SEQUENTIAL=1: also, in every round, the index
+            // builds one after the other (as before `build_concurrently`).
+            let seq = (std::env::var("PGREKEY_BENCH_SEQUENTIAL").as_deref() == Ok("1")).then(|| {
+                Variant {
+                    sequential_builds: true,
+                    ..Variant::new("pg-rekey, index builds one after the other")
+                }
+            });
+            let mut s_runs: Vec<Timing> = Vec::new();
             let mut a_runs: Vec<Timing> = Vec::new();
             let mut p_runs: Vec<Timing> = Vec::new();
             let mut b_runs: Vec<Timing> = Vec::new();
@@ -819,6 +918,10 @@ fn main() {
                 let load0 = loadavg();
                 let a = rekey(&spec_db, &admin, &main, subject).await;
                 let p = rekey(&spec_db, &admin, &two, subject).await;
+                let sq = match &seq {
+                    Some(v) => Some(rekey(&spec_db, &admin, v, subject).await),
+                    None => None,
+                };
                 let b = in_server(&admin, subject).await;
                 let r = match &repack {
                     Some(r) => Some(run_repack(&admin, r, subject).await),
@@ -830,10 +933,14 @@ fn main() {
                 );
                 print(&a, rows);
                 print(&p, rows);
+                if let Some(sq) = &sq {
+                    print(sq, rows);
+                }
                 print(&b, rows);
                 if let Some(r) = &r {
                     print(r, rows);
                 }
+                s_runs.extend(sq);
                 a_runs.push(a);
                 p_runs.push(p);
                 b_runs.push(b);
@@ -843,6 +950,7 @@ fn main() {
             p_runs.sort_by_key(|t| t.total);
             b_runs.sort_by_key(|t| t.total);
             r_runs.sort_by_key(|t| t.total);
+            s_runs.sort_by_key(|t| t.total);
             if let (Some(a), Some(p), Some(b)) = (a_runs.first(), p_runs.first(), b_runs.first()) {
                 println!("best of {repeat} ({table}):");
                 print(a, rows);
@@ -859,6 +967,13 @@ fn main() {
                     p.total.as_secs_f64() / b.total.as_secs_f64(),
                     median(&p_runs) / median(&b_runs),
                 );
+                if let Some(sq) = s_runs.first() {
+                    println!(
+                        "ratio concurrent / sequential index builds ({table}): whole copy phase best {:.2}, median {:.2}",
+                        a.total.as_secs_f64() / sq.total.as_secs_f64(),
+                        median(&a_runs) / median(&s_runs),
+                    );
+                }
                 match r_runs.first() {
                     Some(r) => println!(
                         "ratio pg-rekey / pg_repack ({table}): best {:.2}, median {:.2}; 2 sessions: best {:.2}, median {:.2}",

@@ -241,19 +241,40 @@ fn shadow_index_name(idx: &crate::model::IndexDetail) -> String {
 
 /// Indexes, constraints and foreign keys to build after the copy; see the module docs.
 pub fn post_copy(table: &TableDetail) -> Vec<String> {
+    let mut out: Vec<String> = post_copy_indexes(table)
+        .into_iter()
+        .map(|(_, stmt)| stmt)
+        .collect();
+    out.extend(post_copy_constraints(table));
+    out
+}
+
+/// The plain `CREATE [UNIQUE] INDEX` statements of [`post_copy`] (indexes
+/// that back no constraint), each with the shadow index's name.
+fn post_copy_indexes(table: &TableDetail) -> Vec<(String, String)> {
     let shadow = table.spec.shadow.quoted();
     let mut out = Vec::new();
     for idx in &table.indexes {
         if idx.constraint.is_some() || built_with_table(table, idx) || !idx.valid {
             continue;
         }
-        out.push(format!(
+        let name = shadow_index_name(idx);
+        let stmt = format!(
             "CREATE {}INDEX {} ON {shadow} {}",
             if idx.unique { "UNIQUE " } else { "" },
-            quote_ident(&shadow_index_name(idx)),
+            quote_ident(&name),
             idx.using_clause
-        ));
+        );
+        out.push((name, stmt));
     }
+    out
+}
+
+/// What [`post_copy`] runs after its plain indexes: constraints, `NOT VALID`
+/// checks, `CLUSTER ON`, `REPLICA IDENTITY`.
+fn post_copy_constraints(table: &TableDetail) -> Vec<String> {
+    let shadow = table.spec.shadow.quoted();
+    let mut out = Vec::new();
     for k in table.uniques.iter().chain(table.exclusions.iter()) {
         out.push(format!(
             "ALTER TABLE {shadow} ADD CONSTRAINT {} {}",
@@ -437,6 +458,80 @@ pub fn key_after_copy(table: &TableDetail) -> Vec<String> {
         }
         None => Vec::new(),
     }
+}
+
+/// [`key_after_copy`] and [`post_copy`] arranged to build the indexes on
+/// several sessions at once (`CREATE INDEX` takes a `SHARE` lock, which does
+/// not conflict with itself; `ALTER TABLE … ADD CONSTRAINT` takes `ACCESS
+/// EXCLUSIVE`, which would serialize them).
+///
+/// The final state is the one `key_after_copy` then `post_copy` make: the
+/// primary key's index is built as a unique index under the constraint's
+/// shadow name from the source index's own definition (`USING` clause:
+/// columns, `INCLUDE`, `WITH`, tablespace) and made the primary key with
+/// `ADD CONSTRAINT … PRIMARY KEY USING INDEX` (same index, same constraint,
+/// same name; the catalog rows are those `ADD PRIMARY KEY` makes). A
+/// deferrable primary key, or one whose index is not in the detail, is
+/// added as before, in [`AfterCopy::then`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AfterCopy {
+    /// `CREATE [UNIQUE] INDEX` statements on the shadow, independent of each
+    /// other: each may run on a session of its own, all at the same time.
+    pub builds: Vec<String>,
+    /// The unqualified names (in the shadow's schema) of the indexes
+    /// `builds` creates, in the same order.
+    pub built: Vec<String>,
+    /// The rest, in order, for one transaction once every build committed:
+    /// the key attached, constraints, checks, `CLUSTER ON`, replica identity.
+    pub then: Vec<String>,
+}
+
+/// The post-copy DDL of `table` as [`AfterCopy`] (pure).
+pub fn after_copy(table: &TableDetail) -> AfterCopy {
+    let shadow = table.spec.shadow.quoted();
+    let mut out = AfterCopy::default();
+    let mut key_built = false;
+    if let Some(pk) = &table.primary_key {
+        let index = table.indexes.iter().find(|i| i.primary && i.valid);
+        // Conservative: any mention of DEFERRABLE keeps the old statement
+        // (a false match only costs the concurrency).
+        if let (Some(idx), false) = (index, pk.definition.contains("DEFERRABLE")) {
+            let name = shadow_object_name(&pk.name);
+            out.builds.push(format!(
+                "CREATE UNIQUE INDEX {} ON {shadow} {}",
+                quote_ident(&name),
+                idx.using_clause
+            ));
+            out.then.push(format!(
+                "ALTER TABLE {shadow} ADD CONSTRAINT {n} PRIMARY KEY USING INDEX {n}",
+                n = quote_ident(&name)
+            ));
+            out.built.push(name);
+            key_built = true;
+        }
+    } else if let Some(idx) = table.key_index() {
+        let name = shadow_object_name(&idx.name);
+        out.builds.push(format!(
+            "CREATE UNIQUE INDEX {} ON {shadow} {}",
+            quote_ident(&name),
+            idx.using_clause
+        ));
+        out.then.push(format!(
+            "ALTER TABLE {shadow} REPLICA IDENTITY USING INDEX {}",
+            quote_ident(&name)
+        ));
+        out.built.push(name);
+        key_built = true;
+    }
+    if !key_built {
+        out.then.extend(key_after_copy(table));
+    }
+    for (name, stmt) in post_copy_indexes(table) {
+        out.builds.push(stmt);
+        out.built.push(name);
+    }
+    out.then.extend(post_copy_constraints(table));
+    out
 }
 
 #[cfg(test)]
@@ -843,5 +938,66 @@ mod tests {
             create_shadow_for_copy(&none, &parent()),
             create_shadow(&none, &parent())
         );
+    }
+
+    #[test]
+    fn after_copy_builds_every_index_apart_and_attaches_the_key() {
+        let s = "\"public\".\"_rekey_new_sessions\"";
+        // Primary key: its index among the builds, attached in `then`; the
+        // rest of `then` is post_copy without its plain indexes, in order.
+        let t = sessions();
+        let a = after_copy(&t);
+        assert_eq!(
+            a.builds[0],
+            format!("CREATE UNIQUE INDEX \"_rekey_new_sessions_pkey\" ON {s} USING btree (id)")
+        );
+        assert_eq!(
+            a.then[0],
+            format!("ALTER TABLE {s} ADD CONSTRAINT \"_rekey_new_sessions_pkey\" PRIMARY KEY USING INDEX \"_rekey_new_sessions_pkey\"")
+        );
+        let post = post_copy(&t);
+        let (creates, rest): (Vec<String>, Vec<String>) =
+            post.into_iter().partition(|x| x.starts_with("CREATE "));
+        assert_eq!(a.builds[1..], creates[..]);
+        assert_eq!(a.then[1..], rest[..]);
+        assert_eq!(a.built.len(), a.builds.len());
+        for (name, stmt) in a.built.iter().zip(&a.builds) {
+            assert!(
+                stmt.contains(&format!("INDEX {} ON", quote_ident(name))),
+                "{stmt}"
+            );
+        }
+
+        // A deferrable primary key stays one statement, before the rest.
+        let mut d = sessions();
+        if let Some(pk) = d.primary_key.as_mut() {
+            pk.definition.push_str(" DEFERRABLE INITIALLY DEFERRED");
+        }
+        let a = after_copy(&d);
+        assert_eq!(a.then[0], key_after_copy(&d)[0]);
+        assert_eq!(a.builds[..], creates[..]);
+
+        // Replica identity key: the same statements as key_after_copy, split.
+        let mut ri = sessions();
+        ri.primary_key = None;
+        ri.indexes.retain(|i| !i.primary);
+        if let Some(i) = ri
+            .indexes
+            .iter_mut()
+            .find(|i| i.name == "sessions_token_key")
+        {
+            i.replica_identity = true;
+        }
+        let key = key_after_copy(&ri);
+        let a = after_copy(&ri);
+        assert_eq!(a.builds[0], key[0]);
+        assert_eq!(a.then[0], key[1]);
+
+        // No key: only the secondary indexes are built apart.
+        let mut none = ri.clone();
+        none.indexes.clear();
+        let a = after_copy(&none);
+        assert!(a.builds.is_empty() && a.built.is_empty());
+        assert_eq!(a.then, post_copy(&none));
     }
 }

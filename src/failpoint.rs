@@ -20,6 +20,7 @@ pub const NAMES: &[&str] = &[
     "rewrite.after_register",
     "rewrite.after_slot",
     "copy.after_batch",
+    "copy.after_index_builds",
     "copy.after_first_table",
     "rewrite.after_copy",
     "apply.before_commit",

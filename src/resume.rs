@@ -49,12 +49,15 @@
 //!   *table by table*, as PostgreSQL's own table synchronisation does:
 //!   - a table whose copy is complete is kept. "Complete" is recorded by
 //!     `synced_lsn` (the snapshot's consistent point), written in the one
-//!     transaction that also builds the shadow's key, indexes and
-//!     constraints after its copy — so a shadow with `synced_lsn` holds the
-//!     whole table as of that point, and one without it is only rows of
-//!     committed batches;
-//!   - every other shadow is emptied (`TRUNCATE`: its rows are the job's own)
-//!     and copied again under the snapshot of a new **temporary** slot,
+//!     transaction that also attaches the shadow's key and adds its
+//!     constraints after its copy, once its indexes were built (each in a
+//!     transaction of its own, at the same time) — so a shadow with
+//!     `synced_lsn` holds the whole table as of that point, and one without
+//!     it is only rows of committed batches, perhaps with some of those
+//!     indexes;
+//!   - every other shadow has those indexes dropped (the names the copy
+//!     gives them, on that shadow, backing no constraint), is emptied
+//!     (`TRUNCATE`: its rows are the job's own) and copied again under the snapshot of a new **temporary** slot,
 //!     made on a replication connection that lives only for that copy (the
 //!     server drops such a slot with its connection, however the process
 //!     ends); the id map for that copy is read under the same snapshot; its

@@ -16,11 +16,12 @@
 //!    import that snapshot (`SET TRANSACTION SNAPSHOT`) before anything else
 //!    runs on the replication connection (the export lives only until the next
 //!    command there). The id map is loaded in the same snapshot.
-//! 5. **Copy**, table by table; after each, its post-copy DDL (key,
-//!    secondary indexes, unique constraints, `NOT VALID` foreign keys) and
-//!    the record that its copy is complete, in one transaction on a session
-//!    of its own. The snapshot sessions end with the copy so the vacuum
-//!    horizon moves on.
+//! 5. **Copy**, table by table; after each, its indexes (the key's
+//!    included) built at the same time on sessions of their own, then the
+//!    rest of its post-copy DDL (the key attached, unique constraints,
+//!    `NOT VALID` checks) and the record that its copy is complete, in one
+//!    transaction on a session of its own ([`finish_table`]). The snapshot
+//!    sessions end with the copy so the vacuum horizon moves on.
 //! 6. **Stream** from the slot's consistent point: every change committed
 //!    after the snapshot, in commit order (see [`crate::apply`] for the
 //!    exactly-once argument). The stream is only started after the copy so
@@ -470,6 +471,9 @@ async fn continue_copy(
         return Ok(true);
     }
     for d in &todo {
+        // Indexes the interrupted job built after its copy and before it
+        // recorded the copy complete: built again after the new copy.
+        drop_unsynced_indexes(admin, d).await?;
         // Rows of committed batches of the interrupted copy; the shadow is
         // the job's own, and has no key yet.
         admin
@@ -752,29 +756,56 @@ async fn copy_under(
     Ok(Some(map))
 }
 
-/// One transaction on a session of its own: the shadow's key first
-/// (`post_copy` may CLUSTER ON it, and the stream's upserts need it), its
-/// indexes and constraints, and the record that its copy is complete
-/// ([`state::record_synced`]) — so after a crash a shadow is either
-/// complete with its key or is copied again. `false` when stopped by the
-/// operator: the session is dropped, and being a lock holder's
-/// ([`pg::connect_cutover`]) its backend rolls back within about a second.
+/// The shadow's indexes, then one transaction that completes the table.
+///
+/// The indexes (the row key's included) are built at the same time on
+/// sessions of their own, each in its own transaction
+/// ([`crate::ddl::after_copy`], [`crate::copy::build_concurrently`]):
+/// `CREATE INDEX` takes a `SHARE` lock, which does not conflict with
+/// itself. Then one transaction on another session attaches the key
+/// (`PRIMARY KEY USING INDEX`; `post_copy` may CLUSTER ON it, and the
+/// stream's upserts need it), adds the constraints, and records that the
+/// copy is complete ([`state::record_synced`]) — so after a crash a shadow
+/// is either complete with its key or is copied again; the indexes of an
+/// incomplete one are dropped before it is ([`drop_unsynced_indexes`]).
+/// `false` when stopped by the operator: the sessions are dropped, and
+/// being lock holders' ([`pg::connect_cutover`]) their backends roll back
+/// within about a second.
 async fn finish_table(
     cfg: &RewriteConfig,
     d: &TableDetail,
     synced: Lsn,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool, Error> {
+    let plan = crate::ddl::after_copy(d);
+    let n = plan.builds.len().min(cfg.copy.build_sessions.max(1));
+    let mut builders = Vec::with_capacity(n);
+    for _ in 0..n {
+        builders.push(pg::connect_cutover(&cfg.spec, "shadow-index").await?);
+    }
     let ddl = pg::connect_cutover(&cfg.spec, "shadow-ddl").await?;
     let work = async {
+        let sessions: Vec<&Client> = builders.iter().collect();
+        let took = crate::copy::build_concurrently(&sessions, &plan.builds)
+            .await
+            .map_err(|(i, e)| Error::Db {
+                context: format!(
+                    "build index {} of {}",
+                    plan.built.get(i).map(String::as_str).unwrap_or("?"),
+                    d.spec.shadow
+                ),
+                source: e,
+            })?;
+        for (name, t) in plan.built.iter().zip(&took) {
+            tracing::debug!(table = %d.spec.source, index = %name, seconds = format!("{:.2}", t.as_secs_f64()), "index built");
+        }
+        // The indexes are committed, the copy not yet recorded complete.
+        crate::failpoint::hit("copy.after_index_builds");
         ddl.batch_execute("BEGIN")
             .await
-            .map_err(Error::db("begin the shadow's index builds"))?;
-        for stmt in crate::ddl::key_after_copy(d)
-            .into_iter()
-            .chain(crate::ddl::post_copy(d))
-        {
-            ddl.batch_execute(&stmt).await.map_err(Error::db(format!(
+            .map_err(Error::db("begin the shadow's key and constraints"))?;
+        for stmt in &plan.then {
+            ddl.batch_execute(stmt).await.map_err(Error::db(format!(
                 "build indexes and constraints of {}",
                 d.spec.shadow
             )))?;
@@ -788,6 +819,42 @@ async fn finish_table(
         r = work => r.map(|()| true),
         _ = shutdown.changed() => Ok(false),
     }
+}
+
+/// Drop the indexes [`finish_table`] built on `d`'s shadow before the copy
+/// was recorded complete (an interrupted job: they were committed, each in
+/// its own transaction, and the shadow is about to be copied again). Only
+/// indexes of that very shadow, with the names `after_copy` gives them,
+/// backing no constraint (the constraints are only added in the
+/// transaction that records the copy complete).
+async fn drop_unsynced_indexes(admin: &Client, d: &TableDetail) -> Result<(), Error> {
+    let names = crate::ddl::after_copy(d).built;
+    if names.is_empty() {
+        return Ok(());
+    }
+    let shadow = d.spec.shadow.quoted();
+    let rows = admin
+        .query(
+            "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
+               FROM pg_catalog.pg_index i
+               JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE i.indrelid = $1::text::regclass AND c.relname = ANY($2)
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid)",
+            &[&shadow, &names],
+        )
+        .await
+        .map_err(Error::db(format!("list the indexes of {}", d.spec.shadow)))?;
+    for r in rows {
+        let index: String = r.get(0);
+        admin
+            .batch_execute(&format!("DROP INDEX {index}"))
+            .await
+            .map_err(Error::db(format!(
+                "drop index {index} of the interrupted copy"
+            )))?;
+    }
+    Ok(())
 }
 
 /// Lag and slot WAL for the job's lifetime: the poller stops when the

@@ -301,6 +301,14 @@ async fn dies_during_a_tables_copy() {
     rewrite_dies_at("copy.after_batch").await;
 }
 
+/// Killed with the first table's indexes built (each committed on its own)
+/// but its copy not recorded complete: the resume drops them, copies the
+/// table again and builds them again.
+#[tokio::test]
+async fn dies_after_index_builds() {
+    rewrite_dies_at("copy.after_index_builds").await;
+}
+
 #[tokio::test]
 async fn dies_after_first_table_copied() {
     rewrite_dies_keeping("copy.after_first_table", &["notes"]).await;

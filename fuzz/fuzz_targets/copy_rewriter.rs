@@ -11,7 +11,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pg_rekey::copy::Rewriter;
+use pg_rekey::copy_format::Rewriter;
 use pg_rekey::copy_format::HEADER;
 use pg_rekey::plan::model::IntKind;
 use uuid::Uuid;

@@ -79,3 +79,20 @@ CREATE TABLE IF NOT EXISTS pgrekey.held_constraints (
     comment       text,
     PRIMARY KEY (table_schema, table_name, name)
 );
+
+-- Views and policies that a cutover with `--rewrite-dependents` and a way
+-- back re-created in uuid terms, with the definitions they had before, by
+-- the job's source table; `rollback` re-creates them with these (the
+-- integer columns would refuse the uuid ones), `finish` forgets them.
+CREATE TABLE IF NOT EXISTS pgrekey.held_definitions (
+    table_schema      text NOT NULL,
+    table_name        text NOT NULL,
+    kind              text NOT NULL CHECK (kind IN ('view', 'policy')),
+    -- A view: its schema-qualified, quoted name; a policy: its name.
+    name              text NOT NULL,
+    -- A view: its query; a policy: its USING expression.
+    definition        text,
+    -- A policy: its WITH CHECK expression.
+    check_definition  text,
+    PRIMARY KEY (table_schema, table_name, kind, name)
+);

@@ -21,6 +21,10 @@
 //!    trigger.
 //! 3. The job rows record `cut_over` with `way_back`, so the `rewrite`
 //!    process keeps streaming instead of dropping its slot.
+//! 4. With `--rewrite-dependents`, the views and policies it re-creates in
+//!    uuid terms have their **definitions from before recorded** in
+//!    `pgrekey.held_definitions` ([`replaced_definitions`]), by the job's
+//!    source table, in the same transaction.
 //!
 //! # Why nothing falls between the swap and the way back
 //!
@@ -50,8 +54,11 @@
 //! old table equals its new one translated back), then rename the new table
 //! to its shadow name (`_rekey_new_<t>`, its indexes and constraints to
 //! `_rekey_new_<name>`) and the old one to `t`, carry every dependent object
-//! back, re-create the held foreign keys (`NOT VALID`, validated after
-//! commit), drop the new table's own foreign keys (the next cutover creates
+//! back — the views and policies `--rewrite-dependents` replaced with the
+//! definitions held for them ([`restore_definitions`]; the integer columns
+//! would refuse the uuid terms, so without them the rollback could only fail
+//! and roll back), the held rows deleted —, re-create the held foreign keys
+//! (`NOT VALID`, validated after commit), drop the new table's own foreign keys (the next cutover creates
 //! them again from the plan, as the first did), switch the publication
 //! membership back and record `streaming` — one transaction. The argument
 //! that no write is lost is the cutover's, with the directions exchanged;
@@ -63,8 +70,8 @@ use tokio_postgres::Client;
 
 use crate::error::Error;
 use crate::pg::{quote_ident, quote_literal, QualifiedName};
-use crate::state::{self, HeldConstraint, JobRow};
-use crate::swap::{SwapNames, SwapSql, SwapStep, ValidateConstraint};
+use crate::state::{self, HeldConstraint, HeldDefinition, HeldKind, JobRow};
+use crate::swap::{Dependents, SwapNames, SwapSql, SwapStep, ValidateConstraint};
 
 /// Which way a swap goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -575,6 +582,7 @@ pub async fn finish(
     }
     for (j, old) in mine.iter().zip(&olds) {
         sql.push_str(&format!(" {};", state::release_constraints_sql(old)));
+        sql.push_str(&format!(" {};", state::release_definitions_sql(&j.source)));
         sql.push_str(&format!(
             " DELETE FROM pgrekey.jobs WHERE source_schema = {} AND source_table = {};",
             quote_literal(&j.source.schema),
@@ -639,9 +647,125 @@ pub async fn finish(
     Ok(report)
 }
 
+/// The views and policies `cutover --rewrite-dependents` re-creates in uuid
+/// terms, with the definitions they have now, by the job's source table:
+/// `before` and `after` are the same dependents before and after the
+/// rewrite. A cutover with a way back holds them
+/// ([`state::hold_definition_sql`], in its swap's transaction), because a
+/// rollback carries the new tables' dependents back to the integer columns,
+/// which refuse the uuid terms.
+pub fn replaced_definitions(
+    before: &[Dependents],
+    after: &[Dependents],
+) -> Vec<(QualifiedName, HeldDefinition)> {
+    let mut held = Vec::new();
+    for (b, a) in before.iter().zip(after) {
+        for (vb, va) in b.views.iter().zip(&a.views) {
+            if vb.definition != va.definition {
+                held.push((
+                    b.source.clone(),
+                    HeldDefinition {
+                        kind: HeldKind::View,
+                        name: vb.name.quoted(),
+                        definition: Some(vb.definition.clone()),
+                        check: None,
+                    },
+                ));
+            }
+        }
+        for (pb, pa) in b.policies.iter().zip(&a.policies) {
+            if pb.using != pa.using || pb.check != pa.check {
+                held.push((
+                    b.source.clone(),
+                    HeldDefinition {
+                        kind: HeldKind::Policy,
+                        name: pb.name.clone(),
+                        definition: pb.using.clone(),
+                        check: pb.check.clone(),
+                    },
+                ));
+            }
+        }
+    }
+    held
+}
+
+/// Give the dependents a rollback carries back (read from a new table) the
+/// definitions held for its job: each view and policy by its name; the
+/// ones not held keep what they have.
+pub fn restore_definitions(d: &mut Dependents, held: &[HeldDefinition]) {
+    for h in held {
+        match h.kind {
+            HeldKind::View => {
+                if let (Some(v), Some(def)) = (
+                    d.views.iter_mut().find(|v| v.name.quoted() == h.name),
+                    &h.definition,
+                ) {
+                    v.definition = def.clone();
+                }
+            }
+            HeldKind::Policy => {
+                if let Some(p) = d.policies.iter_mut().find(|p| p.name == h.name) {
+                    p.using = h.definition.clone();
+                    p.check = h.check.clone();
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rewritten_definitions_are_held_and_put_back_by_name() {
+        use crate::swap::sql::tests::{base, view};
+        use crate::swap::Policy;
+        let policy = |using: &str| Policy {
+            name: "own".into(),
+            permissive: true,
+            command: '*',
+            roles: vec![],
+            using: Some(using.into()),
+            check: None,
+            comment: None,
+        };
+        let mut before = base("docs");
+        before.views = vec![view(1, "first_docs", &[]), view(2, "all_docs", &[])];
+        before.views[0].definition = "SELECT id FROM docs WHERE owner_id = 1".into();
+        before.policies = vec![policy("owner_id = 7")];
+        let mut after = before.clone();
+        after.views[0].definition =
+            "SELECT id FROM docs WHERE owner_id = (SELECT uuid_id FROM users WHERE id = 1)".into();
+        after.policies[0].using =
+            Some("owner_id = (SELECT uuid_id FROM users WHERE id = 7)".into());
+
+        let held = replaced_definitions(&[before.clone()], &[after.clone()]);
+        // Only what the rewrite changed, as it was, by the job's source.
+        assert_eq!(held.len(), 2, "{held:?}");
+        assert!(held.iter().all(|(t, _)| *t == before.source));
+        assert_eq!(held[0].1.kind, HeldKind::View);
+        assert_eq!(held[0].1.name, "\"public\".\"first_docs\"");
+        assert_eq!(held[1].1.kind, HeldKind::Policy);
+        assert_eq!(held[1].1.definition.as_deref(), Some("owner_id = 7"));
+        assert_eq!(
+            replaced_definitions(&[before.clone()], &[before.clone()]),
+            vec![]
+        );
+
+        // A rollback reads the new table's dependents (uuid terms) and
+        // carries back the held ones.
+        let held: Vec<HeldDefinition> = held.into_iter().map(|(_, h)| h).collect();
+        let mut back = after.clone();
+        restore_definitions(&mut back, &held);
+        assert_eq!(back.views, before.views);
+        assert_eq!(back.policies, before.policies);
+        // Nothing held: nothing changes.
+        let mut same = after.clone();
+        restore_definitions(&mut same, &[]);
+        assert_eq!(same, after);
+    }
 
     fn table(direction: Direction) -> WayBack {
         let t = QualifiedName::new("public", "docs");

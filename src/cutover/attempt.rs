@@ -19,7 +19,7 @@ use crate::plan::catalog::TableDetail;
 use crate::plan::model::{ColumnSpec, IntKind, ParentSpec};
 use crate::quiesce;
 use crate::state::{self, Phase};
-use crate::swap::{self, SwapNames, SwapSql};
+use crate::swap::{self, SwapNames, SwapSql, SwapStep};
 use crate::units::millis_tenths as ms;
 
 /// Splits the hold into [`PhaseTime`]s.
@@ -453,12 +453,37 @@ async fn read_and_build(
     } else {
         None
     };
+    // Statements about the definitions `--rewrite-dependents` replaces:
+    // held by a cutover with a way back, put back and forgotten by a rollback.
+    let mut held_steps = Vec::new();
     if cfg.rewrite_dependents && cfg.direction == Direction::Forward {
+        let before = cfg.way_back.then(|| deps.clone());
         let details: Vec<&TableDetail> = targets.iter().map(|t| &t.detail).collect();
         let ctx = crate::plan::dependents::rewrite_context(&details, parent);
         let changed = crate::plan::dependents::apply_rewrites(&mut deps, &ctx);
         if report && !changed.is_empty() {
             info!(objects = ?changed, "re-created with definitions that compare in uuid terms (--rewrite-dependents)");
+        }
+        for (source, h) in before
+            .map(|b| crate::way_back::replaced_definitions(&b, &deps))
+            .unwrap_or_default()
+        {
+            held_steps.push(SwapStep {
+                object: format!("definitions held for {source}"),
+                sql: state::hold_definition_sql(&source, &h),
+            });
+        }
+    }
+    if cfg.direction == Direction::Back {
+        for (d, t) in deps.iter_mut().zip(targets) {
+            let held = state::held_definitions(c, &t.job.source).await?;
+            if !held.is_empty() {
+                crate::way_back::restore_definitions(d, &held);
+                held_steps.push(SwapStep {
+                    object: format!("definitions held for {}", t.job.source),
+                    sql: state::release_definitions_sql(&t.job.source),
+                });
+            }
         }
     }
     if report {
@@ -488,6 +513,7 @@ async fn read_and_build(
     if let Some(way) = way {
         way.extend(&mut sql);
     }
+    sql.steps.extend(held_steps);
     Ok(sql)
 }
 

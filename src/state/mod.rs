@@ -287,7 +287,8 @@ pub async fn ensure_schema(client: &Client) -> Result<(), StateError> {
             "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
                  WHERE attrelid = pg_catalog.to_regclass('pgrekey.jobs')
                    AND attname = 'table_spec' AND NOT attisdropped)
-                AND pg_catalog.to_regclass('pgrekey.held_constraints') IS NOT NULL",
+                AND pg_catalog.to_regclass('pgrekey.held_constraints') IS NOT NULL
+                AND pg_catalog.to_regclass('pgrekey.held_definitions') IS NOT NULL",
             &[],
         )
         .await
@@ -755,6 +756,92 @@ pub fn release_constraints_sql(table: &QualifiedName) -> String {
         "DELETE FROM pgrekey.held_constraints WHERE table_schema = {} AND table_name = {}",
         crate::pg::quote_literal(&table.schema),
         crate::pg::quote_literal(&table.name)
+    )
+}
+
+/// What a held definition belongs to (see `sql/state.sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldKind {
+    /// A view (its query).
+    View,
+    /// A row-level-security policy (its `USING` and `WITH CHECK`).
+    Policy,
+}
+
+impl HeldKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            HeldKind::View => "view",
+            HeldKind::Policy => "policy",
+        }
+    }
+}
+
+/// A view's or policy's definition from before `--rewrite-dependents`
+/// re-created it in uuid terms, kept for `rollback` by the job's source table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldDefinition {
+    /// A view or a policy.
+    pub kind: HeldKind,
+    /// A view: its quoted, schema-qualified name; a policy: its name.
+    pub name: String,
+    /// A view's query, a policy's `USING`.
+    pub definition: Option<String>,
+    /// A policy's `WITH CHECK`.
+    pub check: Option<String>,
+}
+
+/// The definitions held for the job of `source`.
+pub async fn held_definitions<C: GenericClient>(
+    client: &C,
+    source: &QualifiedName,
+) -> Result<Vec<HeldDefinition>, StateError> {
+    let rows = client
+        .query(
+            "SELECT kind, name, definition, check_definition FROM pgrekey.held_definitions
+              WHERE table_schema = $1 AND table_name = $2 ORDER BY kind, name",
+            &[&source.schema, &source.name],
+        )
+        .await
+        .map_err(db(format!("reading the definitions held for {source}")))?;
+    Ok(rows
+        .iter()
+        .map(|r| HeldDefinition {
+            kind: if r.get::<_, &str>(0) == "view" {
+                HeldKind::View
+            } else {
+                HeldKind::Policy
+            },
+            name: r.get(1),
+            definition: r.get(2),
+            check: r.get(3),
+        })
+        .collect())
+}
+
+/// The statement that holds `h` for the job of `source` (run in the swap's
+/// transaction; a later cutover's replaces an earlier one's).
+pub fn hold_definition_sql(source: &QualifiedName, h: &HeldDefinition) -> String {
+    use crate::pg::quote_literal as q;
+    let opt = |x: &Option<String>| x.as_deref().map(q).unwrap_or_else(|| "NULL".into());
+    format!(
+        "INSERT INTO pgrekey.held_definitions (table_schema, table_name, kind, name, definition, check_definition) VALUES ({}, {}, {}, {}, {}, {}) \
+         ON CONFLICT (table_schema, table_name, kind, name) DO UPDATE SET definition = EXCLUDED.definition, check_definition = EXCLUDED.check_definition",
+        q(&source.schema),
+        q(&source.name),
+        q(h.kind.as_str()),
+        q(&h.name),
+        opt(&h.definition),
+        opt(&h.check)
+    )
+}
+
+/// The statement that forgets the definitions held for the job of `source`.
+pub fn release_definitions_sql(source: &QualifiedName) -> String {
+    format!(
+        "DELETE FROM pgrekey.held_definitions WHERE table_schema = {} AND table_name = {}",
+        crate::pg::quote_literal(&source.schema),
+        crate::pg::quote_literal(&source.name)
     )
 }
 

@@ -1088,7 +1088,7 @@ pub fn lock_sql(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::{
         ColumnPrivileges, IncomingFk, Privilege, PublicationMembership, ReplicaIdentity,
     };
@@ -1109,7 +1109,8 @@ mod tests {
         }
     }
 
-    fn view(oid: u32, name: &str, deps: &[u32]) -> View {
+    /// A view of `public.t<oid>` (also used by `way_back`'s tests).
+    pub(crate) fn view(oid: u32, name: &str, deps: &[u32]) -> View {
         View {
             oid,
             name: q("public", name),
@@ -1129,7 +1130,9 @@ mod tests {
         }
     }
 
-    fn base(source: &str) -> Dependents {
+    /// Dependents of `public.<source>` with nothing hanging off it (also
+    /// used by `way_back`'s tests).
+    pub(crate) fn base(source: &str) -> Dependents {
         Dependents {
             source: q("public", source),
             source_oid: 1,

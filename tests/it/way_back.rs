@@ -711,3 +711,129 @@ async fn ctrl_c_keeps_the_way_back_and_finish_refuses_a_difference_unless_forced
         .get(0);
     assert_eq!(left, 0);
 }
+
+/// Views and a policy that `cutover --rewrite-dependents` re-created in uuid
+/// terms get their own definitions back at the rollback (the integer columns would
+/// refuse the uuid ones), and read the same rows at every step.
+#[tokio::test]
+async fn rollback_restores_the_definitions_rewrite_dependents_replaced() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(SCHEMA).await.unwrap();
+    c.batch_execute(
+        "CREATE VIEW first_user_docs AS SELECT id, note FROM docs WHERE owner_id = 1;
+         CREATE VIEW doc_owners AS SELECT d.id, u.email FROM docs d JOIN users u ON u.id = d.owner_id;
+         CREATE POLICY own_docs ON docs USING (owner_id = current_setting('app.user_id', true)::bigint);",
+    )
+    .await
+    .unwrap();
+    const VIEWS: [&str; 2] = ["first_user_docs", "doc_owners"];
+    async fn defs(c: &Client) -> Vec<String> {
+        let mut v: Vec<String> = vec![c
+            .query_one(
+                "SELECT coalesce(qual, '') FROM pg_policies WHERE policyname = 'own_docs' AND tablename = 'docs'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)];
+        for name in VIEWS {
+            v.push(
+                c.query_one("SELECT pg_get_viewdef($1::text::regclass)", &[&name])
+                    .await
+                    .unwrap()
+                    .get(0),
+            );
+        }
+        v
+    }
+    async fn rows(c: &Client) -> Vec<Vec<String>> {
+        let mut v = Vec::new();
+        for name in VIEWS {
+            let r = c
+                .query(
+                    &format!("SELECT row(t.*)::text FROM {name} t ORDER BY 1"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            v.push(r.iter().map(|r| r.get(0)).collect());
+        }
+        v
+    }
+    let (defs_before, rows_before) = (defs(&c).await, rows(&c).await);
+    assert!(!rows_before[0].is_empty() && !rows_before[1].is_empty());
+
+    let (_stop, _job) = rewrite_task(&db).await;
+    wait_phase(&c, TABLES, "streaming").await;
+    let mut cfg = swap_cfg(&db, Direction::Forward);
+    cfg.rewrite_dependents = true;
+    let report = cutover::run(&cfg)
+        .await
+        .unwrap_or_else(|e| panic!("cutover: {}", pg_rekey::error::chain(&e)));
+    assert!(report.swapped, "{report:?}");
+    let after = defs(&c).await;
+    assert!(
+        after.iter().all(|d| d.contains("uuid_id")),
+        "re-created in uuid terms: {after:?}"
+    );
+    assert_eq!(
+        rows(&c).await,
+        rows_before,
+        "the same rows after the cutover"
+    );
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM pgrekey.held_definitions", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        3,
+        "two views and a policy held for the way back"
+    );
+
+    let report = cutover::run(&swap_cfg(&db, Direction::Back))
+        .await
+        .unwrap_or_else(|e| panic!("rollback: {}", pg_rekey::error::chain(&e)));
+    assert!(report.swapped, "{report:?}");
+    assert_eq!(defs(&c).await, defs_before, "the views' own definitions");
+    assert_eq!(
+        rows(&c).await,
+        rows_before,
+        "the same rows after the rollback"
+    );
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM pgrekey.held_definitions", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        0,
+        "forgotten once put back"
+    );
+    // And forward again: the same rewrite as the first time.
+    let report = cutover::run(&cfg)
+        .await
+        .unwrap_or_else(|e| panic!("second cutover: {}", pg_rekey::error::chain(&e)));
+    assert!(report.swapped, "{report:?}");
+    assert_eq!(defs(&c).await, after);
+    assert_eq!(rows(&c).await, rows_before);
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM pgrekey.held_definitions", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        3
+    );
+    let report = pg_rekey::way_back::finish(&db.spec, &names(TABLES), &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("finish: {}", pg_rekey::error::chain(&e)));
+    assert_eq!(report.verified, Some(true), "{report:?}");
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM pgrekey.held_definitions", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        0,
+        "finish forgets them"
+    );
+    assert_eq!(rows(&c).await, rows_before);
+}

@@ -586,6 +586,22 @@ mod tests {
         )
     }
 
+    /// [`sessions`] without a primary key, its unique token index the
+    /// replica identity.
+    fn keyed_by_replica_identity() -> TableDetail {
+        let mut ri = sessions();
+        ri.primary_key = None;
+        ri.indexes.retain(|i| !i.primary);
+        if let Some(i) = ri
+            .indexes
+            .iter_mut()
+            .find(|i| i.name == "sessions_token_key")
+        {
+            i.replica_identity = true;
+        }
+        ri
+    }
+
     fn sessions() -> TableDetail {
         let source = QualifiedName::new("public", "sessions");
         let mut cols = vec![
@@ -911,16 +927,7 @@ mod tests {
 
         // Without one, the replica identity index: create_shadow's two key
         // statements move, unchanged, from before the copy to after it.
-        let mut ri = sessions();
-        ri.primary_key = None;
-        ri.indexes.retain(|i| !i.primary);
-        if let Some(i) = ri
-            .indexes
-            .iter_mut()
-            .find(|i| i.name == "sessions_token_key")
-        {
-            i.replica_identity = true;
-        }
+        let ri = keyed_by_replica_identity();
         let full = create_shadow(&ri, &parent());
         let keyless = create_shadow_for_copy(&ri, &parent());
         let key = key_after_copy(&ri);
@@ -978,16 +985,7 @@ mod tests {
         assert_eq!(a.builds[..], creates[..]);
 
         // Replica identity key: the same statements as key_after_copy, split.
-        let mut ri = sessions();
-        ri.primary_key = None;
-        ri.indexes.retain(|i| !i.primary);
-        if let Some(i) = ri
-            .indexes
-            .iter_mut()
-            .find(|i| i.name == "sessions_token_key")
-        {
-            i.replica_identity = true;
-        }
+        let ri = keyed_by_replica_identity();
         let key = key_after_copy(&ri);
         let a = after_copy(&ri);
         assert_eq!(a.builds[0], key[0]);

@@ -257,6 +257,21 @@ pub async fn prune(client: &Client) -> Result<Vec<Pruned>, Error> {
         })
         .collect();
     out.sort_by(|a, b| a.table.cmp(&b.table));
+    // Definitions held for a rollback whose job row is gone (deleted by
+    // hand: `finish` forgets them with the rows): nothing can use them.
+    // (A state schema of an older version has no such table.)
+    client
+        .batch_execute(
+            "DO $$ BEGIN
+               IF pg_catalog.to_regclass('pgrekey.held_definitions') IS NOT NULL THEN
+                 DELETE FROM pgrekey.held_definitions h
+                  WHERE NOT EXISTS (SELECT FROM pgrekey.jobs j
+                                     WHERE j.source_schema = h.table_schema AND j.source_table = h.table_name);
+               END IF;
+             END $$",
+        )
+        .await
+        .map_err(Error::db("remove the definitions held for jobs that are gone"))?;
     // Then what no job row describes any more (the rows just removed
     // included): a slot no process serves is dropped, and with it the
     // publication and the durable map of the same job; one still in use is

@@ -791,11 +791,24 @@ pub struct HeldDefinition {
     pub check: Option<String>,
 }
 
-/// The definitions held for the job of `source`.
+/// The definitions held for the job of `source` (none when the state
+/// schema is an older version's, which had no such table: its cutovers held
+/// nothing).
 pub async fn held_definitions<C: GenericClient>(
     client: &C,
     source: &QualifiedName,
 ) -> Result<Vec<HeldDefinition>, StateError> {
+    let there: bool = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass('pgrekey.held_definitions') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(db("looking for pgrekey.held_definitions"))?
+        .get(0);
+    if !there {
+        return Ok(Vec::new());
+    }
     let rows = client
         .query(
             "SELECT kind, name, definition, check_definition FROM pgrekey.held_definitions
@@ -836,10 +849,12 @@ pub fn hold_definition_sql(source: &QualifiedName, h: &HeldDefinition) -> String
     )
 }
 
-/// The statement that forgets the definitions held for the job of `source`.
+/// The statement that forgets the definitions held for the job of `source`
+/// (nothing on an older version's state schema, which has no such table).
 pub fn release_definitions_sql(source: &QualifiedName) -> String {
     format!(
-        "DELETE FROM pgrekey.held_definitions WHERE table_schema = {} AND table_name = {}",
+        "DO $rekey$ BEGIN IF pg_catalog.to_regclass('pgrekey.held_definitions') IS NOT NULL THEN \
+         DELETE FROM pgrekey.held_definitions WHERE table_schema = {} AND table_name = {}; END IF; END $rekey$",
         crate::pg::quote_literal(&source.schema),
         crate::pg::quote_literal(&source.name)
     )

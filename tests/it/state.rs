@@ -59,7 +59,7 @@ async fn schema_creation_is_idempotent_and_safe_concurrently() {
         .collect();
     assert_eq!(
         tables,
-        ["held_constraints", "jobs", "prepare"],
+        ["held_constraints", "held_definitions", "jobs", "prepare"],
         "each table once"
     );
 }

@@ -837,3 +837,47 @@ async fn rollback_restores_the_definitions_rewrite_dependents_replaced() {
     );
     assert_eq!(rows(&c).await, rows_before);
 }
+
+/// The way back into `integer` reference columns under a `serial` (int4)
+/// parent key: uuids written to the new tables come back as 4-byte keys,
+/// and the rollback returns tables equal to the uuid ones.
+#[tokio::test]
+async fn the_way_back_writes_int4_keys() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let schema = SCHEMA
+        .replace(
+            "users (id bigserial PRIMARY KEY",
+            "users (id serial PRIMARY KEY",
+        )
+        .replace("owner_id bigint", "owner_id integer")
+        .replace("user_id bigint", "user_id integer")
+        .replace("author_id bigint", "author_id integer");
+    assert_ne!(schema, SCHEMA);
+    c.batch_execute(&schema).await.unwrap();
+    let (_stop, _job) = rewrite_task(&db).await;
+    wait_phase(&c, TABLES, "streaming").await;
+    let writer = Writer::start(&db).await;
+    writer.more(50).await;
+    swap(&db, Direction::Forward).await;
+    let at_swap = writer.uuid_commits.load(Ordering::Relaxed);
+    writer.more(200).await;
+    assert!(writer.uuid_commits.load(Ordering::Relaxed) > at_swap + 50);
+    writer.pause().await;
+    assert_equal(&c, &old, &public).await;
+    let ty: String = c
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1::text::regclass AND attname = 'owner_id'",
+            &[&old("docs")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ty, "integer", "the old table keeps its 4-byte column");
+    writer.resume();
+    swap(&db, Direction::Back).await;
+    writer.more(100).await;
+    writer.pause().await;
+    assert_equal(&c, &public, &shadow).await;
+    writer.stop().await;
+}
